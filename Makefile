@@ -1,0 +1,48 @@
+# GPT-2 Workbench. `make test` and `make demo` work from a fresh clone with only Python installed.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+RUNS ?= runs
+PORT ?= 8501
+
+.PHONY: install test demo bench stress app clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --upgrade pip
+	@# On a machine without CUDA take the CPU build of torch, so no multi-GB CUDA wheels are pulled.
+	@if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi >/dev/null 2>&1; then \
+		$(PY) -m pip install torch; \
+	else \
+		$(PY) -m pip install torch==2.13.0 || $(PY) -m pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu; \
+	fi
+	$(PY) -m pip install -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest tests -m "not stress"
+
+stress: $(STAMP)
+	$(PY) -m pytest tests -m stress
+
+demo: $(STAMP)
+	@if [ -f $(RUNS)/demo/run.json ] && grep -q '"status": "complete"' $(RUNS)/demo/run.json; then \
+		echo "runs/demo is complete: skipping training"; \
+	else \
+		$(PY) -m train --preset nano --data stories --out $(RUNS)/demo $$( [ -d $(RUNS)/demo/state ] && echo --resume ); \
+	fi
+	$(PY) -m probes $(RUNS)/demo
+	@echo "Starting the app: open http://localhost:$(PORT)"
+	$(VENV)/bin/streamlit run app --server.port $(PORT) --server.headless true --browser.gatherUsageStats false
+
+app: $(STAMP)
+	$(VENV)/bin/streamlit run app --server.port $(PORT) --server.headless true --browser.gatherUsageStats false
+
+bench: $(STAMP)
+	$(PY) -m bench
+
+clean:
+	rm -rf $(VENV) tests/artifacts

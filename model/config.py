@@ -1,0 +1,106 @@
+"""Model configuration: one dataclass, presets, and validation with messages a user can act on."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+# Attention kinds the model knows. model.attention registers the implementations; the names are
+# listed here so that a config can be validated without importing torch modules.
+ATTENTION_KINDS = ("standard", "gated")
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # CPU demo: small enough to train in minutes; the vocab is a compact one built from the corpus
+    # (vocab_size here is a placeholder the training pipeline replaces with the compact vocab size).
+    "nano": dict(n_layer=4, n_head=4, n_embd=128, n_ctx=128, vocab_size=4096),
+    # The model of the original write-up.
+    "tiny": dict(n_layer=4, n_head=4, n_embd=256, n_ctx=512, vocab_size=50257),
+    "small": dict(n_layer=12, n_head=12, n_embd=768, n_ctx=1024, vocab_size=50257),
+    "medium": dict(n_layer=24, n_head=16, n_embd=1024, n_ctx=1024, vocab_size=50257),
+    "large": dict(n_layer=36, n_head=20, n_embd=1280, n_ctx=1024, vocab_size=50257),
+}
+
+
+@dataclass
+class GPTConfig:
+    """Shape and options of a GPT-2. Defaults are GPT-2 small."""
+
+    n_layer: int = 12
+    n_head: int = 12
+    n_embd: int = 768
+    n_ctx: int = 1024
+    vocab_size: int = 50257
+    dropout: float = 0.0
+    bias: bool = True
+    attention: str = "standard"
+    ln_eps: float = 1e-5
+    tie_embeddings: bool = True
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ValueError with one sentence naming the bad field and what is allowed."""
+        for name in ("n_layer", "n_head", "n_embd", "n_ctx", "vocab_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ValueError(f"GPTConfig.{name} must be a positive integer, got {value!r}.")
+        if self.n_embd % self.n_head != 0:
+            raise ValueError(
+                f"GPTConfig.n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head}); "
+                f"allowed n_head values divide {self.n_embd}."
+            )
+        if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)) or not (0.0 <= self.dropout < 1.0):
+            raise ValueError(f"GPTConfig.dropout must be a number in [0, 1), got {self.dropout!r}.")
+        if self.attention not in ATTENTION_KINDS:
+            raise ValueError(
+                f"GPTConfig.attention must be one of {', '.join(ATTENTION_KINDS)}, got {self.attention!r}."
+            )
+        if isinstance(self.ln_eps, bool) or not isinstance(self.ln_eps, (int, float)) or not (self.ln_eps > 0):
+            raise ValueError(f"GPTConfig.ln_eps must be a positive number, got {self.ln_eps!r}.")
+        for name in ("bias", "tie_embeddings"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"GPTConfig.{name} must be true or false, got {getattr(self, name)!r}.")
+
+    @property
+    def d_head(self) -> int:
+        return self.n_embd // self.n_head
+
+    @property
+    def d_mlp(self) -> int:
+        return 4 * self.n_embd
+
+    # TransformerLens spellings, so code written against HookedTransformer's `cfg` (ActivationCache
+    # helpers, probes) reads this config unchanged.
+    @property
+    def n_layers(self) -> int:
+        return self.n_layer
+
+    @property
+    def n_heads(self) -> int:
+        return self.n_head
+
+    @property
+    def d_model(self) -> int:
+        return self.n_embd
+
+    @property
+    def d_vocab(self) -> int:
+        return self.vocab_size
+
+    @classmethod
+    def preset(cls, name: str, **overrides: Any) -> "GPTConfig":
+        """A named preset (nano, tiny, small, medium, large), optionally with fields overridden."""
+        if name not in PRESETS:
+            raise ValueError(f"Unknown preset {name!r}; allowed presets are {', '.join(PRESETS)}.")
+        return cls.from_dict({**PRESETS[name], **overrides})
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "GPTConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"Unknown GPTConfig field {unknown[0]!r}; allowed fields are {', '.join(sorted(known))}.")
+        return cls(**d)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)

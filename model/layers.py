@@ -1,0 +1,94 @@
+"""The pieces of a GPT-2 block, each with TransformerLens hook points at the same names and shapes."""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from transformer_lens.hook_points import HookPoint
+
+from .config import GPTConfig
+
+
+def is_hooked(hook: HookPoint) -> bool:
+    """True when a forward hook is attached: lets us skip work (explicit attention, per-head
+    results, manual LayerNorm) that nobody will look at."""
+    return len(hook.fwd_hooks) > 0
+
+
+class LayerNorm(nn.Module):
+    """LayerNorm exposing `hook_scale` [B,P,1] and `hook_normalized` [B,P,M] (after the affine
+    transform, as in TransformerLens' LayerNorm)."""
+
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.eps = cfg.ln_eps
+        self.weight = nn.Parameter(torch.ones(cfg.n_embd))
+        self.bias = nn.Parameter(torch.zeros(cfg.n_embd)) if cfg.bias else None
+        self.hook_scale = HookPoint()
+        self.hook_normalized = HookPoint()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not is_hooked(self.hook_scale):
+            y = F.layer_norm(x, (x.shape[-1],), self.weight, self.bias, self.eps)
+            return self.hook_normalized(y)
+        x = x - x.mean(-1, keepdim=True)
+        scale = self.hook_scale((x.pow(2).mean(-1, keepdim=True) + self.eps).sqrt())
+        y = x / scale * self.weight
+        if self.bias is not None:
+            y = y + self.bias
+        return self.hook_normalized(y)
+
+
+class MLP(nn.Module):
+    """Position-wise 4x MLP with tanh-GELU (GPT-2's `gelu_new`)."""
+
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.c_fc = nn.Linear(cfg.n_embd, cfg.d_mlp, bias=cfg.bias)
+        self.c_proj = nn.Linear(cfg.d_mlp, cfg.n_embd, bias=cfg.bias)
+        self.c_proj.residual_projection = True  # scaled init, see GPT._init_weights
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.hook_pre = HookPoint()
+        self.hook_post = HookPoint()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pre = self.hook_pre(self.c_fc(x))
+        post = self.hook_post(F.gelu(pre, approximate="tanh"))
+        return self.dropout(self.c_proj(post))
+
+
+class Block(nn.Module):
+    """Pre-LN transformer block: resid_pre -> +attn -> resid_mid -> +mlp -> resid_post."""
+
+    def __init__(self, cfg: GPTConfig, attention_cls: type[nn.Module]):
+        super().__init__()
+        self.ln1 = LayerNorm(cfg)
+        self.attn = attention_cls(cfg)
+        self.ln2 = LayerNorm(cfg)
+        self.mlp = MLP(cfg)
+        self.hook_resid_pre = HookPoint()
+        self.hook_attn_out = HookPoint()
+        self.hook_resid_mid = HookPoint()
+        self.hook_mlp_out = HookPoint()
+        self.hook_resid_post = HookPoint()
+
+    def forward(self, x: torch.Tensor, layer_cache: dict | None = None, offset: int = 0) -> torch.Tensor:
+        resid_pre = self.hook_resid_pre(x)
+        attn_out = self.hook_attn_out(self.attn(self.ln1(resid_pre), layer_cache, offset))
+        resid_mid = self.hook_resid_mid(resid_pre + attn_out)
+        mlp_out = self.hook_mlp_out(self.mlp(self.ln2(resid_mid)))
+        return self.hook_resid_post(resid_mid + mlp_out)
+
+
+def causal_mask(n_query: int, n_key: int, offset: int, device: torch.device) -> torch.Tensor:
+    """Boolean [n_query, n_key] mask, True where query i (at absolute position offset+i) may see key j."""
+    q_pos = torch.arange(offset, offset + n_query, device=device)[:, None]
+    k_pos = torch.arange(n_key, device=device)[None, :]
+    return k_pos <= q_pos
+
+
+def init_scale(cfg: GPTConfig) -> float:
+    """GPT-2 init std for projections that write into the residual stream."""
+    return 0.02 / math.sqrt(2 * cfg.n_layer)

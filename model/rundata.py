@@ -1,0 +1,93 @@
+"""What a run's data files mean: token arrays, fixed-length chunks, and which chunks training had
+seen by a given step. Shared by train/ (which draws batches with it) and probes/ (which measures
+memorization on exactly the sequences seen), so the two can never disagree.
+
+Layout (see model.checkpoint for the rest of a run):
+    runs/<name>/data.json            manifest: source, dtype, token counts, chunk_len, seed,
+                                     global batch size, canaries
+    runs/<name>/data/train.bin       uint16/uint32 tokens (model ids) of the training split
+    runs/<name>/data/val.bin         the held-out split
+
+Training sample g (0-based, counted over the whole run in global-batch order) is chunk
+`epoch_order(seed, n_chunks, g // n_chunks)[g % n_chunks]`; chunk c is tokens
+[c*chunk_len, (c+1)*chunk_len + 1) (inputs plus the shifted targets). Optimizer step s (1-based)
+consumes samples [(s-1)*B, s*B) with B = data.json["global_batch"].
+"""
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+
+from .checkpoint import CheckpointError, read_json
+
+DATA_DIR = "data"
+
+
+def token_path(run_dir: str | os.PathLike, split: str) -> Path:
+    if split not in ("train", "val"):
+        raise ValueError(f"split must be 'train' or 'val', got {split!r}.")
+    return Path(run_dir) / DATA_DIR / f"{split}.bin"
+
+
+def read_data_meta(run_dir: str | os.PathLike) -> dict:
+    meta = read_json(Path(run_dir) / "data.json")
+    if not isinstance(meta, dict):
+        raise CheckpointError(Path(run_dir) / "data.json", "is not a JSON object")
+    return meta
+
+
+def load_tokens(run_dir: str | os.PathLike, split: str, meta: dict | None = None) -> np.ndarray:
+    """Memory-mapped tokens of one split (read-only)."""
+    meta = meta or read_data_meta(run_dir)
+    path = token_path(run_dir, split)
+    dtype = np.dtype(meta.get("dtype", "uint16"))
+    if not path.exists():
+        raise CheckpointError(path, "token file is missing")
+    arr = np.memmap(path, dtype=dtype, mode="r")
+    expected = meta.get(f"n_{split}_tokens")
+    if expected is not None and len(arr) != int(expected):
+        raise CheckpointError(path, f"holds {len(arr)} tokens, data.json says {expected}")
+    return arr
+
+
+def n_chunks(n_tokens: int, chunk_len: int) -> int:
+    """How many (chunk_len + 1)-token windows with stride chunk_len fit in n_tokens."""
+    return max(0, (int(n_tokens) - 1) // int(chunk_len))
+
+
+@lru_cache(maxsize=64)
+def epoch_order(seed: int, n: int, epoch: int) -> np.ndarray:
+    """The seeded permutation of chunk ids used in one pass over the training chunks."""
+    return np.random.default_rng([int(seed), int(epoch)]).permutation(int(n))
+
+
+def sample_chunk_ids(seed: int, n: int, start: int, stop: int) -> np.ndarray:
+    """Chunk ids of global training samples start..stop-1."""
+    if n <= 0:
+        raise ValueError("there are no training chunks: the training split is shorter than one chunk.")
+    g = np.arange(int(start), int(stop), dtype=np.int64)
+    out = np.empty(len(g), dtype=np.int64)
+    for epoch in np.unique(g // n):
+        sel = (g // n) == epoch
+        out[sel] = epoch_order(seed, n, int(epoch))[g[sel] % n]
+    return out
+
+
+def get_chunks(tokens: np.ndarray, ids: np.ndarray, chunk_len: int) -> np.ndarray:
+    """[len(ids), chunk_len + 1] int64 windows."""
+    idx = np.asarray(ids, dtype=np.int64)[:, None] * chunk_len + np.arange(chunk_len + 1)[None, :]
+    return np.asarray(tokens[idx], dtype=np.int64)
+
+
+def seen_chunk_ids(meta: dict, step: int) -> np.ndarray:
+    """Sorted unique training chunk ids seen by optimizer step `step` (none at step 0)."""
+    n = n_chunks(meta["n_train_tokens"], meta["chunk_len"])
+    stop = min(int(step) * int(meta["global_batch"]), n * 1_000_000)
+    if stop <= 0:
+        return np.zeros(0, dtype=np.int64)
+    if stop >= n:
+        return np.arange(n, dtype=np.int64)
+    return np.unique(sample_chunk_ids(meta["seed"], n, 0, stop))
