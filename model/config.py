@@ -6,7 +6,7 @@ from typing import Any
 
 # Attention kinds the model knows. model.attention registers the implementations; the names are
 # listed here so that a config can be validated without importing torch modules.
-ATTENTION_KINDS = ("standard", "gated")
+ATTENTION_KINDS = ("standard", "gated", "linear")
 
 PRESETS: dict[str, dict[str, Any]] = {
     # CPU demo: small enough to train in minutes; the vocab is a compact one built from the corpus

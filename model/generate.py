@@ -1,0 +1,99 @@
+"""Generate text from a run's checkpoint on the command line.
+
+    python -m model.generate --run runs/NAME [--step S] --prompt TEXT [--max-new-tokens N]
+        [--temperature T] [--top-k K] [--top-p P] [--seed S] [--device cpu|cuda]
+
+Prints the continuation (not the prompt). The latest checkpoint is used unless --step names
+one; the tokenizer is the run's own (its compact vocab.json, or full GPT-2). Bad input exits
+with status 2 and one sentence on stderr, never a traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from .checkpoint import CheckpointError, list_checkpoints, load_checkpoint, step_of
+from .tokenizer import TokenizerError, load_tokenizer
+
+
+class UsageError(Exception):
+    """Bad input from the command line, reported as one sentence and exit status 2."""
+
+
+class QuietParser(argparse.ArgumentParser):
+    """argparse that raises instead of printing usage and exiting, so main() reports every bad
+    input the same way."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UsageError(message[0].upper() + message[1:] + ("" if message.endswith(".") else "."))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = QuietParser(prog="python -m model.generate", description="Continue a prompt with a run's checkpoint.")
+    p.add_argument("--run", required=True, help="run folder, e.g. runs/demo")
+    p.add_argument("--step", type=int, default=None, help="checkpoint step (default: the latest)")
+    p.add_argument("--prompt", required=True, help="text to continue")
+    p.add_argument("--max-new-tokens", type=int, default=100)
+    p.add_argument("--temperature", type=float, default=1.0, help="0 means greedy")
+    p.add_argument("--top-k", type=int, default=None)
+    p.add_argument("--top-p", type=float, default=None)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    return p
+
+
+def pick_checkpoint(run_dir: Path, step: int | None) -> Path:
+    """The checkpoint folder for `step`, or the latest one."""
+    if not run_dir.is_dir():
+        raise UsageError(f"Run folder {run_dir} does not exist.")
+    ckpts = list_checkpoints(run_dir)
+    if not ckpts:
+        raise UsageError(f"Run {run_dir} has no checkpoints yet.")
+    if step is None:
+        return ckpts[-1]
+    by_step = {step_of(c): c for c in ckpts}
+    if step not in by_step:
+        steps = sorted(by_step)
+        shown = ", ".join(map(str, steps[:12])) + (", ..." if len(steps) > 12 else "")
+        raise UsageError(f"Run {run_dir} has no checkpoint at step {step}; available steps: {shown}.")
+    return by_step[step]
+
+
+def generate_text(args: argparse.Namespace) -> str:
+    run_dir = Path(args.run)
+    ckpt = pick_checkpoint(run_dir, args.step)
+    try:
+        device = torch.device(args.device)
+    except RuntimeError:
+        raise UsageError(f"Unknown device {args.device!r}; use cpu or cuda.") from None
+    model, _ = load_checkpoint(ckpt, device=device)
+    tok = load_tokenizer(run_dir)
+    if tok.vocab_size != model.cfg.vocab_size:
+        raise UsageError(f"The run's tokenizer has {tok.vocab_size} ids but the checkpoint's model has "
+                         f"{model.cfg.vocab_size}; vocab.json does not belong to this checkpoint.")
+    ids = tok.encode(args.prompt)
+    if not ids:
+        raise UsageError("The prompt is empty; give at least one character to continue.")
+    out = model.generate(torch.tensor([ids], dtype=torch.long), args.max_new_tokens,
+                         temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed)
+    return tok.decode(out[0, len(ids):].tolist())
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the exit status (0, or 2 for bad input)."""
+    try:
+        args = build_parser().parse_args(argv)
+        text = generate_text(args)
+    except (UsageError, ValueError, CheckpointError, TokenizerError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
