@@ -70,6 +70,8 @@ def generate_text(args: argparse.Namespace) -> str:
         device = torch.device(args.device)
     except RuntimeError:
         raise UsageError(f"Unknown device {args.device!r}; use cpu or cuda.") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda was asked for, but no CUDA GPU is available here; use --device cpu.")
     model, _ = load_checkpoint(ckpt, device=device)
     tok = load_tokenizer(run_dir)
     if tok.vocab_size != model.cfg.vocab_size:
