@@ -1,0 +1,272 @@
+"""Training arguments: the CLI, config files, their defaults (= the demo), and validation.
+
+Every argument lands in run.json["train"], so a run records exactly how it was made and
+`--resume` can check that it continues the same run. Values come, in rising priority, from the
+defaults, a --config file, and the command line; when resuming, the run's own run.json replaces
+the defaults and anything given explicitly must agree with it.
+"""
+from __future__ import annotations
+
+import argparse
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from model.config import ATTENTION_KINDS, PRESETS
+
+
+class BadInput(ValueError):
+    """A user error: the CLI prints its one-sentence message and exits with status 2."""
+
+
+@dataclass
+class TrainArgs:
+    preset: str = "nano"
+    data: str = "stories"
+    out: str = ""
+    steps: int = 1500
+    batch_size: int = 16
+    grad_accum: int = 1
+    lr: float = 2e-3
+    warmup: int = 100
+    eval_every: int = 100
+    ckpt_every: int = 100
+    seed: int = 1337
+    device: str = "auto"
+    compile: bool = False
+    attention: str = "standard"
+    # model shape overrides (None = the preset's value)
+    n_layer: int | None = None
+    n_head: int | None = None
+    n_embd: int | None = None
+    n_ctx: int | None = None
+    dropout: float | None = None
+    # vocabulary: a compact vocab of at most this many ids, or "gpt2"; None = compact 4096 for nano
+    vocab_size: int | str | None = None
+    # corpus
+    corpus_mb: float = 2.0
+    val_fraction: float = 0.05
+    canary_copies: str = "1,2,4,8,16,32,64"
+    canaries_per_count: int = 4
+    copy_weight: float = 2.0
+    # optimization
+    weight_decay: float = 0.1
+    grad_clip: float = 1.0
+    min_lr_ratio: float = 0.1
+    beta2: float = 0.99
+    eval_batches: int = 8
+    sample_tokens: int = 64
+
+    def train_dict(self) -> dict[str, Any]:
+        """What run.json["train"] records."""
+        return asdict(self)
+
+    def resolved_vocab(self) -> int | None:
+        """Compact vocab size, or None for the full GPT-2 vocabulary."""
+        if self.vocab_size is None:
+            return 4096 if self.preset == "nano" else None
+        return None if self.vocab_size == "gpt2" else int(self.vocab_size)
+
+    def copies(self) -> tuple[int, ...]:
+        return parse_copies(self.canary_copies)
+
+
+# Arguments that do not change the numbers a run produces, so a resumed run may set them afresh.
+RUNTIME_ONLY = {"device", "compile", "out"}
+FIELD_TYPES = {f.name: f.type for f in fields(TrainArgs)}
+
+
+def parse_copies(text: str) -> tuple[int, ...]:
+    text = str(text).strip()
+    if text in ("", "none", "0"):
+        return ()
+    try:
+        out = tuple(int(x) for x in text.split(","))
+    except ValueError:
+        raise BadInput(f"--canary-copies must be comma-separated positive integers, got {text!r}.") from None
+    if any(n <= 0 for n in out):
+        raise BadInput(f"--canary-copies must be comma-separated positive integers, got {text!r}.")
+    return out
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, but a bad argument raises BadInput (one sentence) instead of printing usage."""
+
+    def error(self, message: str):  # type: ignore[override]
+        raise BadInput(f"{message[0].upper()}{message[1:].rstrip('.')}.")
+
+
+def build_parser() -> Parser:
+    p = Parser(prog="python -m train", description="Train a GPT-2 and leave checkpoints along the way.",
+               argument_default=None)
+    d = TrainArgs()
+    add = p.add_argument
+    add("--preset", help=f"model preset: {', '.join(PRESETS)} (default {d.preset})")
+    add("--data", help="stories | tinystories | text:PATH (default stories)")
+    add("--out", help="run folder, e.g. runs/demo")
+    add("--steps", type=int, help=f"optimizer steps (default {d.steps})")
+    add("--batch-size", type=int, help=f"sequences per micro-batch per process (default {d.batch_size})")
+    add("--grad-accum", type=int, help="micro-batches per optimizer step (default 1)")
+    add("--lr", type=float, help=f"peak learning rate (default {d.lr})")
+    add("--warmup", type=int, help=f"warm-up steps (default {d.warmup})")
+    add("--eval-every", type=int, help=f"held-out loss every N steps (default {d.eval_every})")
+    add("--ckpt-every", type=int, help=f"checkpoint every N steps after warm-up (default {d.ckpt_every})")
+    add("--seed", type=int, help=f"seed of data, canaries, init and batch order (default {d.seed})")
+    add("--device", choices=["auto", "cpu", "cuda"], help="default auto")
+    add("--compile", action="store_const", const=True, help="torch.compile the model")
+    add("--attention", help=f"attention kind: {', '.join(ATTENTION_KINDS)} (default standard)")
+    add("--config", help="a .toml or .yaml file of these options (underscored names)")
+    add("--resume", action="store_const", const=True, help="continue the run in --out from its state/")
+    add("--n-layer", type=int, help="override the preset's layer count")
+    add("--n-head", type=int, help="override the preset's head count")
+    add("--n-embd", type=int, help="override the preset's width")
+    add("--n-ctx", type=int, help="override the preset's context length")
+    add("--dropout", type=float, help="dropout (default the preset's, 0)")
+    add("--vocab-size", help="compact vocabulary size, or gpt2 (default 4096 for nano, gpt2 otherwise)")
+    add("--corpus-mb", type=float, help=f"stories: training text size in MB; tinystories: cap (default {d.corpus_mb})")
+    add("--val-fraction", type=float, help=f"held-out share of the corpus (default {d.val_fraction})")
+    add("--canary-copies", help=f"stories: copy counts of the canaries (default {d.canary_copies})")
+    add("--canaries-per-count", type=int, help=f"stories: canaries per copy count (default {d.canaries_per_count})")
+    add("--copy-weight", type=float, help=f"stories: weight of the copy plots (default {d.copy_weight})")
+    add("--weight-decay", type=float, help=f"AdamW decay on 2-D weights (default {d.weight_decay})")
+    add("--grad-clip", type=float, help=f"gradient norm clip, 0 = off (default {d.grad_clip})")
+    add("--min-lr-ratio", type=float, help=f"final LR as a share of --lr (default {d.min_lr_ratio})")
+    add("--beta2", type=float, help=f"AdamW beta2 (default {d.beta2})")
+    add("--eval-batches", type=int, help=f"micro-batches per held-out evaluation (default {d.eval_batches})")
+    add("--sample-tokens", type=int, help=f"tokens generated per sample at each checkpoint (default {d.sample_tokens})")
+    return p
+
+
+def read_config_file(path: str) -> dict[str, Any]:
+    """Options from a TOML or YAML file, keys as TrainArgs field names (dashes allowed)."""
+    p = Path(path)
+    if not p.is_file():
+        raise BadInput(f"config file {path} does not exist.")
+    try:
+        text = p.read_text()
+        if p.suffix == ".toml":
+            import tomllib
+            data = tomllib.loads(text)
+        elif p.suffix in (".yaml", ".yml"):
+            import yaml
+            data = yaml.safe_load(text) or {}
+        else:
+            raise BadInput(f"config file {path} must end in .toml, .yaml or .yml.")
+    except BadInput:
+        raise
+    except Exception as e:  # tomllib/yaml parse errors, decoding errors
+        raise BadInput(f"config file {path} cannot be parsed ({type(e).__name__}).") from None
+    if not isinstance(data, dict):
+        raise BadInput(f"config file {path} must hold a table of options.")
+    out = {}
+    for key, value in data.items():
+        name = str(key).replace("-", "_")
+        if name not in FIELD_TYPES:
+            raise BadInput(f"config file {path} has unknown option {key!r}.")
+        out[name] = value
+    return out
+
+
+def coerce(name: str, value: Any) -> Any:
+    """Check a config-file or run.json value against the field's type."""
+    kind = FIELD_TYPES[name]
+    if value is None and "None" in str(kind):
+        return None
+    if name == "vocab_size":
+        if value == "gpt2":
+            return value
+        try:
+            return int(value)
+        except (TypeError, ValueError):
+            raise BadInput(f"vocab_size must be a positive integer or gpt2, got {value!r}.") from None
+    try:
+        if kind.startswith("bool"):
+            if not isinstance(value, bool):
+                raise TypeError
+            return value
+        if kind.startswith("int"):
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise TypeError
+            return value
+        if kind.startswith("float"):
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise TypeError
+            return float(value)
+        return str(value)
+    except TypeError:
+        raise BadInput(f"option {name} must be of type {kind.split(' ')[0]}, got {value!r}.") from None
+
+
+def requested(argv: list[str]) -> tuple[dict[str, Any], bool]:
+    """(options given explicitly on the command line or in --config, --resume flag)."""
+    ns = vars(build_parser().parse_args(argv))
+    resume = bool(ns.pop("resume"))
+    config = ns.pop("config")
+    explicit = {k: coerce(k, v) for k, v in read_config_file(config).items()} if config else {}
+    explicit.update({k: v for k, v in ns.items() if v is not None})
+    if "vocab_size" in explicit:
+        explicit["vocab_size"] = coerce("vocab_size", explicit["vocab_size"])
+    return explicit, resume
+
+
+def validate(a: TrainArgs) -> None:
+    """Raise BadInput naming the first bad value."""
+    if not a.out:
+        raise BadInput("--out is required (the run folder, e.g. runs/demo).")
+    if a.preset not in PRESETS:
+        raise BadInput(f"unknown preset {a.preset!r}; choose one of {', '.join(PRESETS)}.")
+    if a.attention not in ATTENTION_KINDS:
+        raise BadInput(f"unknown attention kind {a.attention!r}; choose one of {', '.join(ATTENTION_KINDS)}.")
+    positive = ["steps", "batch_size", "grad_accum", "eval_every", "ckpt_every", "eval_batches", "canaries_per_count"]
+    for name in positive:
+        if getattr(a, name) <= 0:
+            raise BadInput(f"--{name.replace('_', '-')} must be a positive integer, got {getattr(a, name)}.")
+    for name in ("n_layer", "n_head", "n_embd", "n_ctx"):
+        v = getattr(a, name)
+        if v is not None and v <= 0:
+            raise BadInput(f"--{name.replace('_', '-')} must be a positive integer, got {v}.")
+    if a.warmup < 0 or a.sample_tokens < 0:
+        raise BadInput("--warmup and --sample-tokens must not be negative.")
+    if not a.lr > 0 or a.lr != a.lr:
+        raise BadInput(f"--lr must be a positive number, got {a.lr}.")
+    if not 0 < a.corpus_mb < 1e6:
+        raise BadInput(f"--corpus-mb must be a positive number, got {a.corpus_mb}.")
+    if not 0 < a.val_fraction < 0.5:
+        raise BadInput(f"--val-fraction must lie between 0 and 0.5, got {a.val_fraction}.")
+    if a.copy_weight < 0 or a.weight_decay < 0 or a.grad_clip < 0 or not 0 <= a.min_lr_ratio <= 1 or not 0 < a.beta2 < 1:
+        raise BadInput("--copy-weight, --weight-decay and --grad-clip must be >= 0, --min-lr-ratio in [0, 1] "
+                       "and --beta2 in (0, 1).")
+    if a.dropout is not None and not 0 <= a.dropout < 1:
+        raise BadInput(f"--dropout must lie in [0, 1), got {a.dropout}.")
+    v = a.vocab_size
+    if v is not None and v != "gpt2" and (not isinstance(v, int) or v < 3):
+        raise BadInput(f"--vocab-size must be an integer >= 3 or gpt2, got {v!r}.")
+    parse_copies(a.canary_copies)
+    kind = a.data.split(":", 1)[0]
+    if kind not in ("stories", "tinystories", "text") or (kind != "text" and ":" in a.data):
+        raise BadInput(f"unknown data source {a.data!r}; use stories, tinystories or text:PATH.")
+    if kind == "text" and not a.data[5:]:
+        raise BadInput("--data text:PATH needs a path after 'text:'.")
+
+
+def make_args(values: dict[str, Any]) -> TrainArgs:
+    args = TrainArgs(**{k: v for k, v in values.items() if k in FIELD_TYPES})
+    validate(args)
+    return args
+
+
+def resolve(explicit: dict[str, Any], stored: dict[str, Any] | None, run_dir: str) -> TrainArgs:
+    """Final arguments. With `stored` (run.json["train"] of the run being resumed) the run's own
+    values win, and an explicit value that differs from them is an error: that would be another run."""
+    if stored is None:
+        return make_args(explicit)
+    base = {k: coerce(k, v) for k, v in stored.items() if k in FIELD_TYPES}
+    for k, v in explicit.items():
+        if k in RUNTIME_ONLY:
+            continue
+        if k in base and base[k] != v:
+            raise BadInput(f"{run_dir} holds a different run: its {k} is {base[k]!r}, not {v!r}.")
+    base.update({k: v for k, v in explicit.items() if k in RUNTIME_ONLY})
+    base["out"] = explicit.get("out", base.get("out", run_dir))
+    return make_args(base)
+

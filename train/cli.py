@@ -1,0 +1,146 @@
+"""`python -m train`: argument checks, run-folder setup, DDP bring-up, then the loop.
+
+Bad input of any kind exits with status 2 and one sentence on stderr, before anything in --out is
+touched. Under torchrun every rank validates the arguments itself; rank 0 alone prepares the data
+and writes, and tells the others whether setup worked so that none of them waits forever.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from model.checkpoint import has_state, read_json, read_jsonl, remove_partial_checkpoints, write_json_atomic
+from model.config import GPTConfig
+
+from .args import BadInput, TrainArgs, requested, resolve
+from .corpora import check_source
+from .loop import Dist, Trainer
+from .rundir import (RUN_JSON, check_chunks, check_out_dir, clean_temporaries, data_installed, data_record,
+                     install_data, keep_rows_through, model_config, prepare_tokens, run_record, set_status)
+
+
+def dist_from_env() -> Dist:
+    return Dist(rank=int(os.environ.get("RANK", 0)), world=int(os.environ.get("WORLD_SIZE", 1)),
+                local_rank=int(os.environ.get("LOCAL_RANK", 0)))
+
+
+def pick_device(kind: str, d: Dist) -> torch.device:
+    if kind == "cuda" or (kind == "auto" and torch.cuda.is_available()):
+        if not torch.cuda.is_available():
+            raise BadInput("--device cuda was requested, but no CUDA GPU is available.")
+        return torch.device("cuda", d.local_rank)
+    return torch.device("cpu")
+
+
+def start_distributed(d: Dist, device: torch.device) -> None:
+    if d.world <= 1:
+        return
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    else:  # do not oversubscribe the cores: share them among the local ranks
+        local = int(os.environ.get("LOCAL_WORLD_SIZE", d.world))
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // local))
+    dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+
+
+def share_outcome(d: Dist, error: str | None) -> None:
+    """Rank 0 tells every rank whether setup failed, so they stop together with the same message."""
+    if d.world > 1:
+        box = [error]
+        dist.broadcast_object_list(box, src=0)
+        error = box[0]
+    if error:
+        raise BadInput(error)
+
+
+def setup_run(out: Path, args: TrainArgs, stored: dict | None, d: Dist) -> GPTConfig:
+    """Rank 0: make or check the run folder so that run.json, data/ and data.json are in place.
+    Returns the model config."""
+    if stored is None:
+        tok, canaries, source = prepare_tokens(args)
+        cfg = model_config(args, tok.info["vocab_size"])
+        check_chunks(cfg, tok)
+        out.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(out / RUN_JSON, run_record(args, cfg, tok, d.world))
+        install_data(out, tok, data_record(args, cfg, tok, canaries, source, d.world))
+        return cfg
+    run = read_json(out / RUN_JSON)
+    cfg = GPTConfig.from_dict(run["model"])
+    if int(run.get("world_size", 1)) != d.world:
+        raise BadInput(f"{out} was trained by {run.get('world_size', 1)} process(es); resume it with the same "
+                       "number so that the global batch stays the same.")
+    if not data_installed(out):
+        tok, canaries, source = prepare_tokens(args)
+        install_data(out, tok, data_record(args, cfg, tok, canaries, source, d.world))
+    remove_partial_checkpoints(out)
+    clean_temporaries(out)
+    set_status(out, "training")
+    return cfg
+
+
+def train(explicit: dict, resume: bool, d: Dist) -> int:
+    if not explicit.get("out"):
+        raise BadInput("--out is required (the run folder, e.g. runs/demo).")
+    out = Path(explicit["out"])
+    stored = check_out_dir(out, resume)
+    args = resolve(explicit, stored, str(out))
+    device = pick_device(args.device, d)
+    check_source(args)
+    start_distributed(d, device)
+    error, cfg = None, None
+    if d.main:
+        try:
+            cfg = setup_run(out, args, stored, d)
+        except BadInput as e:
+            error = str(e)
+    share_outcome(d, error)
+    if cfg is None:
+        cfg = GPTConfig.from_dict(read_json(out / RUN_JSON)["model"])
+    t0 = time.time()
+    try:
+        trainer = Trainer(out, args, cfg, device, d)
+        fresh = not has_state(out)
+        if not fresh:
+            trainer.load()
+        if d.main:
+            last = trainer.step if not fresh else -1
+            keep_rows_through(out / "metrics.jsonl", last)
+            keep_rows_through(out / "samples.jsonl", last)
+        trainer.run(fresh)
+    except BaseException as e:
+        if d.main:
+            set_status(out, "failed", error=f"{type(e).__name__}: {e}" if str(e) else type(e).__name__)
+        raise
+    if d.main:
+        set_status(out, "complete")
+        report(out, time.time() - t0)
+    return 0
+
+
+def report(out: Path, seconds: float) -> None:
+    vals = [r for r in read_jsonl(out / "metrics.jsonl") if "val_loss" in r]
+    if vals:
+        print(f"{out}: step {vals[-1]['step']}, held-out loss {vals[0]['val_loss']:.3f} at step 0 -> "
+              f"{vals[-1]['val_loss']:.3f}, {seconds:.0f} s", file=sys.stderr)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI in-process; returns the exit status (2 with one sentence on stderr for bad input)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    d = dist_from_env()
+    try:
+        explicit, resume = requested(argv)
+        return train(explicit, resume, d)
+    except BadInput as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except SystemExit as e:  # --help
+        return int(e.code or 0) if isinstance(e.code, int) or e.code is None else 2
+    finally:
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()

@@ -1,0 +1,162 @@
+"""Data sources: the built-in stories, a text file or folder, or TinyStories. Each becomes a list
+of training documents, a list of held-out documents and (stories only) the canaries planted in
+training. Documents are split here, so the token pipeline never needs to know where text came from.
+"""
+from __future__ import annotations
+
+import os
+import re
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from model.tokenizer import EOT
+
+from .args import BadInput, TrainArgs
+from .stories import build_stories
+
+
+@dataclass
+class Corpus:
+    source: str
+    train: list[str]
+    val: list[str]
+    canaries: list[dict] = field(default_factory=list)
+
+
+def load_corpus(args: TrainArgs) -> Corpus:
+    """The documents of `args.data`. Bad input (missing file, empty corpus, offline TinyStories)
+    raises BadInput with one sentence."""
+    if args.data == "stories":
+        return stories_corpus(args)
+    if args.data == "tinystories":
+        return tinystories_corpus(args)
+    if args.data.startswith("text:"):
+        return text_corpus(args.data[5:], args.seed, args.val_fraction)
+    raise BadInput(f"unknown data source {args.data!r}; use stories, tinystories or text:PATH.")
+
+
+def check_source(args: TrainArgs) -> None:
+    """Cheap checks every DDP rank can make before any work (a missing path, above all)."""
+    if args.data.startswith("text:"):
+        text_files(args.data[5:])
+
+
+def stories_corpus(args: TrainArgs) -> Corpus:
+    train_chars = int(args.corpus_mb * 1_000_000)
+    val_chars = max(20_000, int(train_chars * args.val_fraction))
+    c = build_stories(args.seed, train_chars, val_chars, args.copies(), args.canaries_per_count, args.copy_weight)
+    return Corpus("stories", c.train, c.val, c.canaries)
+
+
+# -- text:PATH -----------------------------------------------------------------------------
+def text_files(path: str) -> list[Path]:
+    p = Path(path)
+    if not p.exists():
+        raise BadInput(f"data path {path} does not exist.")
+    if p.is_file():
+        return [p]
+    files = sorted(f for f in p.rglob("*.txt") if f.is_file())
+    if not files:
+        raise BadInput(f"data folder {path} holds no .txt files.")
+    return files
+
+
+def split_documents(text: str) -> list[str]:
+    """Stories separated by <|endoftext|> (the TinyStories file format) or else by blank lines."""
+    parts = text.split(EOT) if EOT in text else re.split(r"\n[ \t\r\f\v]*\n", text)
+    return [d.strip() for d in parts if d.strip()]
+
+
+def split_held_out(docs: list[str], seed: int, fraction: float) -> tuple[list[str], list[str]]:
+    """(train, held-out): a seeded random `fraction` of the documents (at least one) is held out;
+    training keeps the file order."""
+    n_val = max(1, int(round(len(docs) * fraction)))
+    held = set(np.random.default_rng([int(seed), 31337]).choice(len(docs), size=n_val, replace=False).tolist())
+    return [d for i, d in enumerate(docs) if i not in held], [d for i, d in enumerate(docs) if i in held]
+
+
+def text_corpus(path: str, seed: int, fraction: float) -> Corpus:
+    docs: list[str] = []
+    for f in text_files(path):
+        try:
+            docs += split_documents(f.read_text(encoding="utf-8"))
+        except UnicodeDecodeError:
+            raise BadInput(f"{f} is not UTF-8 text.") from None
+    if not docs:
+        raise BadInput(f"the corpus at {path} is empty.")
+    if len(docs) < 2:
+        raise BadInput(f"the corpus at {path} holds a single document; a held-out split needs at least two "
+                       "(separate stories with blank lines or <|endoftext|>).")
+    train, val = split_held_out(docs, seed, fraction)
+    return Corpus(f"text:{path}", train, val)
+
+
+# -- tinystories -----------------------------------------------------------------------------
+TINYSTORIES = "roneneldan/TinyStories"
+OFFLINE = ("TinyStories is neither cached nor reachable (no network); download TinyStories-train.txt "
+           "elsewhere and pass --data text:PATH instead.")
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    try:
+        socket.create_connection(("huggingface.co", 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def tinystories_cached() -> bool:
+    """Whether the hub or datasets cache holds any copy of TinyStories (checked without network)."""
+    home = Path(os.environ.get("HF_HOME", Path.home() / ".cache" / "huggingface"))
+    hub = Path(os.environ.get("HF_HUB_CACHE", home / "hub"))
+    ds = Path(os.environ.get("HF_DATASETS_CACHE", home / "datasets"))
+    return (hub / "datasets--roneneldan--TinyStories").is_dir() or any(ds.glob("roneneldan___tiny_stories*"))
+
+
+def go_offline() -> None:
+    """Make huggingface_hub and datasets use their caches only, even if already imported."""
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    os.environ["HF_DATASETS_OFFLINE"] = "1"
+    import sys
+    if "huggingface_hub" in sys.modules:
+        sys.modules["huggingface_hub"].constants.HF_HUB_OFFLINE = True
+    if "datasets" in sys.modules:
+        sys.modules["datasets"].config.HF_HUB_OFFLINE = True
+
+
+def tinystories_corpus(args: TrainArgs) -> Corpus:
+    """TinyStories through `datasets`: from its cache when there, else the hub if reachable; never
+    hangs offline. Takes the first --corpus-mb of training text and a matching share of validation."""
+    if not hub_reachable():
+        if not tinystories_cached():
+            raise BadInput(OFFLINE)
+        go_offline()
+    try:
+        import datasets
+    except ImportError:
+        raise BadInput("tinystories needs the `datasets` package; pip install datasets, or pass --data text:PATH.") from None
+    try:
+        ds = datasets.load_dataset(TINYSTORIES)
+    except Exception:
+        raise BadInput(OFFLINE) from None
+    limit = int(args.corpus_mb * 1_000_000)
+    train = take_chars((r["text"] for r in ds["train"]), limit)
+    val = take_chars((r["text"] for r in ds["validation"]), max(20_000, int(limit * args.val_fraction)))
+    if not train or not val:
+        raise BadInput("the TinyStories dataset came back empty.")
+    return Corpus("tinystories", train, val)
+
+
+def take_chars(texts, limit: int) -> list[str]:
+    out, total = [], 0
+    for t in texts:
+        t = t.strip()
+        if t:
+            out.append(t)
+            total += len(t)
+        if total >= limit:
+            break
+    return out

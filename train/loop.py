@@ -1,0 +1,259 @@
+"""The training loop: AdamW + warm-up/cosine, grad accumulation and clipping, bf16 autocast on CUDA,
+optional torch.compile, DDP under torchrun, periodic held-out loss, samples and checkpoints on the
+schedule, and a training state that makes --resume bit-exact on CPU.
+
+Batches are never drawn from a stateful sampler: optimizer step s consumes global samples
+[(s-1)*G, s*G) of the seeded chunk order in model.rundata, split over micro-steps and ranks. So the
+data position is just the step, probes can recompute what any step had seen, and a DDP run with
+the same global batch sees exactly what a single process sees.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel as DDP
+from tqdm import tqdm
+
+from model.checkpoint import append_jsonl, load_state, save_checkpoint, save_state
+from model.config import GPTConfig
+from model.gpt import GPT
+from model.rundata import get_chunks, load_tokens, n_chunks, read_data_meta, sample_chunk_ids
+from model.tokenizer import load_tokenizer
+
+from .args import TrainArgs
+from .schedule import checkpoint_steps, learning_rate
+from .stories import PROMPTS
+
+SAMPLE_TOP_P = 0.9
+FLUSH_EVERY = 50
+
+
+@dataclass
+class Dist:
+    """Where this process sits in a torchrun job (rank 0 of 1 when not distributed)."""
+
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def configure_optimizer(model: GPT, args: TrainArgs, device: torch.device) -> torch.optim.AdamW:
+    """AdamW with weight decay on 2-D weights only (matrices and embeddings), none on biases and
+    LayerNorm gains, as in GPT-2/nanoGPT."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": args.weight_decay},
+              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+    extra = {"fused": True} if device.type == "cuda" else {}
+    return torch.optim.AdamW(groups, lr=args.lr, betas=(0.9, args.beta2), eps=1e-8, **extra)
+
+
+@contextlib.contextmanager
+def one_thread(device: torch.device):
+    """Token-by-token generation on a CPU is a stream of tiny ops; a second thread only adds
+    synchronisation, and on a busy machine it makes them many times slower."""
+    n = torch.get_num_threads()
+    if device.type == "cpu":
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
+
+
+class Trainer:
+    def __init__(self, run_dir: Path, args: TrainArgs, cfg: GPTConfig, device: torch.device, d: Dist):
+        self.run_dir, self.args, self.cfg, self.device, self.d = run_dir, args, cfg, device, d
+        self.meta = read_data_meta(run_dir)
+        self.train_tokens = load_tokens(run_dir, "train", self.meta)
+        self.val_tokens = load_tokens(run_dir, "val", self.meta)
+        self.L = cfg.n_ctx
+        self.G = int(self.meta["global_batch"])
+        self.n_train = n_chunks(len(self.train_tokens), self.L)
+        self.schedule = set(checkpoint_steps(args.steps, args.warmup, args.ckpt_every))
+        self.tokenizer = load_tokenizer(run_dir)
+        torch.manual_seed(args.seed)
+        self.raw = GPT(cfg).to(device)
+        self.opt = configure_optimizer(self.raw, args, device)
+        self.model: torch.nn.Module = self.raw
+        if args.compile:
+            self.model = torch.compile(self.model)
+        if d.world > 1:
+            self.model = DDP(self.model, device_ids=[device.index] if device.type == "cuda" else None)
+        self.autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda"
+                         else contextlib.nullcontext())
+        self.eval_ids = {split: self.fixed_chunks(split) for split in ("train", "val")}
+        self.rows: list[dict] = []
+        self.step = 0
+        self.last_loss = float("nan")
+
+    # -- data --------------------------------------------------------------------------------
+    def fixed_chunks(self, split: str) -> np.ndarray:
+        """The chunks every evaluation uses: a seeded sample, the same at every step."""
+        tokens = self.train_tokens if split == "train" else self.val_tokens
+        n = n_chunks(len(tokens), self.L)
+        k = min(n, self.args.eval_batches * self.args.batch_size)
+        return np.sort(np.random.default_rng([self.args.seed, 5, split == "val"]).permutation(n)[:k])
+
+    def step_batches(self, step: int) -> list[torch.Tensor]:
+        """This rank's micro-batches [B, L+1] for optimizer step `step` (1-based). Micro-step k of
+        rank r takes rows [(k*world + r)*B, ... + B) of the step's global batch."""
+        B, K, W = self.args.batch_size, self.args.grad_accum, self.d.world
+        ids = sample_chunk_ids(self.meta["seed"], self.n_train, (step - 1) * self.G, step * self.G)
+        out = []
+        for k in range(K):
+            lo = (k * W + self.d.rank) * B
+            rows = get_chunks(self.train_tokens, ids[lo:lo + B], self.L)
+            out.append(torch.from_numpy(rows).to(self.device, non_blocking=True))
+        return out
+
+    # -- state -------------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {
+            "step": self.step, "model": {k: v.detach().cpu() for k, v in self.raw.state_dict().items()},
+            "optimizer": self.opt.state_dict(), "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else [],
+            "train_loss": self.last_loss, "global_batch": self.G,
+        }
+
+    def load(self) -> None:
+        s = load_state(self.run_dir)
+        self.raw.load_state_dict(s["model"])
+        self.opt.load_state_dict(s["optimizer"])
+        torch.set_rng_state(s["torch_rng"])
+        if self.device.type == "cuda" and s.get("cuda_rng"):
+            torch.cuda.set_rng_state_all(s["cuda_rng"])
+        self.step = int(s["step"])
+        self.last_loss = float(s.get("train_loss", float("nan")))
+
+    # -- measuring ---------------------------------------------------------------------------
+    @torch.no_grad()
+    def evaluate(self, split: str) -> float:
+        """Mean next-token loss over the fixed evaluation chunks of a split."""
+        tokens = self.train_tokens if split == "train" else self.val_tokens
+        ids = self.eval_ids[split]
+        self.raw.eval()
+        total, count = 0.0, 0
+        for i in range(0, len(ids), self.args.batch_size):
+            rows = torch.from_numpy(get_chunks(tokens, ids[i:i + self.args.batch_size], self.L)).to(self.device)
+            with self.autocast:
+                _, loss = self.raw(rows[:, :-1], rows[:, 1:])
+            total += float(loss) * len(rows)
+            count += len(rows)
+        self.raw.train()
+        return total / count
+
+    def samples(self) -> list[dict]:
+        """Greedy and nucleus-sampled continuations of the fixed prompts (sampling seeded per prompt,
+        so samples differ between checkpoints only because the model did)."""
+        with one_thread(self.device):
+            return self._samples()
+
+    def _samples(self) -> list[dict]:
+        out = []
+        for i, prompt in enumerate(PROMPTS):
+            ids = torch.tensor([self.tokenizer.encode(prompt)], device=self.device)
+            for decoding, kw in (("greedy", dict(temperature=0.0)),
+                                 ("sampled", dict(temperature=1.0, top_p=SAMPLE_TOP_P, seed=self.args.seed + i))):
+                gen = self.raw.generate(ids, self.args.sample_tokens, **kw)[0, ids.shape[1]:]
+                out.append({"step": self.step, "prompt": prompt, "decoding": decoding,
+                            "text": self.tokenizer.decode(gen.tolist())})
+        return out
+
+    # -- writing -----------------------------------------------------------------------------
+    def flush(self) -> None:
+        if self.rows:
+            path = self.run_dir / "metrics.jsonl"
+            with open(path, "a") as f:
+                f.write("".join(json.dumps(r, allow_nan=False) + "\n" for r in self.rows))
+                f.flush()
+                os.fsync(f.fileno())
+            self.rows = []
+
+    def checkpoint(self, row: dict) -> None:
+        """At a scheduled step: held-out loss into the metrics row, samples, then the checkpoint,
+        then the training state last, so a state never points past what was written."""
+        self.flush()
+        for s in self.samples():
+            append_jsonl(self.run_dir / "samples.jsonl", s)
+        save_checkpoint(self.run_dir, self.step, self.raw, {
+            "tokens": self.step * self.G * self.L, "train_loss": row.get("loss"), "val_loss": row["val_loss"],
+            "time": time.time()})
+        save_state(self.run_dir, self.step, self.state_dict())
+
+    def begin(self) -> None:
+        """Step 0: losses of the initial weights, its samples and checkpoint."""
+        if not self.d.main:
+            return
+        row = {"step": 0, "tokens": 0, "loss": self.evaluate("train"), "lr": 0.0, "val_loss": self.evaluate("val")}
+        self.last_loss = row["loss"]
+        self.rows.append(row)
+        self.checkpoint(row)
+
+    # -- training ----------------------------------------------------------------------------
+    def train_step(self) -> dict:
+        """One optimizer step; returns its metrics row (loss averaged over micro-batches and ranks)."""
+        t0 = time.perf_counter()
+        self.step += 1
+        lr = learning_rate(self.step, self.args.lr, self.args.warmup, self.args.steps, self.args.min_lr_ratio)
+        for g in self.opt.param_groups:
+            g["lr"] = lr
+        batches = self.step_batches(self.step)
+        loss_sum = torch.zeros((), device=self.device)
+        for k, rows in enumerate(batches):
+            sync = k == len(batches) - 1 or self.d.world == 1
+            ctx = self.model.no_sync() if (self.d.world > 1 and not sync) else contextlib.nullcontext()
+            with ctx:
+                with self.autocast:
+                    _, loss = self.model(rows[:, :-1], rows[:, 1:])
+                (loss / len(batches)).backward()
+            loss_sum += loss.detach().float()
+        clip = self.args.grad_clip if self.args.grad_clip > 0 else float("inf")
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.raw.parameters(), clip))
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+        loss = loss_sum / len(batches)
+        if self.d.world > 1:
+            dist.all_reduce(loss)
+            loss = loss / self.d.world
+        self.last_loss = float(loss)
+        dt = time.perf_counter() - t0
+        return {"step": self.step, "tokens": self.step * self.G * self.L, "loss": self.last_loss, "lr": lr,
+                "grad_norm": grad_norm, "tok_per_s": round(self.G * self.L / dt, 1)}
+
+    def run(self, fresh: bool) -> None:
+        if fresh:
+            self.begin()
+        bar = tqdm(total=self.args.steps, initial=self.step, desc="train", unit="step",
+                   disable=None if self.d.main else True, dynamic_ncols=True)
+        while self.step < self.args.steps:
+            row = self.train_step()
+            if not math.isfinite(row["loss"]):
+                raise FloatingPointError(f"the training loss became {row['loss']} at step {self.step}; "
+                                         "try a lower --lr.")
+            if self.d.main:
+                at_ckpt = self.step in self.schedule
+                if at_ckpt or self.step % self.args.eval_every == 0:
+                    row["val_loss"] = self.evaluate("val")
+                self.rows.append(row)
+                if at_ckpt:
+                    self.checkpoint(row)
+                elif len(self.rows) >= FLUSH_EVERY:
+                    self.flush()
+                bar.set_postfix(loss=f"{row['loss']:.3f}", tok_s=f"{row['tok_per_s']:.0f}", refresh=False)
+            bar.update(1)
+        bar.close()
+        if self.d.main:
+            self.flush()

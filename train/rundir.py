@@ -1,0 +1,143 @@
+"""Setting up a run folder: refusing to overwrite another run, run.json, the data files and data.json.
+
+Order matters for crash safety: the corpus is tokenized into the shared cache first (outside the
+run), then run.json is written (status "training"), then data/ is linked and data.json written.
+A run killed anywhere in between has a run.json, so `--resume` can finish the job, and a second
+plain invocation refuses to touch it.
+"""
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from pathlib import Path
+
+from model.checkpoint import (STATE, CheckpointError, has_state, read_json, read_jsonl, write_bytes_atomic,
+                              write_json_atomic)
+from model.config import GPTConfig
+from model.rundata import n_chunks, token_path
+
+from .args import BadInput, TrainArgs
+from .corpora import load_corpus
+from .schedule import checkpoint_steps
+from .tokens import Tokenized, link_or_copy, tokenize
+
+RUN_JSON = "run.json"
+DATA_JSON = "data.json"
+
+
+def check_out_dir(out: Path, resume: bool) -> dict | None:
+    """The stored run.json["train"] when resuming; None for a fresh run. Raises BadInput when
+    --out holds something we must not overwrite, or holds nothing to resume."""
+    run_json = out / RUN_JSON
+    if resume:
+        if not run_json.exists():
+            if has_state(out):
+                raise BadInput(f"{out} has a state/ folder but no run.json, so it cannot be resumed.")
+            raise BadInput(f"--resume: {out} holds no run with training state to resume.")
+        try:
+            run = read_json(run_json)
+            return dict(run["train"])
+        except (CheckpointError, KeyError, TypeError):
+            raise BadInput(f"{run_json} is not a readable run description, so the run cannot be resumed.") from None
+    if run_json.exists():
+        raise BadInput(f"{out} already holds a run; pass --resume to continue it or choose another --out.")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise BadInput(f"{out} exists and is not an empty folder; choose another --out.")
+    return None
+
+
+def model_config(args: TrainArgs, vocab_size: int) -> GPTConfig:
+    overrides = {k: getattr(args, k) for k in ("n_layer", "n_head", "n_embd", "n_ctx", "dropout")
+                 if getattr(args, k) is not None}
+    try:
+        return GPTConfig.preset(args.preset, vocab_size=vocab_size, attention=args.attention, **overrides)
+    except ValueError as e:
+        raise BadInput(str(e)) from None
+
+
+def prepare_tokens(args: TrainArgs) -> tuple[Tokenized, list[dict], str]:
+    """(token cache entry, canaries, source) for the run's corpus: generated/read, then tokenized
+    unless the cache already has it."""
+    corpus = load_corpus(args)
+    if not corpus.train or not corpus.val:
+        raise BadInput(f"the corpus {args.data} is empty.")
+    runs_root = Path(args.out).resolve().parent
+    return tokenize(corpus, args.resolved_vocab(), runs_root), corpus.canaries, corpus.source
+
+
+def run_record(args: TrainArgs, cfg: GPTConfig, tok: Tokenized, world: int) -> dict:
+    return {
+        "name": Path(args.out).name, "status": "training", "model": cfg.to_dict(), "train": args.train_dict(),
+        "tokenizer": dict(tok.info["tokenizer"]), "seed": args.seed, "data_source": args.data,
+        "world_size": world, "global_batch": args.batch_size * args.grad_accum * world,
+        "checkpoint_steps": checkpoint_steps(args.steps, args.warmup, args.ckpt_every),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def data_record(args: TrainArgs, cfg: GPTConfig, tok: Tokenized, canaries: list[dict], source: str,
+                world: int) -> dict:
+    info = tok.info
+    return {
+        "source": source, "seed": args.seed, "dtype": info["dtype"],
+        "n_train_tokens": info["n_train_tokens"], "n_val_tokens": info["n_val_tokens"],
+        "chunk_len": cfg.n_ctx, "global_batch": args.batch_size * args.grad_accum * world,
+        "n_train_chunks": n_chunks(info["n_train_tokens"], cfg.n_ctx),
+        "n_val_chunks": n_chunks(info["n_val_tokens"], cfg.n_ctx),
+        "canaries": canaries, "cache_key": info["key"],
+        "stats": {k: v for k, v in info.items() if k not in ("key", "dtype", "tokenizer")},
+    }
+
+
+def check_chunks(cfg: GPTConfig, tok: Tokenized) -> None:
+    for split in ("train", "val"):
+        if n_chunks(tok.info[f"n_{split}_tokens"], cfg.n_ctx) < 1:
+            name = "training" if split == "train" else "held-out"
+            raise BadInput(f"the {name} split has {tok.info[f'n_{split}_tokens']} tokens, fewer than one "
+                           f"sequence of n_ctx + 1 = {cfg.n_ctx + 1}; use a larger corpus or a smaller --n-ctx.")
+
+
+def install_data(run_dir: Path, tok: Tokenized, data: dict) -> None:
+    """Link the cached token files (and vocab) into the run, then write data.json last."""
+    for split in ("train", "val"):
+        link_or_copy(tok.dir / f"{split}.bin", token_path(run_dir, split))
+    if (tok.dir / "vocab.json").exists():
+        write_bytes_atomic(run_dir / "vocab.json", (tok.dir / "vocab.json").read_bytes())
+    write_json_atomic(run_dir / DATA_JSON, data)
+
+
+def data_installed(run_dir: Path) -> bool:
+    try:
+        meta = read_json(run_dir / DATA_JSON)
+        return all(token_path(run_dir, s).stat().st_size == meta[f"n_{s}_tokens"] * (2 if meta["dtype"] == "uint16" else 4)
+                   for s in ("train", "val"))
+    except (CheckpointError, OSError, KeyError, TypeError):
+        return False
+
+
+def set_status(run_dir: Path, status: str, **extra) -> None:
+    run = read_json(run_dir / RUN_JSON)
+    run["status"] = status
+    run.update(extra)
+    if status != "failed":
+        run.pop("error", None)
+    run["updated"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    write_json_atomic(run_dir / RUN_JSON, run)
+
+
+def keep_rows_through(path: Path, step: int) -> None:
+    """Rewrite a .jsonl atomically with only the complete rows of steps <= `step`, so a resumed run
+    appends after them without duplicates (and a line cut short by a kill is gone)."""
+    if not path.exists():
+        return
+    rows = [r for r in read_jsonl(path) if isinstance(r, dict) and int(r.get("step", -1)) <= step]
+    write_bytes_atomic(path, "".join(json.dumps(r, allow_nan=False) + "\n" for r in rows).encode())
+
+
+def clean_temporaries(run_dir: Path) -> None:
+    """Temporary files a killed writer left (atomic writes name them .NAME.tmp-PID)."""
+    for folder in (run_dir, run_dir / STATE, run_dir / "data"):
+        if folder.is_dir():
+            for p in folder.iterdir():
+                if p.name.startswith(".") and ".tmp-" in p.name and p.is_file():
+                    p.unlink(missing_ok=True)

@@ -1,0 +1,156 @@
+"""Documents -> token memmaps, tokenized once and cached by content hash.
+
+The cache (runs/.cache/tokens/<hash>/ or $WORKBENCH_CACHE/<hash>/) holds the final model-id
+arrays (and the compact vocab), so a second run on the same corpus only hashes the text and
+hard-links the files into its own data/ folder. Each document is tokenized on its own and followed
+by <|endoftext|>, so a planted canary has the same tokens in the stream as when encoded alone.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from model.checkpoint import write_json_atomic
+from model.tokenizer import GPT2_EOT_ID, GPT2_VOCAB_SIZE, CompactVocab, build_compact_vocab, gpt2_encoding, EOT
+
+from .corpora import Corpus
+
+PIPELINE_VERSION = 1
+BATCH_DOCS = 2000
+
+
+@dataclass
+class Tokenized:
+    dir: Path  # the cache folder holding train.bin, val.bin, info.json (and vocab.json)
+    info: dict
+    cache_hit: bool
+
+    @property
+    def vocab(self) -> CompactVocab | None:
+        p = self.dir / "vocab.json"
+        return CompactVocab.load(p) if p.exists() else None
+
+
+def cache_root(runs_root: Path) -> Path:
+    env = os.environ.get("WORKBENCH_CACHE")
+    return Path(env) / "tokens" if env else runs_root / ".cache" / "tokens"
+
+
+def content_key(corpus: Corpus, vocab_size: int | None) -> str:
+    """sha256 of everything the token files depend on: text, split, vocab choice, pipeline version."""
+    h = hashlib.sha256(f"v{PIPELINE_VERSION}|vocab={vocab_size}|".encode())
+    for name, docs in (("train", corpus.train), ("val", corpus.val)):
+        h.update(f"|{name}:{len(docs)}|".encode())
+        for d in docs:
+            h.update(d.encode())
+            h.update(b"\x00")
+    return h.hexdigest()[:32]
+
+
+def encode_docs(docs: list[str], desc: str) -> np.ndarray:
+    """GPT-2 ids of the documents, each followed by <|endoftext|>, batched with a progress bar."""
+    enc = gpt2_encoding()
+    parts: list[np.ndarray] = []
+    eot = np.array([GPT2_EOT_ID], dtype=np.int64)
+    bar = tqdm(total=len(docs), desc=f"tokenizing {desc}", unit="doc", leave=False, disable=len(docs) < 5000)
+    for i in range(0, len(docs), BATCH_DOCS):
+        batch = docs[i:i + BATCH_DOCS]
+        for ids in enc.encode_batch(batch, allowed_special={EOT}, num_threads=2):
+            parts.append(np.asarray(ids, dtype=np.int64))
+            parts.append(eot)
+        bar.update(len(batch))
+    bar.close()
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+
+
+def to_model_ids(gpt2_ids: np.ndarray, vocab: CompactVocab | None) -> np.ndarray:
+    if vocab is None:
+        return gpt2_ids
+    table = np.full(GPT2_VOCAB_SIZE, vocab.unk_id, dtype=np.int64)
+    table[np.asarray(vocab.gpt2_ids, dtype=np.int64)] = np.arange(len(vocab.gpt2_ids))
+    table[GPT2_EOT_ID] = vocab.eot_id
+    return table[gpt2_ids]
+
+
+def tokenize(corpus: Corpus, vocab_size: int | None, runs_root: Path) -> Tokenized:
+    """Token files for `corpus`, from the cache when it already holds them."""
+    key = content_key(corpus, vocab_size)
+    final = cache_root(runs_root) / key
+    if cache_valid(final):
+        return Tokenized(final, json.loads((final / "info.json").read_text()), True)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.parent / f".tmp-{key}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        info = write_token_files(tmp, corpus, vocab_size, key)
+        try:
+            os.replace(tmp, final)
+        except OSError:  # another process finished the same corpus first: use theirs
+            shutil.rmtree(tmp, ignore_errors=True)
+            if not cache_valid(final):
+                raise
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return Tokenized(final, info, False)
+
+
+def write_token_files(folder: Path, corpus: Corpus, vocab_size: int | None, key: str) -> dict:
+    train = encode_docs(corpus.train, "train")
+    val = encode_docs(corpus.val, "held-out")
+    vocab = None
+    if vocab_size is not None:
+        vocab = build_compact_vocab(np.bincount(train, minlength=GPT2_VOCAB_SIZE), vocab_size)
+        vocab.save(folder / "vocab.json")
+    n_vocab = vocab.size if vocab else GPT2_VOCAB_SIZE
+    dtype = np.uint16 if n_vocab <= 65536 else np.uint32
+    train_ids, val_ids = to_model_ids(train, vocab), to_model_ids(val, vocab)
+    for name, arr in (("train", train_ids), ("val", val_ids)):
+        with open(folder / f"{name}.bin", "wb") as f:
+            arr.astype(dtype).tofile(f)
+            f.flush()
+            os.fsync(f.fileno())
+    unk = vocab.unk_id if vocab else -1
+    info = {
+        "key": key, "dtype": np.dtype(dtype).name, "vocab_size": n_vocab,
+        "tokenizer": {"kind": "compact" if vocab else "gpt2", "vocab_size": n_vocab},
+        "n_train_tokens": int(len(train_ids)), "n_val_tokens": int(len(val_ids)),
+        "n_train_docs": len(corpus.train), "n_val_docs": len(corpus.val),
+        "distinct_gpt2_tokens": int(np.count_nonzero(np.bincount(train, minlength=GPT2_VOCAB_SIZE))),
+        "unk_fraction_train": float(np.mean(train_ids == unk)) if len(train_ids) else 0.0,
+        "unk_fraction_val": float(np.mean(val_ids == unk)) if len(val_ids) else 0.0,
+        "train_chars": sum(len(d) for d in corpus.train), "val_chars": sum(len(d) for d in corpus.val),
+    }
+    write_json_atomic(folder / "info.json", info)
+    return info
+
+
+def cache_valid(folder: Path) -> bool:
+    """A cache entry is usable when its info.json exists and the files have the sizes it states."""
+    try:
+        info = json.loads((folder / "info.json").read_text())
+        size = np.dtype(info["dtype"]).itemsize
+        return ((folder / "train.bin").stat().st_size == info["n_train_tokens"] * size
+                and (folder / "val.bin").stat().st_size == info["n_val_tokens"] * size)
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+
+
+def link_or_copy(src: Path, dst: Path) -> None:
+    """Hard-link a cached token file into a run (copy across file systems), atomically."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_name(f".{dst.name}.tmp-{os.getpid()}")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(src, tmp)
+    except OSError:
+        shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)
