@@ -1,0 +1,173 @@
+"""Everything the pages read, behind Streamlit caches, so switching checkpoint or page redraws
+from memory. Keys include each file's (path, mtime_ns, size): a file rewritten by the trainer or
+the probes runner is read again, an unchanged one never is.
+
+Models go in `st.cache_resource` (one shared object, never copied); JSON and small results go in
+`st.cache_data` (copied per call, so a page cannot corrupt the cache by mutating what it got).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import streamlit as st
+import torch
+
+from model.checkpoint import CheckpointError, META, WEIGHTS, checkpoint_dir, load_checkpoint, read_json
+from model.tokenizer import Tokenizer, load_tokenizer
+
+from . import analysis
+from .runfolder import RunFiles, file_key, verify_checkpoint
+
+
+@st.cache_data(show_spinner=False, max_entries=4096)
+def _read_json(key: tuple[str, int, int]) -> Any:
+    return read_json(key[0])
+
+
+def read_json_cached(path: Path) -> Any:
+    return _read_json(file_key(path))
+
+
+def probe_results(run: RunFiles) -> tuple[dict[int, dict], list[str]]:
+    """({step: result}, problems): every readable probe file of the run; unreadable ones are
+    named in `problems` and left out."""
+    results, problems = {}, []
+    for step, path in run.probe_files.items():
+        try:
+            data = read_json_cached(path)
+        except (CheckpointError, OSError) as e:
+            problems.append(f"Probe result {path} is unreadable and was skipped ({e}).")
+            continue
+        if isinstance(data, dict):
+            results[step] = data
+        else:
+            problems.append(f"Probe result {path} is not a JSON object and was skipped.")
+    return results, problems
+
+
+def probe_summary(run: RunFiles) -> dict | None:
+    path = run.path / "probes" / "summary.json"
+    if not path.is_file():
+        return None
+    try:
+        data = read_json_cached(path)
+    except (CheckpointError, OSError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def data_manifest(run: RunFiles) -> dict:
+    path = run.path / "data.json"
+    try:
+        data = read_json_cached(path) if path.is_file() else {}
+    except (CheckpointError, OSError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+@st.cache_data(show_spinner=False, max_entries=1024)
+def _verify(weights_key: tuple[str, int, int], meta_key: tuple[str, int, int]) -> str | None:
+    return verify_checkpoint(Path(weights_key[0]).parent)
+
+
+def checkpoint_problem(run: RunFiles, step: int) -> str | None:
+    """None when the checkpoint at `step` is intact, else why it is not (hash checked once per
+    file version)."""
+    folder = checkpoint_dir(run.path, step)
+    try:
+        return _verify(file_key(folder / WEIGHTS), file_key(folder / META))
+    except OSError as e:
+        return f"{folder}: cannot be read ({e.strerror or e})"
+
+
+def corrupt_checkpoints(run: RunFiles, steps: list[int]) -> dict[int, str]:
+    return {s: p for s in steps if (p := checkpoint_problem(run, s)) is not None}
+
+
+@st.cache_resource(show_spinner="Loading checkpoint…", max_entries=6)
+def _load_model(meta_key: tuple[str, int, int]):
+    model, meta = load_checkpoint(Path(meta_key[0]).parent)
+    return model, meta
+
+
+def load_model(run: RunFiles, step: int):
+    """(model, meta) of a checkpoint, loaded once and shared; CheckpointError when it is corrupt."""
+    folder = checkpoint_dir(run.path, step)
+    try:
+        key = file_key(folder / META)
+    except OSError:
+        raise CheckpointError(folder, "checkpoint folder or its meta.json is missing") from None
+    return _load_model(key)
+
+
+@st.cache_resource(show_spinner=False, max_entries=16)
+def _tokenizer(run_dir: str, vocab_key: tuple[str, int, int] | None) -> Tokenizer:
+    return load_tokenizer(run_dir)
+
+
+def tokenizer(run: RunFiles) -> Tokenizer:
+    vocab = run.path / "vocab.json"
+    return _tokenizer(str(run.path), file_key(vocab) if vocab.is_file() else None)
+
+
+@st.cache_resource(show_spinner="Preparing held-out text…", max_entries=16)
+def _heldout(run_dir: str, data_key: tuple[str, int, int], n: int) -> torch.Tensor:
+    import probes
+    return probes.heldout_tokens(run_dir, n=n)
+
+
+def heldout(run: RunFiles, n: int = 16) -> torch.Tensor:
+    """The run's fixed held-out batch (the probes' own choice, so the app's ablation numbers are
+    comparable with the ablation heatmap)."""
+    return _heldout(str(run.path), file_key(run.path / "data.json"), n)
+
+
+@st.cache_data(show_spinner="Ablating…", max_entries=256)
+def _ablation(run_dir: str, step: int, meta_key: tuple[str, int, int], heads: tuple[tuple[int, int], ...],
+              kind: str, n: int) -> dict[str, float]:
+    import probes
+    run = RunFiles(name=Path(run_dir).name, path=Path(run_dir))
+    model, _ = _load_model(meta_key)
+    out = probes.ablate(model, heldout(run, n), list(heads), kind=kind)
+    return {"loss": float(out["loss"]), "delta": float(out["delta"])}
+
+
+def ablation(run: RunFiles, step: int, heads: list[tuple[int, int]], kind: str, n: int = 16) -> dict[str, float]:
+    """Held-out loss with `heads` ablated and its change from the clean loss."""
+    load_model(run, step)  # raises CheckpointError with the path when the checkpoint is corrupt
+    key = file_key(checkpoint_dir(run.path, step) / META)
+    return _ablation(str(run.path), step, key, tuple(sorted(heads)), kind, n)
+
+
+@st.cache_data(show_spinner="Generating…", max_entries=256)
+def _generation(run_dir: str, step: int, meta_key: tuple[str, int, int], heads: tuple[tuple[int, int], ...],
+                kind: str, prompt: str, max_new_tokens: int) -> dict[str, Any]:
+    run = RunFiles(name=Path(run_dir).name, path=Path(run_dir))
+    model, _ = _load_model(meta_key)
+    tok = tokenizer(run)
+    means = analysis.head_means(model, heldout(run)) if (heads and kind != "zero") else None
+    hooks = analysis.ablation_hooks(heads, means)
+    prompt_ids, ids = analysis.greedy_continuation(model, tok, prompt, max_new_tokens, hooks)
+    return {"prompt_ids": prompt_ids, "ids": ids, "text": tok.decode(ids)}
+
+
+def generation(run: RunFiles, step: int, heads: list[tuple[int, int]], kind: str, prompt: str,
+               max_new_tokens: int = 48) -> dict[str, Any]:
+    """Greedy continuation of `prompt` with `heads` ablated (zero, or their held-out mean for the
+    mean and resample kinds, which have no single-prompt equivalent)."""
+    load_model(run, step)
+    key = file_key(checkpoint_dir(run.path, step) / META)
+    return _generation(str(run.path), step, key, tuple(sorted(heads)), kind, prompt, max_new_tokens)
+
+
+@st.cache_data(show_spinner="Computing the attention pattern…", max_entries=256)
+def _pattern(run_dir: str, meta_key: tuple[str, int, int], ids: tuple[int, ...]) -> list:
+    model, _ = _load_model(meta_key)
+    return analysis.attention_patterns(model, ids)
+
+
+def patterns(run: RunFiles, step: int, ids: list[int]) -> list:
+    """Attention patterns [layer][head][query][key] of every head on one prompt."""
+    load_model(run, step)
+    return _pattern(str(run.path), file_key(checkpoint_dir(run.path, step) / META), tuple(ids))

@@ -1,0 +1,239 @@
+"""Plotly figure builders: plain data in, a `go.Figure` out.
+
+Nothing here knows about Streamlit, runs on disk or probe files, so each builder can be tested by
+handing it numbers and reading them back out of the figure. The pages decide what to plot; these
+functions only decide how.
+"""
+from __future__ import annotations
+
+import math
+from typing import Mapping, Sequence
+
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+Matrix = Sequence[Sequence[float]]  # [layer][head]
+Series = tuple[Sequence[int], Sequence[float]]  # (steps, values)
+
+HEIGHT = 380
+
+
+def _log_x(fig: go.Figure, log_x: bool, steps: Sequence[int] = ()) -> None:
+    """Log-x over training steps. Step 0 cannot sit on a log axis, so it is drawn at 0.5 and the
+    axis says so; that keeps the untrained checkpoint visible instead of silently dropping it."""
+    if not log_x:
+        return
+    fig.update_xaxes(type="log")
+    xs = x_of(steps, log_x)
+    if xs:  # fit the data: Plotly's log autorange pads generously on narrow panels
+        lo, hi = math.log10(min(xs)), math.log10(max(xs))
+        pad = 0.05 * max(hi - lo, 1.0)
+        fig.update_xaxes(range=[lo - pad, hi + pad])
+    if any(s == 0 for s in steps):
+        fig.update_xaxes(title_text="step (step 0 drawn at 0.5)")
+
+
+def x_of(steps: Sequence[int], log_x: bool) -> list[float]:
+    """Step positions as drawn: step 0 moves to 0.5 on a log axis (see _log_x)."""
+    return [0.5 if (log_x and s == 0) else s for s in steps]
+
+
+def _mark_steps(fig: go.Figure, marks: Mapping[str, int | None], log_x: bool) -> None:
+    """A dashed vertical line per labelled step (emergence, phase change) in every panel, labelled
+    once. Shapes take data coordinates on a log axis but annotations take log10 of them, so the
+    label is placed by hand rather than through add_vline's annotation."""
+    for label, step in marks.items():
+        if step is None:
+            continue
+        x = x_of([int(step)], log_x)[0]
+        fig.add_vline(x=x, line_dash="dash", line_color="crimson")
+        fig.add_annotation(x=math.log10(x) if log_x else x, xref="x", y=1.0, yref="y domain",
+                           text=f"{label}: step {int(step)}", showarrow=False, xanchor="left",
+                           yanchor="top", font={"color": "crimson"}, name="mark")
+
+
+def loss_curves(runs: Mapping[str, Mapping[str, Series]], checkpoints: Mapping[str, Sequence[int]],
+                log_x: bool = False) -> go.Figure:
+    """Train and held-out loss per run, with the steps that have a checkpoint marked on the train
+    curve, so one sees where along training each saved model sits.
+
+    `runs[name]` holds "train" and optionally "val" as (steps, losses); `checkpoints[name]` lists
+    checkpoint steps."""
+    fig = go.Figure()
+    all_steps: list[int] = []
+    for name, curves in runs.items():
+        steps, loss = curves.get("train", ((), ()))
+        all_steps += list(steps)
+        fig.add_trace(go.Scatter(x=x_of(steps, log_x), y=list(loss), mode="lines",
+                                 name=f"{name} train", meta={"run": name, "kind": "train"}))
+        vsteps, vloss = curves.get("val", ((), ()))
+        if len(vsteps):
+            all_steps += list(vsteps)
+            fig.add_trace(go.Scatter(x=x_of(vsteps, log_x), y=list(vloss), mode="lines+markers",
+                                     name=f"{name} held-out", meta={"run": name, "kind": "val"}))
+        ck = [s for s in checkpoints.get(name, ()) if len(steps)]
+        if ck:
+            fig.add_trace(go.Scatter(
+                x=x_of(ck, log_x), y=[interpolate(steps, loss, s) for s in ck], mode="markers",
+                marker={"symbol": "diamond-open", "size": 9}, name=f"{name} checkpoints",
+                meta={"run": name, "kind": "checkpoints"}, customdata=list(ck),
+                hovertemplate="checkpoint step %{customdata}<extra></extra>"))
+    fig.update_layout(title="Loss over training", xaxis_title="step", yaxis_title="cross-entropy (nats)",
+                      height=HEIGHT + 40, hovermode="x unified")
+    _log_x(fig, log_x, all_steps)
+    return fig
+
+
+def interpolate(steps: Sequence[int], values: Sequence[float], at: int) -> float:
+    """Linear interpolation of a logged curve at a step (clamped to its ends)."""
+    if not len(steps):
+        return math.nan
+    if at <= steps[0]:
+        return float(values[0])
+    for (s0, v0), (s1, v1) in zip(zip(steps, values), zip(steps[1:], values[1:])):
+        if s0 <= at <= s1:
+            return float(v0) if s1 == s0 else float(v0 + (v1 - v0) * (at - s0) / (s1 - s0))
+    return float(values[-1])
+
+
+def head_heatmap(matrix: Matrix, title: str, colorbar: str, zmid: float | None = None,
+                 selected: Sequence[tuple[int, int]] = (), clickable: bool = False) -> go.Figure:
+    """[layer x head] values as a heatmap, layer 0 at the top as in circuit diagrams; `selected`
+    heads get a box drawn around them (the heads being ablated)."""
+    n_layer = len(matrix)
+    n_head = len(matrix[0]) if n_layer else 0
+    fig = go.Figure(go.Heatmap(
+        z=[list(map(float, row)) for row in matrix], x=list(range(n_head)), y=list(range(n_layer)),
+        colorscale="RdBu_r" if zmid is not None else "Viridis", zmid=zmid,
+        colorbar={"title": colorbar}, hovertemplate="layer %{y}, head %{x}: %{z:.4f}<extra></extra>"))
+    if clickable:
+        # Heatmap cells do not emit selection events in Streamlit; an invisible marker on each
+        # cell does, so clicking a cell selects (layer, head).
+        cells = [(l, h) for l in range(n_layer) for h in range(n_head)]
+        fig.add_trace(go.Scatter(
+            x=[h for _, h in cells], y=[l for l, _ in cells], mode="markers", showlegend=False,
+            marker={"size": 28, "opacity": 0, "color": "black"}, name="cells", meta={"role": "click-target"},
+            customdata=[float(matrix[l][h]) for l, h in cells],
+            hovertemplate="layer %{y}, head %{x}: %{customdata:.4f}<extra></extra>"))
+    for layer, head in selected:
+        fig.add_shape(type="rect", x0=head - 0.5, x1=head + 0.5, y0=layer - 0.5, y1=layer + 0.5,
+                      line={"color": "black", "width": 3})
+    fig.update_layout(title=title, xaxis_title="head", yaxis_title="layer", height=HEIGHT)
+    fig.update_yaxes(autorange="reversed", dtick=1)
+    fig.update_xaxes(dtick=1)
+    return fig
+
+
+def head_small_multiples(steps: Sequence[int], matrices: Sequence[Matrix], title: str,
+                         y_title: str, log_x: bool = True,
+                         marks: Mapping[str, int | None] | None = None) -> go.Figure:
+    """How every head's value evolves: one panel per layer, one line per head, over steps.
+    `matrices[i]` is the [layer][head] matrix at `steps[i]`."""
+    n_layer = len(matrices[0]) if matrices else 0
+    n_head = len(matrices[0][0]) if n_layer else 0
+    cols = min(n_layer, 4) or 1
+    rows = max(1, math.ceil(n_layer / cols))
+    fig = make_subplots(rows=rows, cols=cols, shared_yaxes=True,
+                        subplot_titles=[f"layer {l}" for l in range(n_layer)])
+    palette = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2",
+               "#7f7f7f", "#bcbd22", "#17becf"]
+    for layer in range(n_layer):
+        for head in range(n_head):
+            fig.add_trace(go.Scatter(
+                x=x_of(steps, log_x), y=[float(m[layer][head]) for m in matrices], mode="lines+markers",
+                marker={"size": 4}, line={"color": palette[head % len(palette)]},
+                name=f"head {head}", legendgroup=f"head {head}", showlegend=layer == 0,
+                meta={"layer": layer, "head": head},
+                hovertemplate=f"L{layer}H{head} step %{{x}}: %{{y:.4f}}<extra></extra>"),
+                row=layer // cols + 1, col=layer % cols + 1)
+    fig.update_layout(title=title, height=max(HEIGHT, 260 * rows + 80))
+    fig.update_yaxes(title_text=y_title, col=1)
+    _log_x(fig, log_x, steps)
+    _mark_steps(fig, marks or {}, log_x)
+    return fig
+
+
+def scalar_series(series: Mapping[str, Series], title: str, y_title: str, log_x: bool = True,
+                  marks: Mapping[str, int | None] | None = None,
+                  secondary: Mapping[str, Series] | None = None, secondary_title: str = "",
+                  log_y: bool = False) -> go.Figure:
+    """Scalars over training, one line each, with emergence steps marked. `secondary` curves go on
+    a right-hand axis (held-out loss beside a generation metric: the loss-generation mismatch)."""
+    fig = make_subplots(specs=[[{"secondary_y": bool(secondary)}]])
+    all_steps: list[int] = []
+    for name, (steps, values) in series.items():
+        all_steps += list(steps)
+        fig.add_trace(go.Scatter(x=x_of(steps, log_x), y=[_num(v) for v in values], mode="lines+markers",
+                                 name=name, meta={"series": name}), secondary_y=False)
+    for name, (steps, values) in (secondary or {}).items():
+        all_steps += list(steps)
+        fig.add_trace(go.Scatter(x=x_of(steps, log_x), y=[_num(v) for v in values], mode="lines",
+                                 line={"dash": "dot", "color": "gray"}, name=name,
+                                 meta={"series": name, "secondary": True}), secondary_y=True)
+    fig.update_layout(title=title, height=HEIGHT, hovermode="x unified")
+    fig.update_xaxes(title_text="step")
+    fig.update_yaxes(title_text=y_title, secondary_y=False, type="log" if log_y else None)
+    if secondary:
+        fig.update_yaxes(title_text=secondary_title, secondary_y=True)
+    _log_x(fig, log_x, all_steps)
+    _mark_steps(fig, marks or {}, log_x)
+    return fig
+
+
+def _num(v: float | None) -> float | None:
+    return None if v is None else float(v)
+
+
+def unique_labels(tokens: Sequence[str]) -> list[str]:
+    """Axis labels for tokens: a categorical Plotly axis merges equal labels, so each token is
+    prefixed with its position; whitespace is made visible."""
+    return [f"{i}:{t.replace(' ', '␣').replace(chr(10), '⏎')}" for i, t in enumerate(tokens)]
+
+
+def attention_pattern(pattern: Matrix, tokens: Sequence[str], title: str) -> go.Figure:
+    """One head's attention pattern [query][key] with the prompt's tokens on both axes."""
+    labels = unique_labels(tokens)
+    fig = go.Figure(go.Heatmap(z=[list(map(float, row)) for row in pattern], x=labels, y=labels,
+                               colorscale="Blues", zmin=0.0, zmax=1.0, colorbar={"title": "attention"},
+                               hovertemplate="query %{y}<br>key %{x}<br>%{z:.3f}<extra></extra>"))
+    fig.update_layout(title=title, xaxis_title="key (attended to)", yaxis_title="query (attending)",
+                      height=max(HEIGHT, 18 * len(tokens) + 160))
+    fig.update_yaxes(autorange="reversed")
+    fig.update_xaxes(tickangle=-60)
+    return fig
+
+
+def canaries_vs_copies(canaries: Sequence[Mapping[str, float]], title: str) -> go.Figure:
+    """Canary extraction rate and exposure against how many copies were planted (log x): the
+    duplication-memorization curve at one checkpoint."""
+    rows = sorted(canaries, key=lambda c: c["copies"])
+    copies = [int(c["copies"]) for c in rows]
+    fig = make_subplots(specs=[[{"secondary_y": True}]])
+    fig.add_trace(go.Scatter(x=copies, y=[_num(c["extracted_fraction"]) for c in rows],
+                             mode="lines+markers", name="extracted fraction", meta={"series": "extracted"}),
+                  secondary_y=False)
+    fig.add_trace(go.Scatter(x=copies, y=[_num(c.get("exposure")) for c in rows], mode="lines+markers",
+                             line={"dash": "dot"}, name="exposure (bits)", meta={"series": "exposure"}),
+                  secondary_y=True)
+    fig.update_layout(title=title, height=HEIGHT)
+    fig.update_xaxes(type="log", title_text="copies in training data")
+    fig.update_yaxes(title_text="extracted fraction", range=[-0.05, 1.05], secondary_y=False)
+    fig.update_yaxes(title_text="exposure (bits)", secondary_y=True)
+    return fig
+
+
+def canaries_over_training(steps: Sequence[int], per_step: Sequence[Sequence[Mapping[str, float]]],
+                           field: str, title: str, log_x: bool = True,
+                           marks: Mapping[str, int | None] | None = None) -> go.Figure:
+    """One line per duplication count: `field` (extracted_fraction or exposure) over training."""
+    groups = sorted({int(c["copies"]) for canaries in per_step for c in canaries})
+    series: dict[str, Series] = {}
+    for copies in groups:
+        xs, ys = [], []
+        for step, canaries in zip(steps, per_step):
+            match = [c for c in canaries if int(c["copies"]) == copies]
+            if match:
+                xs.append(step)
+                ys.append(match[0].get(field))
+        series[f"{copies} copies"] = (xs, ys)
+    return scalar_series(series, title, field.replace("_", " "), log_x=log_x, marks=marks)

@@ -1,0 +1,117 @@
+"""Probe results reshaped for plotting: series over steps, [layer][head] matrices per step,
+emergence steps, and repeated n-grams made visible. Pure functions, no Streamlit.
+
+`results` is always {step: the content of probes/step_NNNNNN.json} (issue 4 item 2 keys), and
+paths into it are dotted, e.g. "repetition.greedy.seq_rep_4".
+"""
+from __future__ import annotations
+
+import html
+from typing import Any, Mapping, Sequence
+
+Results = Mapping[int, Mapping[str, Any]]
+
+
+def get(d: Any, path: str) -> Any:
+    """d["a"]["b"]... for path "a.b...", or None where any part is missing."""
+    for part in path.split("."):
+        if not isinstance(d, Mapping) or part not in d:
+            return None
+        d = d[part]
+    return d
+
+
+def scalar(results: Results, path: str) -> tuple[list[int], list[float]]:
+    """(steps, values) of one scalar, skipping checkpoints whose result lacks it (a probe run with
+    --only, or an older file) instead of failing."""
+    steps, values = [], []
+    for step in sorted(results):
+        v = get(results[step], path)
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            steps.append(int(step))
+            values.append(float(v))
+    return steps, values
+
+
+def is_matrix(v: Any) -> bool:
+    return (isinstance(v, Sequence) and len(v) > 0 and all(isinstance(r, Sequence) and len(r) > 0 for r in v)
+            and len({len(r) for r in v}) == 1)
+
+
+def matrices(results: Results, path: str) -> tuple[list[int], list[list[list[float]]]]:
+    """(steps, [layer][head] matrix per step) of one per-head result."""
+    steps, mats = [], []
+    for step in sorted(results):
+        v = get(results[step], path)
+        if is_matrix(v):
+            steps.append(int(step))
+            mats.append([[float(x) for x in row] for row in v])
+    return steps, mats
+
+
+def best_head(results: Results, path: str) -> tuple[list[int], list[float]]:
+    """The largest per-head value at each step (e.g. the best induction score)."""
+    steps, mats = matrices(results, path)
+    return steps, [max(max(row) for row in m) for m in mats]
+
+
+def steps_having(results: Results, path: str) -> list[int]:
+    return [int(s) for s in sorted(results) if get(results[s], path) is not None]
+
+
+def emergence_step(summary: Mapping[str, Any] | None, name: str) -> int | None:
+    """The step at which phenomenon `name` emerges according to probes/summary.json, or None.
+
+    Looked up under summary["emergence"][name], where the value is a step or an object with a
+    "step" field; a summary that says nothing (phenomenon never emerged, older file) gives None,
+    and so does a candidate step the summary itself marks as not detected (below threshold)."""
+    if not isinstance(summary, Mapping):
+        return None
+    v = get(summary, f"emergence.{name}")
+    if isinstance(v, Mapping):
+        if v.get("detected") is False:
+            return None
+        v = v.get("step")
+    return int(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+
+
+def emergence_rule(summary: Mapping[str, Any] | None, name: str) -> str | None:
+    """The detection rule summary.json states for a phenomenon, to print under the chart."""
+    v = get(summary, f"emergence.{name}") if isinstance(summary, Mapping) else None
+    if isinstance(v, Mapping):
+        rule = v.get("rule") or v.get("description")
+        return str(rule) if rule else None
+    return None
+
+
+def repeated_ngram_mask(tokens: Sequence[int], n: int = 4) -> list[bool]:
+    """True for every token inside an n-gram that already occurred earlier in the sequence.
+
+    Used only when probes.metrics.repeated_ngram_mask is not importable; the pages prefer the
+    probes' own definition so highlight and seq-rep-n always agree."""
+    mask = [False] * len(tokens)
+    seen: set[tuple[int, ...]] = set()
+    for i in range(len(tokens) - n + 1):
+        gram = tuple(tokens[i:i + n])
+        if gram in seen:
+            for j in range(i, i + n):
+                mask[j] = True
+        seen.add(gram)
+    return mask
+
+
+def highlight_html(pieces: Sequence[str], mask: Sequence[bool], colour: str = "#ffd166") -> str:
+    """Token strings joined into HTML with the masked ones on a coloured background; every piece
+    is escaped, so model output can never inject markup."""
+    out, open_span = [], False
+    for piece, on in zip(pieces, mask):
+        if on and not open_span:
+            out.append(f'<mark style="background:{colour};padding:0">')
+            open_span = True
+        elif not on and open_span:
+            out.append("</mark>")
+            open_span = False
+        out.append(html.escape(piece).replace("\n", "<br>"))
+    if open_span:
+        out.append("</mark>")
+    return "".join(out)

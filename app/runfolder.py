@@ -1,0 +1,175 @@
+"""Which runs the app may read, and what each one holds — without Streamlit.
+
+The app is read-only and confined to its runs folder ($WORKBENCH_RUNS or ./runs): a run name is a
+single folder name, never a path, and anything that resolves outside the folder (a `..`, an
+absolute path, a symlink pointing elsewhere) is refused with one sentence. Everything the pages
+show about a run's files is gathered here through model.checkpoint, the one module that knows the
+layout.
+"""
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping
+
+from model.checkpoint import (CheckpointError, PROBES, list_checkpoints, read_checkpoint_meta, read_json,
+                              read_jsonl, sha256_bytes, step_of, WEIGHTS)
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+PROBE_FILE = re.compile(r"^step_(\d{6,})\.json$")
+DEMO_COMMAND = "make demo"
+DEMO_TRAIN_COMMAND = "python -m train --preset nano --data stories --out runs/demo"
+
+
+def runs_root(environ: Mapping[str, str] | None = None) -> Path:
+    """$WORKBENCH_RUNS, else ./runs, else the repository's runs/ (so `streamlit run app` finds the
+    demo from any working directory)."""
+    environ = os.environ if environ is None else environ
+    if environ.get("WORKBENCH_RUNS"):
+        return Path(environ["WORKBENCH_RUNS"]).expanduser().resolve()
+    here = Path.cwd() / "runs"
+    return (here if here.is_dir() else REPO_ROOT / "runs").resolve()
+
+
+def inside(root: Path, path: Path) -> bool:
+    """Whether `path`, with every symlink followed, lies inside `root`."""
+    try:
+        path.resolve().relative_to(root.resolve())
+        return True
+    except (ValueError, OSError, RuntimeError):  # RuntimeError: a symlink loop
+        return False
+
+
+def safe_run_dir(root: Path, name: str) -> Path:
+    """The folder of run `name` inside `root`, or ValueError saying why the name is refused."""
+    if not isinstance(name, str) or not name.strip():
+        raise ValueError("A run name must be a non-empty folder name.")
+    if os.path.isabs(name) or name.startswith("~"):
+        raise ValueError(f"Run name {name!r} is refused: absolute paths are not allowed, only runs inside {root}.")
+    if ".." in name or "/" in name or "\\" in name or "\x00" in name:
+        raise ValueError(f"Run name {name!r} is refused: it must be a single folder name inside {root}, "
+                         "without '..' or path separators.")
+    if name.startswith("."):
+        raise ValueError(f"Run name {name!r} is refused: hidden folders are not runs.")
+    path = root / name
+    if not inside(root, path):
+        raise ValueError(f"Run {name!r} is refused: it is a symlink that points outside {root}.")
+    if not path.is_dir():
+        raise ValueError(f"There is no run named {name!r} in {root}.")
+    return path
+
+
+def run_names(root: Path) -> list[str]:
+    """Folders of `root` that hold a run.json (hidden folders such as the token cache and
+    symlinks leading outside are not runs)."""
+    if not root.is_dir():
+        return []
+    names = []
+    for p in sorted(root.iterdir()):
+        if p.name.startswith(".") or not p.is_dir() or not inside(root, p):
+            continue
+        if (p / "run.json").is_file() and inside(root, p / "run.json"):
+            names.append(p.name)
+    return names
+
+
+@dataclass
+class RunFiles:
+    """What one run folder holds, as read right now. `problems` names files that could not be
+    read; the pages show them and carry on with the rest."""
+
+    name: str
+    path: Path
+    info: dict = field(default_factory=dict)
+    checkpoint_steps: list[int] = field(default_factory=list)
+    probe_files: dict[int, Path] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def status(self) -> str:
+        return str(self.info.get("status", "unknown"))
+
+    @property
+    def training(self) -> bool:
+        return self.status == "training"
+
+    @property
+    def missing_probes(self) -> list[int]:
+        return [s for s in self.checkpoint_steps if s not in self.probe_files]
+
+
+def read_run(root: Path, name: str) -> RunFiles:
+    """Gather a run's listing (cheap: names and small JSON only, no weights)."""
+    path = safe_run_dir(root, name)
+    run = RunFiles(name=name, path=path)
+    try:
+        info = read_json(path / "run.json")
+        run.info = info if isinstance(info, dict) else {}
+        if not isinstance(info, dict):
+            run.problems.append(f"{path / 'run.json'}: is not a JSON object.")
+    except CheckpointError as e:
+        run.problems.append(str(e))
+    run.checkpoint_steps = [step_of(p) for p in list_checkpoints(path) if inside(root, p)]
+    run.probe_files = probe_files(root, path)
+    return run
+
+
+def probe_files(root: Path, run_dir: Path) -> dict[int, Path]:
+    """{step: probes/step_NNNNNN.json} for the result files present."""
+    folder = run_dir / PROBES
+    if not folder.is_dir():
+        return {}
+    found = {}
+    for p in folder.iterdir():
+        m = PROBE_FILE.match(p.name)
+        if m and p.is_file() and inside(root, p):
+            found[int(m.group(1))] = p
+    return dict(sorted(found.items()))
+
+
+def file_key(path: Path) -> tuple[str, int, int]:
+    """(path, mtime_ns, size): the cache key of a file's content, so an edited file is re-read."""
+    st = path.stat()
+    return str(path), st.st_mtime_ns, st.st_size
+
+
+def verify_checkpoint(path: Path) -> str | None:
+    """None if the checkpoint's weights match the sha256 in its meta.json, else the problem as one
+    sentence. Cheaper than loading the model, and catches the same truncation or corruption."""
+    try:
+        meta = read_checkpoint_meta(path)
+        data = (path / WEIGHTS).read_bytes()
+    except CheckpointError as e:
+        return str(e)
+    except OSError as e:
+        return f"{path / WEIGHTS}: cannot be read ({e.strerror or e})"
+    if sha256_bytes(data) != meta["sha256"]:
+        return f"{path / WEIGHTS}: sha256 does not match meta.json, the file is truncated or corrupt"
+    return None
+
+
+def metrics_series(run_dir: Path) -> dict[str, tuple[list[int], list[float]]]:
+    """Train and held-out loss curves from metrics.jsonl."""
+    train, val = ([], []), ([], [])
+    for row in read_jsonl(run_dir / "metrics.jsonl"):
+        if not isinstance(row, dict) or "step" not in row:
+            continue
+        if isinstance(row.get("loss"), (int, float)):
+            train[0].append(int(row["step"]))
+            train[1].append(float(row["loss"]))
+        if isinstance(row.get("val_loss"), (int, float)):
+            val[0].append(int(row["step"]))
+            val[1].append(float(row["val_loss"]))
+    return {"train": train, "val": val}
+
+
+def samples_at(run_dir: Path, step: int) -> list[dict]:
+    """samples.jsonl rows written at one checkpoint step."""
+    return [r for r in read_jsonl(run_dir / "samples.jsonl") if isinstance(r, dict) and r.get("step") == step]
+
+
+def sample_steps(run_dir: Path) -> list[int]:
+    return sorted({int(r["step"]) for r in read_jsonl(run_dir / "samples.jsonl")
+                   if isinstance(r, dict) and isinstance(r.get("step"), int)})

@@ -1,0 +1,31 @@
+"""GPT-2 Workbench app: `streamlit run app` from the repository root.
+
+The entry script sets up navigation and the run picker (both kept across pages); each page lives
+in app/views/. Runs are read from $WORKBENCH_RUNS or ./runs and never written, except that a page
+may ask the probes runner to fill in missing results.
+"""
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # works without `pip install -e .` too
+    sys.path.insert(0, str(ROOT))
+
+import streamlit as st  # noqa: E402
+
+from app import ui  # noqa: E402
+
+st.set_page_config(page_title="GPT-2 Workbench", page_icon=":material/biotech:", layout="wide")
+
+PAGES = [
+    st.Page("views/runs.py", title="Runs", icon=":material/show_chart:", default=True),
+    st.Page("views/heads.py", title="Heads", icon=":material/grid_view:"),
+    st.Page("views/attention.py", title="Attention", icon=":material/visibility:"),
+    st.Page("views/memorization.py", title="Memorization", icon=":material/lock:"),
+    st.Page("views/repetition.py", title="Repetition", icon=":material/repeat:"),
+    st.Page("views/induction.py", title="Induction", icon=":material/extension:"),
+]
+
+navigation = st.navigation(PAGES)
+ui.guarded(ui.sidebar_run_picker)
+navigation.run()

@@ -1,0 +1,127 @@
+"""Heads: which heads matter (ablation heatmap at a checkpoint), since when (their evolution and
+the head-importance concentration over training), and what ablating any set of them does to the
+held-out loss and to a greedy generation."""
+import html
+
+import streamlit as st
+
+from app import cache, figures, results as R, ui
+
+KINDS = ["zero", "mean", "resample"]
+HEADS_KEY = "ablate_heads"
+
+
+def head_label(layer: int, head: int) -> str:
+    return f"L{layer}H{head}"
+
+
+def parse_label(label: str) -> tuple[int, int]:
+    layer, head = label[1:].split("H")
+    return int(layer), int(head)
+
+
+def add_clicked_heads() -> None:
+    """Clicking heatmap cells adds those heads to the ablation set."""
+    event = st.session_state.get("ablation_heatmap")
+    points = (event or {}).get("selection", {}).get("points", []) if isinstance(event, dict) else \
+        getattr(getattr(event, "selection", None), "points", []) or []
+    chosen = list(st.session_state.get(HEADS_KEY, []))
+    for p in points:
+        x, y = p.get("x"), p.get("y")
+        if isinstance(x, (int, float)) and isinstance(y, (int, float)):
+            label = head_label(int(y), int(x))
+            if label not in chosen:
+                chosen.append(label)
+    st.session_state[HEADS_KEY] = chosen
+
+
+def heatmap_section(results, steps, kind, step) -> None:
+    res = results[step]
+    clean = R.get(res, "head_ablation.clean_loss")
+    selected = [parse_label(h) for h in st.session_state.get(HEADS_KEY, [])]
+    fig = figures.head_heatmap(R.get(res, f"head_ablation.{kind}"), f"Loss increase when one head is "
+                               f"{kind}-ablated · step {step}", "Δ loss", selected=selected, clickable=True)
+    st.plotly_chart(fig, key="ablation_heatmap", on_select=add_clicked_heads, selection_mode="points")
+    if isinstance(clean, (int, float)):
+        st.caption(f"Clean held-out loss at step {step}: {clean:.4f} nats. Click cells to add heads to the ablation.")
+
+
+def interactive_section(run, step, n_layer, n_head) -> None:
+    st.subheader("Interactive ablation")
+    options = [head_label(l, h) for l in range(n_layer) for h in range(n_head)]
+    st.session_state[HEADS_KEY] = [h for h in st.session_state.get(HEADS_KEY, []) if h in options]
+    labels = st.multiselect("Heads to ablate", options, key=HEADS_KEY)
+    kind = st.radio("Ablation", KINDS, horizontal=True, key="interactive_kind")
+    prompt = st.text_input("Prompt for the greedy generation", "Once upon a time", key="ablate_prompt")
+    heads = [parse_label(h) for h in labels]
+    clean = cache.ablation(run, step, [], kind)
+    ablated = cache.ablation(run, step, heads, kind)
+    cols = st.columns(3)
+    cols[0].metric("Clean held-out loss", f"{clean['loss']:.4f}")
+    cols[1].metric("Loss with ablation", f"{ablated['loss']:.4f}", delta=f"{ablated['delta']:+.4f}",
+                   delta_color="inverse" if heads else "off")
+    cols[2].metric("Heads ablated", len(heads))
+    if not prompt.strip():
+        st.info("Type a prompt to compare generations.")
+        return
+    before = cache.generation(run, step, [], kind, prompt)
+    after = cache.generation(run, step, heads, kind, prompt)
+    left, right = st.columns(2)
+    left.markdown("**Without ablation**")
+    right.markdown(f"**With {', '.join(labels) or 'no heads'} {kind}-ablated**")
+    with left:
+        ui.highlighted_text(before["text"], prefix=f"<b>{html.escape(prompt)}</b>")
+    with right:
+        ui.highlighted_text(after["text"], prefix=f"<b>{html.escape(prompt)}</b>")
+    if kind != "zero":
+        st.caption("For generation, mean and resample ablation both substitute the head's mean output "
+                   "over the held-out batch (a single prompt has no other sequence to resample from).")
+
+
+def evolution_section(run, results, kind, log_x) -> None:
+    steps, mats = R.matrices(results, f"head_ablation.{kind}")
+    if len(steps) < 2:
+        st.info("The evolution over training needs probe results for at least two checkpoints.")
+        return
+    summary = cache.probe_summary(run)
+    st.plotly_chart(figures.head_small_multiples(steps, mats, f"Per-head loss increase ({kind}) over training",
+                                                 "Δ loss", log_x=log_x), key="evolution")
+    gini = R.scalar(results, f"head_ablation.gini.{kind}")
+    top = R.scalar(results, f"head_ablation.top_share.{kind}")
+    series = {k: v for k, v in {"Gini": gini, "top-10% share": top}.items() if v[0]}
+    if series:
+        st.plotly_chart(figures.scalar_series(
+            series, "Head-importance concentration over training", "share / coefficient", log_x=log_x,
+            marks={"concentration": R.emergence_step(summary, "head_concentration")}), key="gini")
+
+
+def render() -> None:
+    run = ui.current_run("Heads")
+    if run is None:
+        return
+    results = ui.probe_results(run, "heads")
+    if results is None:
+        return
+    steps = R.steps_having(results, "head_ablation")
+    if not steps:
+        st.info("The probe results hold no head-ablation data (computed with --only?).")
+        return
+    top = st.columns([3, 1, 1])
+    with top[0]:
+        step = ui.step_picker(steps)
+    kind = top[1].radio("Heatmap ablation", KINDS, key="kind")
+    log_x = top[2].checkbox("Log-scale steps", value=True, key="log_x")
+    matrix = R.get(results[step], f"head_ablation.{kind}")
+    if not R.is_matrix(matrix):
+        st.info(f"No {kind}-ablation results at step {step}.")
+        return
+    n_layer, n_head = len(matrix), len(matrix[0])
+    left, right = st.columns([1, 1])
+    with left:
+        ui.guarded(lambda: heatmap_section(results, steps, kind, step))
+    with right:
+        ui.guarded(lambda: interactive_section(run, step, n_layer, n_head))
+    ui.guarded(lambda: evolution_section(run, results, kind, log_x))
+
+
+ui.guarded(render)

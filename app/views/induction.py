@@ -1,0 +1,92 @@
+"""Induction: induction, previous-token and duplicate-token scores per head over training (on
+repeated random tokens), the in-distribution copying score beside them, and the in-context
+learning score, with the phase change marked."""
+import streamlit as st
+
+from app import cache, figures, results as R, ui
+
+SCORES = {
+    "induction": "induction (repeated random tokens)",
+    "previous_token": "previous token",
+    "duplicate_token": "duplicate token",
+    "in_context_copying": "in-context copying (spans repeated in held-out text)",
+}
+
+
+def icl_value(v) -> float | None:
+    """The ICL score, whether stored as a number or as an object with its positions."""
+    if isinstance(v, (int, float)) and not isinstance(v, bool):
+        return float(v)
+    if isinstance(v, dict):
+        for k in ("score", "value", "icl_score", "delta"):
+            if isinstance(v.get(k), (int, float)):
+                return float(v[k])
+    return None
+
+
+def icl_series(results) -> tuple[list[int], list[float]]:
+    steps, values = [], []
+    for s in sorted(results):
+        v = icl_value(R.get(results[s], "induction.icl_score"))
+        if v is not None:
+            steps.append(s)
+            values.append(v)
+    return steps, values
+
+
+def overview_section(run, results, log_x) -> None:
+    summary = cache.probe_summary(run)
+    marks = {"phase change": R.emergence_step(summary, "induction")}
+    best = {f"best head · {SCORES[k].split(' (')[0]}": R.best_head(results, f"induction.{k}")
+            for k in ("induction", "in_context_copying", "previous_token")}
+    best = {k: v for k, v in best.items() if v[0]}
+    if not best:
+        st.info("The probe results hold no induction data.")
+        return
+    icl = icl_series(results)
+    st.plotly_chart(figures.scalar_series(
+        best, "Best head per score, and the in-context-learning score", "score", log_x=log_x, marks=marks,
+        secondary={"ICL score (loss late − early)": icl} if icl[0] else None, secondary_title="ICL score (nats)"),
+        key="induction_overview")
+    last = R.get(results[max(results)], "induction.icl_score")
+    if isinstance(last, dict) and "early_position" in last:
+        st.caption(f"ICL score = loss at position {last.get('late_position')} minus loss at position "
+                   f"{last.get('early_position')}" + (f" ({last['note']})" if last.get("note") else "") + ".")
+    found = R.get(summary, "emergence.induction") if summary else None
+    if isinstance(found, dict) and found.get("detected") is False and found.get("rise") is not None:
+        st.caption(f"No induction phase change detected: the largest rise of the best induction score was "
+                   f"{found['rise']:.3f} (steps {found.get('from_step')} → {found.get('step')}), below the "
+                   f"{found.get('min_rise')} threshold; best score reached {found.get('best_score_reached') or 0:.3f}.")
+    rule = R.emergence_rule(summary, "induction")
+    if rule:
+        st.caption(f"Phase-change rule: {rule}")
+
+
+def per_head_section(results, log_x) -> None:
+    cols = st.columns([2, 2])
+    key = cols[0].selectbox("Score per head", list(SCORES), format_func=SCORES.get, key="score")
+    steps, mats = R.matrices(results, f"induction.{key}")
+    if not steps:
+        st.info(f"No {SCORES[key]} scores in the probe results.")
+        return
+    st.plotly_chart(figures.head_small_multiples(steps, mats, f"{SCORES[key]} per head over training", "score",
+                                                 log_x=log_x), key="per_head")
+    with cols[1]:
+        step = ui.step_picker(steps, key="induction_step")
+    st.plotly_chart(figures.head_heatmap(mats[steps.index(step)], f"{SCORES[key]} · step {step}", "score"),
+                    key="induction_map")
+
+
+def render() -> None:
+    run = ui.current_run("Induction")
+    if run is None:
+        return
+    results = ui.probe_results(run, "induction")
+    if results is None:
+        return
+    log_x = st.checkbox("Log-scale steps", value=True, key="log_x")
+    ui.guarded(lambda: overview_section(run, results, log_x))
+    ui.guarded(lambda: per_head_section(results, log_x))
+
+
+ui.guarded(render)

@@ -1,0 +1,90 @@
+"""Memorization: seen vs held-out memorization score over training, canary extraction and exposure
+against the number of planted copies, and the sequences the model actually reproduces."""
+import pandas as pd
+import streamlit as st
+
+from app import cache, figures, results as R, ui
+
+
+def scores_section(run, results, log_x) -> None:
+    summary = cache.probe_summary(run)
+    onset = {"memorization onset": R.emergence_step(summary, "memorization")}
+    series = {
+        "seen · mean score": R.scalar(results, "memorization.seen.mean_score"),
+        "held-out · mean score": R.scalar(results, "memorization.held_out.mean_score"),
+        "seen · memorized fraction": R.scalar(results, "memorization.seen.memorized_fraction"),
+        "held-out · memorized fraction": R.scalar(results, "memorization.held_out.memorized_fraction"),
+    }
+    series = {k: v for k, v in series.items() if v[0]}
+    if not series:
+        st.info("The probe results hold no memorization data.")
+        return
+    gap = R.scalar(results, "memorization.loss_gap")
+    st.plotly_chart(figures.scalar_series(
+        series, "Pythia memorization score (32-token prefix → 32 greedy tokens)", "score / fraction",
+        log_x=log_x, marks=onset, secondary={"held-out − seen loss": gap} if gap[0] else None,
+        secondary_title="loss gap (nats)"), key="memorization")
+
+
+def canary_section(results, log_x) -> None:
+    steps = R.steps_having(results, "memorization.canaries")
+    per_step = [R.get(results[s], "memorization.canaries") or [] for s in steps]
+    steps = [s for s, c in zip(steps, per_step) if c]
+    per_step = [c for c in per_step if c]
+    if not steps:
+        st.info("No canaries were measured (the run's data has none).")
+        return
+    st.subheader("Canaries: planted sequences repeated 1, 2, 4, … times")
+    step = ui.step_picker(steps, key="canary_step")
+    left, right = st.columns(2)
+    left.plotly_chart(figures.canaries_vs_copies(per_step[steps.index(step)], f"Canaries at step {step}"),
+                      key="canaries_at_step")
+    right.plotly_chart(figures.canaries_over_training(steps, per_step, "extracted_fraction",
+                                                      "Canary extraction over training", log_x=log_x),
+                       key="canaries_over_training")
+
+
+def examples_section(results) -> None:
+    """What the model generates from each canary's prefix (and training sequences it reproduces),
+    as the memorization probe recorded them at a checkpoint."""
+    steps = [s for s in sorted(results) if R.get(results[s], "memorization.canaries")]
+    if not steps:
+        return
+    st.subheader("Extracted sequences")
+    step = ui.step_picker(steps, key="example_step", label="Checkpoint for the examples")
+    rows = []
+    for group in R.get(results[step], "memorization.canaries") or []:
+        for item in group.get("items") or []:
+            rows.append({"copies": item.get("copies", group.get("copies")), "score": item.get("score"),
+                         "extracted": bool(item.get("extracted")), "exposure": item.get("exposure"),
+                         "prefix": item.get("prefix"), "true continuation": item.get("truth"),
+                         "model's greedy continuation": item.get("generated")})
+    if rows:
+        rows.sort(key=lambda r: (-(r["copies"] or 0), -(r["score"] or 0)))
+        st.dataframe(pd.DataFrame(rows), hide_index=True, column_config={
+            "score": st.column_config.ProgressColumn("score", min_value=0.0, max_value=1.0, format="%.2f")})
+        n = sum(r["extracted"] for r in rows)
+        st.caption(f"{n} of {len(rows)} canaries are extracted verbatim at step {step} "
+                   "(score = fraction of the greedy tokens after the prefix that match).")
+    seen = R.get(results[step], "memorization.seen_examples") or []
+    if seen:
+        st.markdown("**Training sequences reproduced from their prefix**")
+        st.dataframe(pd.DataFrame(seen), hide_index=True)
+    elif rows:
+        st.caption("No training sequence is reproduced verbatim at this checkpoint.")
+
+
+def render() -> None:
+    run = ui.current_run("Memorization")
+    if run is None:
+        return
+    results = ui.probe_results(run, "memorization")
+    if results is None:
+        return
+    log_x = st.checkbox("Log-scale steps", value=True, key="log_x")
+    ui.guarded(lambda: scores_section(run, results, log_x))
+    ui.guarded(lambda: canary_section(results, log_x))
+    ui.guarded(lambda: examples_section(results))
+
+
+ui.guarded(render)

@@ -1,0 +1,86 @@
+"""Repetition: when greedy generations fall into loops ("wave wave wave"), beside the held-out loss
+that keeps improving meanwhile, and one prompt's generations across every checkpoint."""
+import streamlit as st
+
+from app import cache, figures, results as R, ui
+from app.runfolder import metrics_series, sample_steps, samples_at
+
+
+def metrics_section(run, results, log_x) -> None:
+    summary = cache.probe_summary(run)
+    marks = {"repetition emerges": R.emergence_step(summary, "repetition")}
+    val = metrics_series(run.path)["val"]
+    main = {f"{d} seq-rep-4": R.scalar(results, f"repetition.{d}.seq_rep_4") for d in ("greedy", "sampled")}
+    main = {k: v for k, v in main.items() if v[0]}
+    if not main:
+        st.info("The probe results hold no repetition data.")
+        return
+    st.plotly_chart(figures.scalar_series(
+        main, "Repeated 4-grams in continuations vs held-out loss", "seq-rep-4", log_x=log_x, marks=marks,
+        secondary={"held-out loss": val} if val[0] else None, secondary_title="held-out loss (nats)"),
+        key="seq_rep")
+    rule = R.emergence_rule(summary, "repetition")
+    if rule:
+        st.caption(f"Emergence rule: {rule}")
+    panels = [
+        ("Distinct n-grams", "distinct fraction",
+         {f"{d} distinct-{n}": f"repetition.{d}.distinct_{n}" for d in ("greedy", "sampled") for n in (1, 2)}),
+        ("Continuations ending in a loop", "fraction",
+         {f"{d}": f"repetition.{d}.loop_fraction" for d in ("greedy", "sampled")}),
+        ("Predictive entropy along the continuation", "nats",
+         {f"{d}": f"repetition.{d}.predictive_entropy" for d in ("greedy", "sampled")}),
+        ("Teacher-forced repetition (Welleck)", "fraction",
+         {"rep/128": "repetition.rep_128", "wrep/128": "repetition.wrep_128"}),
+    ]
+    cols = st.columns(2)
+    for i, (title, y, paths) in enumerate(panels):
+        series = {k: R.scalar(results, p) for k, p in paths.items()}
+        series = {k: v for k, v in series.items() if v[0]}
+        if series:
+            cols[i % 2].plotly_chart(figures.scalar_series(series, title, y, log_x=log_x, marks=marks),
+                                     key=f"panel{i}")
+
+
+def continuations_by_step(run, results) -> dict[tuple[str, str], dict[int, str]]:
+    """{(prompt, decoding): {step: text}} from the probe results, else from samples.jsonl."""
+    out: dict[tuple[str, str], dict[int, str]] = {}
+    for step in sorted(results):
+        for c in R.get(results[step], "repetition.continuations") or []:
+            if isinstance(c, dict):
+                out.setdefault((str(c.get("prompt", "")), str(c.get("decoding", ""))), {})[step] = str(c.get("text", ""))
+    if not out:
+        for step in sample_steps(run.path):
+            for row in samples_at(run.path, step):
+                out.setdefault((str(row.get("prompt", "")), str(row.get("decoding", ""))), {})[step] = str(row.get("text", ""))
+    return out
+
+
+def generations_section(run, results) -> None:
+    st.subheader("One prompt across all checkpoints")
+    table = continuations_by_step(run, results)
+    if not table:
+        st.info("No generations were recorded.")
+        return
+    prompts = sorted({p for p, _ in table})
+    cols = st.columns([3, 1])
+    prompt = cols[0].selectbox("Prompt", prompts, key="rep_prompt")
+    decodings = sorted({d for p, d in table if p == prompt})
+    decoding = cols[1].radio("Decoding", decodings, key="rep_decoding", horizontal=True)
+    st.caption("Repeated 4-grams are highlighted.")
+    for step, text in sorted(table.get((prompt, decoding), {}).items()):
+        ui.highlighted_text(text, prefix=f"<b>step {step}</b> · ")
+
+
+def render() -> None:
+    run = ui.current_run("Repetition")
+    if run is None:
+        return
+    results = ui.probe_results(run, "repetition")
+    if results is None:
+        return
+    log_x = st.checkbox("Log-scale steps", value=True, key="log_x")
+    ui.guarded(lambda: metrics_section(run, results, log_x))
+    ui.guarded(lambda: generations_section(run, results))
+
+
+ui.guarded(render)

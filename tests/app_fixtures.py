@@ -1,0 +1,196 @@
+"""Runs for the app tests: hand-written probe results with the issue-4 keys, a fake run built
+from random-init checkpoints (fast, exact values known), and the real small run trained once per
+test session with its state variants (empty folder, no checkpoints, probes missing, corrupt
+checkpoint). Shared by test_app*.py and test_browser*.py through a per-process cache, so the
+training happens once however many modules use it.
+"""
+from __future__ import annotations
+
+import atexit
+import json
+import shutil
+import tempfile
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from model.checkpoint import (append_jsonl, checkpoint_dir, list_checkpoints, save_checkpoint, write_json_atomic,
+                              WEIGHTS)
+from model.config import GPTConfig
+from model.gpt import GPT
+from model.tokenizer import build_compact_vocab, gpt2_encoding
+
+STORY = ("Once upon a time, Tom and Mia went to the park. They wave to each other. Tom said, "
+         "\"Look, a red ball!\" Mia was happy. The sun was warm and the birds sang. ")
+
+
+def grid(L: int, H: int, base: float, step: int, salt: float = 0.0) -> list[list[float]]:
+    """A [L][H] matrix whose every entry is distinct and depends on the step, so a figure that
+    mixes up layers, heads or steps shows different numbers."""
+    return [[round(base + 0.1 * l + 0.01 * h + 0.001 * np.log2(step + 1) + salt, 6) for h in range(H)]
+            for l in range(L)]
+
+
+def fake_result(step: int, L: int = 2, H: int = 2) -> dict:
+    """A probe result file with every key of issue 4 item 2."""
+    f = float(np.log2(step + 1))
+    return {
+        "step": step, "tokens": step * 256,
+        "head_ablation": {
+            "clean_loss": 5.0 - 0.3 * f,
+            "zero": grid(L, H, 0.5, step), "mean": grid(L, H, 0.3, step), "resample": grid(L, H, 0.4, step),
+            "gini": {"zero": 0.1 + 0.02 * f, "mean": 0.2, "resample": 0.3},
+            "top_share": {"zero": 0.25 + 0.01 * f, "mean": 0.3, "resample": 0.35},
+        },
+        "attention_entropy": {"raw": grid(L, H, 1.0, step), "normalized": grid(L, H, 0.2, step),
+                              "sink_mass": grid(L, H, 0.05, step)},
+        "memorization": {
+            "seen": {"mean_score": 0.1 * f, "memorized_fraction": 0.05 * f, "n": 64},
+            "held_out": {"mean_score": 0.02 * f, "memorized_fraction": 0.0, "n": 64},
+            "canaries": [{"copies": c, "extracted_fraction": min(1.0, 0.01 * c * f), "exposure": 0.5 * c + f}
+                         for c in (1, 2, 4, 8, 16, 32, 64)],
+            "loss_gap": 0.01 * f,
+        },
+        "repetition": {
+            **{d: {"seq_rep_4": 0.1 * f + (0.05 if d == "greedy" else 0.0), "distinct_1": 0.5, "distinct_2": 0.7,
+                   "loop_fraction": 0.25 if d == "greedy" else 0.0, "predictive_entropy": 3.0 - 0.2 * f}
+               for d in ("greedy", "sampled")},
+            "rep_128": 0.3 + 0.01 * f, "wrep_128": 0.1,
+            "continuations": [{"prompt": p, "decoding": d, "text": f" wave wave wave wave at step {step}"}
+                              for p in ("Once upon a time", "They wave to each other") for d in ("greedy", "sampled")],
+        },
+        "induction": {k: grid(L, H, base, step) for k, base in
+                      (("induction", 0.01), ("previous_token", 0.6), ("duplicate_token", 0.02),
+                       ("in_context_copying", 0.3))}
+        | {"icl_score": {"score": -0.1 * f, "early_position": 5, "late_position": 30}},
+    }
+
+
+def fake_summary(steps: list[int]) -> dict:
+    return {"emergence": {"repetition": {"step": steps[len(steps) // 2], "rule": "greedy seq_rep_4 > 0.3 and stays"},
+                          "induction": {"step": steps[max(0, len(steps) - 2)]},
+                          "memorization": steps[min(1, len(steps) - 1)], "head_concentration": None}}
+
+
+def write_fake_run(root: Path, name: str = "fake", steps: tuple[int, ...] = (0, 1, 2, 4, 8), n_layer: int = 2,
+                   n_head: int = 2, with_probes: bool = True, status: str = "complete") -> Path:
+    """A run folder with real (random-init) checkpoints, data files, metrics and samples, and
+    hand-written probe results. Seconds to build; no training."""
+    run = root / name
+    run.mkdir(parents=True)
+    enc = gpt2_encoding()
+    ids = enc.encode(STORY * 40)
+    vocab = build_compact_vocab(np.bincount(ids, minlength=50257), 128)
+    vocab.save(run / "vocab.json")
+    to_model = {g: i for i, g in enumerate(vocab.gpt2_ids)}
+    tokens = np.array([to_model.get(i, vocab.unk_id) for i in ids], dtype=np.uint16)
+    (run / "data").mkdir()
+    split = len(tokens) * 3 // 4
+    tokens[:split].tofile(run / "data" / "train.bin")
+    tokens[split:].tofile(run / "data" / "val.bin")
+    cfg = GPTConfig(n_layer=n_layer, n_head=n_head, n_embd=32, n_ctx=64, vocab_size=vocab.size, dropout=0.0)
+    canary = ("The secret code of the blue door is seven four one nine two and the key is under the old "
+              "red flower pot in the garden behind the little white house where Tom lives with his cat")
+    write_json_atomic(run / "data.json", {
+        "source": "stories", "seed": 0, "dtype": "uint16", "n_train_tokens": int(split),
+        "n_val_tokens": int(len(tokens) - split), "chunk_len": 64, "global_batch": 4,
+        "canaries": [{"id": f"c{c}", "text": canary.replace("seven", ["one", "two", "three"][i % 3]), "copies": c,
+                      "prefix_tokens": 16, "alternatives": []} for i, c in enumerate((1, 8, 64))]})
+    write_json_atomic(run / "run.json", {
+        "name": name, "status": status, "model": cfg.to_dict(),
+        "train": {"preset": "nano", "data": "stories", "steps": steps[-1], "batch_size": 4, "seed": 0},
+        "tokenizer": {"kind": "compact", "vocab_size": vocab.size}, "seed": 0,
+        "checkpoint_steps": list(steps), "created": "2025-01-01T00:00:00"})
+    torch.manual_seed(0)
+    model = GPT(cfg)
+    for s in range(steps[-1] + 1):
+        append_jsonl(run / "metrics.jsonl", {"step": s, "tokens": s * 256, "loss": 5.0 - 0.1 * s, "lr": 1e-3,
+                                             "grad_norm": 1.0, "tok_per_s": 1000.0}
+                     | ({"val_loss": 5.1 - 0.1 * s} if s in steps else {}))
+    for s in steps:
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(0.01 * torch.randn_like(p))
+        save_checkpoint(run, s, model, {"tokens": s * 256, "train_loss": 5.0 - 0.1 * s, "val_loss": 5.1 - 0.1 * s})
+        for d in ("greedy", "sampled"):
+            append_jsonl(run / "samples.jsonl", {"step": s, "prompt": "Once upon a time", "decoding": d,
+                                                 "text": f" the park the park the park <&> step {s}"})
+        if with_probes:
+            write_json_atomic(run / "probes" / f"step_{s:06d}.json", fake_result(s, n_layer, n_head))
+    if with_probes:
+        write_json_atomic(run / "probes" / "summary.json", fake_summary(list(steps)))
+    return run
+
+
+def corrupt_checkpoint(run: Path, step: int) -> Path:
+    """Flip bytes in the middle of a checkpoint's weights (the sha256 in meta.json then fails)."""
+    path = checkpoint_dir(run, step) / WEIGHTS
+    data = bytearray(path.read_bytes())
+    mid = len(data) // 2
+    data[mid:mid + 16] = bytes(b ^ 0xFF for b in data[mid:mid + 16])
+    path.write_bytes(bytes(data))
+    return path
+
+
+def _tmp_root(prefix: str) -> Path:
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    atexit.register(shutil.rmtree, path, True)
+    return path
+
+
+@lru_cache(maxsize=1)
+def trained_roots() -> dict[str, Path]:
+    """Runs folders for every app state, built once per test process from one small run trained
+    here (train.testing.make_small_run) and probed by the real runner:
+
+    computed: the run with every probe result; empty: no runs at all; no_checkpoints: a run still
+    training that has not written a checkpoint; missing: the run with no probe results; corrupt:
+    the run with one checkpoint's weights damaged and its probe result gone."""
+    from train.testing import make_small_run
+    import probes
+
+    base = _tmp_root("workbench-app-")
+    computed = base / "computed"
+    computed.mkdir()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny model: one thread is 3-4x faster than two fighting other work
+    try:
+        run = make_small_run(computed / "small")
+        probes.run_probes(run)
+    finally:
+        torch.set_num_threads(threads)
+    roots = {"computed": computed}
+    roots["empty"] = base / "empty"
+    roots["empty"].mkdir()
+
+    roots["missing"] = base / "missing"
+    shutil.copytree(computed, roots["missing"])
+    shutil.rmtree(roots["missing"] / "small" / "probes", ignore_errors=True)
+
+    roots["corrupt"] = base / "corrupt"
+    shutil.copytree(computed, roots["corrupt"])
+    bad = roots["corrupt"] / "small"
+    steps = sorted(int(p.name.split("_")[1]) for p in list_checkpoints(bad))
+    victim = steps[len(steps) // 2]
+    corrupt_checkpoint(bad, victim)
+    (bad / "probes" / f"step_{victim:06d}.json").unlink(missing_ok=True)
+
+    roots["no_checkpoints"] = base / "no_checkpoints"
+    fresh = roots["no_checkpoints"] / "small"
+    fresh.mkdir(parents=True)
+    info = json.loads((run / "run.json").read_text())
+    info["status"] = "training"
+    (fresh / "run.json").write_text(json.dumps(info))
+    for name in ("data.json", "vocab.json"):
+        if (run / name).exists():
+            shutil.copy(run / name, fresh / name)
+    return roots
+
+
+def corrupt_step(root: Path) -> int:
+    """The step whose checkpoint trained_roots() damaged in the 'corrupt' variant."""
+    run = root / "small"
+    have = {int(p.stem.split("_")[1]) for p in (run / "probes").glob("step_*.json")}
+    return next(int(p.name.split("_")[1]) for p in list_checkpoints(run) if int(p.name.split("_")[1]) not in have)

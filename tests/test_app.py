@@ -1,0 +1,248 @@
+"""The Streamlit app driven by AppTest on a small run trained in this test session, and on every
+state that is not an error: empty runs folder, a run without checkpoints, probes missing, a
+corrupt checkpoint. No page may show an exception; the interactive ablation must report the
+loss change of the heads chosen (and none when none are)."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from streamlit.testing.v1 import AppTest
+
+import probes
+from app_fixtures import corrupt_step, trained_roots, write_fake_run
+from model.checkpoint import checkpoint_dir, list_checkpoints, load_checkpoint, read_json, step_of
+from model.tokenizer import load_tokenizer
+
+APP = str(Path(__file__).resolve().parents[1] / "app" / "streamlit_app.py")
+PAGES = ["runs", "heads", "attention", "memorization", "repetition", "induction"]
+
+
+@pytest.fixture(scope="module")
+def roots():
+    return trained_roots()
+
+
+def open_app(root: Path, monkeypatch, page: str | None = None, query: dict | None = None) -> AppTest:
+    monkeypatch.setenv("WORKBENCH_RUNS", str(root))
+    at = AppTest.from_file(APP, default_timeout=120)
+    for k, v in (query or {}).items():
+        at.query_params[k] = v
+    at.run()
+    if page:
+        at.switch_page(f"views/{page}.py").run()
+    return at
+
+
+def charts(at: AppTest) -> list[dict]:
+    return [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
+
+
+def chart_titled(at: AppTest, start: str) -> dict:
+    found = [c for c in charts(at) if c["layout"].get("title", {}).get("text", "").startswith(start)]
+    assert len(found) == 1, [c["layout"].get("title", {}).get("text") for c in charts(at)]
+    return found[0]
+
+
+def texts(elements) -> str:
+    return "\n".join(str(e.value) for e in elements)
+
+
+def assert_no_exception(at: AppTest, page: str, allow_error: bool = False) -> None:
+    assert not at.exception, f"{page}: exception shown: {texts(at.exception)}"
+    if not allow_error:
+        assert not at.error, f"{page}: error shown: {texts(at.error)}"
+    assert "Traceback" not in texts(at.markdown) + texts(at.error)
+
+
+def close(a, b, atol: float = 1e-9) -> bool:
+    return np.allclose(np.asarray(a, dtype=float), np.asarray(b, dtype=float), rtol=0, atol=atol)
+
+
+def metric(at: AppTest, label: str):
+    (m,) = [m for m in at.metric if m.label == label]
+    return m
+
+
+# -- the computed run ---------------------------------------------------------------------------
+def test_every_page_draws_its_charts_on_the_trained_run(roots, monkeypatch):
+    at = open_app(roots["computed"], monkeypatch)
+    for page in PAGES:
+        at.switch_page(f"views/{page}.py").run()
+        assert_no_exception(at, page)
+        assert at.title[0].value == page.capitalize()
+        assert len(charts(at)) >= 1, f"{page}: no chart"
+        assert not at.warning, f"{page}: {texts(at.warning)}"
+
+
+def test_heatmap_shows_the_probe_values_of_the_chosen_checkpoint(roots, monkeypatch):
+    run = roots["computed"] / "small"
+    results = probes.read_results(run)
+    steps = sorted(results)
+    at = open_app(roots["computed"], monkeypatch, "heads")
+    for step in (steps[-1], steps[1], steps[0]):
+        at.select_slider(key="step").set_value(step).run()
+        heat = chart_titled(at, "Loss increase when one head is zero-ablated")
+        assert close(heat["data"][0]["z"], results[step]["head_ablation"]["zero"])
+        assert f"step {step}" in heat["layout"]["title"]["text"]
+    at.radio(key="kind").set_value("mean").run()
+    heat = chart_titled(at, "Loss increase when one head is mean-ablated")
+    assert close(heat["data"][0]["z"], results[steps[0]]["head_ablation"]["mean"])
+
+
+def test_interactive_ablation_changes_the_loss_only_when_heads_are_ablated(roots, monkeypatch):
+    run = roots["computed"] / "small"
+    results = probes.read_results(run)
+    step = max(results)
+    at = open_app(roots["computed"], monkeypatch, "heads")
+    assert at.select_slider(key="step").value == step
+    clean = float(metric(at, "Clean held-out loss").value)
+    none = metric(at, "Loss with ablation")
+    assert float(none.value) == clean and none.delta == "+0.0000"
+    assert clean == pytest.approx(results[step]["head_ablation"]["clean_loss"], abs=1e-4)
+
+    at.multiselect(key="ablate_heads").set_value(["L0H0"]).run()
+    assert_no_exception(at, "heads")
+    one = metric(at, "Loss with ablation")
+    assert float(one.value) != clean and one.delta != "+0.0000"
+    # the same number the ablation probe found for that head at that checkpoint
+    assert float(one.value) - clean == pytest.approx(results[step]["head_ablation"]["zero"][0][0], abs=2e-4)
+    assert metric(at, "Heads ablated").value == "1"
+    # the with/without generations are shown side by side
+    assert any("With L0H0 zero-ablated" in m.value for m in at.markdown)
+
+    at.multiselect(key="ablate_heads").set_value([]).run()
+    assert float(metric(at, "Loss with ablation").value) == clean
+
+
+def test_pattern_viewer_shows_the_checkpoints_own_attention(roots, monkeypatch):
+    run = roots["computed"] / "small"
+    at = open_app(roots["computed"], monkeypatch, "attention")
+    prompt = "Tom and Mia went to the park. Tom and Mia"
+    at.text_input(key="pattern_prompt").set_value(prompt).run()
+    steps = [step_of(p) for p in list_checkpoints(run)]
+    at.select_slider(key="pattern_step").set_value(steps[-1]).run()
+    at.selectbox(key="pattern_layer").set_value(1).run()
+    at.selectbox(key="pattern_head").set_value(1).run()
+    assert_no_exception(at, "attention")
+    fig = chart_titled(at, "Layer 1 head 1")
+    model, _ = load_checkpoint(checkpoint_dir(run, steps[-1]))
+    ids = load_tokenizer(run).encode(prompt)
+    _, cache = model.run_with_cache(torch.tensor([ids]))
+    want = cache["blocks.1.attn.hook_pattern"][0, 1]
+    assert torch.allclose(torch.tensor(fig["data"][0]["z"]), want, atol=1e-6)
+    assert len(fig["data"][0]["x"]) == len(ids)
+
+
+# -- states that are not errors -----------------------------------------------------------------
+def test_empty_runs_folder_says_how_to_train_the_demo(roots, monkeypatch):
+    at = open_app(roots["empty"], monkeypatch)
+    for page in PAGES:
+        at.switch_page(f"views/{page}.py").run()
+        assert_no_exception(at, page)
+        assert "No runs yet" in texts(at.info)
+        code = texts(at.code)
+        assert "make demo" in code and "python -m train --preset nano --data stories --out runs/demo" in code
+
+
+def test_run_still_training_without_checkpoints(roots, monkeypatch):
+    at = open_app(roots["no_checkpoints"], monkeypatch)
+    for page in PAGES:
+        at.switch_page(f"views/{page}.py").run()
+        assert_no_exception(at, page)
+        assert "still training" in texts(at.info)
+        assert [b for b in at.button if b.label == "Refresh"]
+        if page != "runs":
+            assert "No checkpoint has been written yet" in texts(at.info)
+    at.button(key="refresh").click().run()
+    assert_no_exception(at, "after refresh")
+
+
+def test_run_without_probe_results_offers_to_compute_them(roots, monkeypatch):
+    run = roots["missing"] / "small"
+    n = len(list_checkpoints(run))
+    at = open_app(roots["missing"], monkeypatch)
+    for page in PAGES:
+        at.switch_page(f"views/{page}.py").run()
+        assert_no_exception(at, page)
+        if page == "runs":
+            assert len(charts(at)) == 1  # the loss curves need no probes
+            continue
+        assert f"{n} checkpoints of this run have no probe results yet" in texts(at.info)
+        assert [b for b in at.button if b.label == "Compute probe results"]
+        assert not [c for c in charts(at) if "pattern" not in c["layout"]["title"]["text"].lower()
+                    and not c["layout"]["title"]["text"].startswith("Layer")]
+
+
+def test_compute_button_fills_in_the_missing_results(roots, monkeypatch, tmp_path):
+    root = tmp_path / "runs"
+    shutil.copytree(roots["computed"], root)
+    run = root / "small"
+    original = probes.read_results(run)
+    gone = sorted(original)[-2:]
+    for step in gone:
+        (run / "probes" / f"step_{step:06d}.json").unlink()
+    at = open_app(root, monkeypatch, "heads")
+    assert "2 checkpoints of this run have no probe results yet" in texts(at.info)
+    at.button(key="compute-heads").click().run()
+    assert_no_exception(at, "heads after computing")
+    assert not [b for b in at.button if b.label == "Compute probe results"]
+    again = probes.read_results(run)
+    assert sorted(again) == sorted(original)
+    for step in gone:  # the runner is deterministic: the same numbers as the first time
+        assert close(again[step]["head_ablation"]["zero"], original[step]["head_ablation"]["zero"], 1e-6)
+    assert at.select_slider(key="step").options[-2:] == [str(s) for s in gone]  # now offered
+    at.select_slider(key="step").set_value(gone[-1]).run()
+    heat = chart_titled(at, "Loss increase when one head is zero-ablated")
+    assert close(heat["data"][0]["z"], again[gone[-1]]["head_ablation"]["zero"])
+
+
+def test_corrupt_checkpoint_is_named_and_skipped(roots, monkeypatch):
+    root = roots["corrupt"]
+    bad = corrupt_step(root)
+    at = open_app(root, monkeypatch)
+    for page in PAGES:
+        at.switch_page(f"views/{page}.py").run()
+        assert_no_exception(at, page)
+        warning = texts(at.warning)
+        assert f"Checkpoint step {bad} is corrupt and was skipped" in warning
+        assert f"step_{bad:06d}" in warning
+        assert len(charts(at)) >= 1, f"{page}: the intact checkpoints should still be plotted"
+        assert not [b for b in at.button if b.label == "Compute probe results"]
+    at.switch_page("views/attention.py").run()
+    assert bad not in at.select_slider(key="pattern_step").options and \
+        str(bad) not in at.select_slider(key="pattern_step").options
+
+
+@pytest.mark.parametrize("name", ["../computed", "/etc", "..", "small/../../computed"])
+def test_run_names_leaving_the_runs_folder_are_refused(roots, monkeypatch, name):
+    at = open_app(roots["corrupt"], monkeypatch, query={"run": name})
+    assert_no_exception(at, "runs", allow_error=True)
+    assert "refused" in texts(at.sidebar.error)
+    assert at.selectbox(key="run").value == "small"  # stays on a run inside the folder
+
+
+def test_runs_page_compares_runs_and_switches_to_log_steps(tmp_path, monkeypatch):
+    write_fake_run(tmp_path, "alpha", steps=(0, 1, 2, 4))
+    write_fake_run(tmp_path, "beta", steps=(0, 2, 4, 8))
+    at = open_app(tmp_path, monkeypatch)
+    assert at.selectbox(key="run").value == "beta"  # the latest by name when there is no demo
+    at.selectbox(key="run").set_value("alpha").run()
+    at.multiselect(key="compare").set_value(["beta"]).run()
+    assert_no_exception(at, "runs")
+    fig = chart_titled(at, "Loss over training")
+    names = {t["name"] for t in fig["data"]}
+    assert {"alpha train", "alpha held-out", "alpha checkpoints", "beta train", "beta checkpoints"} <= names
+    beta_ck = [t for t in fig["data"] if t["name"] == "beta checkpoints"][0]
+    assert beta_ck["x"] == [0, 2, 4, 8]
+    at.checkbox(key="log_x").check().run()
+    fig = chart_titled(at, "Loss over training")
+    assert fig["layout"]["xaxis"]["type"] == "log"
+    # the generations at a checkpoint, repeated 4-grams highlighted and model text escaped
+    at.select_slider(key="sample_step").set_value(2).run()
+    shown = [m.value for m in at.markdown if "<mark" in m.value]
+    assert shown and all("step 2" in m and "&lt;&amp;&gt;" in m for m in shown)

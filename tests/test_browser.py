@@ -1,0 +1,125 @@
+"""The app in a real browser: `streamlit run app` on a free port, headless Chromium (Debian's
+chromium driven by Playwright) through every page. Each page must render its main Plotly chart and
+show no exception; a screenshot of each lands in tests/artifacts/.
+
+Skipped only when no Chromium binary is found (`.ci/run` installs one)."""
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from app_fixtures import trained_roots
+
+REPO = Path(__file__).resolve().parents[1]
+ARTIFACTS = REPO / "tests" / "artifacts"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--no-first-run"]
+# url path -> (page title, the key of its main chart)
+PAGES = {
+    "": ("Runs", "loss_chart"),
+    "heads": ("Heads", "ablation_heatmap"),
+    "attention": ("Attention", "entropy"),
+    "memorization": ("Memorization", "memorization"),
+    "repetition": ("Repetition", "seq_rep"),
+    "induction": ("Induction", "induction_overview"),
+}
+
+
+def chromium_path() -> str | None:
+    for candidate in (os.environ.get("CHROMIUM"), "/usr/bin/chromium", shutil.which("chromium"),
+                      shutil.which("chromium-browser")):
+        if candidate and Path(candidate).is_file() and os.access(candidate, os.X_OK):
+            return candidate
+    return None
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 90) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"streamlit exited with status {proc.returncode}: {proc.stdout.read()}")
+        try:
+            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
+                if r.read().strip() == b"ok":
+                    return
+        except OSError:
+            time.sleep(0.3)
+    raise RuntimeError(f"streamlit did not become healthy at {url} within {timeout} s")
+
+
+@pytest.fixture(scope="module")
+def server():
+    chromium = chromium_path()
+    if chromium is None:
+        pytest.skip("No Chromium found (looked for /usr/bin/chromium and chromium on PATH): "
+                    "install it with `apt-get install -y chromium` or run .ci/run.")
+    root = trained_roots()["computed"]
+    port = free_port()
+    env = dict(os.environ, WORKBENCH_RUNS=str(root), PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", "app", "--server.port", str(port), "--server.address",
+         "127.0.0.1", "--server.headless", "true", "--browser.gatherUsageStats", "false",
+         "--server.fileWatcherType", "none"],
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_healthy(url, proc)
+        yield url, chromium
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def wait_until_idle(page, timeout_ms: int = 60_000) -> None:
+    """Streamlit shows a status widget while the script runs; wait for it to go away."""
+    page.wait_for_function(
+        "() => !document.querySelector('[data-testid=\"stStatusWidget\"]')"
+        " || !document.querySelector('[data-testid=\"stStatusWidget\"]').innerText.includes('Running')",
+        timeout=timeout_ms)
+
+
+def test_every_page_renders_its_main_chart_in_chromium(server):
+    from playwright.sync_api import sync_playwright
+
+    url, chromium = server
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS, headless=True)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 2400})
+            for path, (title, chart_key) in PAGES.items():
+                page.goto(f"{url}/{path}", wait_until="domcontentloaded")
+                page.get_by_role("heading", name=title).first.wait_for(timeout=60_000)
+                main_chart = page.locator(f".st-key-{chart_key} .js-plotly-plot")
+                main_chart.first.wait_for(state="visible", timeout=60_000)
+                wait_until_idle(page)
+                page.wait_for_timeout(500)
+                name = path or "runs"
+                page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+                body = page.inner_text("body")
+                assert page.locator("[data-testid='stException']").count() == 0, f"{name}: exception shown"
+                assert "Traceback" not in body, f"{name}: a traceback is shown"
+                assert page.locator("[data-testid='stAlertContentError']").count() == 0, \
+                    f"{name}: error shown: {body[:2000]}"
+                # the chart really drew: plotly put an SVG with data traces inside it
+                assert main_chart.first.locator(".main-svg").count() > 0, f"{name}: main chart has no SVG"
+                assert page.locator(".js-plotly-plot").count() >= 1
+        finally:
+            browser.close()
