@@ -132,7 +132,7 @@ def build_parser() -> Parser:
     add("--grad-clip", type=float, help=f"gradient norm clip, 0 = off (default {d.grad_clip})")
     add("--min-lr-ratio", type=float, help=f"final LR as a share of --lr (default {d.min_lr_ratio})")
     add("--beta2", type=float, help=f"AdamW beta2 (default {d.beta2})")
-    add("--eval-batches", type=int, help=f"micro-batches per held-out evaluation (default {d.eval_batches})")
+    add("--eval-batches", type=int, help=f"global batches of held-out sequences per evaluation (default {d.eval_batches})")
     add("--sample-tokens", type=int, help=f"tokens generated per sample at each checkpoint (default {d.sample_tokens})")
     return p
 

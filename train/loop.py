@@ -104,7 +104,7 @@ class Trainer:
         """The chunks every evaluation uses: a seeded sample, the same at every step."""
         tokens = self.train_tokens if split == "train" else self.val_tokens
         n = n_chunks(len(tokens), self.L)
-        k = min(n, self.args.eval_batches * self.args.batch_size)
+        k = min(n, self.args.eval_batches * self.G)  # set by the global batch, so DDP/accumulation agree
         return np.sort(np.random.default_rng([self.args.seed, 5, split == "val"]).permutation(n)[:k])
 
     def step_batches(self, step: int) -> list[torch.Tensor]:
