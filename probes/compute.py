@@ -1,0 +1,117 @@
+"""All probes of one checkpoint: `compute_probes(model, tokenizer, inputs, step)` -> the content
+of probes/step_NNNNNN.json.
+
+Passes are shared between probes: one pass with pattern hooks over held-out text gives the
+attention statistics of both the attention_entropy and the induction probe (in-context copying);
+one plain pass over the held-out memorization set gives per-position losses (loss gap, ICL
+score) and argmax predictions (rep/wrep).
+"""
+from __future__ import annotations
+
+import time
+from typing import Any, Iterable
+
+import torch
+
+from .ablation import head_ablation_probe
+from .attention import HeldoutPatternStats, attention_entropy_result
+from .forward import forward_in_chunks, model_device, rows_for, shape_of, split_tokens, token_losses
+from .induction import induction_result
+from .inputs import ProbeInputs
+from .memorization import memorization_result
+from .repetition import repetition_result
+
+PROBES = ("head_ablation", "attention_entropy", "memorization", "repetition", "induction")
+RESULT_VERSION = 1
+
+
+def check_only(only: Iterable[str] | str | None) -> tuple[str, ...]:
+    """The probes to compute, in canonical order; ValueError naming an unknown one."""
+    if only is None:
+        return PROBES
+    names = [s.strip() for s in (only.split(",") if isinstance(only, str) else only) if s and s.strip()]
+    unknown = [n for n in names if n not in PROBES]
+    if unknown:
+        raise ValueError(f"unknown probe {unknown[0]!r}; the probes are {', '.join(PROBES)}.")
+    if not names:
+        raise ValueError(f"no probe named; the probes are {', '.join(PROBES)}.")
+    return tuple(p for p in PROBES if p in names)
+
+
+class HeldoutSet:
+    """Per-position losses and argmax predictions on the held-out memorization set, computed once
+    on first use."""
+
+    def __init__(self, model: Any, tokens: torch.Tensor):
+        self.model, self.tokens = model, tokens
+        self._losses: torch.Tensor | None = None
+        self._preds: torch.Tensor | None = None
+
+    def _compute(self) -> None:
+        rows = self.tokens.to(model_device(self.model))
+        preds = torch.zeros(rows.shape[0], rows.shape[1] - 1, dtype=torch.long, device=rows.device)
+        losses = torch.zeros(rows.shape[0], rows.shape[1] - 1, dtype=torch.float32, device=rows.device)
+        def keep(logits: torch.Tensor, sl: slice) -> None:
+            preds[sl] = logits.argmax(-1)
+            losses[sl] = token_losses(logits, rows[sl, 1:])
+
+        forward_in_chunks(self.model, rows[:, :-1], rows_for(self.model, rows.shape[1]), keep)
+        self._losses, self._preds = losses, preds
+
+    @property
+    def losses(self) -> torch.Tensor:
+        if self._losses is None:
+            self._compute()
+        return self._losses
+
+    @property
+    def predictions(self) -> torch.Tensor:
+        if self._preds is None:
+            self._compute()
+        return self._preds
+
+
+def fit_context(tokens: torch.Tensor, n_ctx: int) -> torch.Tensor:
+    """Rows cut to at most n_ctx inputs + 1 target (a model may have a shorter context than the run)."""
+    return tokens[:, : n_ctx + 1]
+
+
+@torch.no_grad()
+def compute_probes(model: Any, tokenizer: Any, inputs: ProbeInputs, step: int,
+                   only: Iterable[str] | str | None = None) -> dict:
+    """Every requested probe of one checkpoint as a JSON-able dict (see the README for the keys).
+
+    `model` is a `model.GPT` or a TransformerLens model with the same hook names; only
+    `model(tokens)`, `run_with_hooks` and `model.cfg` are used."""
+    want = check_only(only)
+    if hasattr(model, "eval"):
+        model.eval()
+    n_layers, _, n_ctx = shape_of(model)
+    result: dict[str, Any] = {"step": int(step), "tokens": inputs.tokens_seen(step), "version": RESULT_VERSION,
+                              "seconds": {}}
+    ablation_tokens = fit_context(inputs.ablation_tokens, n_ctx)
+    attention_tokens = fit_context(inputs.attention_tokens, n_ctx)
+    heldout = HeldoutSet(model, fit_context(inputs.memorization_heldout, n_ctx))
+
+    t = time.perf_counter()
+    stats = HeldoutPatternStats(n_layers, attention_tokens, entropy="attention_entropy" in want,
+                                copying="induction" in want)
+    if stats.hooks():
+        model.run_with_hooks(split_tokens(model, attention_tokens)[0], fwd_hooks=stats.hooks())
+    result["seconds"]["pattern_pass"] = time.perf_counter() - t
+
+    for name in want:
+        t = time.perf_counter()
+        if name == "head_ablation":
+            result[name] = head_ablation_probe(model, ablation_tokens)
+        elif name == "attention_entropy":
+            result[name] = attention_entropy_result(stats, attention_tokens.shape[0])
+        elif name == "memorization":
+            result[name] = memorization_result(model, tokenizer, inputs, step, heldout.losses)
+        elif name == "repetition":
+            result[name] = repetition_result(model, tokenizer, inputs, heldout.predictions, heldout.tokens)
+        elif name == "induction":
+            result[name] = induction_result(model, fit_context(inputs.random_tokens, n_ctx), inputs.random_period,
+                                            stats, heldout.losses)
+        result["seconds"][name] = time.perf_counter() - t
+    return result

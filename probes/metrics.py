@@ -1,0 +1,338 @@
+"""Pure metric functions: numbers in, numbers out, no model and no files.
+
+Everything a probe reports is computed here from plain tensors or token lists, so each definition
+can be checked against a hand-computed answer (tests/test_metrics.py) and reused by the app
+(e.g. `repeated_ngram_mask` to highlight loops in a generation).
+
+Attention patterns are [..., H, Q, K] with rows that sum to 1 over the causal prefix, as
+TransformerLens' `hook_pattern`.
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import numpy as np
+import torch
+
+# -- attention --------------------------------------------------------------------------------
+
+
+def attention_entropy_rows(pattern: torch.Tensor) -> torch.Tensor:
+    """Entropy −Σ_k A[q,k] log A[q,k] of every query row: [..., Q] (0·log 0 = 0)."""
+    p = pattern.double()
+    return -torch.special.xlogy(p, p).sum(-1)
+
+
+def attention_entropy(pattern: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-head mean row entropy, raw and normalised by log(i+1), over every leading axis and
+    every query row but row 0 (which can only look at itself, so its entropy is always 0).
+
+    Row i of a causal pattern spreads over i+1 keys, so log(i+1) is its largest possible
+    entropy and `normalized` is 1 for uniform attention and 0 for one-hot attention at every row.
+    pattern [..., H, Q, Q] -> (raw [H], normalized [H]).
+    """
+    if pattern.shape[-1] < 2:
+        raise ValueError("attention entropy needs at least 2 positions.")
+    ent = attention_entropy_rows(pattern)[..., 1:]  # [..., H, Q-1]
+    max_ent = torch.log(torch.arange(2, pattern.shape[-1] + 1, dtype=torch.float64, device=ent.device))
+    heads = ent.shape[-2]
+    raw = ent.reshape(-1, heads, ent.shape[-1]).mean(dim=(0, 2))
+    norm = (ent / max_ent).reshape(-1, heads, ent.shape[-1]).mean(dim=(0, 2))
+    return raw, norm
+
+
+def sink_mass(pattern: torch.Tensor) -> torch.Tensor:
+    """Per-head mean attention on position 0 (the attention sink), rows 1.. only: [H]."""
+    heads = pattern.shape[-3]
+    return pattern[..., 1:, 0].double().reshape(-1, heads, pattern.shape[-2] - 1).mean(dim=(0, 2))
+
+
+def _mean_at(pattern: torch.Tensor, queries: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+    """Per-head mean of pattern[..., h, q, k] over the (q, k) pairs and every leading axis: [H]."""
+    vals = pattern[..., queries, keys].double()  # [..., H, n]
+    return vals.reshape(-1, pattern.shape[-3], len(queries)).mean(dim=(0, 2))
+
+
+def previous_token_score(pattern: torch.Tensor, start: int = 1) -> torch.Tensor:
+    """Mean attention from each query q >= start to q-1: [H]. 1.0 for a pure previous-token head."""
+    q = torch.arange(max(start, 1), pattern.shape[-2], device=pattern.device)
+    return _mean_at(pattern, q, q - 1)
+
+
+def _second_copy(pattern: torch.Tensor, period: int, start: int) -> torch.Tensor:
+    q = torch.arange(start + period, min(start + 2 * period, pattern.shape[-2]), device=pattern.device)
+    if len(q) == 0:
+        raise ValueError(f"the pattern has {pattern.shape[-2]} positions, too few for a repeat of "
+                         f"period {period} starting at {start}.")
+    return q
+
+
+def induction_score(pattern: torch.Tensor, period: int, start: int = 1) -> torch.Tensor:
+    """Diagonal induction score on a sequence whose tokens [start, start+period) repeat right
+    after: mean attention from each query q of the second copy to q-period+1, the token that
+    followed the query token's earlier occurrence. 1.0 for a perfect induction head: [H].
+
+    This is the "diagonal" score, not TransformerLens' "mul" head-detector score (whose maximum
+    on real patterns is about 0.5), so 1.0 means what it says."""
+    q = _second_copy(pattern, period, start)
+    return _mean_at(pattern, q, q - period + 1)
+
+
+def duplicate_token_score(pattern: torch.Tensor, period: int, start: int = 1) -> torch.Tensor:
+    """Mean attention from each query of the second copy to its token's earlier occurrence: [H]."""
+    q = _second_copy(pattern, period, start)
+    return _mean_at(pattern, q, q - period)
+
+
+def copy_targets(tokens: Sequence[int], n: int = 2) -> list[tuple[int, int]]:
+    """(query, target) pairs where copying from earlier in the same text predicts the next token.
+
+    `tokens` are a sequence's inputs followed by its last target. Query q qualifies when the
+    n-gram ending at q occurred before, ending at j (the latest such j), and the token after it
+    matches too: tokens[j+1] == tokens[q+1]. Attending from q to j+1 is then exactly what an
+    induction head does on a span repeated inside natural text. Overlapping repeats (j+1 >= q)
+    are skipped, since there the "target" would be the query itself."""
+    toks = [int(t) for t in tokens]
+    last_end: dict[tuple[int, ...], int] = {}
+    pairs = []
+    for q in range(n - 1, len(toks) - 1):
+        gram = tuple(toks[q - n + 1:q + 1])
+        j = last_end.get(gram)
+        if j is not None and j + 1 < q and toks[j + 1] == toks[q + 1]:
+            pairs.append((q, j + 1))
+        last_end[gram] = q
+    return pairs
+
+
+def copying_score(pattern: torch.Tensor, pairs_per_row: Sequence[Sequence[tuple[int, int]]]) -> tuple[torch.Tensor, int]:
+    """Mean attention from each copy query to its target over a batch: ([H], number of pairs).
+
+    pattern [B, H, Q, Q]; pairs_per_row[b] from `copy_targets` on row b. With no pairs at all
+    the score is 0 (and the count says so)."""
+    heads = pattern.shape[1]
+    total = torch.zeros(heads, dtype=torch.float64, device=pattern.device)
+    count = 0
+    for b, pairs in enumerate(pairs_per_row):
+        pairs = [(q, k) for q, k in pairs if q < pattern.shape[-2]]
+        if not pairs:
+            continue
+        q = torch.tensor([p[0] for p in pairs], device=pattern.device)
+        k = torch.tensor([p[1] for p in pairs], device=pattern.device)
+        total += pattern[b][:, q, k].double().sum(-1)
+        count += len(pairs)
+    return (total / count if count else total), count
+
+
+# -- inequality of head importance ------------------------------------------------------------
+
+
+def gini(values: Sequence[float] | np.ndarray) -> float:
+    """Gini coefficient of non-negative importances (negatives are clipped to 0: a head whose
+    removal helps holds no importance). 0 when all are equal (or all 0), (n-1)/n when one head
+    holds everything."""
+    x = np.clip(np.asarray(values, dtype=np.float64).ravel(), 0.0, None)
+    n = len(x)
+    if n == 0 or x.sum() == 0:
+        return 0.0
+    x = np.sort(x)
+    ranks = np.arange(1, n + 1)
+    return float((2.0 * (ranks * x).sum()) / (n * x.sum()) - (n + 1.0) / n)
+
+
+def top_share(values: Sequence[float] | np.ndarray, fraction: float = 0.1) -> float:
+    """Share of the total (clipped) importance held by the top `fraction` of heads (at least one
+    head). With no importance at all every head holds an equal share, so this is k/n."""
+    x = np.clip(np.asarray(values, dtype=np.float64).ravel(), 0.0, None)
+    n = len(x)
+    if n == 0:
+        return 0.0
+    k = max(1, math.ceil(fraction * n - 1e-9))
+    if x.sum() == 0:
+        return k / n
+    return float(np.sort(x)[::-1][:k].sum() / x.sum())
+
+
+# -- repetition -------------------------------------------------------------------------------
+
+
+def ngrams(tokens: Sequence[int], n: int) -> list[tuple[int, ...]]:
+    if n < 1:
+        raise ValueError(f"n-gram size must be at least 1, got {n}.")
+    toks = [int(t) for t in tokens]
+    return [tuple(toks[i:i + n]) for i in range(len(toks) - n + 1)]
+
+
+def seq_rep_n(tokens: Sequence[int], n: int = 4) -> float:
+    """Welleck et al. (2019) seq-rep-n: 1 − |unique n-grams| / |n-grams| of one continuation.
+    0 for text with no repeated n-gram, → 1 for a loop. 0 when there is no n-gram at all."""
+    grams = ngrams(tokens, n)
+    return 1.0 - len(set(grams)) / len(grams) if grams else 0.0
+
+
+def distinct_n(tokens: Sequence[int], n: int) -> float:
+    """Li et al. (2016) distinct-n of one continuation: |unique n-grams| / |n-grams| (0 if none)."""
+    grams = ngrams(tokens, n)
+    return len(set(grams)) / len(grams) if grams else 0.0
+
+
+def repeated_ngram_mask(tokens: Sequence[int], n: int = 4) -> list[bool]:
+    """True at every token that belongs to an occurrence of an n-gram seen earlier in the same
+    sequence (first occurrences stay False), so a viewer can highlight where a loop repeats."""
+    toks = list(tokens)
+    mask = [False] * len(toks)
+    seen: set[tuple[int, ...]] = set()
+    for i, gram in enumerate(ngrams(toks, n)):
+        if gram in seen:
+            for j in range(i, i + n):
+                mask[j] = True
+        else:
+            seen.add(gram)
+    return mask
+
+
+def find_loop(tokens: Sequence[int], min_repeats: int = 2, min_span: int = 16) -> tuple[int, int] | None:
+    """(start, period) of the periodic tail a continuation ends in, or None.
+
+    Holtzman et al. (2020) call such tails repetition loops: once greedy decoding repeats a
+    phrase it keeps repeating it. A tail counts as a loop when it is periodic with some period p
+    (tokens[i] == tokens[i-p] throughout), covers at least `min_repeats` periods and at least
+    `min_span` tokens. The smallest such period is reported."""
+    toks = [int(t) for t in tokens]
+    n = len(toks)
+    for p in range(1, n // max(min_repeats, 1) + 1):
+        k = 0
+        while k < n - p and toks[n - 1 - k] == toks[n - 1 - k - p]:
+            k += 1
+        span = k + p
+        if span >= min_repeats * p and span >= min_span:
+            return n - span, p
+    return None
+
+
+def ends_in_loop(tokens: Sequence[int], min_repeats: int = 2, min_span: int = 16) -> bool:
+    return find_loop(tokens, min_repeats, min_span) is not None
+
+
+def rep_wrep(predictions: torch.Tensor, tokens: torch.Tensor, window: int = 128) -> tuple[float, float]:
+    """Welleck et al. (2019) teacher-forced rep/ℓ and wrep/ℓ.
+
+    predictions [B, P]: the argmax next token at each input position; tokens [B, P+1]: inputs and
+    the shifted targets. rep = fraction of positions whose prediction occurs among the previous ℓ
+    context tokens (the ℓ inputs ending at that position); wrep = fraction whose prediction
+    does so *and* is wrong (differs from the true next token)."""
+    inputs, targets = tokens[:, :-1], tokens[:, 1:]
+    P = inputs.shape[1]
+    if predictions.shape != inputs.shape:
+        raise ValueError(f"predictions {tuple(predictions.shape)} must match the inputs {tuple(inputs.shape)}.")
+    t = torch.arange(P, device=inputs.device)
+    in_window = (t[None, :] <= t[:, None]) & (t[None, :] > t[:, None] - window)  # [query, key]
+    hit = (predictions[:, :, None] == inputs[:, None, :]) & in_window[None]
+    rep = hit.any(-1)
+    wrep = rep & (predictions != targets)
+    return float(rep.double().mean()), float(wrep.double().mean())
+
+
+# -- memorization -----------------------------------------------------------------------------
+
+
+def memorization_score(generated: Sequence[int], target: Sequence[int]) -> float:
+    """Pythia (Biderman et al. 2023) memorization score: the fraction of the true continuation's
+    tokens that greedy decoding reproduced at the same positions. 1.0 = memorized."""
+    target = [int(t) for t in target]
+    if not target:
+        raise ValueError("the true continuation is empty.")
+    gen = [int(t) for t in generated][:len(target)]
+    return sum(a == b for a, b in zip(gen, target)) / len(target)
+
+
+def exposure(candidate_losses: Sequence[float], index: int = 0) -> float:
+    """Carlini et al. (2019) exposure of candidate `index` among R candidates ranked by loss:
+    log2|R| − log2 rank, rank 1 = lowest loss (ties count in the canary's favour). A canary
+    ranked first has exposure log2|R|; one ranked last has 0."""
+    losses = np.asarray(candidate_losses, dtype=np.float64)
+    if len(losses) < 1 or not 0 <= index < len(losses):
+        raise ValueError("exposure needs the canary's loss among at least one candidate.")
+    rank = 1 + int((losses < losses[index]).sum())
+    return float(math.log2(len(losses)) - math.log2(rank))
+
+
+def extrapolated_exposure(canary_loss: float, alternative_losses: Sequence[float]) -> float | None:
+    """Exposure extrapolated from a fitted loss distribution (Carlini et al. 2019, sec. 4.2, with
+    a normal fit where they fit a skew-normal): −log2 P(a random alternative's loss <= the
+    canary's). Unlike the rank form it does not saturate at log2|R| once the canary beats every
+    alternative, so it keeps ordering canaries by duplication with a few alternatives only.
+    None with fewer than two alternatives or no spread among them."""
+    alt = np.asarray(alternative_losses, dtype=np.float64)
+    if len(alt) < 2 or alt.std(ddof=1) == 0:
+        return None
+    z = (float(canary_loss) - alt.mean()) / alt.std(ddof=1)
+    return float(-torch.special.log_ndtr(torch.tensor(z, dtype=torch.float64)) / math.log(2))
+
+
+# -- emergence across checkpoints -------------------------------------------------------------
+
+
+def _clean_series(steps: Sequence[int], values: Sequence[float | None]) -> list[tuple[int, float]]:
+    pairs = [(int(s), float(v)) for s, v in zip(steps, values) if v is not None and math.isfinite(float(v))]
+    return sorted(pairs)
+
+
+def sustained_crossing(steps: Sequence[int], values: Sequence[float | None], threshold: float,
+                       persist: int = 2) -> int | None:
+    """First step whose value is >= threshold and stays >= threshold for `persist` consecutive
+    checkpoints (fewer when the series ends first). Missing values are skipped."""
+    pairs = _clean_series(steps, values)
+    for i, (step, _) in enumerate(pairs):
+        window = pairs[i:i + persist]
+        if all(v >= threshold for _, v in window):
+            return step
+    return None
+
+
+def sustained_rise(steps: Sequence[int], values: Sequence[float | None], threshold: float,
+                   persist: int = 2) -> int | None:
+    """As `sustained_crossing`, but only counting a crossing from below: the checkpoint before
+    it must be under the threshold (so behaviour present from the first checkpoint is not a rise)."""
+    pairs = _clean_series(steps, values)
+    for i in range(1, len(pairs)):
+        if pairs[i - 1][1] < threshold and all(v >= threshold for _, v in pairs[i:i + persist]):
+            return pairs[i][0]
+    return None
+
+
+def sustained_fall(steps: Sequence[int], values: Sequence[float | None], threshold: float,
+                   after: int, persist: int = 2) -> int | None:
+    """First step after `after` where the value drops below threshold and stays there for
+    `persist` checkpoints."""
+    pairs = [p for p in _clean_series(steps, values) if p[0] > after]
+    for i, (step, _) in enumerate(pairs):
+        if all(v < threshold for _, v in pairs[i:i + persist]):
+            return step
+    return None
+
+
+def largest_log_step_rise(steps: Sequence[int], values: Sequence[float | None]) -> dict | None:
+    """The consecutive pair of checkpoints with the largest rise per unit of log(1+step).
+
+    Checkpoints are log-spaced early in training, so the rise per checkpoint interval would
+    favour late, wide intervals; dividing by the change in log(1+step) compares rises at the
+    speed of training's own clock. Returns {step, from_step, rise, rate} (step = the checkpoint
+    where the risen value is first seen), or None with fewer than two points."""
+    pairs = _clean_series(steps, values)
+    best = None
+    for (s0, v0), (s1, v1) in zip(pairs, pairs[1:]):
+        dlog = math.log1p(s1) - math.log1p(s0)
+        if dlog <= 0:
+            continue
+        rate = (v1 - v0) / dlog
+        if best is None or rate > best["rate"]:
+            best = {"step": s1, "from_step": s0, "rise": v1 - v0, "rate": rate}
+    return best
+
+
+def first_at_or_above(steps: Sequence[int], values: Sequence[float | None], threshold: float) -> int | None:
+    for step, v in _clean_series(steps, values):
+        if v >= threshold:
+            return step
+    return None

@@ -1,0 +1,275 @@
+"""The probes runner: compute every probe for every checkpoint of a run that has no results yet.
+
+    python -m probes runs/NAME [--watch] [--only PROBE,...] [--steps S,...] [--force]
+
+Incremental (a checkpoint whose result file already holds the requested probes is skipped),
+atomic (results are written with model.checkpoint.write_json_atomic, so a killed runner leaves
+either no file or a whole one), and safe beside a training run (`list_checkpoints` lists only
+complete checkpoints; `--watch` keeps going until run.json says complete or failed). A corrupt
+checkpoint is reported on stderr and skipped; the others are still computed.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Iterable
+
+import torch
+
+from model.checkpoint import (PROBES, CheckpointError, list_checkpoints, load_checkpoint,
+                              read_json, step_of, write_json_atomic)
+from model.tokenizer import load_tokenizer
+
+from .compute import PROBES as PROBE_NAMES
+from .compute import RESULT_VERSION, check_only, compute_probes
+from .inputs import ProbeSizes, probe_inputs, read_run
+from .summary import summary_path, write_summary
+
+RESULT_FILE = re.compile(r"^step_(\d{6,})\.json$")
+TEMP_FILE = re.compile(r"^\..+\.tmp-(\d+)$")
+
+Progress = Callable[[int, int, "int | None"], None]
+
+
+def result_path(run_dir: str | os.PathLike, step: int) -> Path:
+    return Path(run_dir) / PROBES / f"step_{int(step):06d}.json"
+
+
+def read_result(path: str | os.PathLike) -> dict | None:
+    """A result file's content, or None when it is missing or unreadable."""
+    try:
+        data = read_json(path)
+    except CheckpointError:
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def read_results(run_dir: str | os.PathLike) -> dict[int, dict]:
+    """{step: result} for every readable result file of a run."""
+    root = Path(run_dir) / PROBES
+    out: dict[int, dict] = {}
+    if not root.is_dir():
+        return out
+    for p in root.iterdir():
+        m = RESULT_FILE.match(p.name)
+        if m:
+            data = read_result(p)
+            if data is not None:
+                out[int(m.group(1))] = data
+    return dict(sorted(out.items()))
+
+
+def is_done(result: dict | None, want: Iterable[str]) -> bool:
+    return result is not None and result.get("version") == RESULT_VERSION and all(k in result for k in want)
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_temp_files(run_dir: str | os.PathLike) -> None:
+    """Delete temp files that a killed writer left in probes/ (never those of a live process)."""
+    root = Path(run_dir) / PROBES
+    if root.is_dir():
+        for p in root.iterdir():
+            m = TEMP_FILE.match(p.name)
+            if m and not pid_alive(int(m.group(1))):
+                p.unlink(missing_ok=True)
+
+
+def stderr_log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def pick_device(device: str) -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda was asked for, but no CUDA device is available.")
+    if device not in ("cpu", "cuda"):
+        raise ValueError(f"device must be auto, cpu or cuda, got {device!r}.")
+    return device
+
+
+def pending_checkpoints(run_dir: Path, want: tuple[str, ...], steps: Iterable[int] | None,
+                        force: bool) -> list[Path]:
+    """Complete checkpoints (of `steps`, when given) whose results lack a requested probe."""
+    ckpts = list_checkpoints(run_dir)
+    if steps is not None:
+        steps = sorted({int(s) for s in steps})
+        have = {step_of(p) for p in ckpts}
+        missing = [s for s in steps if s not in have]
+        if missing:
+            raise ValueError(f"{run_dir} has no complete checkpoint at step {missing[0]}; it has steps "
+                             f"{', '.join(str(s) for s in sorted(have)) or 'none'}.")
+        ckpts = [p for p in ckpts if step_of(p) in steps]
+    return [p for p in ckpts if force or not is_done(read_result(result_path(run_dir, step_of(p))), want)]
+
+
+def run_probes(run_dir: str | os.PathLike, only: Iterable[str] | str | None = None,
+               steps: Iterable[int] | None = None, force: bool = False, progress: Progress | None = None,
+               *, device: str = "cpu", sizes: ProbeSizes | None = None, log: Callable[[str], None] = stderr_log,
+               skip: set[int] | None = None, threads: int | None = None) -> list[int]:
+    """Compute the requested probes for every checkpoint that lacks them; return the steps done.
+
+    `progress(done, total, step)` is called with done=0 (step None) before the first checkpoint
+    and after each one. A corrupt checkpoint is reported through `log` and skipped (its step is
+    added to `skip`, when given, so a watcher does not retry it). summary.json is rewritten
+    whenever something was computed (or is missing). `threads` sets torch's CPU threads for the
+    duration (one thread is much faster than two beside a training run on a 2-core machine)."""
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        raise ValueError(f"threads must be a positive integer, got {threads!r}.")
+    previous_threads = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        return _run_probes(Path(run_dir), only, steps, force, progress, device, sizes, log, skip)
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def _run_probes(run_dir: Path, only, steps, force, progress, device, sizes, log, skip) -> list[int]:
+    read_run(run_dir)
+    want = check_only(only)
+    device = pick_device(device)
+    remove_stale_temp_files(run_dir)
+    todo = [p for p in pending_checkpoints(run_dir, want, steps, force) if not skip or step_of(p) not in skip]
+    done: list[int] = []
+    if todo:
+        tokenizer = load_tokenizer(run_dir)
+        inputs = probe_inputs(run_dir, sizes, tokenizer)
+        if progress:
+            progress(0, len(todo), None)
+        for i, path in enumerate(todo):
+            step = step_of(path)
+            try:
+                model, meta = load_checkpoint(path, device=device)
+            except CheckpointError as e:
+                log(f"probes: skipping the checkpoint at step {step}: {e.path}: {e.problem}.")
+                if skip is not None:
+                    skip.add(step)
+            else:
+                result = compute_probes(model, tokenizer, inputs, step, want)
+                if isinstance(meta.get("tokens"), int):
+                    result["tokens"] = meta["tokens"]
+                previous = read_result(result_path(run_dir, step))
+                if previous is not None and previous.get("version") == RESULT_VERSION and not force:
+                    result = {**previous, **result, "seconds": {**previous.get("seconds", {}), **result["seconds"]}}
+                write_json_atomic(result_path(run_dir, step), result)
+                done.append(step)
+            if progress:
+                progress(i + 1, len(todo), step)
+    if done or (read_results(run_dir) and not summary_path(run_dir).exists()):
+        write_summary(run_dir)
+    return done
+
+
+def run_status(run_dir: Path) -> str:
+    try:
+        return str(read_json(run_dir / "run.json").get("status", "training"))
+    except (CheckpointError, AttributeError):
+        return "training"
+
+
+def watch(run_dir: str | os.PathLike, poll: float = 5.0, **kwargs) -> list[int]:
+    """run_probes repeatedly until run.json says complete or failed, then one last pass."""
+    run_dir = Path(run_dir)
+    done: list[int] = []
+    skip: set[int] = set()
+    while True:
+        status = run_status(run_dir)  # read before the pass: checkpoints made before it are all listed
+        done += run_probes(run_dir, skip=skip, **kwargs)
+        if status in ("complete", "failed"):
+            return done
+        time.sleep(poll)
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse, but a usage error is one sentence on stderr and exit status 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"probes: {message}.\n")
+
+
+def parse_steps(text: str) -> list[int]:
+    try:
+        steps = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--steps takes comma-separated step numbers, got {text!r}") from None
+    if not steps or any(s < 0 for s in steps):
+        raise argparse.ArgumentTypeError(f"--steps takes comma-separated non-negative step numbers, got {text!r}")
+    return steps
+
+
+def build_parser() -> ArgumentParser:
+    p = ArgumentParser(prog="python -m probes", description="Compute probes for every checkpoint of a run.")
+    p.add_argument("run", help="run folder, e.g. runs/demo")
+    p.add_argument("--watch", action="store_true", help="keep going while training writes checkpoints")
+    p.add_argument("--only", help=f"comma-separated probes ({','.join(PROBE_NAMES)})")
+    p.add_argument("--steps", type=parse_steps, help="comma-separated checkpoint steps")
+    p.add_argument("--force", action="store_true", help="recompute results that exist")
+    p.add_argument("--device", default="cpu", help="auto, cpu or cuda (default cpu)")
+    p.add_argument("--poll", type=float, default=5.0, help="seconds between checks with --watch")
+    p.add_argument("--threads", type=int, help="CPU threads (default: 1 with --watch, beside training; "
+                                               "else torch's default)")
+    return p
+
+
+def tqdm_progress() -> tuple[Progress, Callable[[], None]]:
+    from tqdm import tqdm
+
+    state: dict = {}
+
+    def progress(done: int, total: int, step: int | None) -> None:
+        bar = state.get("bar")
+        if bar is None or bar.total != total or done == 0:
+            if bar is not None:
+                bar.close()
+            bar = state["bar"] = tqdm(total=total, unit="ckpt", desc="probes", dynamic_ncols=True)
+        bar.n = done
+        if step is not None:
+            bar.set_postfix_str(f"step {step}")
+        bar.refresh()
+
+    def close() -> None:
+        if state.get("bar") is not None:
+            state["bar"].close()
+
+    return progress, close
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The CLI; returns the exit status (2 with one sentence on stderr for bad input)."""
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as e:  # usage errors (status 2) and --help (status 0)
+        return int(e.code or 0)
+    progress, close = tqdm_progress()
+    threads = args.threads if args.threads is not None else (1 if args.watch else None)
+    kwargs = dict(only=args.only, steps=args.steps, force=args.force, progress=progress, device=args.device,
+                  threads=threads)
+    try:
+        if args.poll <= 0:
+            raise ValueError(f"--poll must be a positive number of seconds, got {args.poll}.")
+        done = watch(args.run, poll=args.poll, **kwargs) if args.watch else run_probes(args.run, **kwargs)
+    except (ValueError, CheckpointError) as e:
+        close()
+        print(f"probes: {e}" if isinstance(e, ValueError) else f"probes: {e.path}: {e.problem}.", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        close()
+        print("probes: interrupted; results written so far are complete.", file=sys.stderr)
+        return 130
+    close()
+    print(f"probes: computed {len(done)} checkpoint(s); results in {Path(args.run) / PROBES}.")
+    return 0

@@ -1,0 +1,239 @@
+"""Across checkpoints: every scalar of the result files as a series over steps, every [L][H]
+matrix as a series too, and the step at which each phenomenon emerges, with the rule and its
+thresholds written into summary.json itself so a reader never has to guess how it was found.
+"""
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+from model.checkpoint import PROBES, write_json_atomic
+
+from .metrics import first_at_or_above, largest_log_step_rise, sustained_crossing, sustained_fall, sustained_rise
+
+SUMMARY_VERSION = 1
+
+THRESHOLDS = {
+    "repetition_seq_rep_4": 0.3,     # greedy seq-rep-4 at or above this = repetitive generations
+    "persist": 2,                    # ... for this many consecutive checkpoints
+    "canary_extracted_fraction": 0.5,  # a canary group counts as extracted at or above this
+    "induction_min_rise": 0.1,       # a phase change needs the best induction score to rise this much
+    "concentration_min_rise": 0.1,   # head-importance concentration needs Gini to rise this much
+}
+
+RULES = {
+    "repetition": (
+        "Metric repetition.greedy.seq_rep_4 (mean over the fixed prompts). Emergence step = the first "
+        "checkpoint at which it is >= {repetition_seq_rep_4} and stays >= {repetition_seq_rep_4} for "
+        "{persist} consecutive checkpoints (or until the last one). from_start is true when that is "
+        "the first checkpoint (a random init echoes its input, which is repetition too); rise_step is "
+        "the first such crossing from below; resolved_step the first later checkpoint where it falls "
+        "below the threshold for {persist} checkpoints."),
+    "induction": (
+        "Metric induction.induction.max (best head's diagonal induction score on repeated random "
+        "tokens). Phase change = the consecutive pair of checkpoints with the largest rise per unit "
+        "of log(1 + step); step is the later checkpoint. detected when that rise is >= "
+        "{induction_min_rise}. The ICL score (induction.icl_score.value) before and after is given "
+        "beside it. The same rule is applied separately to the in-distribution copying score "
+        "(induction.in_context_copying.max); the two are never merged."),
+    "memorization": (
+        "Metric memorization.canaries.copies_N.extracted_fraction (fraction of the canaries with N "
+        "copies whose 32 greedy tokens after their prefix all match). Onset = the first checkpoint "
+        "at which any group's fraction is >= {canary_extracted_fraction}; by_copies gives that "
+        "first step per group."),
+    "head_concentration": (
+        "Metric head_ablation.gini.zero (Gini coefficient of the zero-ablation loss increases, "
+        "negatives clipped to 0). Step = the largest rise per unit of log(1 + step), as for "
+        "induction; detected when that rise is >= {concentration_min_rise}."),
+}
+
+SKIP_KEYS = {"continuations", "seconds", "items", "seen_examples", "sampling", "note", "version", "step",
+             "tokens", "best_induction"}
+
+
+def is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v))
+
+
+def is_matrix(v: Any) -> bool:
+    return (isinstance(v, list) and len(v) > 0 and all(isinstance(r, list) and r for r in v)
+            and all(is_number(x) for r in v for x in r))
+
+
+def flatten(obj: Any, path: str, scalars: dict[str, float | None], heads: dict[str, list]) -> None:
+    """Scalars of a result (dotted paths), [L][H] matrices (with their max and mean as scalars),
+    and canary groups under memorization.canaries.copies_N."""
+    if isinstance(obj, dict):
+        for key, value in obj.items():
+            if key not in SKIP_KEYS:
+                flatten(value, f"{path}.{key}" if path else key, scalars, heads)
+    elif obj is None:
+        scalars[path] = None
+    elif is_number(obj):
+        scalars[path] = float(obj)
+    elif is_matrix(obj):
+        heads[path] = obj
+        flat = [float(x) for r in obj for x in r]
+        scalars[f"{path}.max"] = max(flat)
+        scalars[f"{path}.mean"] = sum(flat) / len(flat)
+    elif path.endswith("canaries") and isinstance(obj, list):
+        for group in obj:
+            if isinstance(group, dict) and "copies" in group:
+                rest = {k: v for k, v in group.items() if k != "copies"}
+                flatten(rest, f"{path}.copies_{int(group['copies'])}", scalars, heads)
+
+
+def canary_copies(series: dict[str, list]) -> list[int]:
+    out = set()
+    for key in series:
+        if key.startswith("memorization.canaries.copies_") and key.endswith(".extracted_fraction"):
+            out.add(int(key.split("copies_")[1].split(".")[0]))
+    return sorted(out)
+
+
+def value_at(steps: list[int], values: list | None, step: int | None) -> float | None:
+    if values is None or step is None or step not in steps:
+        return None
+    return values[steps.index(step)]
+
+
+def repetition_emergence(steps: list[int], series: dict[str, list]) -> dict:
+    key = "repetition.greedy.seq_rep_4"
+    th, persist = THRESHOLDS["repetition_seq_rep_4"], THRESHOLDS["persist"]
+    values = series.get(key)
+    out: dict[str, Any] = {"metric": key, "threshold": th, "persist": persist, "step": None,
+                           "from_start": False, "rise_step": None, "resolved_step": None,
+                           "peak_step": None, "peak_value": None}
+    if not values:
+        return out
+    step = sustained_crossing(steps, values, th, persist)
+    known = [(s, v) for s, v in zip(steps, values) if v is not None]
+    out["step"] = step
+    out["from_start"] = step is not None and bool(known) and step == known[0][0]
+    out["rise_step"] = sustained_rise(steps, values, th, persist)
+    out["resolved_step"] = None if step is None else sustained_fall(steps, values, th, step, persist)
+    if known:
+        peak = max(known, key=lambda p: p[1])
+        out["peak_step"], out["peak_value"] = peak
+    return out
+
+
+def best_head(heads: dict[str, list], key: str, steps: list[int], step: int | None) -> dict | None:
+    matrices = heads.get(key)
+    m = value_at(steps, matrices, step)
+    if not m:
+        return None
+    score, layer, head = max((v, l, h) for l, row in enumerate(m) for h, v in enumerate(row))
+    return {"layer": layer, "head": head, "score": score}
+
+
+def rise_emergence(steps: list[int], series: dict[str, list], key: str, min_rise: float) -> dict:
+    values = series.get(key)
+    out: dict[str, Any] = {"metric": key, "min_rise": min_rise, "step": None, "from_step": None,
+                           "rise": None, "rate": None, "detected": False, "before": None, "after": None}
+    found = largest_log_step_rise(steps, values) if values else None
+    if found:
+        out.update(found)
+        out["detected"] = found["rise"] >= min_rise
+        out["before"] = value_at(steps, values, found["from_step"])
+        out["after"] = value_at(steps, values, found["step"])
+    return out
+
+
+def induction_emergence(steps: list[int], series: dict[str, list], heads: dict[str, list]) -> dict:
+    out = rise_emergence(steps, series, "induction.induction.max", THRESHOLDS["induction_min_rise"])
+    icl = series.get("induction.icl_score.value")
+    out["icl_metric"] = "induction.icl_score.value"
+    out["icl_before"] = value_at(steps, icl, out["from_step"])
+    out["icl_after"] = value_at(steps, icl, out["step"])
+    out["icl_change"] = (None if out["icl_before"] is None or out["icl_after"] is None
+                         else out["icl_after"] - out["icl_before"])
+    out["best_head"] = best_head(heads, "induction.induction", steps, out["step"])
+    values = series.get("induction.induction.max") or []
+    known = [v for v in values if v is not None]
+    out["best_score_reached"] = max(known) if known else None
+    out["in_context_copying"] = rise_emergence(steps, series, "induction.in_context_copying.max",
+                                               THRESHOLDS["induction_min_rise"])
+    return out
+
+
+def memorization_emergence(steps: list[int], series: dict[str, list]) -> dict:
+    th = THRESHOLDS["canary_extracted_fraction"]
+    by_copies = {}
+    for copies in canary_copies(series):
+        by_copies[str(copies)] = first_at_or_above(
+            steps, series[f"memorization.canaries.copies_{copies}.extracted_fraction"], th)
+    firsts = [s for s in by_copies.values() if s is not None]
+    onset = min(firsts) if firsts else None
+    return {"metric": "memorization.canaries.copies_N.extracted_fraction", "threshold": th, "step": onset,
+            "copies": sorted(int(c) for c, s in by_copies.items() if s == onset) if onset is not None else [],
+            "by_copies": by_copies}
+
+
+def concentration_emergence(steps: list[int], series: dict[str, list]) -> dict:
+    key = "head_ablation.gini.zero"
+    out = rise_emergence(steps, series, key, THRESHOLDS["concentration_min_rise"])
+    known = [(s, v) for s, v in zip(steps, series.get(key) or []) if v is not None]
+    out["first"] = known[0][1] if known else None
+    out["last"] = known[-1][1] if known else None
+    if known:
+        out["max_step"], out["max"] = max(known, key=lambda p: p[1])
+    return out
+
+
+def rules() -> dict[str, str]:
+    return {k: v.format(**THRESHOLDS) for k, v in RULES.items()}
+
+
+def emergence(steps: list[int], series: dict[str, list], heads: dict[str, list]) -> dict:
+    """Each phenomenon's detection, with its rule in words beside it (the app shows it)."""
+    found = {
+        "repetition": repetition_emergence(steps, series),
+        "induction": induction_emergence(steps, series, heads),
+        "memorization": memorization_emergence(steps, series),
+        "head_concentration": concentration_emergence(steps, series),
+    }
+    text = rules()
+    for name, entry in found.items():
+        entry["rule"] = text[name]
+    return found
+
+
+def summarize(results: dict[int, dict]) -> dict:
+    """summary.json content from {step: result} (see RULES for the emergence detection)."""
+    steps = sorted(int(s) for s in results)
+    per_step = []
+    for s in steps:
+        scalars: dict[str, float | None] = {}
+        heads: dict[str, list] = {}
+        flatten(results[s], "", scalars, heads)
+        per_step.append((scalars, heads))
+    scalar_keys = sorted({k for sc, _ in per_step for k in sc})
+    head_keys = sorted({k for _, hd in per_step for k in hd})
+    series = {k: [sc.get(k) for sc, _ in per_step] for k in scalar_keys}
+    heads = {k: [hd.get(k) for _, hd in per_step] for k in head_keys}
+    return {
+        "version": SUMMARY_VERSION,
+        "steps": steps,
+        "tokens": [results[s].get("tokens") for s in steps],
+        "series": series,
+        "heads": heads,
+        "emergence": emergence(steps, series, heads),
+        "thresholds": dict(THRESHOLDS),
+        "rules": rules(),
+    }
+
+
+def summary_path(run_dir: str | os.PathLike) -> Path:
+    return Path(run_dir) / PROBES / "summary.json"
+
+
+def write_summary(run_dir: str | os.PathLike) -> dict:
+    """Summarize every result file of a run into probes/summary.json (atomically) and return it."""
+    from .runner import read_results
+
+    summary = summarize(read_results(run_dir))
+    write_json_atomic(summary_path(run_dir), summary)
+    return summary

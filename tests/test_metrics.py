@@ -1,0 +1,215 @@
+"""Every probe metric on inputs whose answer is known by hand."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from probes import metrics as M
+
+
+def uniform_causal(P: int, H: int = 1) -> torch.Tensor:
+    """[1, H, P, P] pattern where row i attends uniformly to keys 0..i."""
+    mask = torch.tril(torch.ones(P, P))
+    return (mask / mask.sum(-1, keepdim=True)).expand(1, H, P, P).clone()
+
+
+def one_hot_pattern(P: int, key_of) -> torch.Tensor:
+    """[1, 1, P, P] pattern where row q puts all its attention on key_of(q)."""
+    pat = torch.zeros(1, 1, P, P)
+    for q in range(P):
+        pat[0, 0, q, key_of(q)] = 1.0
+    return pat
+
+
+# -- attention entropy ------------------------------------------------------------------------
+def test_entropy_of_uniform_causal_rows_is_log_of_row_length():
+    rows = M.attention_entropy_rows(uniform_causal(7))[0, 0]
+    expected = torch.log(torch.arange(1, 8, dtype=torch.float64))
+    assert torch.allclose(rows, expected, atol=1e-12)
+    raw, norm = M.attention_entropy(uniform_causal(7, H=2))
+    assert torch.allclose(raw, expected[1:].mean().expand(2), atol=1e-12)
+    assert torch.allclose(norm, torch.ones(2, dtype=torch.float64), atol=1e-12)
+
+
+def test_entropy_of_one_hot_rows_is_zero():
+    pat = one_hot_pattern(6, lambda q: max(q - 1, 0))
+    assert torch.all(M.attention_entropy_rows(pat) == 0)
+    raw, norm = M.attention_entropy(pat)
+    assert raw.item() == 0 and norm.item() == 0
+
+
+def test_sink_mass_counts_attention_on_position_zero_from_row_one_on():
+    assert M.sink_mass(one_hot_pattern(5, lambda q: 0)).item() == pytest.approx(1.0)
+    assert M.sink_mass(one_hot_pattern(5, lambda q: q)).item() == pytest.approx(0.0)
+    # uniform: row i puts 1/(i+1) on key 0; rows 1..4 -> mean(1/2, 1/3, 1/4, 1/5)
+    assert M.sink_mass(uniform_causal(5)).item() == pytest.approx((1 / 2 + 1 / 3 + 1 / 4 + 1 / 5) / 4)
+
+
+# -- induction, previous-token, duplicate-token ------------------------------------------------
+PERIOD, START = 5, 1  # [BOS, r1..r5, r1..r5]: 11 positions
+
+
+def test_induction_score_is_one_on_a_perfect_induction_pattern():
+    P = START + 2 * PERIOD
+    pat = one_hot_pattern(P, lambda q: q - PERIOD + 1 if q >= START + PERIOD else 0)
+    assert M.induction_score(pat, PERIOD, START).item() == pytest.approx(1.0)
+    assert M.duplicate_token_score(pat, PERIOD, START).item() == pytest.approx(0.0)
+    assert M.previous_token_score(pat).item() < 0.2
+
+
+def test_induction_score_is_zero_on_a_previous_token_pattern():
+    P = START + 2 * PERIOD
+    pat = one_hot_pattern(P, lambda q: max(q - 1, 0))
+    assert M.induction_score(pat, PERIOD, START).item() == pytest.approx(0.0)
+    assert M.previous_token_score(pat).item() == pytest.approx(1.0)
+
+
+def test_duplicate_token_score_on_a_duplicate_token_pattern():
+    P = START + 2 * PERIOD
+    pat = one_hot_pattern(P, lambda q: q - PERIOD if q >= START + PERIOD else 0)
+    assert M.duplicate_token_score(pat, PERIOD, START).item() == pytest.approx(1.0)
+    assert M.induction_score(pat, PERIOD, START).item() == pytest.approx(0.0)
+
+
+def test_induction_score_on_uniform_attention_is_the_mean_of_one_over_row_length():
+    P = START + 2 * PERIOD
+    expected = sum(1 / (q + 1) for q in range(START + PERIOD, P)) / PERIOD
+    assert M.induction_score(uniform_causal(P), PERIOD, START).item() == pytest.approx(expected)
+
+
+def test_copy_targets_find_the_token_after_an_earlier_occurrence_of_the_same_span():
+    #        0  1  2  3  4  5  6  7  8
+    toks = [9, 1, 2, 3, 7, 1, 2, 3, 8]
+    # at q=6 the bigram (1,2) ended earlier at j=2 and tokens[3] == tokens[7] == 3 -> target 3
+    # at q=7 the bigram (2,3) ended at j=3, but tokens[4]=7 != tokens[8]=8 -> no copy
+    assert M.copy_targets(toks, n=2) == [(6, 3)]
+    pat = torch.zeros(1, 2, 8, 8)
+    pat[0, 0, 6, 3] = 1.0  # head 0 copies, head 1 does not
+    pat[0, 1, 6, 5] = 1.0
+    score, n = M.copying_score(pat, [M.copy_targets(toks, n=2)])
+    assert n == 1 and score.tolist() == [1.0, 0.0]
+
+
+def test_copying_score_without_repeated_spans_is_zero_with_count_zero():
+    score, n = M.copying_score(uniform_causal(4, H=3), [M.copy_targets([1, 2, 3, 4, 5])])
+    assert n == 0 and score.tolist() == [0.0, 0.0, 0.0]
+
+
+# -- inequality -------------------------------------------------------------------------------
+def test_gini_of_equal_importances_is_zero_and_of_one_hot_is_n_minus_one_over_n():
+    assert M.gini([0.3] * 16) == pytest.approx(0.0, abs=1e-12)
+    one_hot = [0.0] * 16
+    one_hot[5] = 2.0
+    assert M.gini(one_hot) == pytest.approx(15 / 16)
+    assert M.gini([0.0] * 4) == 0.0
+    assert M.gini([1.0, -3.0, 1.0, 1.0]) == pytest.approx(M.gini([1.0, 0.0, 1.0, 1.0]))  # negatives clipped
+    # hand-computed: x = (1, 2, 3, 4): sum |xi - xj| over ordered pairs = 20, / (2 n^2 mean) = 20 / 80
+    assert M.gini([4, 1, 3, 2]) == pytest.approx(0.25)
+
+
+def test_top_share():
+    assert M.top_share([1.0] * 20) == pytest.approx(2 / 20)  # top 10% of 20 heads = 2 heads
+    assert M.top_share([0, 0, 0, 5.0] + [0] * 12) == pytest.approx(1.0)
+    assert M.top_share([3.0, 1.0, 0.0, 0.0], fraction=0.25) == pytest.approx(0.75)
+    assert M.top_share([0.0] * 10) == pytest.approx(0.1)
+
+
+# -- repetition -------------------------------------------------------------------------------
+def test_seq_rep_and_distinct_on_hand_written_lists():
+    assert M.seq_rep_n([1, 2, 3, 4, 5, 6], 4) == 0.0
+    loop = [1, 2, 3, 1, 2, 3, 1, 2, 3]  # 4-grams: 6, unique: (1,2,3,1) (2,3,1,2) (3,1,2,3) -> 3
+    assert M.seq_rep_n(loop, 4) == pytest.approx(0.5)
+    assert M.seq_rep_n([7] * 10, 4) == pytest.approx(1 - 1 / 7)
+    assert M.distinct_n(loop, 1) == pytest.approx(3 / 9)
+    assert M.distinct_n(loop, 2) == pytest.approx(3 / 8)
+    assert M.distinct_n([1, 2, 3], 2) == 1.0
+    assert M.seq_rep_n([1, 2], 4) == 0.0 and M.distinct_n([], 1) == 0.0
+
+
+def test_repeated_ngram_mask_marks_every_later_occurrence():
+    assert M.repeated_ngram_mask([5, 6, 7, 5, 6, 7, 8], 3) == [False, False, False, True, True, True, False]
+    assert M.repeated_ngram_mask([1, 1, 1, 1], 2) == [False, True, True, True]
+    assert M.repeated_ngram_mask([1, 2, 3], 4) == [False] * 3
+
+
+def test_loop_detection():
+    text = list(range(20))
+    assert not M.ends_in_loop(text)
+    looped = text + [7, 8, 9] * 6  # 18-token tail of period 3
+    assert M.find_loop(looped) == (20, 3)  # the smallest period, from where the repeats begin
+    assert M.ends_in_loop([4] * 16) and not M.ends_in_loop([4] * 15)  # min_span 16
+    assert not M.ends_in_loop(list(range(30)) + [1, 2, 3, 1, 2, 3])  # too short a tail
+    assert M.find_loop([9, 1, 2, 1, 2], min_repeats=2, min_span=4) == (1, 2)
+    # a loop that stopped before the end is not "ending in a loop"
+    assert not M.ends_in_loop([7, 8, 9] * 8 + list(range(20, 40)))
+
+
+def test_rep_wrep_on_a_hand_written_batch():
+    tokens = torch.tensor([[1, 2, 1, 2, 5]])          # inputs 1 2 1 2, targets 2 1 2 5
+    preds = torch.tensor([[1, 1, 2, 9]])              # in context: yes yes yes no; wrong: yes no no yes
+    rep, wrep = M.rep_wrep(preds, tokens, window=128)
+    assert rep == pytest.approx(3 / 4) and wrep == pytest.approx(1 / 4)
+    rep1, wrep1 = M.rep_wrep(preds, tokens, window=1)  # only the current input token counts
+    assert rep1 == pytest.approx(1 / 4) and wrep1 == pytest.approx(1 / 4)  # position 0: 1 == 1, wrong
+
+
+# -- memorization -----------------------------------------------------------------------------
+def test_memorization_score():
+    assert M.memorization_score([1, 2, 3, 4], [1, 2, 3, 4]) == 1.0
+    assert M.memorization_score([1, 0, 3, 0], [1, 2, 3, 4]) == 0.5
+    assert M.memorization_score([1, 2, 3, 4, 5], [9, 9]) == 0.0
+
+
+def test_exposure_of_a_canary_ranked_first_is_log2_of_the_candidates():
+    assert M.exposure([0.5, 3.0, 2.0, 9.0, 4.0, 4.0, 8.0, 7.0]) == pytest.approx(3.0)
+    assert M.exposure([10.0, 1.0, 2.0, 3.0]) == pytest.approx(0.0)  # ranked last of 4: log2 4 - log2 4
+    assert M.exposure([2.5, 1.0, 2.0, 3.0]) == pytest.approx(2 - math.log2(3))
+    assert M.exposure([1.0, 1.0, 2.0, 3.0]) == pytest.approx(2.0)  # a tie counts in its favour
+
+
+def test_extrapolated_exposure_from_a_normal_fit():
+    alternatives = [1.0, 2.0, 3.0, 4.0, 5.0]  # mean 3, sample std sqrt(2.5)
+    assert M.extrapolated_exposure(3.0, alternatives) == pytest.approx(1.0)  # P = 1/2
+    sd = math.sqrt(2.5)
+    p = 0.5 * math.erfc(2 / math.sqrt(2))  # Phi(-2)
+    assert M.extrapolated_exposure(3.0 - 2 * sd, alternatives) == pytest.approx(-math.log2(p))
+    assert M.extrapolated_exposure(3.0 - 40 * sd, alternatives) > 100  # far beyond log2|R|, no overflow
+    assert M.extrapolated_exposure(1.0, [2.0]) is None and M.extrapolated_exposure(1.0, [2.0, 2.0]) is None
+
+
+# -- emergence --------------------------------------------------------------------------------
+STEPS = [0, 1, 2, 4, 8, 16, 32, 64]
+
+
+def test_sustained_crossing_and_rise():
+    values = [0.9, 0.1, 0.5, 0.1, 0.4, 0.5, 0.6, 0.2]
+    assert M.sustained_crossing(STEPS, values, 0.3, persist=2) == 8
+    assert M.sustained_crossing(STEPS, values, 0.3, persist=1) == 0
+    assert M.sustained_rise(STEPS, values, 0.3, persist=1) == 2
+    assert M.sustained_rise(STEPS, values, 0.3, persist=2) == 8
+    assert M.sustained_fall(STEPS, values, 0.3, after=8, persist=1) == 64
+    assert M.sustained_crossing(STEPS, [None, 0.1, 0.5, None, 0.6, 0.1, 0.1, 0.1], 0.3) == 2
+    assert M.sustained_crossing(STEPS, [0.1] * 8, 0.3) is None
+
+
+def test_largest_log_step_rise_normalises_by_log_step():
+    values = [0.0, 0.0, 0.0, 0.0, 0.1, 0.2, 0.9, 1.0]
+    best = M.largest_log_step_rise(STEPS, values)
+    assert best["step"] == 32 and best["from_step"] == 16
+    assert best["rise"] == pytest.approx(0.7)
+    assert best["rate"] == pytest.approx(0.7 / (math.log(33) - math.log(17)))
+    # the same absolute rise over a wider log interval ranks lower
+    assert M.largest_log_step_rise([0, 10, 1000], [0.0, 0.5, 1.0])["step"] == 10
+    assert M.largest_log_step_rise([5], [1.0]) is None
+
+
+def test_icl_score_averages_a_window_at_each_end():
+    from probes.induction import icl_score
+    losses = torch.arange(128, dtype=torch.float32).repeat(3, 1)  # loss = position
+    r = icl_score(losses)
+    assert (r["early_position"], r["late_position"]) == (50, 127)  # 500 does not fit: the last position
+    assert r["early_positions"] == [45, 55] and r["late_positions"] == [118, 128]
+    assert r["value"] == pytest.approx(122.5 - 49.5) and r["note"]
+    assert icl_score(torch.ones(2, 600))["late_position"] == 500 and icl_score(torch.ones(2, 600))["note"] is None

@@ -1,0 +1,227 @@
+"""The probes runner and the summary: incremental, atomic under SIGKILL, corrupt checkpoints
+skipped, --watch following a run in training, bad input refused, and emergence steps found
+exactly on synthetic series."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import probes
+from model.checkpoint import write_json_atomic
+from probes.runner import main, read_results, result_path
+from probes.summary import summarize, write_summary
+
+from _runs import add_checkpoint, corrupt_checkpoint, set_status, write_run
+
+REPO = Path(__file__).resolve().parents[1]
+STEPS = (0, 1, 2, 4)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def template(tmp_path_factory) -> Path:
+    return write_run(tmp_path_factory.mktemp("template"), steps=STEPS)
+
+
+@pytest.fixture
+def run(template, tmp_path) -> Path:
+    """A fresh copy of the template run for each test."""
+    return Path(shutil.copytree(template, tmp_path / "run"))
+
+
+def probe_env() -> dict:
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    return env
+
+
+def test_second_run_computes_nothing_and_leaves_files_untouched(run):
+    calls = []
+    done = probes.run_probes(run, progress=lambda d, t, s: calls.append((d, t, s)))
+    assert done == list(STEPS)
+    assert calls[0] == (0, 4, None) and calls[-1] == (4, 4, 4)
+    results = read_results(run)
+    assert sorted(results) == list(STEPS)
+    assert all(set(probes.PROBES) <= set(r) for r in results.values())
+    stamps = {p: p.stat().st_mtime_ns for p in (run / "probes").iterdir()}
+    assert probes.run_probes(run) == []
+    assert {p: p.stat().st_mtime_ns for p in (run / "probes").iterdir()} == stamps
+    summary = json.loads((run / "probes" / "summary.json").read_text())
+    assert summary["steps"] == list(STEPS)
+    assert summary["series"]["head_ablation.clean_loss"] == [results[s]["head_ablation"]["clean_loss"] for s in STEPS]
+    # --force recomputes, --steps restricts, and the numbers are reproducible
+    assert probes.run_probes(run, steps=[2], force=True) == [2]
+    again = read_results(run)[2]
+    assert again["head_ablation"]["zero"] == results[2]["head_ablation"]["zero"]
+    assert again["repetition"]["continuations"] == results[2]["repetition"]["continuations"]
+
+
+def test_only_computes_the_named_probes_and_a_full_run_fills_in_the_rest(run):
+    assert probes.run_probes(run, only=["memorization"], steps=[1]) == [1]
+    first = read_results(run)[1]
+    assert "memorization" in first and "head_ablation" not in first
+    assert probes.run_probes(run, only="memorization", steps=[1]) == []
+    assert probes.run_probes(run, steps=[1]) == [1]
+    full = read_results(run)[1]
+    assert set(probes.PROBES) <= set(full)
+    assert full["memorization"] == first["memorization"]
+
+
+def test_a_corrupt_checkpoint_is_reported_and_skipped(run):
+    corrupt_checkpoint(run, 2)
+    messages = []
+    done = probes.run_probes(run, log=messages.append)
+    assert done == [0, 1, 4]
+    assert len(messages) == 1 and "step 2" in messages[0] and "sha256" in messages[0]
+    assert not result_path(run, 2).exists()
+
+
+def test_bad_input_exits_2_with_one_sentence(run, tmp_path, capsys):
+    cases = [
+        ([str(tmp_path / "nowhere")], "is not a folder"),
+        ([str(tmp_path)], "no run.json"),
+        ([str(run), "--only", "telepathy"], "unknown probe 'telepathy'"),
+        ([str(run), "--steps", "3"], "no complete checkpoint at step 3"),
+        ([str(run), "--steps", "two"], "--steps takes"),
+        ([str(run), "--poll", "0", "--watch"], "--poll must be"),
+        ([str(run), "--bogus"], "unrecognized arguments"),
+        ([str(run), "--threads", "0"], "threads must be a positive integer"),
+    ]
+    for argv, message in cases:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err.strip()
+        assert message in err and len(err.splitlines()) == 1 and "Traceback" not in err, (argv, err)
+    with pytest.raises(ValueError, match="unknown probe"):
+        probes.run_probes(run, only=["nope"])
+    assert not (run / "probes").exists()
+
+
+def test_a_killed_runner_leaves_only_whole_result_files_and_the_next_run_does_the_rest(template, tmp_path):
+    run = Path(shutil.copytree(template, tmp_path / "run"))
+    for step in (8, 16, 32, 64, 128, 256):
+        add_checkpoint(run, step)
+    all_steps = sorted((*STEPS, 8, 16, 32, 64, 128, 256))
+    proc = subprocess.Popen([sys.executable, "-m", "probes", str(run)], cwd=REPO, env=probe_env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and len(list((run / "probes").glob("step_*.json"))) < 2:
+            time.sleep(0.01)
+        time.sleep(0.05)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    names = [p.name for p in (run / "probes").iterdir()]
+    written = sorted(read_results(run))
+    assert 2 <= len(written) < len(all_steps), names
+    for p in (run / "probes").glob("step_*.json"):
+        json.loads(p.read_text())  # every visible result is whole
+    assert all(n.startswith("step_") or n.startswith(".") for n in names)
+    rest = probes.run_probes(run)
+    assert rest == [s for s in all_steps if s not in written]
+    assert sorted(read_results(run)) == all_steps
+    assert [p.name for p in (run / "probes").iterdir() if p.name.startswith(".")] == []  # stale temp files gone
+
+
+def test_watch_follows_a_run_in_training_until_it_completes(template, tmp_path):
+    run = Path(shutil.copytree(template, tmp_path / "run"))
+    set_status(run, "training")
+    proc = subprocess.Popen([sys.executable, "-m", "probes", str(run), "--watch", "--poll", "0.2"], cwd=REPO,
+                            env=probe_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and len(read_results(run)) < len(STEPS):
+            time.sleep(0.05)
+        assert proc.poll() is None  # still watching: training is not over
+        add_checkpoint(run, 8)
+        set_status(run, "complete")
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+    assert "computed 5 checkpoint(s)" in out and "Traceback" not in err
+    assert sorted(read_results(run)) == [*STEPS, 8]
+    assert json.loads((run / "probes" / "summary.json").read_text())["steps"] == [*STEPS, 8]
+
+
+# -- summary on synthetic series -------------------------------------------------------------
+SYNTH_STEPS = [0, 1, 2, 4, 8, 16, 32, 64, 128]
+
+
+def synthetic_result(step: int) -> dict:
+    """A result whose phenomena switch on at known steps: repetition at 16, induction at 32
+    (ICL improving at the same time), 64-copy canaries extracted at 8 and 8-copy ones at 64,
+    head-importance Gini jumping at 4."""
+    i = SYNTH_STEPS.index(step)
+    rep = 0.05 if step < 16 else 0.6
+    ind = 0.02 + 0.001 * i if step < 32 else 0.85
+    gini = 0.1 if step < 4 else 0.6
+    return {
+        "step": step, "tokens": step * 100,
+        "head_ablation": {"clean_loss": 5.0 - 0.1 * i, "zero": [[0.1, 0.2], [0.3, 0.4]],
+                          "gini": {"zero": gini, "mean": 0.2, "resample": 0.3},
+                          "top_share": {"zero": 0.5, "mean": 0.5, "resample": 0.5}},
+        "memorization": {"canaries": [
+            {"copies": 1, "extracted_fraction": 0.0, "exposure": 0.1, "items": []},
+            {"copies": 8, "extracted_fraction": 0.75 if step >= 64 else 0.25, "exposure": 1.0},
+            {"copies": 64, "extracted_fraction": 1.0 if step >= 8 else 0.0, "exposure": 3.0}],
+            "seen": {"mean_score": None, "memorized_fraction": None, "n": 0}},
+        "repetition": {"greedy": {"seq_rep_4": rep}, "sampled": {"seq_rep_4": 0.01},
+                       "continuations": [{"prompt": "x", "decoding": "greedy", "text": "y"}]},
+        "induction": {"induction": [[ind, 0.01], [0.0, 0.02]], "in_context_copying": [[0.3, 0.1], [0.2, 0.1]],
+                      "icl_score": {"value": -0.1 if step < 32 else -0.9, "early_position": 50,
+                                    "late_position": 127}},
+    }
+
+
+def test_summary_finds_each_emergence_step_exactly_on_a_synthetic_series(tmp_path):
+    run = tmp_path / "synthetic"
+    for s in SYNTH_STEPS:
+        write_json_atomic(result_path(run, s), synthetic_result(s))
+    summary = write_summary(run)
+    assert json.loads((run / "probes" / "summary.json").read_text()) == summary
+    em = summary["emergence"]
+    assert em["repetition"]["step"] == 16 and em["repetition"]["rise_step"] == 16
+    assert em["repetition"]["from_start"] is False and em["repetition"]["resolved_step"] is None
+    assert em["induction"]["step"] == 32 and em["induction"]["from_step"] == 16 and em["induction"]["detected"]
+    assert em["induction"]["icl_change"] == pytest.approx(-0.8)
+    assert em["induction"]["best_head"] == {"layer": 0, "head": 0, "score": 0.85}
+    assert em["memorization"]["step"] == 8 and em["memorization"]["copies"] == [64]
+    assert em["memorization"]["by_copies"] == {"1": None, "8": 64, "64": 8}
+    assert em["head_concentration"]["step"] == 4 and em["head_concentration"]["detected"]
+    for name in ("repetition", "induction", "memorization", "head_concentration"):
+        assert em[name]["rule"] == summary["rules"][name] and len(em[name]["rule"]) > 40
+    assert summary["thresholds"]["repetition_seq_rep_4"] == 0.3
+    series = summary["series"]
+    assert series["repetition.greedy.seq_rep_4"] == [synthetic_result(s)["repetition"]["greedy"]["seq_rep_4"]
+                                                     for s in SYNTH_STEPS]
+    assert series["memorization.canaries.copies_64.exposure"] == [3.0] * len(SYNTH_STEPS)
+    assert series["memorization.seen.mean_score"] == [None] * len(SYNTH_STEPS)
+    assert series["induction.induction.max"][-1] == 0.85
+    assert summary["heads"]["head_ablation.zero"][0] == [[0.1, 0.2], [0.3, 0.4]]
+    assert summary["tokens"] == [s * 100 for s in SYNTH_STEPS]
+
+
+def test_summary_of_repetition_present_from_the_first_checkpoint():
+    results = {s: synthetic_result(s) for s in SYNTH_STEPS}
+    for s in SYNTH_STEPS:
+        results[s]["repetition"]["greedy"]["seq_rep_4"] = 0.9 if s < 8 or s == 32 else 0.1
+    em = summarize(results)["emergence"]["repetition"]
+    assert em["step"] == 0 and em["from_start"] is True and em["rise_step"] is None
+    assert em["resolved_step"] == 8 and em["peak_value"] == 0.9
