@@ -55,8 +55,8 @@ class GPTConfig:
             raise ValueError(
                 f"GPTConfig.attention must be one of {', '.join(ATTENTION_KINDS)}, got {self.attention!r}."
             )
-        if isinstance(self.ln_eps, bool) or not isinstance(self.ln_eps, (int, float)) or not (self.ln_eps > 0):
-            raise ValueError(f"GPTConfig.ln_eps must be a positive number, got {self.ln_eps!r}.")
+        if isinstance(self.ln_eps, bool) or not isinstance(self.ln_eps, (int, float)) or not (0 < self.ln_eps < float("inf")):
+            raise ValueError(f"GPTConfig.ln_eps must be a positive finite number, got {self.ln_eps!r}.")
         for name in ("bias", "tie_embeddings"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"GPTConfig.{name} must be true or false, got {getattr(self, name)!r}.")

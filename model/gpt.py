@@ -135,7 +135,7 @@ class GPT(HookedRootModule):
         recomputed over the last n_ctx tokens, exactly as generation without a cache does.
         Hooks attached with `hooks()` fire on every step.
         """
-        check_sampling_args(max_new_tokens, temperature, top_k, top_p)
+        check_sampling_args(max_new_tokens, temperature, top_k, top_p, seed)
         out = self.as_tokens(tokens)
         if out.shape[1] == 0:
             raise ValueError("generate needs a prompt of at least one token.")
@@ -163,7 +163,8 @@ class GPT(HookedRootModule):
         return out
 
 
-def check_sampling_args(max_new_tokens: int, temperature: float, top_k: int | None, top_p: float | None) -> None:
+def check_sampling_args(max_new_tokens: int, temperature: float, top_k: int | None, top_p: float | None,
+                        seed: int | None = None) -> None:
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
         raise ValueError(f"max_new_tokens must be a non-negative integer, got {max_new_tokens!r}.")
     if not isinstance(temperature, (int, float)) or not (temperature >= 0) or temperature == float("inf"):
@@ -172,15 +173,19 @@ def check_sampling_args(max_new_tokens: int, temperature: float, top_k: int | No
         raise ValueError(f"top_k must be a positive integer or None, got {top_k!r}.")
     if top_p is not None and (not isinstance(top_p, (int, float)) or not (0 < top_p <= 1)):
         raise ValueError(f"top_p must be a number in (0, 1] or None, got {top_p!r}.")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not -2 ** 63 <= seed < 2 ** 64):
+        raise ValueError(f"seed must be an integer in [-2**63, 2**64) or None, got {seed!r}.")
 
 
 def sample_next(logits: torch.Tensor, temperature: float, top_k: int | None, top_p: float | None,
                 gen: torch.Generator | None) -> torch.Tensor:
     """One token per row [B,1] from last-position logits [B,V]."""
     logits = logits.float()
-    if temperature == 0:
+    if temperature < torch.finfo(torch.float32).tiny:  # 0, or a temperature float32 cannot hold apart from 0
         return logits.argmax(dim=-1, keepdim=True)
-    logits = logits / temperature
+    # Shift by the row maximum first: softmax is unchanged, and a temperature so small that
+    # logits / temperature would overflow to inf (and then NaN) tends to greedy instead.
+    logits = (logits - logits.amax(dim=-1, keepdim=True)) / temperature
     if top_k is not None and top_k < logits.shape[-1]:
         kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
@@ -189,6 +194,7 @@ def sample_next(logits: torch.Tensor, temperature: float, top_k: int | None, top
         probs = torch.softmax(sorted_logits, dim=-1)
         # Drop a token when the tokens ranked above it already hold top_p of the mass.
         drop_sorted = (probs.cumsum(dim=-1) - probs) >= top_p
+        drop_sorted[..., 0] = False  # the most likely token always stays (top_p may round to 0 in float32)
         drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
         logits = logits.masked_fill(drop, float("-inf"))
     probs = torch.softmax(logits, dim=-1)

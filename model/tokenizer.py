@@ -185,11 +185,11 @@ class Tokenizer:
 
     def decode(self, ids: Iterable[int]) -> str:
         ids = [int(i) for i in ids]
-        if self.compact is None:
-            return self.enc.decode(ids)
         for i in ids:
             if not 0 <= i < self.vocab_size:
                 raise ValueError(f"token id {i} is outside this vocabulary of {self.vocab_size} ids.")
+        if self.compact is None:
+            return self.enc.decode(ids)
         parts, run = [], []
         for i in ids:
             if i == self.compact.unk_id:
