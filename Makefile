@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 RUNS ?= runs
 PORT ?= 8501
 
-.PHONY: install test demo bench stress app clean
+.PHONY: install test demo bench stress app study clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -43,6 +43,20 @@ app: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m bench
+
+# The attention study (issue 6): the nano demo with each attention kind, same data and seed, as
+# sibling runs the app's Runs page overlays (pick several runs in the sidebar).
+STUDY_KINDS ?= standard linear gated
+study: $(STAMP)
+	@for kind in $(STUDY_KINDS); do \
+		if [ -f $(RUNS)/attn-$$kind/run.json ] && grep -q '"status": "complete"' $(RUNS)/attn-$$kind/run.json; then \
+			echo "$(RUNS)/attn-$$kind is complete"; \
+		else \
+			$(PY) -m train --preset nano --data stories --attention $$kind --out $(RUNS)/attn-$$kind \
+				$$( [ -d $(RUNS)/attn-$$kind/state ] && echo --resume ) || exit 1; \
+		fi; \
+		$(PY) -m probes $(RUNS)/attn-$$kind || exit 1; \
+	done
 
 clean:
 	rm -rf $(VENV) tests/artifacts
