@@ -3,4 +3,5 @@ import sys
 
 from .runner import main
 
-sys.exit(main())
+if __name__ == "__main__":  # guarded: worker processes re-import this module
+    sys.exit(main())

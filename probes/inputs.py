@@ -37,7 +37,7 @@ class ProbeSizes:
     """How much data each probe looks at. The defaults keep all probes of one `nano` checkpoint
     to a few seconds on a 2-core CPU (see the README for the measured times)."""
 
-    n_ablation: int = 8           # held-out sequences for head ablation (3 kinds x every head)
+    n_ablation: int = 16          # held-out sequences for head ablation (3 kinds x every head)
     n_attention: int = 16         # held-out sequences for attention entropy and in-context copying
     n_memorization: int = 64      # seen and held-out sequences for the Pythia score and loss gap
     prefix_len: int = 32          # Pythia memorization: 32-token prefix ...

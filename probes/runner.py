@@ -116,62 +116,133 @@ def pending_checkpoints(run_dir: Path, want: tuple[str, ...], steps: Iterable[in
     return [p for p in ckpts if force or not is_done(read_result(result_path(run_dir, step_of(p))), want)]
 
 
+def probe_checkpoint(run_dir: Path, path: Path, tokenizer, inputs, want: tuple[str, ...], force: bool,
+                     device: str) -> int:
+    """Compute one checkpoint's probes and write its result file atomically (merged into an
+    existing result when only some probes were asked for). Raises CheckpointError for a bad
+    checkpoint. Returns the step."""
+    step = step_of(path)
+    model, meta = load_checkpoint(path, device=device)
+    result = compute_probes(model, tokenizer, inputs, step, want)
+    if isinstance(meta.get("tokens"), int):
+        result["tokens"] = meta["tokens"]
+    previous = read_result(result_path(run_dir, step))
+    if previous is not None and previous.get("version") == RESULT_VERSION and not force:
+        result = {**previous, **result, "seconds": {**previous.get("seconds", {}), **result["seconds"]}}
+    write_json_atomic(result_path(run_dir, step), result)
+    return step
+
+
+# -- worker processes (jobs > 1) ---------------------------------------------------------------
+_WORKER: dict = {}
+
+
+def _init_worker(run_dir: str, sizes: ProbeSizes | None, device: str) -> None:
+    """Each worker runs one torch thread (small models gain nothing from more, and two busy
+    threads per process thrash a small machine) and loads the run's inputs once."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    torch.set_num_threads(1)
+    tokenizer = load_tokenizer(run_dir)
+    _WORKER.update(run_dir=Path(run_dir), tokenizer=tokenizer, inputs=probe_inputs(run_dir, sizes, tokenizer),
+                   device=device)
+
+
+def _probe_in_worker(path: str, want: tuple[str, ...], force: bool) -> tuple[int, str | None]:
+    """(step, None) when done, (step, message) for a bad checkpoint."""
+    w = _WORKER
+    try:
+        return probe_checkpoint(w["run_dir"], Path(path), w["tokenizer"], w["inputs"], want, force, w["device"]), None
+    except CheckpointError as e:
+        return step_of(path), f"{e.path}: {e.problem}"
+
+
+def _probe_serially(run_dir: Path, todo: list[Path], want, force, device, sizes, report) -> None:
+    tokenizer = load_tokenizer(run_dir)
+    inputs = probe_inputs(run_dir, sizes, tokenizer)
+    for path in todo:
+        try:
+            report(probe_checkpoint(run_dir, path, tokenizer, inputs, want, force, device), None)
+        except CheckpointError as e:
+            report(step_of(path), f"{e.path}: {e.problem}")
+
+
+def _probe_in_pool(run_dir: Path, todo: list[Path], want, force, device, sizes, report, jobs: int) -> None:
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    probe_inputs(run_dir, sizes)  # bad run data fails here, with its message, not inside a worker
+    ctx = multiprocessing.get_context("spawn")  # never fork a process that has started torch threads
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=_init_worker,
+                             initargs=(str(run_dir), sizes, device)) as pool:
+        futures = [pool.submit(_probe_in_worker, str(p), want, force) for p in todo]
+        try:
+            for fut in as_completed(futures):
+                report(*fut.result())
+        except BaseException:
+            for fut in futures:
+                fut.cancel()
+            raise
+
+
 def run_probes(run_dir: str | os.PathLike, only: Iterable[str] | str | None = None,
                steps: Iterable[int] | None = None, force: bool = False, progress: Progress | None = None,
                *, device: str = "cpu", sizes: ProbeSizes | None = None, log: Callable[[str], None] = stderr_log,
-               skip: set[int] | None = None, threads: int | None = None) -> list[int]:
-    """Compute the requested probes for every checkpoint that lacks them; return the steps done.
+               skip: set[int] | None = None, threads: int | None = None, jobs: int = 1) -> list[int]:
+    """Compute the requested probes for every checkpoint that lacks them; return the steps done
+    (sorted).
 
     `progress(done, total, step)` is called with done=0 (step None) before the first checkpoint
     and after each one. A corrupt checkpoint is reported through `log` and skipped (its step is
     added to `skip`, when given, so a watcher does not retry it). summary.json is rewritten
     whenever something was computed (or is missing). `threads` sets torch's CPU threads for the
-    duration (one thread is much faster than two beside a training run on a 2-core machine)."""
-    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
-        raise ValueError(f"threads must be a positive integer, got {threads!r}.")
+    duration (one thread is much faster than two beside a training run on a 2-core machine);
+    `jobs` > 1 spreads checkpoints over that many worker processes of one thread each."""
+    for name, value in (("threads", threads), ("jobs", jobs)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ValueError(f"{name} must be a positive integer, got {value!r}.")
     previous_threads = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(threads)
     try:
-        return _run_probes(Path(run_dir), only, steps, force, progress, device, sizes, log, skip)
+        return _run_probes(Path(run_dir), only, steps, force, progress, device, sizes, log, skip, jobs)
     finally:
         torch.set_num_threads(previous_threads)
 
 
-def _run_probes(run_dir: Path, only, steps, force, progress, device, sizes, log, skip) -> list[int]:
+def _run_probes(run_dir: Path, only, steps, force, progress, device, sizes, log, skip, jobs) -> list[int]:
     read_run(run_dir)
     want = check_only(only)
     device = pick_device(device)
     remove_stale_temp_files(run_dir)
     todo = [p for p in pending_checkpoints(run_dir, want, steps, force) if not skip or step_of(p) not in skip]
     done: list[int] = []
+    finished = 0
+
+    def report(step: int, problem: str | None) -> None:
+        nonlocal finished
+        finished += 1
+        if problem is None:
+            done.append(step)
+        else:
+            log(f"probes: skipping the checkpoint at step {step}: {problem}.")
+            if skip is not None:
+                skip.add(step)
+        if progress:
+            progress(finished, len(todo), step)
+
     if todo:
-        tokenizer = load_tokenizer(run_dir)
-        inputs = probe_inputs(run_dir, sizes, tokenizer)
         if progress:
             progress(0, len(todo), None)
-        for i, path in enumerate(todo):
-            step = step_of(path)
-            try:
-                model, meta = load_checkpoint(path, device=device)
-            except CheckpointError as e:
-                log(f"probes: skipping the checkpoint at step {step}: {e.path}: {e.problem}.")
-                if skip is not None:
-                    skip.add(step)
-            else:
-                result = compute_probes(model, tokenizer, inputs, step, want)
-                if isinstance(meta.get("tokens"), int):
-                    result["tokens"] = meta["tokens"]
-                previous = read_result(result_path(run_dir, step))
-                if previous is not None and previous.get("version") == RESULT_VERSION and not force:
-                    result = {**previous, **result, "seconds": {**previous.get("seconds", {}), **result["seconds"]}}
-                write_json_atomic(result_path(run_dir, step), result)
-                done.append(step)
-            if progress:
-                progress(i + 1, len(todo), step)
+        jobs = min(jobs, len(todo))
+        if jobs > 1 and device == "cpu":
+            _probe_in_pool(run_dir, todo, want, force, device, sizes, report, jobs)
+        else:
+            _probe_serially(run_dir, todo, want, force, device, sizes, report)
     if done or (read_results(run_dir) and not summary_path(run_dir).exists()):
         write_summary(run_dir)
-    return done
+    return sorted(done)
 
 
 def run_status(run_dir: Path) -> str:
@@ -220,9 +291,18 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--force", action="store_true", help="recompute results that exist")
     p.add_argument("--device", default="cpu", help="auto, cpu or cuda (default cpu)")
     p.add_argument("--poll", type=float, default=5.0, help="seconds between checks with --watch")
-    p.add_argument("--threads", type=int, help="CPU threads (default: 1 with --watch, beside training; "
-                                               "else torch's default)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch CPU threads per process (default 1: fastest for small models on a small machine)")
+    p.add_argument("--jobs", type=int, help="worker processes (default: up to 2 on CPU, 1 with --watch or on CUDA)")
     return p
+
+
+def default_jobs(watching: bool, device: str) -> int:
+    """Two one-thread workers use a 2-core CPU fully without thrashing; beside a training run
+    (--watch) one leaves training its cores; on CUDA one process keeps the GPU busy."""
+    if watching or device != "cpu":
+        return 1
+    return max(1, min(2, os.cpu_count() or 1))
 
 
 def tqdm_progress() -> tuple[Progress, Callable[[], None]]:
@@ -255,9 +335,9 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as e:  # usage errors (status 2) and --help (status 0)
         return int(e.code or 0)
     progress, close = tqdm_progress()
-    threads = args.threads if args.threads is not None else (1 if args.watch else None)
+    jobs = args.jobs if args.jobs is not None else default_jobs(args.watch, args.device)
     kwargs = dict(only=args.only, steps=args.steps, force=args.force, progress=progress, device=args.device,
-                  threads=threads)
+                  threads=args.threads, jobs=jobs)
     try:
         if args.poll <= 0:
             raise ValueError(f"--poll must be a positive number of seconds, got {args.poll}.")

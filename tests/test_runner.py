@@ -82,13 +82,22 @@ def test_only_computes_the_named_probes_and_a_full_run_fills_in_the_rest(run):
     assert full["memorization"] == first["memorization"]
 
 
-def test_a_corrupt_checkpoint_is_reported_and_skipped(run):
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_a_corrupt_checkpoint_is_reported_and_skipped(run, tmp_path, jobs):
     corrupt_checkpoint(run, 2)
     messages = []
-    done = probes.run_probes(run, log=messages.append)
+    done = probes.run_probes(run, log=messages.append, jobs=jobs)
     assert done == [0, 1, 4]
     assert len(messages) == 1 and "step 2" in messages[0] and "sha256" in messages[0]
     assert not result_path(run, 2).exists()
+    if jobs == 2:  # worker processes compute exactly what one process does
+        serial = Path(shutil.copytree(run, tmp_path / "serial"))
+        shutil.rmtree(serial / "probes")
+        probes.run_probes(serial, log=messages.append)
+        ours, theirs = read_results(run), read_results(serial)
+        for s in (0, 1, 4):
+            ours[s].pop("seconds"), theirs[s].pop("seconds")
+        assert ours == theirs
 
 
 def test_bad_input_exits_2_with_one_sentence(run, tmp_path, capsys):
@@ -116,15 +125,16 @@ def test_a_killed_runner_leaves_only_whole_result_files_and_the_next_run_does_th
     for step in (8, 16, 32, 64, 128, 256):
         add_checkpoint(run, step)
     all_steps = sorted((*STEPS, 8, 16, 32, 64, 128, 256))
-    proc = subprocess.Popen([sys.executable, "-m", "probes", str(run)], cwd=REPO, env=probe_env(),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # two worker processes (the CLI default here); the whole process group is killed, workers too
+    proc = subprocess.Popen([sys.executable, "-m", "probes", str(run), "--jobs", "2"], cwd=REPO, env=probe_env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         deadline = time.time() + 120
         while time.time() < deadline and len(list((run / "probes").glob("step_*.json"))) < 2:
             time.sleep(0.01)
         time.sleep(0.05)
     finally:
-        proc.send_signal(signal.SIGKILL)
+        os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
     names = [p.name for p in (run / "probes").iterdir()]
     written = sorted(read_results(run))
