@@ -100,9 +100,23 @@ class RunFiles:
         return [s for s in self.checkpoint_steps if s not in self.probe_files]
 
 
+RUN_ENTRIES = ("run.json", "vocab.json", "metrics.jsonl", "samples.jsonl", "data.json", "data",
+               "data/train.bin", "data/val.bin", "checkpoints", "probes", "probes/summary.json")
+
+
+def check_confined(root: Path, run_dir: Path) -> None:
+    """Refuse a run any of whose files is a symlink leading outside the runs folder, so the
+    app can never be made to read (or hand the probes runner) a file from elsewhere."""
+    for entry in RUN_ENTRIES:
+        p = run_dir / entry
+        if (p.exists() or p.is_symlink()) and not inside(root, p):
+            raise ValueError(f"Run {run_dir.name!r} is refused: {entry} is a symlink that points outside {root}.")
+
+
 def read_run(root: Path, name: str) -> RunFiles:
     """Gather a run's listing (cheap: names and small JSON only, no weights)."""
     path = safe_run_dir(root, name)
+    check_confined(root, path)
     run = RunFiles(name=name, path=path)
     try:
         info = read_json(path / "run.json")

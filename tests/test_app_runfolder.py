@@ -3,6 +3,7 @@ holds, and finds a corrupt checkpoint by its hash without loading it."""
 from __future__ import annotations
 
 import os
+import shutil
 
 import pytest
 
@@ -43,6 +44,19 @@ def test_only_runs_inside_the_folder_are_listed(root):
     assert inside(root, root / "alias") and not inside(root, root / "escape")
     with pytest.raises(ValueError):
         read_run(root, "escape")
+
+
+@pytest.mark.parametrize("entry", ["metrics.jsonl", "data.json", "checkpoints", "probes"])
+def test_a_run_whose_files_link_outside_is_refused(tmp_path, entry):
+    runs = tmp_path / "runs"
+    run = write_fake_run(runs, "r", steps=(0,))
+    elsewhere = write_fake_run(tmp_path, "elsewhere", steps=(0,))
+    target = run / entry
+    shutil.rmtree(target) if target.is_dir() else target.unlink()
+    os.symlink(elsewhere / entry, target)
+    with pytest.raises(ValueError, match=f"{entry} is a symlink that points outside"):
+        read_run(runs, "r")
+    assert run_names(runs) == ["r"]  # listed, but refused when opened
 
 
 def test_runs_root_prefers_the_environment(tmp_path, monkeypatch):

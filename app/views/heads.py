@@ -46,7 +46,7 @@ def heatmap_section(results, steps, kind, step) -> None:
         st.caption(f"Clean held-out loss at step {step}: {clean:.4f} nats. Click cells to add heads to the ablation.")
 
 
-def interactive_section(run, step, n_layer, n_head) -> None:
+def interactive_section(run, step, n_layer, n_head, clean_loss) -> None:
     st.subheader("Interactive ablation")
     options = [head_label(l, h) for l in range(n_layer) for h in range(n_head)]
     st.session_state[HEADS_KEY] = [h for h in st.session_state.get(HEADS_KEY, []) if h in options]
@@ -54,10 +54,14 @@ def interactive_section(run, step, n_layer, n_head) -> None:
     kind = st.radio("Ablation", KINDS, horizontal=True, key="interactive_kind")
     prompt = st.text_input("Prompt for the greedy generation", "Once upon a time", key="ablate_prompt")
     heads = [parse_label(h) for h in labels]
-    clean = cache.ablation(run, step, [], kind)
-    ablated = cache.ablation(run, step, heads, kind)
+    if heads:
+        ablated = cache.ablation(run, step, heads, kind)
+        clean = ablated["loss"] - ablated["delta"]
+    else:  # nothing ablated: the probe's clean loss on the same held-out batch, no forward pass
+        clean = clean_loss if isinstance(clean_loss, (int, float)) else cache.ablation(run, step, [], kind)["loss"]
+        ablated = {"loss": clean, "delta": 0.0}
     cols = st.columns(3)
-    cols[0].metric("Clean held-out loss", f"{clean['loss']:.4f}")
+    cols[0].metric("Clean held-out loss", f"{clean:.4f}")
     cols[1].metric("Loss with ablation", f"{ablated['loss']:.4f}", delta=f"{ablated['delta']:+.4f}",
                    delta_color="inverse" if heads else "off")
     cols[2].metric("Heads ablated", len(heads))
@@ -120,7 +124,8 @@ def render() -> None:
     with left:
         ui.guarded(lambda: heatmap_section(results, steps, kind, step))
     with right:
-        ui.guarded(lambda: interactive_section(run, step, n_layer, n_head))
+        ui.guarded(lambda: interactive_section(run, step, n_layer, n_head,
+                                               R.get(results[step], "head_ablation.clean_loss")))
     ui.guarded(lambda: evolution_section(run, results, kind, log_x))
 
 
