@@ -188,6 +188,22 @@ def read_checkpoint_meta(path: str | os.PathLike) -> dict:
     return meta
 
 
+def config_misfit(cfg: GPTConfig, state: dict[str, torch.Tensor]) -> str | None:
+    """Why the config cannot describe these weights, checked on the embedding shapes and the
+    block count before a model is built: meta.json has no hash of its own, and a damaged or crafted
+    config must not make us allocate a model far larger than the file (minutes, or an OOM kill)."""
+    blocks = {int(m.group(1)) for k in state if (m := re.match(r"blocks\.(\d+)\.", k))}
+    found = {"wte.weight": tuple(state["wte.weight"].shape) if "wte.weight" in state else None,
+             "wpe.weight": tuple(state["wpe.weight"].shape) if "wpe.weight" in state else None}
+    want = {"wte.weight": (cfg.vocab_size, cfg.n_embd), "wpe.weight": (cfg.n_ctx, cfg.n_embd)}
+    for name, shape in want.items():
+        if found[name] != shape:
+            return f"{name} has shape {found[name]}, the config needs {shape}"
+    if len(blocks) != cfg.n_layer:
+        return f"the file holds {len(blocks)} blocks, the config needs {cfg.n_layer}"
+    return None
+
+
 def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[GPT, dict]:
     """(model in eval mode, meta) from a checkpoint folder, after verifying its sha256."""
     path = Path(path)
@@ -213,6 +229,9 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
         state = st_load(data)
     except Exception as e:  # safetensors raises its own error types
         raise CheckpointError(weights_path, f"not a valid safetensors file ({e})") from None
+    problem = config_misfit(cfg, state)
+    if problem:
+        raise CheckpointError(weights_path, f"weights do not fit the config ({problem})")
     model = GPT(cfg)
     try:
         model.load_state_dict(state, strict=True)
