@@ -24,6 +24,7 @@ class HeldoutPatternStats:
         self.copying = copying
         self.pairs = [copy_targets(row.tolist(), COPY_NGRAM) for row in tokens] if copying else []
         self.layers: list[dict[str, Any]] = [{} for _ in range(n_layers)]
+        self.copy_loss: dict[str, float | None] = {"copy_positions": None, "other_positions": None}
 
     def hook_for(self, layer: int):
         def hook(pattern: torch.Tensor, hook: Any) -> None:
@@ -34,6 +35,19 @@ class HeldoutPatternStats:
             if self.copying:
                 stats["copying"], stats["copy_positions"] = copying_score(pattern, self.pairs)
         return hook
+
+    def record_losses(self, losses: torch.Tensor) -> None:
+        """Behaviour beside attention: the loss where copying predicts the next token, and elsewhere."""
+        if not self.copying:
+            return
+        mask = torch.zeros_like(losses, dtype=torch.bool)
+        for b, pairs in enumerate(self.pairs):
+            for q, _ in pairs:
+                if q < mask.shape[1]:
+                    mask[b, q] = True
+        copy, other = losses[mask].double(), losses[~mask].double()
+        self.copy_loss = {"copy_positions": float(copy.mean()) if len(copy) else None,
+                          "other_positions": float(other.mean()) if len(other) else None}
 
     def hooks(self) -> list[tuple[str, Any]]:
         if not (self.entropy or self.copying):

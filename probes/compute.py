@@ -97,7 +97,8 @@ def compute_probes(model: Any, tokenizer: Any, inputs: ProbeInputs, step: int,
     stats = HeldoutPatternStats(n_layers, attention_tokens, entropy="attention_entropy" in want,
                                 copying="induction" in want)
     if stats.hooks():
-        model.run_with_hooks(split_tokens(model, attention_tokens)[0], fwd_hooks=stats.hooks())
+        x, y = split_tokens(model, attention_tokens)
+        stats.record_losses(token_losses(model.run_with_hooks(x, fwd_hooks=stats.hooks()), y))
     result["seconds"]["pattern_pass"] = time.perf_counter() - t
 
     for name in want:

@@ -77,6 +77,7 @@ def induction_result(model: Any, random_tokens: torch.Tensor, period: int, stats
     result = random_token_scores(model, random_tokens, period)
     result["in_context_copying"] = stats.matrix("copying")
     result["in_context_copying_positions"] = int(stats.layers[0].get("copy_positions", 0))
+    result["in_context_copying_loss"] = dict(stats.copy_loss)
     result["random_period"] = int(period)
     result["n_random"] = int(random_tokens.shape[0])
     flat = [(v, l, h) for l, row in enumerate(result["induction"]) for h, v in enumerate(row)]

@@ -68,13 +68,18 @@ def is_done(result: dict | None, want: Iterable[str]) -> bool:
 
 
 def pid_alive(pid: int) -> bool:
+    """Whether process `pid` still runs (a zombie, killed but not yet reaped, does not)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True  # no /proc: trust kill()
+    return stat.rsplit(")", 1)[-1].split()[0] != "Z"
 
 
 def remove_stale_temp_files(run_dir: str | os.PathLike) -> None:
@@ -116,8 +121,7 @@ def pending_checkpoints(run_dir: Path, want: tuple[str, ...], steps: Iterable[in
     return [p for p in ckpts if force or not is_done(read_result(result_path(run_dir, step_of(p))), want)]
 
 
-def probe_checkpoint(run_dir: Path, path: Path, tokenizer, inputs, want: tuple[str, ...], force: bool,
-                     device: str) -> int:
+def probe_checkpoint(run_dir: Path, path: Path, tokenizer, inputs, want: tuple[str, ...], device: str) -> int:
     """Compute one checkpoint's probes and write its result file atomically (merged into an
     existing result when only some probes were asked for). Raises CheckpointError for a bad
     checkpoint. Returns the step."""
@@ -127,7 +131,7 @@ def probe_checkpoint(run_dir: Path, path: Path, tokenizer, inputs, want: tuple[s
     if isinstance(meta.get("tokens"), int):
         result["tokens"] = meta["tokens"]
     previous = read_result(result_path(run_dir, step))
-    if previous is not None and previous.get("version") == RESULT_VERSION and not force:
+    if previous is not None and previous.get("version") == RESULT_VERSION:  # keep the probes not recomputed
         result = {**previous, **result, "seconds": {**previous.get("seconds", {}), **result["seconds"]}}
     write_json_atomic(result_path(run_dir, step), result)
     return step
@@ -149,26 +153,26 @@ def _init_worker(run_dir: str, sizes: ProbeSizes | None, device: str) -> None:
                    device=device)
 
 
-def _probe_in_worker(path: str, want: tuple[str, ...], force: bool) -> tuple[int, str | None]:
+def _probe_in_worker(path: str, want: tuple[str, ...]) -> tuple[int, str | None]:
     """(step, None) when done, (step, message) for a bad checkpoint."""
     w = _WORKER
     try:
-        return probe_checkpoint(w["run_dir"], Path(path), w["tokenizer"], w["inputs"], want, force, w["device"]), None
+        return probe_checkpoint(w["run_dir"], Path(path), w["tokenizer"], w["inputs"], want, w["device"]), None
     except CheckpointError as e:
         return step_of(path), f"{e.path}: {e.problem}"
 
 
-def _probe_serially(run_dir: Path, todo: list[Path], want, force, device, sizes, report) -> None:
+def _probe_serially(run_dir: Path, todo: list[Path], want, device, sizes, report) -> None:
     tokenizer = load_tokenizer(run_dir)
     inputs = probe_inputs(run_dir, sizes, tokenizer)
     for path in todo:
         try:
-            report(probe_checkpoint(run_dir, path, tokenizer, inputs, want, force, device), None)
+            report(probe_checkpoint(run_dir, path, tokenizer, inputs, want, device), None)
         except CheckpointError as e:
             report(step_of(path), f"{e.path}: {e.problem}")
 
 
-def _probe_in_pool(run_dir: Path, todo: list[Path], want, force, device, sizes, report, jobs: int) -> None:
+def _probe_in_pool(run_dir: Path, todo: list[Path], want, device, sizes, report, jobs: int) -> None:
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
@@ -176,7 +180,7 @@ def _probe_in_pool(run_dir: Path, todo: list[Path], want, force, device, sizes, 
     ctx = multiprocessing.get_context("spawn")  # never fork a process that has started torch threads
     with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=_init_worker,
                              initargs=(str(run_dir), sizes, device)) as pool:
-        futures = [pool.submit(_probe_in_worker, str(p), want, force) for p in todo]
+        futures = [pool.submit(_probe_in_worker, str(p), want) for p in todo]
         try:
             for fut in as_completed(futures):
                 report(*fut.result())
@@ -237,9 +241,9 @@ def _run_probes(run_dir: Path, only, steps, force, progress, device, sizes, log,
             progress(0, len(todo), None)
         jobs = min(jobs, len(todo))
         if jobs > 1 and device == "cpu":
-            _probe_in_pool(run_dir, todo, want, force, device, sizes, report, jobs)
+            _probe_in_pool(run_dir, todo, want, device, sizes, report, jobs)
         else:
-            _probe_serially(run_dir, todo, want, force, device, sizes, report)
+            _probe_serially(run_dir, todo, want, device, sizes, report)
     if done or (read_results(run_dir) and not summary_path(run_dir).exists()):
         write_summary(run_dir)
     return sorted(done)

@@ -172,6 +172,15 @@ def test_memorized_sequence_scores_one_and_random_init_scores_near_zero():
     assert group["extracted_fraction"] == 0.0 and group["mean_score"] <= 0.1
 
 
+def test_copy_loss_separates_copy_positions_from_the_rest():
+    from probes.attention import HeldoutPatternStats
+    tokens = torch.tensor([[9, 1, 2, 3, 7, 1, 2, 3, 8]])  # one copy query: position 6 (see test_metrics)
+    stats = HeldoutPatternStats(1, tokens, entropy=False, copying=True)
+    losses = torch.arange(8, dtype=torch.float32)[None]
+    stats.record_losses(losses)
+    assert stats.copy_loss == {"copy_positions": 6.0, "other_positions": pytest.approx((28 - 6) / 7)}
+
+
 # -- inputs -----------------------------------------------------------------------------------
 def test_probe_inputs_are_fixed_by_the_run_seed_and_seen_sequences_were_seen(run):
     a, b = probe_inputs(run, SMALL), probe_inputs(run, SMALL)
@@ -207,6 +216,9 @@ def test_compute_probes_returns_every_result_key_with_finite_values(run):
     assert {g["copies"] for g in result["memorization"]["canaries"]} == {1, 8}
     assert {c["decoding"] for c in result["repetition"]["continuations"]} == {"greedy", "sampled"}
     assert result["memorization"]["seen"]["n"] == 6 and result["memorization"]["held_out"]["n"] == 6
+    induction = result["induction"]
+    assert induction["in_context_copying_positions"] > 0  # templated stories repeat spans
+    assert all(math.isfinite(v) for v in induction["in_context_copying_loss"].values())
     only = compute_probes(model, load_tokenizer(run), inputs, 3, only=["memorization"])
     assert "memorization" in only and "head_ablation" not in only
     assert only["memorization"]["seen"] == result["memorization"]["seen"]

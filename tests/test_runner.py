@@ -80,6 +80,9 @@ def test_only_computes_the_named_probes_and_a_full_run_fills_in_the_rest(run):
     full = read_results(run)[1]
     assert set(probes.PROBES) <= set(full)
     assert full["memorization"] == first["memorization"]
+    # --force with --only recomputes the named probes and keeps the others
+    assert probes.run_probes(run, only=["induction"], steps=[1], force=True) == [1]
+    assert set(probes.PROBES) <= set(read_results(run)[1])
 
 
 @pytest.mark.parametrize("jobs", [1, 2])
@@ -145,7 +148,8 @@ def test_a_killed_runner_leaves_only_whole_result_files_and_the_next_run_does_th
     rest = probes.run_probes(run)
     assert rest == [s for s in all_steps if s not in written]
     assert sorted(read_results(run)) == all_steps
-    assert [p.name for p in (run / "probes").iterdir() if p.name.startswith(".")] == []  # stale temp files gone
+    leftovers = [p.name for p in (run / "probes").iterdir() if p.name.startswith(".")]
+    assert leftovers == [], leftovers  # temp files of the killed processes are gone
 
 
 def test_watch_follows_a_run_in_training_until_it_completes(template, tmp_path):
