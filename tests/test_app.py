@@ -254,3 +254,23 @@ def test_runs_page_compares_runs_and_switches_to_log_steps(tmp_path, monkeypatch
     at.select_slider(key="sample_step").set_value(2).run()
     shown = [m.value for m in at.markdown if "<mark" in m.value]
     assert shown and all("step 2" in m and "&lt;&amp;&gt;" in m for m in shown)
+
+
+def test_failed_run_and_unreadable_or_partial_probe_files_still_draw(tmp_path, monkeypatch):
+    run = write_fake_run(tmp_path, "broken", steps=(0, 1, 2, 4), status="failed")
+    (run / "probes" / "step_000002.json").write_text('{"step": 2, "head_abl')  # cut short
+    partial = read_json(run / "probes" / "step_000004.json")
+    for key in ("head_ablation", "induction"):  # as if computed with --only
+        partial.pop(key)
+    (run / "probes" / "step_000004.json").write_text(json.dumps(partial))
+    at = open_app(tmp_path, monkeypatch)
+    for page in PAGES:
+        at.switch_page(f"views/{page}.py").run()
+        assert_no_exception(at, page)
+        warning = texts(at.warning)
+        assert "Training of this run failed" in warning
+        if page != "runs":
+            assert "step_000002.json is unreadable and was skipped" in warning
+        assert len(charts(at)) >= 1, page
+    at.switch_page("views/heads.py").run()
+    assert [int(s) for s in at.select_slider(key="step").options] == [0, 1]  # step 4 has no ablation data
