@@ -36,10 +36,10 @@ demo: $(STAMP)
 	fi
 	$(PY) -m probes $(RUNS)/demo
 	@echo "Starting the app: open http://localhost:$(PORT)"
-	$(VENV)/bin/streamlit run app --server.port $(PORT) --server.headless true --browser.gatherUsageStats false
+	$(VENV)/bin/streamlit run app --server.port $(PORT) --server.headless true --browser.gatherUsageStats false --client.toolbarMode minimal
 
 app: $(STAMP)
-	$(VENV)/bin/streamlit run app --server.port $(PORT) --server.headless true --browser.gatherUsageStats false
+	$(VENV)/bin/streamlit run app --server.port $(PORT) --server.headless true --browser.gatherUsageStats false --client.toolbarMode minimal
 
 bench: $(STAMP)
 	$(PY) -m bench
