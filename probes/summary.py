@@ -17,20 +17,24 @@ SUMMARY_VERSION = 1
 
 THRESHOLDS = {
     "repetition_seq_rep_4": 0.3,     # greedy seq-rep-4 at or above this = repetitive generations
+    "learning_started_loss_drop": 0.1,  # learning has begun once held-out loss is 10% below step 0's
     "persist": 2,                    # ... for this many consecutive checkpoints
     "canary_extracted_fraction": 0.5,  # a canary group counts as extracted at or above this
     "induction_min_rise": 0.1,       # a phase change needs the best induction score to rise this much
     "concentration_min_rise": 0.1,   # head-importance concentration needs Gini to rise this much
+    "head_importance_min": 0.02,     # heads "matter" once the top head's zero-ablation loss increase is this (nats)
 }
 
 RULES = {
     "repetition": (
         "Metric repetition.greedy.seq_rep_4 (mean over the fixed prompts). Emergence step = the first "
-        "checkpoint at which it is >= {repetition_seq_rep_4} and stays >= {repetition_seq_rep_4} for "
-        "{persist} consecutive checkpoints (or until the last one). from_start is true when that is "
-        "the first checkpoint (a random init echoes its input, which is repetition too); rise_step is "
-        "the first such crossing from below; resolved_step the first later checkpoint where it falls "
-        "below the threshold for {persist} checkpoints."),
+        "checkpoint, among those where learning has begun (held-out loss at least "
+        "{learning_started_loss_drop:.0%} below the first checkpoint's), at which it is >= "
+        "{repetition_seq_rep_4} and stays >= {repetition_seq_rep_4} for {persist} consecutive checkpoints "
+        "(or until the last one). A random init echoes its last token, which is repetition too but not "
+        "learned: present_at_init says whether the first checkpoint already repeats. rise_step is the "
+        "first such crossing from below over all checkpoints; resolved_step the first checkpoint after "
+        "the emergence step where it stays below the threshold for {persist} checkpoints."),
     "induction": (
         "Metric induction.induction.max (best head's diagonal induction score on repeated random "
         "tokens). Phase change = the consecutive pair of checkpoints with the largest rise per unit "
@@ -45,8 +49,11 @@ RULES = {
         "first step per group."),
     "head_concentration": (
         "Metric head_ablation.gini.zero (Gini coefficient of the zero-ablation loss increases, "
-        "negatives clipped to 0). Step = the largest rise per unit of log(1 + step), as for "
-        "induction; detected when that rise is >= {concentration_min_rise}."),
+        "negatives clipped to 0), over the checkpoints where heads matter at all (the top head's "
+        "loss increase head_ablation.zero.max >= {head_importance_min} nats; below that the Gini of "
+        "near-zero numbers is noise); heads_matter_step is the first of them. Step = the largest "
+        "rise per unit of log(1 + step) among them, as for induction; detected when that rise is "
+        ">= {concentration_min_rise}."),
 }
 
 SKIP_KEYS = {"continuations", "seconds", "items", "seen_examples", "sampling", "note", "version", "step",
@@ -99,24 +106,41 @@ def value_at(steps: list[int], values: list | None, step: int | None) -> float |
     return values[steps.index(step)]
 
 
+def learning_started(steps: list[int], series: dict[str, list]) -> int | None:
+    """First step whose held-out loss is `learning_started_loss_drop` below the first checkpoint's
+    (None without a loss series, in which case every checkpoint counts)."""
+    for key in ("head_ablation.clean_loss", "memorization.held_out.loss"):
+        known = [(s, v) for s, v in zip(steps, series.get(key) or []) if v is not None]
+        if known:
+            limit = known[0][1] * (1 - THRESHOLDS["learning_started_loss_drop"])
+            return next((s for s, v in known if v <= limit), None)
+    return None
+
+
 def repetition_emergence(steps: list[int], series: dict[str, list]) -> dict:
     key = "repetition.greedy.seq_rep_4"
     th, persist = THRESHOLDS["repetition_seq_rep_4"], THRESHOLDS["persist"]
     values = series.get(key)
     out: dict[str, Any] = {"metric": key, "threshold": th, "persist": persist, "step": None,
-                           "from_start": False, "rise_step": None, "resolved_step": None,
-                           "peak_step": None, "peak_value": None}
-    if not values:
+                           "learning_started_step": None, "present_at_init": False, "rise_step": None,
+                           "resolved_step": None, "peak_step": None, "peak_value": None}
+    known = [(s, v) for s, v in zip(steps, values or []) if v is not None]
+    if not known:
         return out
-    step = sustained_crossing(steps, values, th, persist)
-    known = [(s, v) for s, v in zip(steps, values) if v is not None]
+    has_loss = any(v is not None for k in ("head_ablation.clean_loss", "memorization.held_out.loss")
+                   for v in series.get(k) or [])
+    begun = learning_started(steps, series)
+    out["learning_started_step"] = begun
+    if has_loss and begun is None:
+        candidates = []  # the model never got past its initial loss: nothing learned yet
+    else:
+        candidates = [(s, v) for s, v in known if begun is None or s >= begun]
+    step = sustained_crossing([s for s, _ in candidates], [v for _, v in candidates], th, persist)
     out["step"] = step
-    out["from_start"] = step is not None and bool(known) and step == known[0][0]
+    out["present_at_init"] = known[0][1] >= th
     out["rise_step"] = sustained_rise(steps, values, th, persist)
     out["resolved_step"] = None if step is None else sustained_fall(steps, values, th, step, persist)
-    if known:
-        peak = max(known, key=lambda p: p[1])
-        out["peak_step"], out["peak_value"] = peak
+    out["peak_step"], out["peak_value"] = max(known, key=lambda p: p[1])
     return out
 
 
@@ -174,12 +198,15 @@ def memorization_emergence(steps: list[int], series: dict[str, list]) -> dict:
 
 def concentration_emergence(steps: list[int], series: dict[str, list]) -> dict:
     key = "head_ablation.gini.zero"
-    out = rise_emergence(steps, series, key, THRESHOLDS["concentration_min_rise"])
-    known = [(s, v) for s, v in zip(steps, series.get(key) or []) if v is not None]
-    out["first"] = known[0][1] if known else None
-    out["last"] = known[-1][1] if known else None
-    if known:
-        out["max_step"], out["max"] = max(known, key=lambda p: p[1])
+    top = series.get("head_ablation.zero.max") or [None] * len(steps)
+    gini = series.get(key) or [None] * len(steps)
+    kept = [(s, g) for s, g, t in zip(steps, gini, top)
+            if g is not None and t is not None and t >= THRESHOLDS["head_importance_min"]]
+    out = rise_emergence([s for s, _ in kept], {key: [g for _, g in kept]}, key, THRESHOLDS["concentration_min_rise"])
+    out["heads_matter_step"] = kept[0][0] if kept else None
+    out["first"] = kept[0][1] if kept else None
+    out["last"] = kept[-1][1] if kept else None
+    out["max_step"], out["max"] = max(kept, key=lambda p: p[1]) if kept else (None, None)
     return out
 
 

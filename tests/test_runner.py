@@ -181,14 +181,14 @@ SYNTH_STEPS = [0, 1, 2, 4, 8, 16, 32, 64, 128]
 def synthetic_result(step: int) -> dict:
     """A result whose phenomena switch on at known steps: repetition at 16, induction at 32
     (ICL improving at the same time), 64-copy canaries extracted at 8 and 8-copy ones at 64,
-    head-importance Gini jumping at 4."""
+    heads mattering from 2 and head-importance Gini jumping at 4."""
     i = SYNTH_STEPS.index(step)
     rep = 0.05 if step < 16 else 0.6
     ind = 0.02 + 0.001 * i if step < 32 else 0.85
     gini = 0.1 if step < 4 else 0.6
     return {
         "step": step, "tokens": step * 100,
-        "head_ablation": {"clean_loss": 5.0 - 0.1 * i, "zero": [[0.1, 0.2], [0.3, 0.4]],
+        "head_ablation": {"clean_loss": 7.0 if step == 0 else 5.0 - 0.1 * i, "zero": [[0.1, 0.2], [0.3, 0.4]] if step >= 2 else [[0.001, 0.0], [0.0, -0.001]],
                           "gini": {"zero": gini, "mean": 0.2, "resample": 0.3},
                           "top_share": {"zero": 0.5, "mean": 0.5, "resample": 0.5}},
         "memorization": {"canaries": [
@@ -212,13 +212,15 @@ def test_summary_finds_each_emergence_step_exactly_on_a_synthetic_series(tmp_pat
     assert json.loads((run / "probes" / "summary.json").read_text()) == summary
     em = summary["emergence"]
     assert em["repetition"]["step"] == 16 and em["repetition"]["rise_step"] == 16
-    assert em["repetition"]["from_start"] is False and em["repetition"]["resolved_step"] is None
+    assert em["repetition"]["present_at_init"] is False and em["repetition"]["resolved_step"] is None
+    assert em["repetition"]["learning_started_step"] == 1  # loss 7.0 -> 4.9: more than 10% below
     assert em["induction"]["step"] == 32 and em["induction"]["from_step"] == 16 and em["induction"]["detected"]
     assert em["induction"]["icl_change"] == pytest.approx(-0.8)
     assert em["induction"]["best_head"] == {"layer": 0, "head": 0, "score": 0.85}
     assert em["memorization"]["step"] == 8 and em["memorization"]["copies"] == [64]
     assert em["memorization"]["by_copies"] == {"1": None, "8": 64, "64": 8}
     assert em["head_concentration"]["step"] == 4 and em["head_concentration"]["detected"]
+    assert em["head_concentration"]["heads_matter_step"] == 2  # steps 0 and 1: heads change < 0.02 nats
     for name in ("repetition", "induction", "memorization", "head_concentration"):
         assert em[name]["rule"] == summary["rules"][name] and len(em[name]["rule"]) > 40
     assert summary["thresholds"]["repetition_seq_rep_4"] == 0.3
@@ -228,14 +230,22 @@ def test_summary_finds_each_emergence_step_exactly_on_a_synthetic_series(tmp_pat
     assert series["memorization.canaries.copies_64.exposure"] == [3.0] * len(SYNTH_STEPS)
     assert series["memorization.seen.mean_score"] == [None] * len(SYNTH_STEPS)
     assert series["induction.induction.max"][-1] == 0.85
-    assert summary["heads"]["head_ablation.zero"][0] == [[0.1, 0.2], [0.3, 0.4]]
+    assert summary["heads"]["head_ablation.zero"][2] == [[0.1, 0.2], [0.3, 0.4]]
+    assert series["head_ablation.zero.max"][:3] == [0.001, 0.001, 0.4]
     assert summary["tokens"] == [s * 100 for s in SYNTH_STEPS]
 
 
 def test_summary_of_repetition_present_from_the_first_checkpoint():
+    """A random init that echoes its input is not learned repetition: emergence counts only from
+    the checkpoint where the loss has begun to fall."""
     results = {s: synthetic_result(s) for s in SYNTH_STEPS}
     for s in SYNTH_STEPS:
-        results[s]["repetition"]["greedy"]["seq_rep_4"] = 0.9 if s < 8 or s == 32 else 0.1
+        results[s]["repetition"]["greedy"]["seq_rep_4"] = 0.9 if s < 8 or s in (32, 64) else 0.1
+        results[s]["head_ablation"]["clean_loss"] = 7.0 if s < 16 else 5.0
     em = summarize(results)["emergence"]["repetition"]
-    assert em["step"] == 0 and em["from_start"] is True and em["rise_step"] is None
-    assert em["resolved_step"] == 8 and em["peak_value"] == 0.9
+    assert em["learning_started_step"] == 16
+    assert em["step"] == 32 and em["present_at_init"] is True and em["rise_step"] == 32
+    assert em["resolved_step"] == 128 and em["peak_value"] == 0.9
+    for s in SYNTH_STEPS:  # never learning: no emergence, whatever the init does
+        results[s]["head_ablation"]["clean_loss"] = 7.0
+    assert summarize(results)["emergence"]["repetition"]["step"] is None
