@@ -101,7 +101,7 @@ def test_every_plot_is_used(corpus):
                "gift": "birthday", "rain": "had to stay inside", "memory": "memory game", "packing": "packed",
                "password": "The password is", "song": "made up a song", "wave": "wave to each other",
                "truth": "telling the truth", "skill": "wanted to learn to", "garden": "seed in the",
-               "count": "counted:"}
+               "count": "counted:", "echo": "echo game", "parrot": "never forgets a word"}
     text = "\n".join(corpus.train)
     for name, marker in openers.items():
         assert text.count(marker) > 20, name

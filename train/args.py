@@ -24,7 +24,7 @@ class TrainArgs:
     preset: str = "nano"
     data: str = "stories"
     out: str = ""
-    steps: int = 1500
+    steps: int = 1000
     batch_size: int = 16
     grad_accum: int = 1
     lr: float = 2e-3
@@ -35,6 +35,7 @@ class TrainArgs:
     device: str = "auto"
     compile: bool = False
     attention: str = "standard"
+    threads: int = 0  # CPU threads for PyTorch; 0 = auto (see cli.set_threads)
     # model shape overrides (None = the preset's value)
     n_layer: int | None = None
     n_head: int | None = None
@@ -48,7 +49,7 @@ class TrainArgs:
     val_fraction: float = 0.05
     canary_copies: str = "1,2,4,8,16,32,64"
     canaries_per_count: int = 4
-    copy_weight: float = 2.0
+    copy_weight: float = 1.0
     # optimization
     weight_decay: float = 0.1
     grad_clip: float = 1.0
@@ -72,7 +73,7 @@ class TrainArgs:
 
 
 # Arguments that do not change the numbers a run produces, so a resumed run may set them afresh.
-RUNTIME_ONLY = {"device", "compile", "out"}
+RUNTIME_ONLY = {"device", "compile", "out", "threads"}
 FIELD_TYPES = {f.name: f.type for f in fields(TrainArgs)}
 
 
@@ -115,6 +116,7 @@ def build_parser() -> Parser:
     add("--device", choices=["auto", "cpu", "cuda"], help="default auto")
     add("--compile", action="store_const", const=True, help="torch.compile the model")
     add("--attention", help=f"attention kind: {', '.join(ATTENTION_KINDS)} (default standard)")
+    add("--threads", type=int, help="CPU threads (default 0 = auto: 1 for models up to 128 wide, else all cores)")
     add("--config", help="a .toml or .yaml file of these options (underscored names)")
     add("--resume", action="store_const", const=True, help="continue the run in --out from its state/")
     add("--n-layer", type=int, help="override the preset's layer count")
@@ -225,8 +227,8 @@ def validate(a: TrainArgs) -> None:
         v = getattr(a, name)
         if v is not None and v <= 0:
             raise BadInput(f"--{name.replace('_', '-')} must be a positive integer, got {v}.")
-    if a.warmup < 0 or a.sample_tokens < 0:
-        raise BadInput("--warmup and --sample-tokens must not be negative.")
+    if a.warmup < 0 or a.sample_tokens < 0 or a.threads < 0:
+        raise BadInput("--warmup, --sample-tokens and --threads must not be negative.")
     if not a.lr > 0 or a.lr != a.lr:
         raise BadInput(f"--lr must be a positive number, got {a.lr}.")
     if not 0 < a.corpus_mb < 1e6:

@@ -37,14 +37,29 @@ def pick_device(kind: str, d: Dist) -> torch.device:
     return torch.device("cpu")
 
 
+SMALL_WIDTH = 128
+
+
+def set_threads(args: TrainArgs, cfg_width: int, d: Dist, device: torch.device) -> None:
+    """--threads if given. Otherwise, on a CPU: one thread for models up to SMALL_WIDTH wide (the
+    nano demo: on an idle 2-core machine a second thread is ~1.5x faster, but when anything else
+    runs its OpenMP threads spin against the other work and a step gets 3-10x slower), and under
+    DDP the cores shared among the local ranks. The thread count changes float rounding, so a run
+    resumed bit-exactly must keep it."""
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    elif device.type == "cpu" and cfg_width <= SMALL_WIDTH:
+        torch.set_num_threads(1)
+    elif d.world > 1 and device.type == "cpu":
+        local = int(os.environ.get("LOCAL_WORLD_SIZE", d.world))
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // local))
+
+
 def start_distributed(d: Dist, device: torch.device) -> None:
     if d.world <= 1:
         return
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    else:  # do not oversubscribe the cores: share them among the local ranks
-        local = int(os.environ.get("LOCAL_WORLD_SIZE", d.world))
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // local))
     dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
 
 
@@ -91,6 +106,7 @@ def train(explicit: dict, resume: bool, d: Dist) -> int:
     args = resolve(explicit, stored, str(out))
     device = pick_device(args.device, d)
     check_source(args)
+    set_threads(args, args.n_embd or GPTConfig.preset(args.preset).n_embd, d, device)
     start_distributed(d, device)
     error, cfg = None, None
     if d.main:
@@ -133,6 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run the CLI in-process; returns the exit status (2 with one sentence on stderr for bad input)."""
     argv = sys.argv[1:] if argv is None else list(argv)
     d = dist_from_env()
+    threads = torch.get_num_threads()
     try:
         explicit, resume = requested(argv)
         return train(explicit, resume, d)
@@ -142,5 +159,6 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as e:  # --help
         return int(e.code or 0) if isinstance(e.code, int) or e.code is None else 2
     finally:
+        torch.set_num_threads(threads)  # main() may run in-process: leave the caller as it was
         if dist.is_available() and dist.is_initialized():
             dist.destroy_process_group()

@@ -3,9 +3,9 @@
 Why generated: the workbench must train a model that shows real phenomena in minutes on a CPU,
 with no downloads. The stories are a real learning problem (over 1,000 distinct words, many plots,
 dialogue, objects, places, feelings, morals) with the structure small models learn quickly:
-names recur inside a story, and several plots repeat a random list of words (a memory game, a
-packing list, a password, a song), which can only be predicted by copying from earlier in the
-context, the pressure under which induction heads form.
+names recur inside a story, and six plots repeat a random list of words (a memory game, an echo
+game, a parrot, a packing list, a password, a song), which can only be predicted by copying from
+earlier in the context: in-distribution material for the copying and induction probes.
 
 Canaries are story-like sequences made of a unique 32-token opening and a secret of random words,
 each planted a known number of times in the training split, so memorization can be measured
@@ -16,6 +16,7 @@ Everything is a pure function of the seed: the same seed gives byte-identical te
 """
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass, field
 from functools import lru_cache
 
@@ -283,6 +284,26 @@ def plot_memory_game(pen, c, f, place, obj):
     return out
 
 
+def plot_echo(pen, c, f, place, obj):
+    out = [f"{c.name} and {f.name} played an echo game at the {place}. {c.name} said some words, "
+           f"and {f.name} said them back."]
+    for _ in range(pen.count(2, 4)):
+        seq = " ".join(random_words(pen, pen.count(3, 12)))
+        out += [f"{c.name}: {seq}.", f"{f.name}: {seq}."]
+    out.append(say(pen, f, pen.pick(["That was fun!", "Again, again!", "My turn to start!", "I never miss a word!"])))
+    return out
+
+
+def plot_parrot(pen, c, f, place, obj):
+    bird = pen.pick(W.PET_NAMES)
+    out = [f"{c.name} had a parrot called {bird}. {bird} repeated every word it heard."]
+    for _ in range(pen.count(1, 3)):
+        seq = " ".join(random_words(pen, pen.count(8, 30)))
+        out += [f"{c.name} said: {seq}.", f"And {bird} said: {seq}."]
+    out.append(f"{f.name} laughed. " + say(pen, f, f"{bird} never forgets a word!"))
+    return out
+
+
 def plot_packing(pen, c, f, place, obj):
     items = pen.some(W.OBJECTS, pen.count(3, 7))
     listed = ", ".join(f"{a(i)}" for i in items[:-1]) + f" and {a(items[-1])}"
@@ -383,11 +404,12 @@ def plot_count(pen, c, f, place, obj):
 
 PLOTS = [plot_lost, plot_share, plot_fear, plot_quarrel, plot_trip, plot_help_animal, plot_build,
          plot_gift, plot_rain, plot_memory_game, plot_packing, plot_password, plot_song, plot_wave,
-         plot_truth, plot_skill, plot_garden, plot_count]
-COPY_PLOTS = {plot_memory_game, plot_password, plot_song, plot_packing}
+         plot_truth, plot_skill, plot_garden, plot_count, plot_echo,
+         plot_parrot]
+COPY_PLOTS = {plot_memory_game, plot_password, plot_song, plot_packing, plot_echo, plot_parrot}
 
 
-def story(pen: Pen, copy_weight: float = 2.0) -> str:
+def story(pen: Pen, copy_weight: float = 1.0) -> str:
     """One story: an introduction, a plot, an ending and sometimes a moral. `copy_weight` is how
     much likelier each copy plot (memory game, password, song, packing list) is than the others."""
     weights = np.array([copy_weight if p in COPY_PLOTS else 1.0 for p in PLOTS])
@@ -403,9 +425,9 @@ def story(pen: Pen, copy_weight: float = 2.0) -> str:
     return " ".join(lines)
 
 
-def generate_stories(seed: int, stream: str, n_chars: int, copy_weight: float = 2.0) -> list[str]:
+def generate_stories(seed: int, stream: str, n_chars: int, copy_weight: float = 1.0) -> list[str]:
     """Stories from the seeded stream `stream` ("train", "val", ...) until n_chars characters."""
-    pen = Pen(np.random.default_rng([int(seed), sum(stream.encode()), len(stream)]))
+    pen = Pen(np.random.default_rng([int(seed), zlib.crc32(stream.encode())]))
     out, total = [], 0
     while total < n_chars:
         s = story(pen, copy_weight)
@@ -478,7 +500,7 @@ class StoriesCorpus:
 
 
 def build_stories(seed: int, train_chars: int, val_chars: int, copies: tuple[int, ...] = DEFAULT_COPIES,
-                  per_count: int = 4, copy_weight: float = 2.0) -> StoriesCorpus:
+                  per_count: int = 4, copy_weight: float = 1.0) -> StoriesCorpus:
     """The whole corpus. The held-out split comes from its own stream of the same generator, with
     any story that also occurs in training removed, and never holds a canary."""
     train = generate_stories(seed, "train", train_chars, copy_weight)

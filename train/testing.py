@@ -42,13 +42,7 @@ def make_small_run(out_dir: str | os.PathLike, steps: int = 40, **overrides: Any
     run_json = out / "run.json"
     if run_json.exists() and read_json(run_json).get("status") == "complete":
         return out
-    import torch
-
-    threads = torch.get_num_threads()
-    try:
-        status = main(small_run_argv(out, steps=steps, **overrides) + (["--resume"] if run_json.exists() else []))
-    finally:
-        torch.set_num_threads(threads)
+    status = main(small_run_argv(out, steps=steps, **overrides) + (["--resume"] if run_json.exists() else []))
     if status != 0:
         raise RuntimeError(f"make_small_run failed with exit status {status} (see stderr).")
     return out
