@@ -81,6 +81,7 @@ def setup_run(out: Path, args: TrainArgs, stored: dict | None, d: Dist) -> GPTCo
         cfg = model_config(args, tok.info["vocab_size"])
         check_chunks(cfg, tok)
         out.mkdir(parents=True, exist_ok=True)
+        clean_temporaries(out)  # a first run.json write that was killed may have left its temp file
         write_json_atomic(out / RUN_JSON, run_record(args, cfg, tok, d.world))
         install_data(out, tok, data_record(args, cfg, tok, canaries, source, d.world))
         return cfg
@@ -130,7 +131,10 @@ def train(explicit: dict, resume: bool, d: Dist) -> int:
         trainer.run(fresh)
     except BaseException as e:
         if d.main:
-            set_status(out, "failed", error=f"{type(e).__name__}: {e}" if str(e) else type(e).__name__)
+            try:
+                set_status(out, "failed", error=f"{type(e).__name__}: {e}" if str(e) else type(e).__name__)
+            except OSError:
+                pass  # the full disk that stopped the run refuses this write too; run.json stays whole
         raise
     if d.main:
         set_status(out, "complete")
@@ -143,6 +147,18 @@ def report(out: Path, seconds: float) -> None:
     if vals:
         print(f"{out}: step {vals[-1]['step']}, held-out loss {vals[0]['val_loss']:.3f} at step 0 -> "
               f"{vals[-1]['val_loss']:.3f}, {seconds:.0f} s", file=sys.stderr)
+
+
+def write_failure(argv: list[str], e: OSError) -> str:
+    """One sentence for an OSError that stopped training, saying what survives and what to do."""
+    try:
+        out = Path(requested(argv)[0].get("out") or ".")
+    except BadInput:
+        out = Path(".")
+    what = f"{e.strerror or e}" + (f" ({e.filename})" if e.filename else "")
+    then = "continue with --resume" if (out / RUN_JSON).exists() else "run the same command again"
+    return (f"training in {out} stopped: {what}; everything written before is intact; "
+            f"fix that (e.g. free disk space), then {then}.")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -158,6 +174,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except SystemExit as e:  # --help
         return int(e.code or 0) if isinstance(e.code, int) or e.code is None else 2
+    except OSError as e:  # a full disk, a read-only or vanished folder: not a bug, so no traceback
+        print(f"error: {write_failure(argv, e)}", file=sys.stderr)
+        return 1
     finally:
         torch.set_num_threads(threads)  # main() may run in-process: leave the caller as it was
         if dist.is_available() and dist.is_initialized():

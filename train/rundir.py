@@ -41,9 +41,20 @@ def check_out_dir(out: Path, resume: bool) -> dict | None:
             raise BadInput(f"{run_json} is not a readable run description, so the run cannot be resumed.") from None
     if run_json.exists():
         raise BadInput(f"{out} already holds a run; pass --resume to continue it or choose another --out.")
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+    if out.exists() and (not out.is_dir() or any(not is_temporary(p) for p in out.iterdir())):
         raise BadInput(f"{out} exists and is not an empty folder; choose another --out.")
+    for folder in (out, *out.parents):  # e.g. --out /dev/null/x: fail here, not deep inside setup
+        if folder.exists():
+            if not folder.is_dir():
+                raise BadInput(f"--out {out} lies inside {folder}, which is not a folder.")
+            break
     return None
+
+
+def is_temporary(path: Path) -> bool:
+    """A file that an atomic write killed before its rename left behind (.NAME.tmp-PID). A run
+    folder killed while writing its first run.json holds only that, and counts as empty."""
+    return path.name.startswith(".") and ".tmp-" in path.name and path.is_file()
 
 
 def model_config(args: TrainArgs, vocab_size: int) -> GPTConfig:
@@ -139,5 +150,5 @@ def clean_temporaries(run_dir: Path) -> None:
     for folder in (run_dir, run_dir / STATE, run_dir / "data"):
         if folder.is_dir():
             for p in folder.iterdir():
-                if p.name.startswith(".") and ".tmp-" in p.name and p.is_file():
+                if is_temporary(p):
                     p.unlink(missing_ok=True)
