@@ -339,12 +339,13 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as e:  # usage errors (status 2) and --help (status 0)
         return int(e.code or 0)
     progress, close = tqdm_progress()
-    jobs = args.jobs if args.jobs is not None else default_jobs(args.watch, args.device)
-    kwargs = dict(only=args.only, steps=args.steps, force=args.force, progress=progress, device=args.device,
-                  threads=args.threads, jobs=jobs)
     try:
         if args.poll <= 0:
             raise ValueError(f"--poll must be a positive number of seconds, got {args.poll}.")
+        device = pick_device(args.device)
+        jobs = args.jobs if args.jobs is not None else default_jobs(args.watch, device)
+        kwargs = dict(only=args.only, steps=args.steps, force=args.force, progress=progress, device=device,
+                      threads=args.threads, jobs=jobs)
         done = watch(args.run, poll=args.poll, **kwargs) if args.watch else run_probes(args.run, **kwargs)
     except (ValueError, CheckpointError) as e:
         close()

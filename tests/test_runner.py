@@ -113,6 +113,8 @@ def test_bad_input_exits_2_with_one_sentence(run, tmp_path, capsys):
         ([str(run), "--poll", "0", "--watch"], "--poll must be"),
         ([str(run), "--bogus"], "unrecognized arguments"),
         ([str(run), "--threads", "0"], "threads must be a positive integer"),
+        ([str(run), "--jobs", "0"], "jobs must be a positive integer"),
+        ([str(run), "--device", "tpu"], "device must be auto, cpu or cuda"),
     ]
     for argv, message in cases:
         assert main(argv) == 2, argv
