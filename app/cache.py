@@ -17,7 +17,7 @@ from model.checkpoint import CheckpointError, META, WEIGHTS, checkpoint_dir, loa
 from model.tokenizer import Tokenizer, load_tokenizer
 
 from . import analysis
-from .runfolder import RunFiles, file_key, verify_checkpoint
+from .runfolder import RunFiles, file_key, metrics_series, verify_checkpoint
 
 
 @st.cache_data(show_spinner=False, max_entries=4096)
@@ -27,6 +27,20 @@ def _read_json(key: tuple[str, int, int]) -> Any:
 
 def read_json_cached(path: Path) -> Any:
     return _read_json(file_key(path))
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def _metrics(key: tuple[str, int, int]) -> dict[str, tuple[list[int], list[float]]]:
+    return metrics_series(Path(key[0]).parent)
+
+
+def metrics(run: RunFiles) -> dict[str, tuple[list[int], list[float]]]:
+    """metrics_series of a run, re-read only when metrics.jsonl changes (a compared run's log
+    holds a row per step, and the comparison page redraws on every widget change)."""
+    try:
+        return _metrics(file_key(run.path / "metrics.jsonl"))
+    except OSError:  # no metrics logged yet
+        return metrics_series(run.path)
 
 
 def probe_results(run: RunFiles) -> tuple[dict[int, dict], list[str]]:

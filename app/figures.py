@@ -237,3 +237,41 @@ def canaries_over_training(steps: Sequence[int], per_step: Sequence[Sequence[Map
                 ys.append(match[0].get(field))
         series[f"{copies} copies"] = (xs, ys)
     return scalar_series(series, title, field.replace("_", " "), log_x=log_x, marks=marks)
+
+
+RUN_COLOURS = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf"]
+DASHES = ["solid", "dash", "dot", "dashdot", "longdash"]
+
+
+def run_overlay(runs: Mapping[str, Mapping[str, Series]], title: str, y_title: str, log_x: bool = False,
+                log_y: bool = False, markers: Mapping[str, Series] | None = None,
+                marker_name: str = "loss spikes") -> go.Figure:
+    """Several runs over training steps: one colour per run, one dash per quantity (train and
+    held-out, greedy and sampled), so runs compare across a figure and quantities within it.
+
+    `runs[label][quantity]` is (steps, values); empty series are left out. `markers[label]` are
+    points drawn as crosses in the run's colour (loss spikes), named with their count."""
+    fig = go.Figure()
+    all_steps: list[int] = []
+    for i, (label, quantities) in enumerate(runs.items()):
+        colour = RUN_COLOURS[i % len(RUN_COLOURS)]
+        for j, (quantity, (steps, values)) in enumerate(quantities.items()):
+            if not len(steps):
+                continue
+            all_steps += list(steps)
+            fig.add_trace(go.Scatter(
+                x=x_of(steps, log_x), y=[_num(v) for v in values], mode="lines+markers" if len(steps) <= 60 else "lines",
+                name=f"{label} · {quantity}" if quantity else label, legendgroup=label,
+                line={"color": colour, "dash": DASHES[j % len(DASHES)], "width": 1.5}, marker={"size": 5},
+                meta={"run": label, "series": quantity}))
+        if markers and label in markers:
+            steps, values = markers[label]
+            fig.add_trace(go.Scatter(
+                x=x_of(steps, log_x), y=[_num(v) for v in values], mode="markers", legendgroup=label,
+                name=f"{label} · {len(steps)} {marker_name}", marker={"symbol": "x", "size": 10, "color": colour},
+                meta={"run": label, "series": marker_name}))
+    fig.update_layout(title=title, height=HEIGHT + 40, hovermode="x unified", legend={"groupclick": "toggleitem"})
+    fig.update_xaxes(title_text="step")
+    fig.update_yaxes(title_text=y_title, type="log" if log_y else None)
+    _log_x(fig, log_x, all_steps)
+    return fig

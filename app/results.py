@@ -55,6 +55,34 @@ def best_head(results: Results, path: str) -> tuple[list[int], list[float]]:
     return steps, [max(max(row) for row in m) for m in mats]
 
 
+def head_mean(results: Results, path: str) -> tuple[list[int], list[float]]:
+    """The mean over every layer and head at each step (e.g. a model's mean attention entropy)."""
+    steps, mats = matrices(results, path)
+    return steps, [sum(sum(row) for row in m) / sum(len(row) for row in m) for m in mats]
+
+
+def icl_value(v: Any) -> float | None:
+    """The ICL score, whether stored as a number or as an object with its positions."""
+    if isinstance(v, (int, float)) and not isinstance(v, bool):
+        return float(v)
+    if isinstance(v, Mapping):
+        for k in ("value", "score", "icl_score", "delta"):
+            if isinstance(v.get(k), (int, float)) and not isinstance(v.get(k), bool):
+                return float(v[k])
+    return None
+
+
+def icl_series(results: Results) -> tuple[list[int], list[float]]:
+    """(steps, ICL score) over the checkpoints whose result has one."""
+    steps, values = [], []
+    for s in sorted(results):
+        v = icl_value(get(results[s], "induction.icl_score"))
+        if v is not None:
+            steps.append(int(s))
+            values.append(v)
+    return steps, values
+
+
 def steps_having(results: Results, path: str) -> list[int]:
     return [int(s) for s in sorted(results) if get(results[s], path) is not None]
 

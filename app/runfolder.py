@@ -164,19 +164,22 @@ def verify_checkpoint(path: Path) -> str | None:
     return None
 
 
+METRIC_COLUMNS = {"train": "loss", "val": "val_loss", "grad_norm": "grad_norm"}
+
+
 def metrics_series(run_dir: Path) -> dict[str, tuple[list[int], list[float]]]:
-    """Train and held-out loss curves from metrics.jsonl."""
-    train, val = ([], []), ([], [])
+    """Train loss, held-out loss and gradient-norm curves from metrics.jsonl (each only at the
+    rows that hold it: held-out loss is evaluated every few steps, step 0 has no gradient)."""
+    out: dict[str, tuple[list[int], list[float]]] = {k: ([], []) for k in METRIC_COLUMNS}
     for row in read_jsonl(run_dir / "metrics.jsonl"):
-        if not isinstance(row, dict) or "step" not in row:
+        if not isinstance(row, dict) or not isinstance(row.get("step"), (int, float)):
             continue
-        if isinstance(row.get("loss"), (int, float)):
-            train[0].append(int(row["step"]))
-            train[1].append(float(row["loss"]))
-        if isinstance(row.get("val_loss"), (int, float)):
-            val[0].append(int(row["step"]))
-            val[1].append(float(row["val_loss"]))
-    return {"train": train, "val": val}
+        for name, column in METRIC_COLUMNS.items():
+            v = row.get(column)
+            if isinstance(v, (int, float)) and not isinstance(v, bool):
+                out[name][0].append(int(row["step"]))
+                out[name][1].append(float(v))
+    return out
 
 
 def samples_at(run_dir: Path, step: int) -> list[dict]:

@@ -30,6 +30,7 @@ PAGES = {
     "memorization": ("Memorization", "memorization"),
     "repetition": ("Repetition", "seq_rep"),
     "induction": ("Induction", "induction_overview"),
+    "compare": ("Compare runs", "compare_loss"),
 }
 
 

@@ -13,27 +13,6 @@ SCORES = {
 }
 
 
-def icl_value(v) -> float | None:
-    """The ICL score, whether stored as a number or as an object with its positions."""
-    if isinstance(v, (int, float)) and not isinstance(v, bool):
-        return float(v)
-    if isinstance(v, dict):
-        for k in ("score", "value", "icl_score", "delta"):
-            if isinstance(v.get(k), (int, float)):
-                return float(v[k])
-    return None
-
-
-def icl_series(results) -> tuple[list[int], list[float]]:
-    steps, values = [], []
-    for s in sorted(results):
-        v = icl_value(R.get(results[s], "induction.icl_score"))
-        if v is not None:
-            steps.append(s)
-            values.append(v)
-    return steps, values
-
-
 def overview_section(run, results, log_x) -> None:
     summary = cache.probe_summary(run)
     marks = {"phase change": R.emergence_step(summary, "induction")}
@@ -43,7 +22,7 @@ def overview_section(run, results, log_x) -> None:
     if not best:
         st.info("The probe results hold no induction data.")
         return
-    icl = icl_series(results)
+    icl = R.icl_series(results)
     st.plotly_chart(figures.scalar_series(
         best, "Best head per score, and the in-context-learning score", "score", log_x=log_x, marks=marks,
         secondary={"ICL score (loss late − early)": icl} if icl[0] else None, secondary_title="ICL score (nats)"),
