@@ -312,6 +312,7 @@ def empty_text(tmp_path):
     (["--config", "{t}/nope.toml"], "does not exist"),
     (["--n-ctx", "100000"], "fewer than one sequence"),
     (["--frobnicate"], "Unrecognized arguments"),
+    (["--threads", "-1"], "must not be negative"),
 ])
 def test_bad_input_exits_2_with_one_sentence(empty_text, capsys, argv, needle):
     out = empty_text / "run"
@@ -323,6 +324,16 @@ def test_cuda_when_there_is_none(tmp_path, capsys):
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU")  # the message is only reachable without one
     bad(["--out", str(tmp_path / "r"), "--device", "cuda"], capsys, "no CUDA GPU")
+
+
+def test_tinystories_offline_says_so_without_touching_the_network(tmp_path, capsys, monkeypatch):
+    import train.corpora as corpora
+    monkeypatch.setattr(corpora, "hub_reachable", lambda timeout=3.0: False)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))  # an empty cache
+    for var in ("HF_HUB_CACHE", "HF_DATASETS_CACHE"):
+        monkeypatch.delenv(var, raising=False)
+    bad(["--out", str(tmp_path / "r"), "--data", "tinystories"], capsys, "pass --data text:PATH")
+    assert not (tmp_path / "r").exists()
 
 
 def test_resume_without_state(tmp_path, capsys):

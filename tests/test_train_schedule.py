@@ -10,7 +10,7 @@ def test_schedule_log_spaced_through_warmup_then_every_ckpt_every():
     assert checkpoint_steps(1000, 100, 250) == [0, 1, 2, 4, 8, 16, 32, 64, 250, 500, 750, 1000]
 
 
-def test_schedule_demo_defaults():
+def test_schedule_with_ckpt_every_equal_to_warmup():
     assert checkpoint_steps(1500, 100, 100) == [0, 1, 2, 4, 8, 16, 32, 64] + list(range(100, 1501, 100))
 
 

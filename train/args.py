@@ -24,7 +24,7 @@ class TrainArgs:
     preset: str = "nano"
     data: str = "stories"
     out: str = ""
-    steps: int = 1000
+    steps: int = 800
     batch_size: int = 16
     grad_accum: int = 1
     lr: float = 2e-3
@@ -45,7 +45,7 @@ class TrainArgs:
     # vocabulary: a compact vocab of at most this many ids, or "gpt2"; None = compact 4096 for nano
     vocab_size: int | str | None = None
     # corpus
-    corpus_mb: float = 2.0
+    corpus_mb: float = 1.0
     val_fraction: float = 0.05
     canary_copies: str = "1,2,4,8,16,32,64"
     canaries_per_count: int = 4
