@@ -141,11 +141,27 @@ def probe_checkpoint(run_dir: Path, path: Path, tokenizer, inputs, want: tuple[s
 _WORKER: dict = {}
 
 
-def _init_worker(run_dir: str, sizes: ProbeSizes | None, device: str) -> None:
+def _exit_with_parent(parent: int, every: float = 0.5) -> None:
+    """Stop this worker as soon as the runner that started it is gone. A runner killed with SIGKILL
+    cannot shut its pool down, and an idle worker would otherwise wait on the task queue forever
+    (it holds the queue's other end itself), keeping the runner's stdout and stderr open."""
+    import threading
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(every)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+
+
+def _init_worker(run_dir: str, sizes: ProbeSizes | None, device: str, parent: int | None = None) -> None:
     """Each worker runs one torch thread (small models gain nothing from more, and two busy
     threads per process thrash a small machine) and loads the run's inputs once."""
     import signal
 
+    if parent is not None:
+        _exit_with_parent(parent)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     torch.set_num_threads(1)
     tokenizer = load_tokenizer(run_dir)
@@ -179,7 +195,7 @@ def _probe_in_pool(run_dir: Path, todo: list[Path], want, device, sizes, report,
     probe_inputs(run_dir, sizes)  # bad run data fails here, with its message, not inside a worker
     ctx = multiprocessing.get_context("spawn")  # never fork a process that has started torch threads
     with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=_init_worker,
-                             initargs=(str(run_dir), sizes, device)) as pool:
+                             initargs=(str(run_dir), sizes, device, os.getpid())) as pool:
         futures = [pool.submit(_probe_in_worker, str(p), want) for p in todo]
         try:
             for fut in as_completed(futures):

@@ -11,21 +11,18 @@ Kill moments are of three kinds, drawn at random:
           written under a .tmp- name);
   time    from outside, after a random delay (import, corpus generation, tokenizing, training,
           evaluation, sampling: anywhere).
-The first two are injected by a small wrapper around `python -m train` that replaces os.fsync,
-os.replace and os.mkdir; nothing in train/ knows about it.
+The first two are injected by the wrapper in _faults.py, which replaces os.fsync, os.replace and
+os.mkdir in the child process; nothing in train/ knows about it.
 
 Fast: 3 kills in `make test`; 20 in `make stress`. Reproduce with KILL_SEED=<seed in the message>.
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 import random
-import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -37,63 +34,12 @@ from model.checkpoint import (has_state, list_checkpoints, load_checkpoint, load
 from train import main as train_main
 from train.testing import small_run_argv
 
-REPO = Path(__file__).resolve().parents[1]
+import _faults as faults
+
 STEPS = 24
 RUN = dict(steps=STEPS, batch_size=4, warmup=4, ckpt_every=4, eval_every=4, n_layer=2, n_head=2, n_embd=32,
            n_ctx=32, corpus_mb=0.05, canary_copies="1,8", eval_batches=1, sample_tokens=4, vocab_size=1024,
            seed=11)
-
-HOOK = r'''
-import atexit, json, os, signal, sys
-root, (mode, _, only), n = os.path.abspath(sys.argv[1]) + os.sep, sys.argv[2].partition(":"), int(sys.argv[3])
-counts = {"write": 0, "tmpdir": 0}
-
-def ours(path):
-    try:
-        path = os.path.abspath(os.fsdecode(path))
-    except (TypeError, ValueError):
-        return False
-    return path.startswith(root) and only in path
-
-def event(kind, path):
-    if ours(path):
-        counts[kind] += 1
-        if kind == mode and counts[kind] == n:
-            os.kill(os.getpid(), signal.SIGKILL)
-
-_fsync, _replace, _mkdir = os.fsync, os.replace, os.mkdir
-
-def fsync(fd):
-    _fsync(fd)
-    try:
-        event("write", os.readlink(f"/proc/self/fd/{fd if isinstance(fd, int) else fd.fileno()}"))
-    except OSError:
-        pass
-
-def replace(src, dst, *a, **k):
-    event("write", dst)
-    _replace(src, dst, *a, **k)
-    event("write", dst)
-
-def mkdir(path, *a, **k):
-    _mkdir(path, *a, **k)
-    if os.path.basename(os.fsdecode(path)).startswith(".tmp-"):
-        event("tmpdir", path)
-
-os.fsync, os.replace, os.mkdir = fsync, replace, mkdir
-if mode.startswith("count="):
-    atexit.register(lambda: open(mode[6:], "w").write(json.dumps(counts)))
-sys.argv = ["python -m train"] + sys.argv[4:]
-from train import main
-sys.exit(main(sys.argv[1:]))
-'''
-
-
-def env() -> dict:
-    e = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", PYTHONPATH=str(REPO))
-    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "WORKBENCH_CACHE"):
-        e.pop(k, None)
-    return e
 
 
 def train_argv(out: Path, **overrides) -> list[str]:
@@ -103,21 +49,20 @@ def train_argv(out: Path, **overrides) -> list[str]:
 
 
 def launch(root: Path, out: Path, mode: str, n: int, **overrides) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-c", HOOK, str(root), mode, str(n), *train_argv(out, **overrides)],
-                            cwd=REPO, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    return faults.launch(root, mode, n, "train", train_argv(out, **overrides))
 
 
 # -- the uninterrupted reference ---------------------------------------------------------------
 class Reference:
     def __init__(self, root: Path):
         self.run = root / "run"
-        counts = root / "counts.json"
+        counts = root / "counts"
         t0 = time.time()
         p = launch(root, self.run, f"count={counts}", 0)
-        err = p.communicate()[1]
+        err = faults.finish(p)
         assert p.returncode == 0, err[-2000:]
         self.seconds = time.time() - t0
-        self.counts = json.loads(counts.read_text())
+        self.counts = faults.read_counts(counts)
         self.ckpts = {step_of(c): c for c in list_checkpoints(self.run)}
         self.metrics = strip(read_jsonl(self.run / "metrics.jsonl"))
         self.samples = read_jsonl(self.run / "samples.jsonl")
@@ -223,8 +168,8 @@ def kill_campaign(tmp_path: Path, ref: Reference, kills: int) -> list[str]:
             try:
                 p.wait(timeout=n)
             except subprocess.TimeoutExpired:
-                p.send_signal(signal.SIGKILL)
-        err = p.communicate(timeout=300)[1]
+                os.killpg(p.pid, signal.SIGKILL)
+        err = faults.finish(p)
         if p.returncode == -signal.SIGKILL:
             done += 1
             log.append(f"{mode} {n:.3g} -> killed at state step "
@@ -249,7 +194,7 @@ def test_a_kill_inside_the_first_write_of_run_json_does_not_block_a_restart(tmp_
     folder") and for --resume ("holds no run"): a user would have had to clean up by hand."""
     run = tmp_path / "run"
     p = launch(tmp_path, run, where, 1, steps=2)
-    p.communicate(timeout=300)
+    faults.finish(p)
     assert p.returncode == -signal.SIGKILL
     assert [x.name.startswith(".run.json.tmp-") for x in run.iterdir()] == [True]
     assert train_main(train_argv(run, steps=2)) == 0  # a plain restart (in-process: no second import)

@@ -1,0 +1,146 @@
+"""Fault injection for the kill tests: start a CLI (`python -m MODULE ARGS`) in a child process
+that is SIGKILLed at a chosen file-system event, without the code under test knowing.
+
+The hook is a sitecustomize module put first on the child's PYTHONPATH, so it is installed in the
+child and in every Python process the child starts (the probes runner's worker processes). It
+replaces os.fsync, os.replace and os.mkdir and counts, for paths under ROOT (and containing an
+optional substring):
+  write   fsyncs of files and folders, and renames (each counted just before and just after);
+  tmpdir  .tmp- folders created.
+At the N-th counted event of one process, the child's whole process group is killed with SIGKILL
+(the child runs in its own session, so nothing else is hit). Mode "count=FILE" injects nothing and
+writes each process's event counts to FILE.<pid> at exit; "none" injects nothing.
+
+Every child carries FAULTS_CHILD=<token> in its environment, so processes it leaves behind can be
+found (and ended, by pid) with `stragglers(token)`.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import uuid
+from functools import lru_cache
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+SITECUSTOMIZE = r'''
+import atexit, json, os, signal
+
+_spec = os.environ.get("FAULTS_HOOK")
+if _spec:
+    _root, _mode, _only, _n = json.loads(_spec)
+    _counts = {"write": 0, "tmpdir": 0}
+
+    def _ours(path):
+        try:
+            path = os.path.abspath(os.fsdecode(path))
+        except (TypeError, ValueError):
+            return False
+        return path.startswith(_root) and _only in path
+
+    def _event(kind, path):
+        if _ours(path):
+            _counts[kind] += 1
+            if kind == _mode and _counts[kind] == _n:
+                os.killpg(os.getpgid(0), signal.SIGKILL)
+
+    _fsync, _replace, _mkdir = os.fsync, os.replace, os.mkdir
+
+    def fsync(fd):
+        _fsync(fd)
+        try:
+            _event("write", os.readlink(f"/proc/self/fd/{fd if isinstance(fd, int) else fd.fileno()}"))
+        except OSError:
+            pass
+
+    def replace(src, dst, *a, **k):
+        _event("write", dst)
+        _replace(src, dst, *a, **k)
+        _event("write", dst)
+
+    def mkdir(path, *a, **k):
+        _mkdir(path, *a, **k)
+        if os.path.basename(os.fsdecode(path)).startswith(".tmp-"):
+            _event("tmpdir", path)
+
+    os.fsync, os.replace, os.mkdir = fsync, replace, mkdir
+    if _mode.startswith("count="):
+        atexit.register(lambda: open(f"{_mode[6:]}.{os.getpid()}", "w").write(json.dumps(_counts)))
+'''
+
+
+@lru_cache(maxsize=1)
+def hook_dir() -> str:
+    folder = tempfile.mkdtemp(prefix="faults-hook-")
+    Path(folder, "sitecustomize.py").write_text(SITECUSTOMIZE)
+    return folder
+
+
+def child_env(token: str, hook: list | None) -> dict:
+    """One thread (so numbers match an in-process run with torch.set_num_threads(1)), no torchrun
+    variables, the repository importable, the hook armed."""
+    e = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", FAULTS_CHILD=token,
+             PYTHONPATH=os.pathsep.join([hook_dir(), str(REPO)]))
+    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "WORKBENCH_CACHE", "FAULTS_HOOK"):
+        e.pop(k, None)
+    if hook is not None:
+        e["FAULTS_HOOK"] = json.dumps(hook)
+    return e
+
+
+def launch(root: Path, mode: str, n: int, module: str, argv: list[str]) -> subprocess.Popen:
+    """Start `python -m module argv` in its own session; MODE[:SUBSTRING] as described above.
+    The Popen gets a `token` attribute for `stragglers`."""
+    kind, _, only = mode.partition(":")
+    hook = None if kind == "none" else [os.path.abspath(root) + os.sep, kind, only, n]
+    token = uuid.uuid4().hex
+    p = subprocess.Popen([sys.executable, "-m", module, *argv], cwd=REPO, env=child_env(token, hook),
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    p.token = token
+    return p
+
+
+def read_counts(file: Path) -> dict[str, int]:
+    """Event counts of a `count=FILE` child, summed over its processes."""
+    total = {"write": 0, "tmpdir": 0}
+    for part in file.parent.glob(file.name + ".*"):
+        for k, v in json.loads(part.read_text()).items():
+            total[k] += v
+    return total
+
+
+def stragglers(token: str) -> list[int]:
+    """Pids of live processes started by the child with this token (Linux /proc)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            env = (proc / "environ").read_bytes()
+            state = (proc / "stat").read_text().rsplit(")", 1)[-1].split()[0]
+        except OSError:
+            continue
+        if f"FAULTS_CHILD={token}".encode() in env.split(b"\0") and state != "Z":
+            found.append(int(proc.name))
+    return found
+
+
+def finish(p: subprocess.Popen, timeout: float = 300) -> str:
+    """Wait for the child and everything holding its stderr; return stderr. Processes it left
+    running after its death are ended (by pid) and reported as a failure."""
+    try:
+        return p.communicate(timeout=timeout)[1]
+    except subprocess.TimeoutExpired:
+        left = stragglers(p.token)
+        for pid in left:
+            try:
+                os.kill(pid, 9)
+            except ProcessLookupError:
+                pass
+        p.kill()
+        p.communicate()
+        raise AssertionError(f"processes {left} of the killed child were still running {timeout} s later") from None
