@@ -114,7 +114,7 @@ def test_two_runs_overlaid_with_their_own_numbers(study, monkeypatch):
                                                                 "loss")[1][SPIKE_STEP]]
     assert trace(figs["Gradient norm (before clipping), loss spikes marked"],
                  "attn-linear (linear) · 1 loss spikes")["y"] == [9.5]
-    assert "more than 50% above the median of the 20" in texts(at.caption)
+    assert "more than 100% above (over 2x) the median of the 20" in texts(at.caption)
 
     results = probes.read_results(study / "attn-standard")
     steps = sorted(results)
@@ -135,6 +135,12 @@ def test_two_runs_overlaid_with_their_own_numbers(study, monkeypatch):
     icl = figs["In-context-learning score (loss late − early; lower uses context more)"]
     assert np.allclose(trace(icl, "attn-linear (linear)")["y"],
                        [results[s]["induction"]["icl_score"]["value"] for s in steps])
+
+    at.number_input(key="spike_pct").set_value(300).run()  # the tripled loss is not 300% above the median
+    assert_clean(at)
+    assert at.dataframe[0].value.set_index("run").loc["attn-linear", "loss spikes"] == 0
+    assert trace(charts(at)["Train and held-out loss"], "attn-linear (linear) · 0 loss spikes")["x"] == []
+    assert "more than 300% above (over 4x)" in texts(at.caption)
 
 
 def test_run_without_probes_shows_loss_and_a_message(study, monkeypatch, tmp_path):

@@ -137,22 +137,24 @@ def test_app_mask_agrees_with_the_probes_definition():
 # -- run comparison (attention-variants study) ------------------------------------------------
 def test_loss_spikes_known_answer():
     from app import compare as C
-    assert (C.SPIKE_RATIO, C.SPIKE_WINDOW) == (0.5, 20)  # the rule the page states
+    assert (C.SPIKE_RATIO, C.SPIKE_WINDOW) == (1.0, 20)  # the rule the page states by default
+    assert "more than 100% above (over 2x) the median of the 20 logged" in C.SPIKE_RULE
     losses = [2.0] * 41
     losses[5] = 10.0             # fewer than 20 rows before it: not judged
-    losses[20] = 3.5             # 3.5 > 1.5 * median 2.0: a spike
-    losses[30], losses[31] = 3.2, 3.4  # two rows in a row above 3.0: one spike, at the first
-    losses[40] = 3.0             # exactly 50% above: not a spike (the rule says "more than")
+    losses[20] = 5.0             # 5.0 > 2 * median 2.0: a spike
+    losses[30], losses[31] = 4.5, 4.8  # two rows in a row above 4.0: one spike, at the first
+    losses[40] = 4.0             # exactly 100% above: not a spike (the rule says "more than")
     steps = [10 * i for i in range(41)]
     flags = C.spike_flags(losses)
     assert [i for i, f in enumerate(flags) if f] == [20, 30, 31]
     assert C.loss_spikes(steps, losses) == [200, 300]
-    assert C.loss_spikes(steps, losses, ratio=0.6) == [200, 310]  # line at 3.2: 3.2 is not above it, 3.4 is
+    assert C.loss_spikes(steps, losses, ratio=1.3) == [200, 310]  # line at 4.6: 4.5 is below it, 4.8 above
+    assert C.loss_spikes(steps, losses, ratio=0.5) == [200, 300, 400]  # line at 3.0: now 4.0 counts too
     # a falling loss (early training) never spikes: earlier losses are all higher than the current one
     falling = [10.0 * 0.97 ** i for i in range(200)]
-    assert C.loss_spikes(list(range(200)), falling) == []
+    assert C.loss_spikes(list(range(200)), falling, ratio=0.01) == []
     # the median, not the mean: one huge outlier in the window does not hide the next spike
-    window = [2.0] * 20 + [40.0] + [3.2]  # mean of the 20 before 3.2 is 3.9, their median 2.0
+    window = [2.0] * 20 + [40.0] + [4.4]  # mean of the 20 before 4.4 is 3.9, their median 2.0
     assert C.spike_flags(window) == [False] * 20 + [True, True]
     assert C.values_at([0, 10, 20], [1.0, 2.0, 3.0], [20, 0, 15]) == [3.0, 1.0]
 
@@ -203,13 +205,14 @@ def test_summary_row_and_attention_kind():
     assert C.attention_kind({"model": {"n_layer": 2}}) == "standard"  # written before attention kinds
     assert C.attention_kind({}) == "unknown"
     losses = [3.0] * 25
-    losses[22] = 5.0
+    losses[22] = 7.0
     metrics = {"train": (list(range(25)), losses), "val": ([0, 10, 24], [3.2, 2.9, 3.1]),
                "grad_norm": (list(range(1, 25)), [0.5] * 23 + [7.25])}
     row = C.summary_row("attn-gated", "gated", "complete", metrics, fake_summary(STEPS), n_probed=6)
     assert row["run"] == "attn-gated" and row["attention"] == "gated"
     assert row["last step"] == 24 and row["final held-out loss"] == 3.1 and row["best held-out loss"] == 2.9
     assert row["loss spikes"] == 1 and row["max grad norm"] == 7.25 and row["checkpoints probed"] == 6
+    assert C.summary_row("g", "gated", "complete", metrics, None, 6, spike_ratio=1.5)["loss spikes"] == 0
     assert row["repetition step"] == STEPS[3] and row["memorization step"] == STEPS[1]
     assert row["head concentration step"] is None
     bare = C.summary_row("new", "linear", "training", {"train": ([], []), "val": ([], []), "grad_norm": ([], [])},

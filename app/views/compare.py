@@ -69,8 +69,19 @@ def load(root, name: str) -> Compared | None:
                     summary=cache.probe_summary(run))
 
 
-def summary_section(runs: list[Compared]) -> None:
-    rows = [C.summary_row(c.run.name, c.kind, c.run.status, c.metrics, c.summary, len(c.results)) for c in runs]
+def spike_ratio() -> float:
+    """The loss-spike line, as a fraction above the trailing median (SPIKE_RATIO by default)."""
+    pct = st.number_input("Loss-spike line: % above the median of the previous "
+                          f"{C.SPIKE_WINDOW} logged losses", min_value=5, max_value=1000,
+                          value=int(round(100 * C.SPIKE_RATIO)), step=5, key="spike_pct",
+                          help="Lower it to see the hardest batches too; they come at the same steps in "
+                               "every run trained on the same data order.")
+    return float(pct) / 100.0
+
+
+def summary_section(runs: list[Compared], ratio: float) -> None:
+    rows = [C.summary_row(c.run.name, c.kind, c.run.status, c.metrics, c.summary, len(c.results), ratio)
+            for c in runs]
     table = pd.DataFrame(rows)
     for col in table.columns:  # steps and counts stay integers even where some runs have none
         if col.endswith("step") or col in ("loss spikes", "checkpoints probed"):
@@ -80,13 +91,13 @@ def summary_section(runs: list[Compared]) -> None:
                "probe results); the rules are on the Repetition, Induction and Memorization pages.")
 
 
-def training_section(runs: list[Compared]) -> None:
+def training_section(runs: list[Compared], ratio: float) -> None:
     st.subheader("Training")
     if not any(c.metrics["train"][0] for c in runs):
         st.info("None of these runs has logged training metrics yet.")
         return
     log_x = st.checkbox("Log-scale steps", value=False, key="compare_log_x")
-    spikes = {c.label: C.loss_spikes(*c.metrics["train"]) for c in runs}
+    spikes = {c.label: C.loss_spikes(*c.metrics["train"], ratio=ratio) for c in runs}
     losses = {c.label: {"train": c.metrics["train"], "held-out": c.metrics["val"]} for c in runs}
     loss_marks = {c.label: (spikes[c.label], C.values_at(*c.metrics["train"], spikes[c.label])) for c in runs}
     st.plotly_chart(figures.run_overlay(losses, "Train and held-out loss", "cross-entropy (nats)", log_x=log_x,
@@ -100,7 +111,7 @@ def training_section(runs: list[Compared]) -> None:
         st.plotly_chart(figures.run_overlay(grads, "Gradient norm (before clipping), loss spikes marked",
                                             "grad norm", log_x=log_x, log_y=True, markers=grad_marks),
                         key="compare_grad")
-    st.caption(f"Loss spikes: {C.SPIKE_RULE} Counts: " +
+    st.caption(f"Loss spikes: {C.spike_rule(ratio)} Counts: " +
                ", ".join(f"{c.label} {len(spikes[c.label])}" for c in runs) + ".")
 
 
@@ -160,8 +171,9 @@ def render() -> None:
     runs = [c for c in (load(root, n) for n in chosen) if c is not None]
     if not runs:
         return
-    ui.guarded(lambda: summary_section(runs))
-    ui.guarded(lambda: training_section(runs))
+    ratio = spike_ratio()
+    ui.guarded(lambda: summary_section(runs, ratio))
+    ui.guarded(lambda: training_section(runs, ratio))
     ui.guarded(lambda: probes_section(runs))
 
 
