@@ -261,6 +261,7 @@ def run_overlay(runs: Mapping[str, Mapping[str, Series]], title: str, y_title: s
             all_steps += list(steps)
             fig.add_trace(go.Scatter(
                 x=x_of(steps, log_x), y=[_num(v) for v in values], mode="lines+markers" if len(steps) <= 60 else "lines",
+                opacity=1.0 if len(steps) <= 60 else 0.6,  # a per-step curve must not hide sparse ones
                 name=f"{label} · {quantity}" if quantity else label, legendgroup=label,
                 line={"color": colour, "dash": DASHES[j % len(DASHES)], "width": 1.5}, marker={"size": 5},
                 meta={"run": label, "series": quantity}))
