@@ -29,6 +29,8 @@ from .compute import RESULT_VERSION, check_only, compute_probes
 from .inputs import ProbeSizes, probe_inputs, read_run
 from .summary import summary_path, write_summary
 
+MAX_THREADS = 1024
+MAX_JOBS = 256
 RESULT_FILE = re.compile(r"^step_(\d{6,})\.json$")
 TEMP_FILE = re.compile(r"^\..+\.tmp-(\d+)$")
 
@@ -222,6 +224,10 @@ def run_probes(run_dir: str | os.PathLike, only: Iterable[str] | str | None = No
     for name, value in (("threads", threads), ("jobs", jobs)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
             raise ValueError(f"{name} must be a positive integer, got {value!r}.")
+    if threads is not None and threads > MAX_THREADS:  # torch crashes (segfault) on absurd thread counts
+        raise ValueError(f"threads must be at most {MAX_THREADS}, got {threads}.")
+    if jobs > MAX_JOBS:  # one process each: a typo must not start thousands
+        raise ValueError(f"jobs must be at most {MAX_JOBS}, got {jobs}.")
     previous_threads = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(threads)
@@ -356,8 +362,8 @@ def main(argv: list[str] | None = None) -> int:
         return int(e.code or 0)
     progress, close = tqdm_progress()
     try:
-        if args.poll <= 0:
-            raise ValueError(f"--poll must be a positive number of seconds, got {args.poll}.")
+        if not 0 < args.poll <= 86400:  # NaN, inf or 1e300 would crash time.sleep after a whole pass
+            raise ValueError(f"--poll must be a positive number of seconds, at most 86400, got {args.poll}.")
         device = pick_device(args.device)
         jobs = args.jobs if args.jobs is not None else default_jobs(args.watch, device)
         kwargs = dict(only=args.only, steps=args.steps, force=args.force, progress=progress, device=device,

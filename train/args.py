@@ -8,6 +8,7 @@ the defaults and anything given explicitly must agree with it.
 from __future__ import annotations
 
 import argparse
+import math
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -71,6 +72,9 @@ class TrainArgs:
     def copies(self) -> tuple[int, ...]:
         return parse_copies(self.canary_copies)
 
+
+MAX_CHECKPOINTS = 100_000  # the planned schedule is listed in run.json
+MAX_THREADS = 1024
 
 # Arguments that do not change the numbers a run produces, so a resumed run may set them afresh.
 RUNTIME_ONLY = {"device", "compile", "out", "threads"}
@@ -229,6 +233,19 @@ def validate(a: TrainArgs) -> None:
             raise BadInput(f"--{name.replace('_', '-')} must be a positive integer, got {v}.")
     if a.warmup < 0 or a.sample_tokens < 0 or a.threads < 0:
         raise BadInput("--warmup, --sample-tokens and --threads must not be negative.")
+    for name, kind in FIELD_TYPES.items():  # so seeds, step counts and sizes fit a machine integer
+        v = getattr(a, name)
+        if kind.startswith("int") and isinstance(v, int) and v >= 2 ** 63:
+            raise BadInput(f"--{name.replace('_', '-')} must be below 2**63, got {v}.")
+        if kind.startswith("float") and isinstance(v, float) and not math.isfinite(v):
+            raise BadInput(f"--{name.replace('_', '-')} must be a finite number, got {v}.")
+    if a.seed < 0:
+        raise BadInput(f"--seed must not be negative, got {a.seed}.")
+    if a.threads > MAX_THREADS:
+        raise BadInput(f"--threads must be at most {MAX_THREADS}, got {a.threads}.")
+    if a.steps // a.ckpt_every > MAX_CHECKPOINTS:
+        raise BadInput(f"--steps {a.steps} with --ckpt-every {a.ckpt_every} would plan more than {MAX_CHECKPOINTS} "
+                       "checkpoints; raise --ckpt-every.")
     if not a.lr > 0 or a.lr != a.lr:
         raise BadInput(f"--lr must be a positive number, got {a.lr}.")
     if not 0 < a.corpus_mb < 1e6:

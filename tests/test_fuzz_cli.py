@@ -1,0 +1,295 @@
+"""Property-based fuzzing (hypothesis) of the three command lines, called in-process through their
+main(argv): `python -m train`, `python -m probes`, `python -m model.generate`. Arguments are
+drawn per flag from valid values, values out of range, non-numbers, NaN/inf, huge integers, odd
+paths and random junk, in random order. The property: exit status 0 (valid input), or 2 with
+one sentence on stderr and no traceback (and for train, nothing created in --out); never another
+exception, never a hang (each example runs under a deadline).
+
+Training itself is not run: arguments that pass every check reach the trainer, which is replaced
+by a stub that raises `Accepted` (so each example costs the checks and the corpus setup, not the
+training). Arguments that only size the work (steps, batch size, corpus size, tokens to generate)
+are drawn from ranges that fit this machine when valid; their validity limits are fuzzed, not
+whether a huge but valid job finishes.
+"""
+from __future__ import annotations
+
+import itertools
+from collections import Counter
+import math
+import shutil
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import model.generate as generate_cli
+import probes.runner as probes_cli
+import train.cli as train_cli
+from probes.compute import PROBES
+
+from _runs import set_status, write_run
+
+FAST, STRESS = 40, 600
+EXAMPLES = [pytest.param(FAST, id="fast"), pytest.param(STRESS, id="stress", marks=pytest.mark.stress)]
+
+
+def fuzz(n: int, deadline_ms: int = 20_000):
+    return settings(max_examples=n, deadline=deadline_ms, database=None, print_blob=True,
+                    suppress_health_check=list(HealthCheck))
+
+
+def one_sentence(err: str) -> str:
+    """The error line, after checking there is exactly one and no traceback (progress bars, which
+    redraw with carriage returns, are not lines)."""
+    assert "Traceback" not in err, err
+    lines = [l for l in err.replace("\r", "\n").splitlines() if l.strip() and not l.lstrip().startswith(("probes:  ", "train:"))
+             and "it/s" not in l and "ckpt/s" not in l and "s/ckpt" not in l]
+    assert len(lines) == 1, lines
+    assert len(lines[0]) > 10 and lines[0].rstrip().endswith((".", ")")), lines[0]
+    return lines[0]
+
+
+# -- value strategies ----------------------------------------------------------------------------
+junk = st.one_of(st.text(max_size=6), st.sampled_from(["", " ", "-1", "1e3", "0x10", "nan", "inf", "-inf", "1_000",
+                                                       "--", "-", "--help=1", "ü", "\x00"]))
+huge = st.sampled_from([str(2 ** 63), str(2 ** 64), str(10 ** 30), "9" * 400, str(-(2 ** 63) - 1)])
+
+
+def ints(lo: int, hi: int):
+    return st.one_of(st.integers(lo, hi).map(str), st.integers(-5, 0).map(str), huge, junk)
+
+
+def floats(lo: float, hi: float):
+    return st.one_of(st.floats(lo, hi).map(repr), st.floats(allow_nan=True, allow_infinity=True).map(repr),
+                     st.sampled_from(["nan", "inf", "-inf", "1e309", "-0.0", "0"]), junk)
+
+
+# -- python -m train -----------------------------------------------------------------------------
+class Accepted(Exception):
+    """The arguments passed every check and the run folder was set up: training would start."""
+
+
+class StubTrainer:
+    def __init__(self, *args, **kwargs):
+        raise Accepted
+
+
+@pytest.fixture(scope="module")
+def train_world(tmp_path_factory) -> dict:
+    root = tmp_path_factory.mktemp("train_fuzz")
+    text = root / "corpus.txt"
+    text.write_text("\n\n".join(f"Story {i}: Tom and Mia went to the park and saw a red ball." for i in range(40)))
+    folder = root / "texts"
+    folder.mkdir()
+    (folder / "a.txt").write_text(text.read_text())
+    (root / "empty.txt").write_text("")
+    (root / "one.txt").write_text("only one story")
+    (root / "binary.txt").write_bytes(b"\xff\xfe\x00\x80" * 10)
+    (root / "cfg.toml").write_text('lr = 0.01\nsteps = 3\n')
+    (root / "bad.toml").write_text('lr = "fast"\n')
+    (root / "broken.toml").write_text('lr = = 1\n')
+    (root / "nan.toml").write_text('lr = nan\n')
+    (root / "unknown.yaml").write_text('colour: blue\n')
+    (root / "list.yaml").write_text('- 1\n- 2\n')
+    (root / "a_file").write_text("x")
+    occupied = root / "occupied"
+    occupied.mkdir()
+    (occupied / "something").write_text("x")
+    return {"root": root, "counter": itertools.count()}
+
+
+def train_argvs(world: dict):
+    root: Path = world["root"]
+    data = st.one_of(
+        st.sampled_from([f"text:{root / 'corpus.txt'}", f"text:{root / 'texts'}"]),
+        st.sampled_from([f"text:{root / n}" for n in ("empty.txt", "one.txt", "binary.txt", "missing.txt")]),
+        st.sampled_from(["stories", "text:", "wiki", "stories:x", "text:/dev/null", "TEXT:x"]), junk)
+    flags = {
+        "--preset": st.one_of(st.sampled_from(["nano", "tiny", "small", "huge"]), junk),
+        "--data": data,
+        "--steps": ints(1, 10 ** 6), "--batch-size": ints(1, 64), "--grad-accum": ints(1, 4),
+        "--lr": floats(1e-6, 1.0), "--warmup": ints(0, 10 ** 9), "--eval-every": ints(1, 10 ** 9),
+        "--ckpt-every": ints(1, 10 ** 9), "--seed": st.one_of(ints(0, 2 ** 62), st.just(str(2 ** 64 - 1))),
+        "--device": st.one_of(st.sampled_from(["cpu", "cuda", "auto", "tpu"]), junk),
+        "--attention": st.one_of(st.sampled_from(["standard", "gated", "linear", "flash"]), junk),
+        "--threads": st.one_of(ints(0, 4), st.just("100000")),
+        "--n-layer": ints(1, 4), "--n-head": ints(1, 8), "--n-embd": ints(1, 64), "--n-ctx": ints(1, 64),
+        "--dropout": floats(0, 0.99), "--vocab-size": st.one_of(ints(3, 10 ** 6), st.just("gpt2")),
+        "--corpus-mb": floats(0.001, 0.02), "--val-fraction": floats(0.01, 0.49),
+        "--canary-copies": st.one_of(st.sampled_from(["1,2", "none", "0", "1,,2", "-1", "1.5", "a"]), junk),
+        "--canaries-per-count": ints(1, 2), "--copy-weight": floats(0, 3), "--weight-decay": floats(0, 1),
+        "--grad-clip": floats(0, 10), "--min-lr-ratio": floats(0, 1), "--beta2": floats(0.5, 0.999),
+        "--eval-batches": ints(1, 10 ** 6), "--sample-tokens": ints(0, 8),
+        "--config": st.sampled_from([str(root / n) for n in ("cfg.toml", "bad.toml", "broken.toml", "nan.toml",
+                                                             "unknown.yaml", "list.yaml", "missing.toml", "a_file")]),
+    }
+    pairs = st.lists(st.sampled_from(sorted(flags)), max_size=7, unique=True).flatmap(
+        lambda names: st.tuples(*[flags[n].map(lambda v, n=n: [n, v]) for n in names]))
+    switches = st.lists(st.sampled_from(["--compile", "--resume", "--help", "--bogus", "-x"]), max_size=2, unique=True)
+    outs = st.one_of(st.just("fresh"), st.sampled_from(["fresh", "fresh", "occupied", "a_file", "below_file", "none"]))
+    return st.tuples(pairs, switches, outs, st.randoms(use_true_random=False))
+
+
+def out_arg(world: dict, kind: str) -> list[str]:
+    root: Path = world["root"]
+    if kind == "none":
+        return []
+    path = {"fresh": root / "runs" / f"r{next(world['counter'])}", "occupied": root / "occupied",
+            "a_file": root / "a_file", "below_file": root / "a_file" / "run"}[kind]
+    return ["--out", str(path)]
+
+
+@pytest.mark.parametrize("n", EXAMPLES)
+def test_train_cli_exits_0_or_2_with_one_sentence(train_world, monkeypatch, capsys, n):
+    monkeypatch.setattr(train_cli, "Trainer", StubTrainer)
+    monkeypatch.setenv("WORKBENCH_CACHE", str(train_world["root"] / "cache"))
+    seen = Counter()
+
+    @fuzz(n)
+    @given(args=train_argvs(train_world))
+    def check(args):
+        pairs, switches, out_kind, rnd = args
+        pairs = [p for p in [out_arg(train_world, out_kind), *pairs] if p]
+        if "--corpus-mb" not in [p[0] for p in pairs]:
+            pairs.append(["--corpus-mb", "0.005"])  # when the stories corpus is valid, keep it small
+        rnd.shuffle(pairs)
+        argv = [x for pair in pairs for x in pair] + switches
+        out = Path(argv[argv.index("--out") + 1]) if "--out" in argv else None
+        existed = out is not None and out.exists()
+        capsys.readouterr()
+        try:
+            status = train_cli.main(argv)
+        except Accepted:
+            assert out is not None and (out / "run.json").is_file() and (out / "data.json").is_file(), argv
+            seen["accepted"] += 1
+            return
+        err = capsys.readouterr().err
+        seen[status] += 1
+        if status == 0:
+            assert "--help" in argv, (argv, err)
+            return
+        assert status == 2, (argv, status, err)
+        one_sentence(err)
+        if out is not None and not existed and out.parent.is_dir():
+            assert not out.exists(), f"bad input, yet {out} was created: {argv}"
+
+    check()
+    print(f"train CLI: {dict(seen)}")
+    assert seen[2] > 0 and sum(seen.values()) >= n
+
+
+# -- a run for the probes and generate command lines -----------------------------------------
+@pytest.fixture(scope="module")
+def probe_world(tmp_path_factory) -> dict:
+    root = tmp_path_factory.mktemp("cli_fuzz")
+    run = write_run(root, steps=(0, 3))
+    import probes
+    probes.run_probes(run, threads=1)  # results present: a plain run computes nothing
+    training = Path(shutil.copytree(run, root / "training"))
+    set_status(training, "training")
+    (root / "not_a_run").mkdir()
+    (root / "a_file").write_text("x")
+    return {"root": root, "run": run, "training": training}
+
+
+def probes_argvs(world: dict):
+    root = world["root"]
+    runs = st.sampled_from([str(world["run"]), str(world["run"]), str(root / "not_a_run"), str(root / "a_file"),
+                            str(root / "missing"), "", "-"])
+    only = st.one_of(st.lists(st.sampled_from(list(PROBES) + ["telepathy", "", " "]), min_size=1, max_size=3)
+                     .map(",".join), junk)
+    steps = st.one_of(st.lists(st.sampled_from([0, 3, 1, -1, 2 ** 70]), min_size=1, max_size=3)
+                      .map(lambda s: ",".join(map(str, s))), junk)
+    flags = {"--only": only, "--steps": steps, "--device": st.one_of(st.sampled_from(["cpu", "cuda", "auto", "gpu"]), junk),
+             "--poll": floats(0.01, 10), "--threads": st.one_of(ints(1, 2), st.just("100000")),
+             "--jobs": st.one_of(st.just("1"), st.integers(-2, 0).map(str), st.just("100000"), junk)}
+    pairs = st.lists(st.sampled_from(sorted(flags)), max_size=4, unique=True).flatmap(
+        lambda names: st.tuples(*[flags[n].map(lambda v, n=n: [n, v]) for n in names]))
+    switches = st.lists(st.sampled_from(["--force", "--watch", "--help", "--bogus"]), max_size=2, unique=True)
+    return st.tuples(runs, pairs, switches)
+
+
+@pytest.mark.parametrize("n", EXAMPLES)
+def test_probes_cli_exits_0_or_2_with_one_sentence(probe_world, capsys, n):
+    seen = Counter()
+
+    @fuzz(n)
+    @given(args=probes_argvs(probe_world))
+    def check(args):
+        run, pairs, switches = args
+        if "--force" in switches and "--jobs" not in [p[0] for p in pairs]:
+            pairs = pairs + (["--jobs", "1"],)  # recomputing is fine; spawning worker pools each time is slow
+        argv = [run] + [x for pair in pairs for x in pair] + switches
+        capsys.readouterr()
+        status = probes_cli.main(argv)
+        err = capsys.readouterr().err
+        seen[status] += 1
+        assert status in (0, 2), (argv, status, err)
+        if status == 2:
+            one_sentence(err)
+        elif "--help" not in argv:
+            assert "--bogus" not in argv
+
+    check()
+    print(f"probes CLI: {dict(seen)}")
+    assert seen[2] > 0 and seen[0] > 0 and sum(seen.values()) >= n
+
+
+def test_probes_watch_refuses_a_poll_it_could_not_sleep(probe_world, capsys):
+    """Found by the fuzzer: --poll inf or 1e300 passed the check and crashed time.sleep (an
+    OverflowError traceback) after a whole pass over a run still training; NaN did the same with a
+    ValueError."""
+    for poll in ("inf", "1e300", "nan", "-1", "0"):
+        assert probes_cli.main([str(probe_world["training"]), "--watch", "--poll", poll]) == 2
+        assert "--poll must be" in one_sentence(capsys.readouterr().err)
+
+
+# -- python -m model.generate --------------------------------------------------------------------
+def generate_argvs(world: dict):
+    root = world["root"]
+    prompts = st.one_of(st.text(max_size=30), st.sampled_from(["", " ", "<|endoftext|>", "Once upon a time",
+                                                               "\udcff", "--prompt", "-"]))
+    flags = {"--run": st.sampled_from([str(world["run"])] * 3 + [str(root / "not_a_run"), str(root / "a_file"),
+                                                                   str(root / "missing"), ""]),
+             "--prompt": prompts, "--step": st.one_of(st.sampled_from(["0", "3", "1"]), ints(0, 5)),
+             "--max-new-tokens": ints(0, 12), "--temperature": floats(0, 3), "--top-k": ints(1, 50),
+             "--top-p": floats(0, 1), "--seed": st.one_of(ints(0, 2 ** 62), huge),
+             "--device": st.one_of(st.sampled_from(["cpu", "cuda", "cuda:7", "meta", "cpu:0"]), junk)}
+    required = st.tuples(flags["--run"].map(lambda v: ["--run", v]), flags["--prompt"].map(lambda v: ["--prompt", v]))
+    optional = st.lists(st.sampled_from(sorted(set(flags) - {"--run", "--prompt"})), max_size=5, unique=True).flatmap(
+        lambda names: st.tuples(*[flags[n].map(lambda v, n=n: [n, v]) for n in names]))
+    drop = st.sampled_from([None, None, None, 0, 1])  # sometimes a required flag is missing
+    return st.tuples(required, optional, drop, st.lists(st.sampled_from(["--help", "--bogus"]), max_size=1))
+
+
+@pytest.mark.parametrize("n", EXAMPLES)
+def test_generate_cli_exits_0_or_2_with_one_sentence(probe_world, capsys, n):
+    seen = Counter()
+
+    @fuzz(n)
+    @given(args=generate_argvs(probe_world))
+    def check(args):
+        required, optional, drop, switches = args
+        pairs = [p for i, p in enumerate(required) if i != drop] + list(optional)
+        argv = [x for pair in pairs for x in pair] + switches
+        capsys.readouterr()
+        try:
+            status = generate_cli.main(argv)
+        except SystemExit as e:  # argparse --help exits; that is fine for a CLI entry point
+            assert "--help" in argv, argv
+            status = e.code
+            assert status == 0
+            seen["help"] += 1
+            return
+        out, err = capsys.readouterr()
+        seen[status] += 1
+        assert status in (0, 2), (argv, status, err)
+        if status == 2:
+            one_sentence(err)
+        else:
+            assert isinstance(out, str) and not err.strip(), (argv, err)
+
+    check()
+    print(f"generate CLI: {dict(seen)}")
+    assert seen[2] > 0 and seen[0] > 0 and sum(seen.values()) >= n
