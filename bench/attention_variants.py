@@ -1,11 +1,6 @@
 """Forward+backward time and peak memory of each attention kind against context length (issue 6)."""
 from __future__ import annotations
 
-import gc
-import resource
-import threading
-import time
-
 import torch
 
 from model import GPT, GPTConfig
@@ -13,30 +8,23 @@ from model.attention import ATTENTION
 from .common import median_time
 
 
-def peak_rss_during(fn) -> float:
-    """Peak extra resident memory (MiB) while fn runs, sampled from a thread (CPU has no
-    allocator statistics like torch.cuda.max_memory_allocated)."""
-    import psutil
+def saved_activation_mib(fn) -> float:
+    """MiB of tensors autograd saves for the backward pass while fn runs its forward: the memory
+    that grows with context (P x P for softmax attention with a materialised pattern, P for linear).
+    Counted through saved_tensors_hooks because CPU RSS hides it behind the allocator's cache."""
+    seen: dict[tuple[int, int], int] = {}
 
-    proc = psutil.Process()
-    gc.collect()
-    base = proc.memory_info().rss
-    peak = [base]
-    done = threading.Event()
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        try:
+            key = (t.untyped_storage().data_ptr(), t.untyped_storage().nbytes())
+            seen[key] = t.untyped_storage().nbytes()
+        except (RuntimeError, NotImplementedError):
+            pass
+        return t
 
-    def watch():
-        while not done.is_set():
-            peak[0] = max(peak[0], proc.memory_info().rss)
-            time.sleep(0.002)
-
-    t = threading.Thread(target=watch)
-    t.start()
-    try:
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         fn()
-    finally:
-        done.set()
-        t.join()
-    return (peak[0] - base) / 2**20
+    return sum(seen.values()) / 2**20
 
 
 def run(contexts: tuple[int, ...] = (128, 256, 512, 1024, 2048)) -> str:
@@ -44,7 +32,8 @@ def run(contexts: tuple[int, ...] = (128, 256, 512, 1024, 2048)) -> str:
     device = "cuda" if cuda else "cpu"
     if cuda:
         contexts = contexts + (4096, 8192)
-    rows = ["## Attention variants: forward+backward, batch 1, nano width (4 layers, 128 wide)", "",
+    rows = ["## Attention variants: forward+backward time / memory saved for backward (CUDA: peak allocated), "
+            "batch 1, nano width (4 layers, 128 wide)", "",
             "| kind | " + " | ".join(f"P={p}" for p in contexts) + " |",
             "|---|" + "---|" * len(contexts)]
     for kind in ATTENTION:
@@ -68,7 +57,7 @@ def run(contexts: tuple[int, ...] = (128, 256, 512, 1024, 2048)) -> str:
                 step()
                 mem = torch.cuda.max_memory_allocated() / 2**20
             else:
-                mem = peak_rss_during(step)
+                mem = saved_activation_mib(step)
             cells.append(f"{t * 1e3:.0f} ms / {mem:.0f} MiB")
             print(f"{kind:9s} P={P:5d}: {cells[-1]}", flush=True)
         rows.append(f"| {kind} | " + " | ".join(cells) + " |")
