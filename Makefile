@@ -45,7 +45,7 @@ bench: $(STAMP)
 	$(PY) -m bench
 
 # The attention study (issue 6): the nano demo with each attention kind, same data and seed, as
-# sibling runs the app's Runs page overlays (pick several runs in the sidebar).
+# sibling runs that the app's "Compare runs" page overlays.
 STUDY_KINDS ?= standard linear gated
 study: $(STAMP)
 	@for kind in $(STUDY_KINDS); do \
