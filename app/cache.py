@@ -108,6 +108,9 @@ def _load_model(meta_key: tuple[str, int, int]):
 def load_model(run: RunFiles, step: int):
     """(model, meta) of a checkpoint, loaded once and shared; CheckpointError when it is corrupt."""
     folder = checkpoint_dir(run.path, step)
+    if step not in run.checkpoint_steps:  # the listed ones lie inside the runs folder, files and all
+        raise CheckpointError(folder, "is not a checkpoint of this run inside the runs folder (missing, or a "
+                                      "symlink leading outside it)")
     try:
         key = file_key(folder / META)
     except OSError:

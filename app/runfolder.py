@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
 
-from model.checkpoint import (CheckpointError, PROBES, list_checkpoints, read_checkpoint_meta, read_json,
+from model.checkpoint import (CheckpointError, META, PROBES, list_checkpoints, read_checkpoint_meta, read_json,
                               read_jsonl, sha256_bytes, step_of, WEIGHTS)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -125,7 +125,8 @@ def read_run(root: Path, name: str) -> RunFiles:
             run.problems.append(f"{path / 'run.json'}: is not a JSON object.")
     except CheckpointError as e:
         run.problems.append(str(e))
-    run.checkpoint_steps = [step_of(p) for p in list_checkpoints(path) if inside(root, p)]
+    run.checkpoint_steps = [step_of(p) for p in list_checkpoints(path)
+                            if all(inside(root, q) for q in (p, p / WEIGHTS, p / META))]
     run.probe_files = probe_files(root, path)
     return run
 

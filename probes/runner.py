@@ -42,7 +42,11 @@ def result_path(run_dir: str | os.PathLike, step: int) -> Path:
 
 
 def read_result(path: str | os.PathLike) -> dict | None:
-    """A result file's content, or None when it is missing or unreadable."""
+    """A result file's content, or None when it is missing or unreadable. The runner writes only
+    regular files, so a symlink is not a result (and is never followed: it may lead anywhere, and
+    the app hands runs to this runner on the promise that nothing outside its runs folder is read)."""
+    if Path(path).is_symlink():
+        return None
     try:
         data = read_json(path)
     except CheckpointError:
