@@ -20,6 +20,9 @@ from .checkpoint import CheckpointError, list_checkpoints, load_checkpoint, step
 from .tokenizer import TokenizerError, load_tokenizer
 
 
+MAX_NEW_TOKENS = 100_000
+
+
 class UsageError(Exception):
     """Bad input from the command line, reported as one sentence and exit status 2."""
 
@@ -70,13 +73,19 @@ def generate_text(args: argparse.Namespace) -> str:
         device = torch.device(args.device)
     except RuntimeError:
         raise UsageError(f"Unknown device {args.device!r}; use cpu or cuda.") from None
+    if device.type not in ("cpu", "cuda"):
+        raise UsageError(f"Unknown device {args.device!r}; use cpu or cuda.")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UsageError("--device cuda was asked for, but no CUDA GPU is available here; use --device cpu.")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise UsageError(f"--device {args.device}: this machine has {torch.cuda.device_count()} CUDA GPU(s).")
     model, _ = load_checkpoint(ckpt, device=device)
     tok = load_tokenizer(run_dir)
     if tok.vocab_size != model.cfg.vocab_size:
         raise UsageError(f"The run's tokenizer has {tok.vocab_size} ids but the checkpoint's model has "
                          f"{model.cfg.vocab_size}; vocab.json does not belong to this checkpoint.")
+    if args.max_new_tokens > MAX_NEW_TOKENS:  # 10**30 would not be a long job but a hang
+        raise UsageError(f"--max-new-tokens must be at most {MAX_NEW_TOKENS}, got {args.max_new_tokens}.")
     ids = tok.encode(args.prompt)
     if not ids:
         raise UsageError("The prompt is empty; give at least one character to continue.")

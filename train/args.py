@@ -241,6 +241,8 @@ def validate(a: TrainArgs) -> None:
             raise BadInput(f"--{name.replace('_', '-')} must be a finite number, got {v}.")
     if a.seed < 0:
         raise BadInput(f"--seed must not be negative, got {a.seed}.")
+    if a.copy_weight > 1e6:  # the plot weights are normalized: beyond this only overflow changes
+        raise BadInput(f"--copy-weight must be at most 1e6, got {a.copy_weight}.")
     if a.threads > MAX_THREADS:
         raise BadInput(f"--threads must be at most {MAX_THREADS}, got {a.threads}.")
     if a.steps // a.ckpt_every > MAX_CHECKPOINTS:
