@@ -13,6 +13,7 @@ import tempfile
 from functools import lru_cache
 from pathlib import Path
 
+from _runs import corrupt_checkpoint  # noqa: F401  (re-exported for the app tests)
 import numpy as np
 import torch
 
@@ -124,14 +125,6 @@ def write_fake_run(root: Path, name: str = "fake", steps: tuple[int, ...] = (0, 
     return run
 
 
-def corrupt_checkpoint(run: Path, step: int) -> Path:
-    """Flip bytes in the middle of a checkpoint's weights (the sha256 in meta.json then fails)."""
-    path = checkpoint_dir(run, step) / WEIGHTS
-    data = bytearray(path.read_bytes())
-    mid = len(data) // 2
-    data[mid:mid + 16] = bytes(b ^ 0xFF for b in data[mid:mid + 16])
-    path.write_bytes(bytes(data))
-    return path
 
 
 def _tmp_root(prefix: str) -> Path:
