@@ -1,45 +1,19 @@
 """The few model computations the app runs itself (everything measured across checkpoints comes
-from the probes): greedy generation with heads ablated, one head's attention pattern on a typed
+from the probes): greedy generation with hooks attached, every head's attention pattern on a typed
 prompt. Plain torch through the hook interface, no Streamlit.
+
+Both attach hooks to the model they are given, so the caller passes a model no other thread uses
+(`GPT.private_copy()` of the shared one: see app/cache.py).
 """
 from __future__ import annotations
 
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Sequence
 
 import torch
 
 from model.tokenizer import Tokenizer
 
-Head = tuple[int, int]
 Hook = tuple[str, Callable]
-
-
-def heads_by_layer(heads: Iterable[Head]) -> dict[int, list[int]]:
-    out: dict[int, list[int]] = {}
-    for layer, head in sorted(set((int(l), int(h)) for l, h in heads)):
-        out.setdefault(layer, []).append(head)
-    return out
-
-
-@torch.no_grad()
-def head_means(model, tokens: torch.Tensor) -> dict[int, torch.Tensor]:
-    """Each layer's z averaged over batch and positions [H, D]: what mean-ablation substitutes."""
-    names = {f"blocks.{l}.attn.hook_z" for l in range(model.cfg.n_layers)}
-    _, cache = model.run_with_cache(tokens, names_filter=lambda n: n in names)
-    return {l: cache[f"blocks.{l}.attn.hook_z"].mean(dim=(0, 1)) for l in range(model.cfg.n_layers)}
-
-
-def ablation_hooks(heads: Iterable[Head], means: dict[int, torch.Tensor] | None = None) -> list[Hook]:
-    """hook_z hooks that replace the chosen heads' outputs by zero, or by their mean when `means`
-    is given. Works position by position, so it also applies during KV-cached generation."""
-    hooks = []
-    for layer, hs in heads_by_layer(heads).items():
-        def fn(z: torch.Tensor, hook=None, hs=hs, layer=layer) -> torch.Tensor:
-            z = z.clone()
-            z[:, :, hs, :] = 0.0 if means is None else means[layer][hs].to(z.dtype)
-            return z
-        hooks.append((f"blocks.{layer}.attn.hook_z", fn))
-    return hooks
 
 
 @torch.no_grad()

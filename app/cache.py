@@ -2,7 +2,8 @@
 from memory. Keys include each file's (path, mtime_ns, size): a file rewritten by the trainer or
 the probes runner is read again, an unchanged one never is.
 
-Models go in `st.cache_resource` (one shared object, never copied); JSON and small results go in
+Models go in `st.cache_resource` (one object shared by every session, on which nothing is ever
+hooked: computations run on `GPT.private_copy()`s of it); JSON and small results go in
 `st.cache_data` (copied per call, so a page cannot corrupt the cache by mutating what it got).
 """
 from __future__ import annotations
@@ -15,6 +16,8 @@ import torch
 
 from model.checkpoint import CheckpointError, META, WEIGHTS, checkpoint_dir, load_checkpoint, read_json
 from model.tokenizer import Tokenizer, load_tokenizer
+import probes
+from probes.ablation import generation_hooks
 
 from . import analysis
 from .runfolder import RunFiles, file_key, metrics_series, verify_checkpoint
@@ -105,6 +108,15 @@ def _load_model(meta_key: tuple[str, int, int]):
     return model, meta
 
 
+def _private_model(meta_key: tuple[str, int, int]):
+    """The loaded model as a private copy for one computation: every session shares the loaded
+    model, and hooks attached to it would fire in every session's forward passes (one user's
+    ablation changing another's generation). The copy has its own hook points and the same weight
+    tensors, so it costs milliseconds and no memory; a lock around every forward would serialize
+    the sessions instead."""
+    return _load_model(meta_key)[0].private_copy()
+
+
 def load_model(run: RunFiles, step: int):
     """(model, meta) of a checkpoint, loaded once and shared; CheckpointError when it is corrupt."""
     folder = checkpoint_dir(run.path, step)
@@ -130,7 +142,6 @@ def tokenizer(run: RunFiles) -> Tokenizer:
 
 @st.cache_resource(show_spinner="Preparing held-out text…", max_entries=16)
 def _heldout(run_dir: str, data_key: tuple[str, int, int], n: int) -> torch.Tensor:
-    import probes
     return probes.heldout_tokens(run_dir, n=n)
 
 
@@ -143,10 +154,8 @@ def heldout(run: RunFiles, n: int = 16) -> torch.Tensor:
 @st.cache_data(show_spinner="Ablating…", max_entries=256)
 def _ablation(run_dir: str, step: int, meta_key: tuple[str, int, int], heads: tuple[tuple[int, int], ...],
               kind: str, n: int) -> dict[str, float]:
-    import probes
     run = RunFiles(name=Path(run_dir).name, path=Path(run_dir))
-    model, _ = _load_model(meta_key)
-    out = probes.ablate(model, heldout(run, n), list(heads), kind=kind)
+    out = probes.ablate(_private_model(meta_key), heldout(run, n), list(heads), kind=kind)
     return {"loss": float(out["loss"]), "delta": float(out["delta"])}
 
 
@@ -161,18 +170,17 @@ def ablation(run: RunFiles, step: int, heads: list[tuple[int, int]], kind: str, 
 def _generation(run_dir: str, step: int, meta_key: tuple[str, int, int], heads: tuple[tuple[int, int], ...],
                 kind: str, prompt: str, max_new_tokens: int) -> dict[str, Any]:
     run = RunFiles(name=Path(run_dir).name, path=Path(run_dir))
-    model, _ = _load_model(meta_key)
+    model = _private_model(meta_key)
     tok = tokenizer(run)
-    means = analysis.head_means(model, heldout(run)) if (heads and kind != "zero") else None
-    hooks = analysis.ablation_hooks(heads, means)
+    hooks = generation_hooks(model, heads, kind, heldout(run)) if heads else []
     prompt_ids, ids = analysis.greedy_continuation(model, tok, prompt, max_new_tokens, hooks)
     return {"prompt_ids": prompt_ids, "ids": ids, "text": tok.decode(ids)}
 
 
 def generation(run: RunFiles, step: int, heads: list[tuple[int, int]], kind: str, prompt: str,
                max_new_tokens: int = 48) -> dict[str, Any]:
-    """Greedy continuation of `prompt` with `heads` ablated (zero, or their held-out mean for the
-    mean and resample kinds, which have no single-prompt equivalent)."""
+    """Greedy continuation of `prompt` with `heads` ablated as `probes.ablation.generation_hooks`
+    does it: zero, the held-out mean, or a held-out sequence's z at the same position."""
     load_model(run, step)
     key = file_key(checkpoint_dir(run.path, step) / META)
     return _generation(str(run.path), step, key, tuple(sorted(heads)), kind, prompt, max_new_tokens)
@@ -180,8 +188,7 @@ def generation(run: RunFiles, step: int, heads: list[tuple[int, int]], kind: str
 
 @st.cache_data(show_spinner="Computing the attention pattern…", max_entries=256)
 def _pattern(run_dir: str, meta_key: tuple[str, int, int], ids: tuple[int, ...]) -> list:
-    model, _ = _load_model(meta_key)
-    return analysis.attention_patterns(model, ids)
+    return analysis.attention_patterns(_private_model(meta_key), ids)
 
 
 def patterns(run: RunFiles, step: int, ids: list[int]) -> list:

@@ -13,7 +13,7 @@ import streamlit as st
 from model.checkpoint import CheckpointError
 from model.tokenizer import gpt2_encoding
 
-from . import cache
+from . import cache, jobs
 from .results import highlight_html, repeated_ngram_mask as _fallback_mask
 from .runfolder import (DEMO_COMMAND, DEMO_TRAIN_COMMAND, RunFiles, read_run, run_names, runs_root,
                         safe_run_dir)
@@ -139,21 +139,35 @@ def probe_results(run: RunFiles, key: str) -> dict[int, dict] | None:
 
 
 def offer_probes(run: RunFiles, steps: Sequence[int], key: str) -> None:
-    """Offer to run the probes on checkpoints that lack results, with a progress bar."""
-    shown = ", ".join(map(str, steps[:12])) + (" …" if len(steps) > 12 else "")
-    st.info(f"{len(steps)} checkpoint{'s' * (len(steps) != 1)} of this run ha{'ve' if len(steps) != 1 else 's'} "
-            f"no probe results yet (steps {shown}).")
-    if st.button("Compute probe results", key=f"compute-{key}", type="primary"):
-        import probes
-        bar = st.progress(0.0, text="Computing probes…")
+    """Offer to run the probes on checkpoints that lack results. The computation runs once per run
+    whichever session asks (app/jobs.py); every session then watches its progress bar, which a
+    fragment refreshes each second until the page reloads with the new results."""
+    job = jobs.running(run.path)
+    if job is None:
+        shown = ", ".join(map(str, steps[:12])) + (" …" if len(steps) > 12 else "")
+        st.info(f"{len(steps)} checkpoint{'s' * (len(steps) != 1)} of this run ha{'ve' if len(steps) != 1 else 's'} "
+                f"no probe results yet (steps {shown}).")
+        if not st.button("Compute probe results", key=f"compute-{key}", type="primary"):
+            return
+        job = jobs.start_probes(run.path, steps)
+    probe_progress(job)
 
-        def progress(done: int, total: int, step: int | None = None) -> None:
-            bar.progress(min(1.0, done / max(total, 1)),
-                         text=f"Computing probes: {done}/{total} checkpoints" + (f" (step {step})" if step is not None else ""))
 
-        probes.run_probes(run.path, steps=list(steps), progress=progress)
-        bar.progress(1.0, text="Probes computed.")
-        st.rerun()
+def probe_progress_text(job: jobs.ProbeJob) -> str:
+    where = f" (step {job.step})" if job.step is not None else ""
+    return f"Computing probes for this run: {job.done}/{job.total} checkpoints{where}"
+
+
+@st.fragment(run_every=1.0)
+def probe_progress(job: jobs.ProbeJob) -> None:
+    if job.finished:
+        if job.error:
+            st.error(f"Computing probe results failed: {job.error}")
+            return
+        st.rerun()  # the whole page, which now finds the new results
+    st.info("Probe results of this run are being computed; this page updates when they are ready "
+            "(every session watching this run sees the same computation).")
+    st.progress(job.fraction(), text=probe_progress_text(job))
 
 
 def step_picker(steps: Sequence[int], key: str = "step", label: str = "Checkpoint step") -> int:

@@ -190,3 +190,72 @@ def head_ablation_probe(model: Any, tokens: Any, clean: CleanRun | None = None) 
     result["top_share"] = {k: top_share(result[k], TOP_FRACTION) for k in KINDS}
     result["top_fraction"] = TOP_FRACTION
     return result
+
+
+@torch.no_grad()
+def head_means(model: Any, tokens: Any) -> list[torch.Tensor]:
+    """Each layer's z averaged over the batch and input positions [H, D]: what mean ablation
+    substitutes, the same numbers `ablate(..., kind="mean")` uses on these tokens. `tokens` is
+    [B, P+1] as everywhere here, so the target column never enters the mean."""
+    inputs, targets = split_tokens(model, tokens)
+    return [z.mean(dim=(0, 1)) for z in clean_run(model, inputs, targets).z]
+
+
+def resample_source(batch: int, seed: int = 0) -> int:
+    """Which held-out row a single prompt resamples its heads from (seeded, like the sweep's
+    derangement)."""
+    return int(np.random.default_rng([int(seed), 7]).integers(batch))
+
+
+@torch.no_grad()
+def generation_hooks(model: Any, heads: Iterable, kind: str, tokens: Any, seed: int = 0) -> list:
+    """hook_z hooks that ablate `heads` of `model` while it generates from one prompt.
+
+    zero      the head's z becomes 0, as in the sweep;
+    mean      its mean z over the held-out inputs `tokens` [B, P+1] (`head_means`), as in the sweep;
+    resample  its z at the same position of one held-out sequence (row `resample_source`), which
+              is what resample ablation means for a single prompt: the sweep swaps z between the
+              sequences of its batch, a prompt has no batch to swap within.
+
+    Generation feeds the whole window (a prompt, or the last n_ctx tokens once the KV cache is
+    restarted) and then one token at a time; the hooks follow the window positions that way, so
+    they are valid on cached and uncached generation alike. Positions past the end of the held-out
+    sequence (only when it is shorter than the context) take its last position."""
+    check_kind(kind)
+    chosen = check_heads(model, heads)
+    if not chosen:
+        return []
+    if kind == "zero":
+        source = None
+    else:
+        inputs, targets = split_tokens(model, tokens)
+        clean = clean_run(model, inputs, targets)
+        if kind == "mean":
+            source = [z.mean(dim=(0, 1))[None] for z in clean.z]          # [1, H, D] for every position
+        else:
+            row = resample_source(inputs.shape[0], seed)
+            source = [z[row] for z in clean.z]                          # [P, H, D] position by position
+    by_layer: dict[int, list[int]] = {}
+    for layer, head in chosen:
+        by_layer.setdefault(layer, []).append(head)
+
+    def layer_hook(layer: int, hs: list[int]):
+        position = [0]  # the window position of the next z this hook sees
+
+        def hook(z: torch.Tensor, hook: Any) -> torch.Tensor:
+            P = z.shape[1]
+            start = 0 if P > 1 else position[0]  # a multi-token call starts a window afresh
+            position[0] = start + P
+            z = z.clone()
+            if source is None:
+                z[:, :, hs] = 0.0
+            else:
+                src = source[layer]
+                if src.shape[0] > 1:
+                    idx = torch.arange(start, start + P).clamp(max=src.shape[0] - 1)
+                    src = src[idx]
+                z[:, :, hs] = src[:, hs].to(z.dtype)  # [1 or P, h, D] broadcasts over batch and positions
+            return z
+        return hook
+
+    return [(z_name(l), layer_hook(l, hs)) for l, hs in by_layer.items()]

@@ -14,6 +14,7 @@ import torch
 from streamlit.testing.v1 import AppTest
 
 import probes
+from app import jobs
 from app_fixtures import corrupt_step, trained_roots, write_fake_run
 from model.checkpoint import checkpoint_dir, list_checkpoints, load_checkpoint, read_json, step_of
 from model.tokenizer import load_tokenizer
@@ -127,6 +128,34 @@ def test_interactive_ablation_changes_the_loss_only_when_heads_are_ablated(roots
     assert float(metric(at, "Loss with ablation").value) == clean
 
 
+@pytest.mark.parametrize("kind", ["zero", "mean", "resample"])
+def test_interactive_ablation_of_every_kind_matches_the_probe(roots, monkeypatch, kind):
+    """Loss and generation for each kind, on the real run (whose held-out rows carry n_ctx + 1
+    tokens): the loss change of one head equals the probe's sweep value for that head and kind,
+    and the ablated generation is the one probes.ablation.generation_hooks gives."""
+    from probes.ablation import generation_hooks
+    from app.analysis import greedy_continuation
+    run = roots["computed"] / "small"
+    results = probes.read_results(run)
+    step = max(results)
+    at = open_app(roots["computed"], monkeypatch, "heads")
+    at.radio(key="interactive_kind").set_value(kind)
+    at.multiselect(key="ablate_heads").set_value(["L1H2"]).run()
+    assert_no_exception(at, f"heads, {kind} ablation")
+    clean = float(metric(at, "Clean held-out loss").value)
+    delta = float(metric(at, "Loss with ablation").value) - clean
+    assert delta == pytest.approx(results[step]["head_ablation"][kind][1][2], abs=2e-4)
+    assert any(f"With L1H2 {kind}-ablated" in m.value for m in at.markdown)
+    model, _ = load_checkpoint(checkpoint_dir(run, step))
+    tok = load_tokenizer(run)
+    hooks = generation_hooks(model, [(1, 2)], kind, probes.heldout_tokens(run, n=16))
+    _, ids = greedy_continuation(model, tok, "Once upon a time", 48, hooks)
+    shown = [m.value for m in at.markdown if "font-family:monospace" in m.value]
+    assert len(shown) == 2
+    words = [w for w in tok.decode(ids).split() if w.isalpha()][:6]
+    assert words and all(w in shown[1] for w in words), (tok.decode(ids), shown[1])
+
+
 def test_pattern_viewer_shows_the_checkpoints_own_attention(roots, monkeypatch):
     run = roots["computed"] / "small"
     at = open_app(roots["computed"], monkeypatch, "attention")
@@ -197,6 +226,9 @@ def test_compute_button_fills_in_the_missing_results(roots, monkeypatch, tmp_pat
     at = open_app(root, monkeypatch, "heads")
     assert "2 checkpoints of this run have no probe results yet" in texts(at.info)
     at.button(key="compute-heads").click().run()
+    assert "being computed" in texts(at.info)  # a background job, watched by every session
+    assert jobs.running(run).wait(timeout=120)
+    at.run()
     assert_no_exception(at, "heads after computing")
     assert not [b for b in at.button if b.label == "Compute probe results"]
     again = probes.read_results(run)

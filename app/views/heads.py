@@ -6,8 +6,7 @@ import html
 import streamlit as st
 
 from app import cache, figures, results as R, ui
-
-KINDS = ["zero", "mean", "resample"]
+from probes import KINDS
 HEADS_KEY = "ablate_heads"
 
 
@@ -51,7 +50,7 @@ def interactive_section(run, step, n_layer, n_head, clean_loss) -> None:
     options = [head_label(l, h) for l in range(n_layer) for h in range(n_head)]
     st.session_state[HEADS_KEY] = [h for h in st.session_state.get(HEADS_KEY, []) if h in options]
     labels = st.multiselect("Heads to ablate", options, key=HEADS_KEY)
-    kind = st.radio("Ablation", KINDS, horizontal=True, key="interactive_kind")
+    kind = st.radio("Ablation", list(KINDS), horizontal=True, key="interactive_kind")
     prompt = st.text_input("Prompt for the greedy generation", "Once upon a time", key="ablate_prompt")
     heads = [parse_label(h) for h in labels]
     if heads:
@@ -77,9 +76,13 @@ def interactive_section(run, step, n_layer, n_head, clean_loss) -> None:
         ui.highlighted_text(before["text"], prefix=f"<b>{html.escape(prompt)}</b>")
     with right:
         ui.highlighted_text(after["text"], prefix=f"<b>{html.escape(prompt)}</b>")
-    if kind != "zero":
-        st.caption("For generation, mean and resample ablation both substitute the head's mean output "
-                   "over the held-out batch (a single prompt has no other sequence to resample from).")
+    if kind == "mean":
+        st.caption("Mean ablation: each chosen head's output is replaced by its mean over the held-out "
+                   "batch's positions, in the loss and in the generation alike.")
+    elif kind == "resample":
+        st.caption("Resample ablation: in the loss, each sequence takes the chosen heads' outputs from "
+                   "another held-out sequence (the probes' seeded derangement); in the generation, the "
+                   "prompt takes them from one held-out sequence at the same positions.")
 
 
 def evolution_section(run, results, kind, log_x) -> None:
@@ -113,7 +116,7 @@ def render() -> None:
     top = st.columns([3, 1, 1])
     with top[0]:
         step = ui.step_picker(steps)
-    kind = top[1].radio("Heatmap ablation", KINDS, key="kind")
+    kind = top[1].radio("Heatmap ablation", list(KINDS), key="kind")
     log_x = top[2].checkbox("Log-scale steps", value=True, key="log_x")
     matrix = R.get(results[step], f"head_ablation.{kind}")
     if not R.is_matrix(matrix):

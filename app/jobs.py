@@ -1,0 +1,93 @@
+"""Heavy work the app starts on a user's request (computing probe results), run at most once per
+run at a time whichever session asks.
+
+Every browser session runs its page scripts in a thread of the same server process, so a
+module-level registry is shared by all of them: the first session to ask starts a background
+thread, and every session (the first one too) watches that job's progress instead of starting a
+second computation. The job outlives the script run that started it, so a rerun or a closed tab
+does not abort it halfway.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import probes
+
+
+@dataclass
+class ProbeJob:
+    """One computation of probe results for a run: progress as the runner reports it."""
+
+    run_dir: str
+    steps: list[int]
+    done: int = 0
+    total: int = 0
+    step: int | None = None
+    error: str | None = None
+    finished: bool = False
+    computed: list[int] = field(default_factory=list)
+    thread: threading.Thread | None = None
+
+    def progress(self, done: int, total: int, step: int | None = None) -> None:
+        self.done, self.total, self.step = done, total, step
+
+    def fraction(self) -> float:
+        return min(1.0, self.done / max(self.total, 1))
+
+    def wait(self, timeout: float | None = None, every: float = 0.25,
+             tick: Callable[["ProbeJob"], None] | None = None) -> bool:
+        """Block until the job ends (True) or `timeout` seconds pass (False), calling `tick(job)`
+        every `every` seconds (a page updates its progress bar there)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not self.finished:
+            if tick:
+                tick(self)
+            if deadline is not None and time.monotonic() >= deadline:
+                return False
+            if self.thread is not None:
+                self.thread.join(every)
+        return True
+
+
+_jobs: dict[str, ProbeJob] = {}
+_lock = threading.Lock()
+
+
+def _key(run_dir: str | Path) -> str:
+    return str(Path(run_dir).resolve())
+
+
+def running(run_dir: str | Path) -> ProbeJob | None:
+    """The probe computation under way for this run, if any."""
+    with _lock:
+        job = _jobs.get(_key(run_dir))
+    return job if job is not None and not job.finished else None
+
+
+def start_probes(run_dir: str | Path, steps: Sequence[int]) -> ProbeJob:
+    """Start computing probe results for `steps` of the run, or return the computation already
+    under way for it (whatever steps it was asked for: it fills in every missing result it
+    finds pending when it starts)."""
+    key = _key(run_dir)
+    with _lock:
+        job = _jobs.get(key)
+        if job is not None and not job.finished:
+            return job
+        job = ProbeJob(run_dir=str(run_dir), steps=list(steps), total=len(steps))
+
+        def work() -> None:
+            try:
+                job.computed = probes.run_probes(run_dir, steps=job.steps, progress=job.progress)
+            except Exception as e:  # noqa: BLE001 - shown on the page as one sentence
+                job.error = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            finally:
+                job.finished = True
+
+        job.thread = threading.Thread(target=work, name=f"probes:{Path(run_dir).name}", daemon=True)
+        _jobs[key] = job
+        job.thread.start()
+        return job
