@@ -5,6 +5,10 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 RUNS ?= runs
 PORT ?= 8501
+# The app listens on this machine only; ADDRESS=0.0.0.0 serves it on every interface (an explicit opt-in:
+# anyone who reaches the port can start probe computations that write into runs).
+ADDRESS ?= 127.0.0.1
+STREAMLIT := $(VENV)/bin/streamlit run app --server.address $(ADDRESS) --server.port $(PORT) --server.headless true --browser.gatherUsageStats false --client.toolbarMode minimal
 
 .PHONY: install test demo bench stress app study clean
 
@@ -35,11 +39,12 @@ demo: $(STAMP)
 		$(PY) -m train --preset nano --data stories --out $(RUNS)/demo $$( [ -d $(RUNS)/demo/state ] && echo --resume ); \
 	fi
 	$(PY) -m probes $(RUNS)/demo
-	@echo "Starting the app: open http://localhost:$(PORT)"
-	$(VENV)/bin/streamlit run app --server.port $(PORT) --server.headless true --browser.gatherUsageStats false --client.toolbarMode minimal
+	@echo "Starting the app: open http://$(if $(filter 127.0.0.1,$(ADDRESS)),localhost,$(ADDRESS)):$(PORT)"
+	$(STREAMLIT)
 
 app: $(STAMP)
-	$(VENV)/bin/streamlit run app --server.port $(PORT) --server.headless true --browser.gatherUsageStats false --client.toolbarMode minimal
+	@echo "Starting the app: open http://$(if $(filter 127.0.0.1,$(ADDRESS)),localhost,$(ADDRESS)):$(PORT)"
+	$(STREAMLIT)
 
 bench: $(STAMP)
 	$(PY) -m bench

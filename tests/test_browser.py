@@ -124,3 +124,39 @@ def test_every_page_renders_its_main_chart_in_chromium(server):
                 assert page.locator(".js-plotly-plot").count() >= 1
         finally:
             browser.close()
+
+
+def test_interactive_mean_ablation_in_chromium(server):
+    """Pick a head and the mean kind on the Heads page as a user would: the loss with ablation
+    changes, both generations are shown, and no error appears."""
+    from playwright.sync_api import sync_playwright
+
+    url, chromium = server
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS, headless=True)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 2400})
+            page.goto(f"{url}/heads", wait_until="domcontentloaded")
+            page.get_by_role("heading", name="Interactive ablation").wait_for(timeout=60_000)
+            wait_until_idle(page)
+            page.locator(".st-key-interactive_kind").get_by_text("mean", exact=True).click()
+            wait_until_idle(page)
+            page.locator(".st-key-ablate_heads input").click()
+            page.keyboard.type("L1H2")
+            page.keyboard.press("Enter")
+            page.keyboard.press("Escape")
+            page.get_by_text("With L1H2 mean-ablated").wait_for(timeout=60_000)
+            wait_until_idle(page)
+            ARTIFACTS.mkdir(parents=True, exist_ok=True)
+            page.screenshot(path=str(ARTIFACTS / "heads-mean-ablation.png"), full_page=True)
+            body = page.inner_text("body")
+            assert page.locator("[data-testid='stException']").count() == 0
+            assert page.locator("[data-testid='stAlertContentError']").count() == 0, body[:2000]
+            metrics = page.locator("[data-testid='stMetric']")
+            values = {metrics.nth(i).locator("[data-testid='stMetricLabel']").inner_text().strip():
+                      metrics.nth(i).locator("[data-testid='stMetricValue']").inner_text().strip()
+                      for i in range(metrics.count())}
+            assert values["Heads ablated"] == "1", values
+            assert values["Loss with ablation"] != values["Clean held-out loss"], values
+        finally:
+            browser.close()
