@@ -14,8 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
 
-from model.checkpoint import (CheckpointError, META, PROBES, list_checkpoints, read_checkpoint_meta, read_json,
-                              read_jsonl, sha256_bytes, step_of, WEIGHTS)
+from model.checkpoint import (CheckpointError, META, PROBES, list_checkpoints, read_json, read_jsonl, step_of,
+                              WEIGHTS)
+from model.checkpoint import verify_checkpoint as verify_files
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PROBE_FILE = re.compile(r"^step_(\d{6,})\.json$")
@@ -151,17 +152,13 @@ def file_key(path: Path) -> tuple[str, int, int]:
 
 
 def verify_checkpoint(path: Path) -> str | None:
-    """None if the checkpoint's weights match the sha256 in its meta.json, else the problem as one
-    sentence. Cheaper than loading the model, and catches the same truncation or corruption."""
+    """None if every file the checkpoint depends on is intact (meta.json's seal, the weights'
+    sha256, the run's vocab.json and data.json), else the problem as one sentence naming the file.
+    Cheaper than loading the model, and catches the same damage short of a forged hash."""
     try:
-        meta = read_checkpoint_meta(path)
-        data = (path / WEIGHTS).read_bytes()
+        verify_files(path)
     except CheckpointError as e:
         return str(e)
-    except OSError as e:
-        return f"{path / WEIGHTS}: cannot be read ({e.strerror or e})"
-    if sha256_bytes(data) != meta["sha256"]:
-        return f"{path / WEIGHTS}: sha256 does not match meta.json, the file is truncated or corrupt"
     return None
 
 

@@ -6,9 +6,35 @@
     runs/<name>/probes/step_000128.json, summary.json
 
 Every write is atomic (temp file + fsync + rename), so a crash or SIGKILL at any moment leaves
-each earlier file readable. Reads verify sha256 hashes, load weights with safetensors and training
-state with `torch.load(weights_only=True)`: a bad file raises CheckpointError naming it, and no
-file can make us execute code.
+each earlier file readable. Reads load weights with safetensors and training state with
+`torch.load(weights_only=True)`, so no file can make us execute code.
+
+What is verified on load (any damage raises CheckpointError naming the damaged file):
+  meta.json          sealed: its "self_sha256" is the sha256 of the canonical JSON (sorted keys,
+                     compact separators) of all its other fields. An edit of anything that changes
+                     behaviour or reporting (config: ln_eps, n_head, attention, dropout...; step,
+                     tokens, losses, the hashes below) breaks the seal. Only whitespace and number
+                     spelling are free, since they do not change what is read. Its "step" must also
+                     match the folder name, so a meta.json copied into another step is refused.
+  model.safetensors  its sha256 is in meta.json ("sha256").
+  vocab.json,        the run files that change how a checkpoint is read (vocab.json maps model ids
+  data.json          to GPT-2 ids, so it decides the text a model writes; data.json says which
+                     sequences a step had seen, and the batches a resumed run draws): their sha256
+                     at save time (null: the file did not exist) is in meta.json and latest.json
+                     ("run_files"), checked whenever the checkpoint lies in <run>/checkpoints/.
+  latest.json        sealed like meta.json; names the state file and holds its sha256.
+  state_NNNNNN.pt    its sha256 is in latest.json.
+  run.json "model"   a resumed run builds its model from run.json's config before loading the
+                     state into it: latest.json records that config, and load_state compares them.
+
+Not verified: the rest of run.json (status and timestamps change during a run by design; the
+training recipe and the probes' seed are a run's description, not how its checkpoints are read),
+data/*.bin (their lengths are checked against data.json; hashing them would cost a pass over the
+whole corpus per load), metrics/samples/probe results (reports, rebuilt or re-read by line).
+The seals guard against damage and careless edits, not against someone who recomputes them.
+
+Files written before these seals existed (no "self_sha256") are refused with a sentence saying so:
+an old meta.json cannot be told apart from an edited one.
 """
 from __future__ import annotations
 
@@ -35,6 +61,9 @@ PROBES = "probes"
 STEP_DIR = re.compile(r"^step_(\d{6,})$")
 WEIGHTS = "model.safetensors"
 META = "meta.json"
+LATEST = "latest.json"
+SEAL = "self_sha256"
+RUN_FILES = ("vocab.json", "data.json")  # run files whose content changes how a checkpoint is read
 
 
 class CheckpointError(Exception):
@@ -113,6 +142,79 @@ def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+# -- sealed JSON: a file that carries the hash of its own content --------------------------------
+def canonical_json(obj: Any) -> bytes:
+    """One byte string per JSON value (sorted keys, no spaces), so the seal does not depend on
+    indentation or key order, only on what a reader gets."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
+
+
+def seal(obj: dict) -> dict:
+    """A copy of `obj` carrying SEAL = sha256 of the canonical JSON of its other fields."""
+    body = {k: v for k, v in obj.items() if k != SEAL}
+    return {**body, SEAL: sha256_bytes(canonical_json(body))}
+
+
+def check_seal(path: str | os.PathLike, obj: Any) -> dict:
+    """`obj` (read from `path`) if it is a JSON object whose seal matches its content, else
+    CheckpointError naming `path`."""
+    path = Path(path)
+    if not isinstance(obj, dict):
+        raise CheckpointError(path, "is not a JSON object")
+    if SEAL not in obj:
+        raise CheckpointError(path, f"has no {SEAL!r} field: it was written before {path.name} carried its own "
+                                    "hash, so an edit to it could not be detected; re-save it with this version "
+                                    "of the workbench (train or import the run again)")
+    want = sha256_bytes(canonical_json({k: v for k, v in obj.items() if k != SEAL}))
+    if obj[SEAL] != want:
+        raise CheckpointError(path, f"its content does not match its {SEAL} ({str(obj[SEAL])[:12]}… recorded, "
+                                    f"{want[:12]}… now): the file was edited or is corrupt")
+    return obj
+
+
+def read_sealed_json(path: str | os.PathLike) -> dict:
+    return check_seal(path, read_json(path))
+
+
+def encode_json(obj: Any) -> bytes:
+    return (json.dumps(obj, indent=1) + "\n").encode()
+
+
+# -- run files a checkpoint depends on -------------------------------------------------------------
+def run_file_hashes(run_dir: str | os.PathLike) -> dict[str, str | None]:
+    """{name: sha256 or None when absent} for RUN_FILES of a run folder, recorded at save time."""
+    out: dict[str, str | None] = {}
+    for name in RUN_FILES:
+        path = Path(run_dir) / name
+        try:
+            out[name] = sha256_bytes(path.read_bytes())
+        except FileNotFoundError:
+            out[name] = None
+        except OSError as e:
+            raise CheckpointError(path, f"cannot be read ({e.strerror or e})") from None
+    return out
+
+
+def check_run_files(run_dir: str | os.PathLike, recorded: Any, guard: Path) -> None:
+    """Raise CheckpointError naming the run file whose content is not what `guard` (a sealed
+    meta.json or latest.json) recorded when it was written."""
+    if not isinstance(recorded, dict) or set(recorded) != set(RUN_FILES):
+        raise CheckpointError(guard, f"lacks the hashes of the run files {', '.join(RUN_FILES)}")
+    now = run_file_hashes(run_dir)
+    for name in RUN_FILES:
+        if now[name] == recorded[name]:
+            continue
+        path = Path(run_dir) / name
+        if recorded[name] is None:
+            problem = f"did not exist when {guard} was written, and would change how it is read"
+        elif now[name] is None:
+            problem = f"is missing, but {guard} was written with it"
+        else:
+            problem = (f"sha256 {now[name][:12]}… does not match the {str(recorded[name])[:12]}… recorded in "
+                       f"{guard}: the file was edited or is corrupt")
+        raise CheckpointError(path, problem)
+
+
 # -- checkpoints -------------------------------------------------------------------------------
 def checkpoint_dir(run_dir: str | os.PathLike, step: int) -> Path:
     return Path(run_dir) / CHECKPOINTS / f"step_{int(step):06d}"
@@ -136,22 +238,25 @@ def list_checkpoints(run_dir: str | os.PathLike) -> list[Path]:
 
 
 def save_checkpoint(run_dir: str | os.PathLike, step: int, model: GPT, meta: dict | None = None) -> Path:
-    """Write checkpoints/step_NNNNNN/ atomically: built under a temporary name, fsynced, renamed."""
+    """Write checkpoints/step_NNNNNN/ atomically: built under a temporary name, fsynced, renamed.
+    meta.json gets the step, config, weights hash and the run files' hashes, then its seal; so
+    write vocab.json and data.json before the first checkpoint."""
     final = checkpoint_dir(run_dir, step)
     final.parent.mkdir(parents=True, exist_ok=True)
     raw = model.module if hasattr(model, "module") else model
     raw = getattr(raw, "_orig_mod", raw)
     state = {k: v.detach().to("cpu").contiguous() for k, v in raw.state_dict().items()}
     weights = st_save(state)
-    full_meta = dict(meta or {})
+    full_meta = {k: v for k, v in (meta or {}).items() if k != SEAL}
     full_meta.update(step=int(step), config=raw.cfg.to_dict(), sha256=sha256_bytes(weights),
-                     time=full_meta.get("time", time.time()))
+                     time=full_meta.get("time", time.time()), run_files=run_file_hashes(run_dir))
+    full_meta = seal(full_meta)
     tmp = final.parent / f".tmp-{final.name}-{os.getpid()}"
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir()
     try:
-        for name, data in ((WEIGHTS, weights), (META, (json.dumps(full_meta, indent=1) + "\n").encode())):
+        for name, data in ((WEIGHTS, weights), (META, encode_json(full_meta))):
             with open(tmp / name, "wb") as f:
                 f.write(data)
                 f.flush()
@@ -181,17 +286,24 @@ def remove_partial_checkpoints(run_dir: str | os.PathLike) -> None:
 
 
 def read_checkpoint_meta(path: str | os.PathLike) -> dict:
+    """meta.json of a checkpoint folder, with its seal verified and its fields checked."""
     path = Path(path)
-    meta = read_json(path / META)
-    if not isinstance(meta, dict) or "sha256" not in meta or "config" not in meta:
+    meta = read_sealed_json(path / META)
+    if not isinstance(meta.get("sha256"), str) or not isinstance(meta.get("config"), dict):
         raise CheckpointError(path / META, "meta.json lacks the sha256 or config fields")
+    step = meta.get("step")
+    if isinstance(step, bool) or not isinstance(step, int):
+        raise CheckpointError(path / META, f"its step {step!r} is not an integer")
+    m = STEP_DIR.match(path.name)
+    if m and int(m.group(1)) != step:
+        raise CheckpointError(path / META, f"says step {step}, but lies in the folder of step {int(m.group(1))}")
     return meta
 
 
 def config_misfit(cfg: GPTConfig, state: dict[str, torch.Tensor]) -> str | None:
     """Why the config cannot describe these weights, checked on the embedding shapes and the
-    block count before a model is built: meta.json has no hash of its own, and a damaged or crafted
-    config must not make us allocate a model far larger than the file (minutes, or an OOM kill)."""
+    block count before a model is built: a crafted meta.json (resealed by whoever crafted it)
+    must not make us allocate a model far larger than the file (minutes, or an OOM kill)."""
     blocks = {int(m.group(1)) for k in state if (m := re.match(r"blocks\.(\d+)\.", k))}
     found = {"wte.weight": tuple(state["wte.weight"].shape) if "wte.weight" in state else None,
              "wpe.weight": tuple(state["wpe.weight"].shape) if "wpe.weight" in state else None}
@@ -204,14 +316,18 @@ def config_misfit(cfg: GPTConfig, state: dict[str, torch.Tensor]) -> str | None:
     return None
 
 
-def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[GPT, dict]:
-    """(model in eval mode, meta) from a checkpoint folder, after verifying its sha256."""
+def verify_checkpoint(path: str | os.PathLike) -> tuple[dict, bytes]:
+    """(meta, weight bytes) of a checkpoint folder once every file it depends on is verified:
+    meta.json's seal and step, the weights' sha256, and (inside <run>/checkpoints/) the run's
+    vocab.json and data.json. Parses nothing binary, so it is the cheap check the app runs."""
     path = Path(path)
     if path.name == WEIGHTS:
         path = path.parent
     if not path.is_dir():
         raise CheckpointError(path, "checkpoint folder does not exist")
     meta = read_checkpoint_meta(path)
+    if path.parent.name == CHECKPOINTS:  # the lexical run folder: a symlinked step is read as part of this run
+        check_run_files(path.parent.parent, meta.get("run_files"), path / META)
     weights_path = path / WEIGHTS
     try:
         data = weights_path.read_bytes()
@@ -221,6 +337,16 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
     if digest != meta["sha256"]:
         raise CheckpointError(weights_path, f"sha256 {digest[:12]}… does not match meta.json "
                                             f"({str(meta['sha256'])[:12]}…): the file is truncated or corrupt")
+    return meta, data
+
+
+def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[GPT, dict]:
+    """(model in eval mode, meta) from a checkpoint folder, after verify_checkpoint."""
+    path = Path(path)
+    if path.name == WEIGHTS:
+        path = path.parent
+    meta, data = verify_checkpoint(path)
+    weights_path = path / WEIGHTS
     try:
         cfg = GPTConfig.from_dict(meta["config"])
     except (ValueError, TypeError) as e:
@@ -241,17 +367,22 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
 
 
 # -- training state (for --resume) -------------------------------------------------------------
-def save_state(run_dir: str | os.PathLike, step: int, state: dict) -> Path:
+def save_state(run_dir: str | os.PathLike, step: int, state: dict, model_config: dict | None = None) -> Path:
     """Write state/state_NNNNNN.pt, then point state/latest.json at it, then drop older files:
-    at every moment latest.json names a complete, hash-checked file."""
+    at every moment latest.json names a complete, hash-checked file. latest.json is sealed and
+    records the run files' hashes and `model_config` (the config the state's weights belong to,
+    which a resumed run reads from run.json)."""
     root = Path(run_dir) / STATE
     root.mkdir(parents=True, exist_ok=True)
     buf = io.BytesIO()
     torch.save(state, buf)
     data = buf.getvalue()
     name = f"state_{int(step):06d}.pt"
+    latest = {"file": name, "step": int(step), "sha256": sha256_bytes(data), "run_files": run_file_hashes(run_dir)}
+    if model_config is not None:
+        latest["model"] = dict(model_config)
     write_bytes_atomic(root / name, data)
-    write_json_atomic(root / "latest.json", {"file": name, "step": int(step), "sha256": sha256_bytes(data)})
+    write_bytes_atomic(root / LATEST, encode_json(seal(latest)))
     for p in root.iterdir():
         if p.name != name and p.name.startswith("state_") and p.suffix == ".pt":
             p.unlink(missing_ok=True)
@@ -259,20 +390,40 @@ def save_state(run_dir: str | os.PathLike, step: int, state: dict) -> Path:
 
 
 def has_state(run_dir: str | os.PathLike) -> bool:
-    return (Path(run_dir) / STATE / "latest.json").exists()
+    return (Path(run_dir) / STATE / LATEST).exists()
+
+
+def read_latest(run_dir: str | os.PathLike) -> dict:
+    """state/latest.json with its seal, fields, run files and recorded model config verified."""
+    run_dir = Path(run_dir)
+    path = run_dir / STATE / LATEST
+    latest = read_sealed_json(path)
+    step, name = latest.get("step"), latest.get("file")
+    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+        raise CheckpointError(path, f"its step {step!r} is not a non-negative integer")
+    if name != f"state_{step:06d}.pt":
+        raise CheckpointError(path, f"does not name a state file of its step {step} (it names {name!r})")
+    if not isinstance(latest.get("sha256"), str):
+        raise CheckpointError(path, "lacks the sha256 of the state file")
+    check_run_files(run_dir, latest.get("run_files"), path)
+    if "model" in latest:
+        run_json = run_dir / "run.json"
+        run = read_json(run_json)
+        if not isinstance(run, dict) or canonical_json(run.get("model")) != canonical_json(latest["model"]):
+            raise CheckpointError(run_json, f"its model config is not the one the training state in {path} was "
+                                            "saved with: run.json was edited or is corrupt")
+    return latest
 
 
 def load_state(run_dir: str | os.PathLike) -> dict:
     root = Path(run_dir) / STATE
-    latest = read_json(root / "latest.json")
-    if not isinstance(latest, dict) or not isinstance(latest.get("file"), str) or "/" in latest["file"]:
-        raise CheckpointError(root / "latest.json", "does not name a state file")
+    latest = read_latest(run_dir)
     path = root / latest["file"]
     try:
         data = path.read_bytes()
     except OSError as e:
         raise CheckpointError(path, f"cannot be read ({e.strerror or e})") from None
-    if sha256_bytes(data) != latest.get("sha256"):
+    if sha256_bytes(data) != latest["sha256"]:
         raise CheckpointError(path, "sha256 does not match state/latest.json: the file is truncated or corrupt")
     try:
         state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)

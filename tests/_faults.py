@@ -13,17 +13,23 @@ writes each process's event counts to FILE.<pid> at exit; "none" injects nothing
 
 Every child carries FAULTS_CHILD=<token> in its environment, so processes it leaves behind can be
 found (and ended, by pid) with `stragglers(token)`.
+
+Random fault tests draw their seed with `draw_seed` (from the clock unless told) and run under
+`replayable`, so that every failure, an escaped exception included, names the seed to replay it.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
 import sys
 import tempfile
+import time
 import uuid
 from functools import lru_cache
 from pathlib import Path
+from typing import Iterator
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -71,6 +77,31 @@ if _spec:
     if _mode.startswith("count="):
         atexit.register(lambda: open(f"{_mode[6:]}.{os.getpid()}", "w").write(json.dumps(_counts)))
 '''
+
+
+SEED_ENV = "WORKBENCH_TEST_SEED"
+
+
+def draw_seed(var: str) -> int:
+    """The seed of a random test: $VAR, else $WORKBENCH_TEST_SEED, else drawn from the clock.
+    Printed at once, so pytest shows it with the captured output of any failure."""
+    raw = os.environ.get(var) or os.environ.get(SEED_ENV)
+    try:
+        seed = int(raw) if raw else time.time_ns() % 100_000
+    except ValueError:
+        raise ValueError(f"${var} / ${SEED_ENV} must be an integer seed, got {raw!r}.") from None
+    print(f"seed {seed}: replay with {var}={seed} (or {SEED_ENV}={seed})")
+    return seed
+
+
+@contextlib.contextmanager
+def replayable(var: str, seed: int) -> Iterator[None]:
+    """Re-raise any failure inside the block as an AssertionError that starts with VAR=seed, so
+    the seed is in the failure's one-line summary too, whatever was raised."""
+    try:
+        yield
+    except Exception as e:
+        raise AssertionError(f"[{var}={seed}] {type(e).__name__}: {e}") from e
 
 
 @lru_cache(maxsize=1)

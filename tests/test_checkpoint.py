@@ -1,5 +1,10 @@
 """Checkpoint and training-state I/O: exact round trips, atomic writes, and refusal of every bad
-file (truncated, flipped byte, wrong hash, malicious pickle) without executing anything."""
+file (truncated, flipped byte, wrong hash, malicious pickle, an edited meta.json or latest.json,
+a changed vocab.json, data.json or run.json model) without executing anything.
+
+Tests that need a loader to get past a hash on purpose (to reach the parser behind it) reseal the
+edited JSON with ck.seal, as someone who recomputes hashes would; every such case also has its
+unsealed twin, refused at the JSON file."""
 from __future__ import annotations
 
 import io
@@ -12,6 +17,7 @@ import pytest
 import torch
 from safetensors.torch import save as st_save
 
+from app.runfolder import verify_checkpoint
 from model import GPT, GPTConfig
 from model import checkpoint as ck
 from model.checkpoint import (CheckpointError, checkpoint_dir, list_checkpoints, load_checkpoint, load_state,
@@ -40,6 +46,13 @@ def sha256(data: bytes) -> str:
     import hashlib
 
     return hashlib.sha256(data).hexdigest()
+
+
+def edit_json(path: Path, change, reseal: bool = False) -> None:
+    """Apply `change(obj)` to a JSON file; with `reseal`, recompute its self hash (a forgery)."""
+    obj = json.loads(path.read_text())
+    change(obj)
+    path.write_text(json.dumps(ck.seal(obj) if reseal else obj))
 
 
 @pytest.fixture
@@ -145,11 +158,14 @@ def test_flipped_byte_is_refused(ckpt):
 
 
 def test_wrong_hash_in_meta_is_refused(ckpt):
-    meta = json.loads((ckpt / "meta.json").read_text())
-    meta["sha256"] = "0" * 64
-    (ckpt / "meta.json").write_text(json.dumps(meta))
-    with pytest.raises(CheckpointError, match="does not match meta.json"):
+    edit_json(ckpt / "meta.json", lambda m: m.update(sha256="0" * 64))
+    with pytest.raises(CheckpointError, match="edited or is corrupt") as e:
         load_checkpoint(ckpt)
+    assert e.value.path == ckpt / "meta.json"
+    edit_json(ckpt / "meta.json", lambda m: None, reseal=True)  # a forged seal: the weights' hash still fails
+    with pytest.raises(CheckpointError, match="does not match meta.json") as e:
+        load_checkpoint(ckpt)
+    assert e.value.path == ckpt / "model.safetensors"
 
 
 def test_pickle_in_place_of_safetensors_is_refused_without_running(tmp_path, ckpt):
@@ -157,9 +173,7 @@ def test_pickle_in_place_of_safetensors_is_refused_without_running(tmp_path, ckp
     marker = tmp_path / "pwned"
     payload = evil_bytes(marker)
     (ckpt / "model.safetensors").write_bytes(payload)
-    meta = json.loads((ckpt / "meta.json").read_text())
-    meta["sha256"] = sha256(payload)
-    (ckpt / "meta.json").write_text(json.dumps(meta))
+    edit_json(ckpt / "meta.json", lambda m: m.update(sha256=sha256(payload)), reseal=True)
     with pytest.raises(CheckpointError, match="not a valid safetensors file"):
         load_checkpoint(ckpt)
     assert not marker.exists()
@@ -171,15 +185,15 @@ def test_pickle_in_place_of_safetensors_is_refused_without_running(tmp_path, ckp
 def test_weights_that_do_not_fit_the_config_are_refused(ckpt):
     data = st_save({"wte.weight": torch.zeros(5, 5)})
     (ckpt / "model.safetensors").write_bytes(data)
-    meta = json.loads((ckpt / "meta.json").read_text())
-    meta["sha256"] = sha256(data)
-    (ckpt / "meta.json").write_text(json.dumps(meta))
+    edit_json(ckpt / "meta.json", lambda m: m.update(sha256=sha256(data)), reseal=True)
     with pytest.raises(CheckpointError, match="do not fit the config"):
         load_checkpoint(ckpt)
 
 
 @pytest.mark.parametrize("content, message", [
-    (None, "file is missing"), ("{not json", "not readable JSON"), ('{"step": 1}', "lacks the sha256"),
+    (None, "file is missing"), ("{not json", "not readable JSON"), ("[1, 2]", "not a JSON object"),
+    ('{"step": 12}', "has no 'self_sha256' field: it was written before meta.json carried its own hash"),
+    (json.dumps(ck.seal({"step": 12})), "lacks the sha256 or config"),
 ])
 def test_bad_meta_is_refused(ckpt, content, message):
     if content is None:
@@ -188,16 +202,150 @@ def test_bad_meta_is_refused(ckpt, content, message):
         assert list_checkpoints(ckpt.parents[1]) == []
     else:
         (ckpt / "meta.json").write_text(content)
-    with pytest.raises(CheckpointError, match=message):
+    with pytest.raises(CheckpointError, match=message) as e:
         load_checkpoint(ckpt)
+    assert e.value.path == ckpt / "meta.json"
 
 
 def test_invalid_config_in_meta_is_refused(ckpt):
-    meta = json.loads((ckpt / "meta.json").read_text())
-    meta["config"]["n_head"] = 3
-    (ckpt / "meta.json").write_text(json.dumps(meta))
+    edit_json(ckpt / "meta.json", lambda m: m["config"].update(n_head=3), reseal=True)
     with pytest.raises(CheckpointError, match="invalid model config.*n_head"):
         load_checkpoint(ckpt)
+
+
+def test_a_checkpoint_written_before_meta_json_was_sealed_is_refused_with_a_sentence(ckpt):
+    edit_json(ckpt / "meta.json", lambda m: m.pop(ck.SEAL))
+    with pytest.raises(CheckpointError) as e:
+        load_checkpoint(ckpt)
+    assert e.value.path == ckpt / "meta.json"
+    assert "written before meta.json carried its own hash" in e.value.problem and "re-save" in e.value.problem
+
+
+# The edits of the issue: each changes what a loaded checkpoint does or reports, and each loaded
+# silently while meta.json had no hash of its own.
+META_EDITS = {
+    "ln_eps": lambda m: m["config"].update(ln_eps=1e-1),
+    "n_head": lambda m: m["config"].update(n_head=4),  # another divisor of n_embd=16: same parameters
+    "attention": lambda m: m["config"].update(attention="linear"),  # same parameters as standard
+    "dropout": lambda m: m["config"].update(dropout=0.5),
+    "step": lambda m: m.update(step=13),
+    "tokens": lambda m: m.update(tokens=1300),
+    "train_loss": lambda m: m.update(train_loss=0.5),
+    "val_loss": lambda m: m.update(val_loss=0.7),
+    "time": lambda m: m.update(time=0.0),
+    "run_files": lambda m: m["run_files"].update({"vocab.json": "0" * 64}),
+    "extra field": lambda m: m.update(note="hello"),
+}
+
+
+@pytest.mark.parametrize("edit", sorted(META_EDITS))
+def test_every_edit_of_meta_json_is_refused_naming_it(ckpt, edit):
+    before = (ckpt / "meta.json").read_bytes()
+    edit_json(ckpt / "meta.json", META_EDITS[edit])
+    assert (ckpt / "meta.json").read_bytes() != before
+    with pytest.raises(CheckpointError, match="edited or is corrupt") as e:
+        load_checkpoint(ckpt)
+    assert e.value.path == ckpt / "meta.json" and str(e.value.path) in str(e.value)
+    assert "edited or is corrupt" in (verify_checkpoint(ckpt) or "")  # the app's cheap check agrees
+
+
+@pytest.mark.parametrize("edit", ["ln_eps", "n_head", "attention"])
+def test_the_config_edits_would_change_the_logits_if_they_loaded(tmp_path, model, edit):
+    """Why the seal matters: resealed (so the loader accepts it), each edit loads without a
+    shape error and moves the logits, so only the seal stood between it and a silently different
+    model. (Weights scaled up from init, so that attention patterns are not near uniform.)"""
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.5 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
+    ckpt = save_checkpoint(tmp_path / "run", 12, model)
+    tokens = torch.randint(0, 31, (2, 8), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        want = model.eval()(tokens)
+        assert torch.equal(load_checkpoint(ckpt)[0](tokens), want)  # unedited: exactly the same
+    edit_json(ckpt / "meta.json", META_EDITS[edit], reseal=True)
+    loaded, meta = load_checkpoint(ckpt)
+    with torch.no_grad():
+        got = loaded(tokens)
+    assert (got - want).abs().max() > 1e-2, (edit, (got - want).abs().max())
+
+
+def test_meta_json_reformatted_without_changing_content_still_loads(ckpt):
+    """The seal covers what a reader gets, not indentation or key order."""
+    meta = json.loads((ckpt / "meta.json").read_text())
+    (ckpt / "meta.json").write_text(json.dumps(dict(reversed(list(meta.items()))), indent=4))
+    assert load_checkpoint(ckpt)[1] == meta
+
+
+def test_a_meta_json_copied_into_another_step_is_refused(tmp_path, model):
+    run = tmp_path / "run"
+    a, b = save_checkpoint(run, 1, model), save_checkpoint(run, 2, model)
+    (b / "meta.json").write_bytes((a / "meta.json").read_bytes())  # same weights: the hash matches
+    with pytest.raises(CheckpointError, match="says step 1, but lies in the folder of step 2") as e:
+        load_checkpoint(b)
+    assert e.value.path == b / "meta.json"
+
+
+# -- run files a checkpoint depends on -------------------------------------------------------------
+@pytest.fixture
+def run_with_files(tmp_path, model) -> Path:
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "vocab.json").write_text(json.dumps({"format": "compact-gpt2", "gpt2_ids": list(range(29))}))
+    (run / "data.json").write_text(json.dumps({"seed": 0, "chunk_len": 8, "global_batch": 4}))
+    (run / "run.json").write_text(json.dumps({"model": model.cfg.to_dict(), "status": "training"}))
+    save_checkpoint(run, 3, model)
+    save_state(run, 3, {"step": 3}, model_config=model.cfg.to_dict())
+    return run
+
+
+@pytest.mark.parametrize("name", ["vocab.json", "data.json"])
+@pytest.mark.parametrize("how", ["edited", "missing"])
+def test_a_changed_run_file_is_refused_by_checkpoint_and_state(run_with_files, name, how):
+    run = run_with_files
+    assert load_checkpoint(checkpoint_dir(run, 3))[1]["run_files"] == {
+        n: sha256((run / n).read_bytes()) for n in ("vocab.json", "data.json")}
+    if how == "edited":
+        edit_json(run / name, lambda d: d.update(seed=1) if "seed" in d else d["gpt2_ids"].reverse())
+        message = "does not match .* recorded in .*: the file was edited or is corrupt"
+    else:
+        (run / name).unlink()
+        message = "is missing, but .* was written with it"
+    for load in (lambda: load_checkpoint(checkpoint_dir(run, 3)), lambda: load_state(run)):
+        with pytest.raises(CheckpointError, match=message) as e:
+            load()
+        assert e.value.path == run / name
+
+
+def test_a_run_file_added_after_the_checkpoint_is_refused(tmp_path, model):
+    """A checkpoint saved in a run without vocab.json was read with the full GPT-2 tokenizer: a
+    vocab.json appearing later would change its text."""
+    run = tmp_path / "run"
+    save_checkpoint(run, 1, model)
+    save_state(run, 1, {"step": 1})
+    (run / "vocab.json").write_text("{}")
+    for load in (lambda: load_checkpoint(checkpoint_dir(run, 1)), lambda: load_state(run)):
+        with pytest.raises(CheckpointError, match="did not exist when .* was written") as e:
+            load()
+        assert e.value.path == run / "vocab.json"
+
+
+def test_a_checkpoint_folder_outside_a_run_loads_without_run_files(run_with_files, tmp_path, model):
+    import shutil
+
+    loose = Path(shutil.copytree(checkpoint_dir(run_with_files, 3), tmp_path / "elsewhere" / "step_000003"))
+    loaded, _ = load_checkpoint(loose)
+    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), model.state_dict().values()))
+
+
+def test_run_json_model_edited_after_the_state_was_saved_is_refused(run_with_files):
+    run = run_with_files
+    assert load_state(run) == {"step": 3}
+    edit_json(run / "run.json", lambda r: r.update(status="complete", updated="now"))  # not the model: fine
+    assert load_state(run) == {"step": 3}
+    edit_json(run / "run.json", lambda r: r["model"].update(ln_eps=0.1))
+    with pytest.raises(CheckpointError, match="model config is not the one the training state") as e:
+        load_state(run)
+    assert e.value.path == run / "run.json"
 
 
 def test_missing_folder_is_refused(tmp_path):
@@ -232,10 +380,8 @@ def corrupt_state(run: Path, how: str) -> Path:
         b = bytearray(data)
         b[len(b) // 2] ^= 0x10
         path.write_bytes(bytes(b))
-    elif how == "wrong_hash":
-        latest = json.loads((run / "state" / "latest.json").read_text())
-        latest["sha256"] = "f" * 64
-        (run / "state" / "latest.json").write_text(json.dumps(latest))
+    elif how == "wrong_hash":  # resealed: the state file's own check must catch it
+        edit_json(run / "state" / "latest.json", lambda x: x.update(sha256="f" * 64), reseal=True)
     return path
 
 
@@ -255,9 +401,8 @@ def test_malicious_state_pickle_is_refused_without_running(tmp_path):
     save_state(run, 7, {"step": 7})
     payload = evil_bytes(marker)
     (run / "state" / "state_000007.pt").write_bytes(payload)
-    latest = json.loads((run / "state" / "latest.json").read_text())
-    latest["sha256"] = sha256(payload)  # the hash matches: only weights_only stands in the way
-    (run / "state" / "latest.json").write_text(json.dumps(latest))
+    # the hash matches and latest.json is resealed: only weights_only stands in the way
+    edit_json(run / "state" / "latest.json", lambda x: x.update(sha256=sha256(payload)), reseal=True)
     with pytest.raises(CheckpointError, match="not a loadable training state"):
         load_state(run)
     assert not marker.exists()
@@ -270,9 +415,34 @@ def test_malicious_state_pickle_is_refused_without_running(tmp_path):
 def test_latest_json_may_not_point_outside_the_state_folder(tmp_path):
     run = tmp_path / "run"
     save_state(run, 7, STATE)
-    (run / "state" / "latest.json").write_text(json.dumps({"file": "../../etc/passwd", "sha256": "0"}))
-    with pytest.raises(CheckpointError, match="does not name a state file"):
+    latest = run / "state" / "latest.json"
+    edit_json(latest, lambda x: x.update(file="../../etc/passwd"), reseal=True)
+    with pytest.raises(CheckpointError, match="does not name a state file") as e:
         load_state(run)
+    assert e.value.path == latest
+
+
+LATEST_EDITS = {
+    "step": lambda x: x.update(step=5),
+    "file": lambda x: x.update(file="state_000005.pt"),
+    "sha256": lambda x: x.update(sha256="0" * 64),
+    "run_files": lambda x: x["run_files"].update({"data.json": "0" * 64}),
+    "model": lambda x: x.update(model={"n_layer": 1}),
+    "seal removed": lambda x: x.pop(ck.SEAL),
+}
+
+
+@pytest.mark.parametrize("edit", sorted(LATEST_EDITS))
+def test_every_edit_of_latest_json_is_refused_naming_it(tmp_path, edit):
+    run = tmp_path / "run"
+    save_state(run, 5, {"step": 5})  # an older state file, as a resumed run may have left
+    save_state(run, 7, STATE)
+    (run / "state" / "state_000005.pt").write_bytes((run / "state" / "state_000007.pt").read_bytes())
+    latest = run / "state" / "latest.json"
+    edit_json(latest, LATEST_EDITS[edit])
+    with pytest.raises(CheckpointError, match="edited or is corrupt|written before latest.json carried") as e:
+        load_state(run)
+    assert e.value.path == latest and str(latest) in str(e.value)
 
 
 def test_jsonl_skips_a_line_cut_short(tmp_path):

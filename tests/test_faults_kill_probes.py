@@ -7,13 +7,13 @@ Kill moments: the N-th file write event of a process of `python -m probes` (fsyn
 temporary file, just before or just after its rename, the folder fsync; summary.json too), where
 the hook of _faults.py kills the runner and its worker processes at once; or a random delay, after
 which the runner alone is killed from outside, and its worker processes must then stop by
-themselves (they used to wait forever). Fast: 2 kills; stress: 10. Reproduce with
-KILL_SEED=<seed in the message>.
+themselves (they used to wait forever). Fast: 2 kills; stress: 10. The seed is drawn from the
+clock, printed at the start and named in every failure (escaped exceptions included); reproduce
+with KILL_SEED=<seed> (or WORKBENCH_TEST_SEED=<seed>).
 """
 from __future__ import annotations
 
 import json
-import os
 import random
 import shutil
 import signal
@@ -89,7 +89,12 @@ def check_after_kill(run: Path, ref: dict, note: str) -> list[int]:
 
 
 def kill_campaign(template: Path, tmp_path: Path, ref: dict, kills: int) -> list[str]:
-    seed = int(os.environ.get("KILL_SEED", time.time_ns() % 100_000))
+    seed = faults.draw_seed("KILL_SEED")
+    with faults.replayable("KILL_SEED", seed):
+        return kill_and_finish(template, tmp_path, ref, kills, seed)
+
+
+def kill_and_finish(template: Path, tmp_path: Path, ref: dict, kills: int, seed: int) -> list[str]:
     rng = random.Random(seed)
     run = Path(shutil.copytree(template, tmp_path / "run"))
     log, done = [], 0

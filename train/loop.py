@@ -191,7 +191,7 @@ class Trainer:
         save_checkpoint(self.run_dir, self.step, self.raw, {
             "tokens": self.step * self.G * self.L, "train_loss": row.get("loss"), "val_loss": row["val_loss"],
             "time": time.time()})
-        save_state(self.run_dir, self.step, self.state_dict())
+        save_state(self.run_dir, self.step, self.state_dict(), model_config=self.cfg.to_dict())
 
     def begin(self) -> None:
         """Step 0: losses of the initial weights, its samples and checkpoint."""
