@@ -12,14 +12,21 @@ from .config import GPTConfig
 
 
 def is_hooked(hook: HookPoint) -> bool:
-    """True when a forward hook is attached: lets us skip work (explicit attention, per-head
-    results, manual LayerNorm) that nobody will look at."""
-    return len(hook.fwd_hooks) > 0
+    """True when a forward or backward hook is attached: lets us skip work (explicit attention,
+    per-head results, manual LayerNorm) that nobody will look at. Backward hooks count too: a
+    HookPoint that the fast path never calls would silently never fire them."""
+    return len(hook.fwd_hooks) > 0 or len(hook.bwd_hooks) > 0
 
 
 class LayerNorm(nn.Module):
-    """LayerNorm exposing `hook_scale` [B,P,1] and `hook_normalized` [B,P,M] (after the affine
-    transform, as in TransformerLens' LayerNorm)."""
+    """LayerNorm with TransformerLens' hooks: `hook_scale` [B,P,1] holds sqrt(var(x) + eps) and
+    `hook_normalized` [B,P,M] holds (x - mean(x)) / scale, before the gain and bias, as in
+    TransformerLens' LayerNorm and TransformerBridge's NormalizationBridge; the output is
+    normalized * weight + bias. So logit-lens or direct-logit-attribution code written for
+    TransformerLens reads the same numbers here, and an edit of either hook flows to the output.
+
+    When neither hook is hooked the fused F.layer_norm runs instead (same numbers within float
+    rounding, <= 1e-6 for unit-scale activations)."""
 
     def __init__(self, cfg: GPTConfig):
         super().__init__()
@@ -30,15 +37,22 @@ class LayerNorm(nn.Module):
         self.hook_normalized = HookPoint()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not is_hooked(self.hook_scale):
-            y = F.layer_norm(x, (x.shape[-1],), self.weight, self.bias, self.eps)
-            return self.hook_normalized(y)
-        x = x - x.mean(-1, keepdim=True)
-        scale = self.hook_scale((x.pow(2).mean(-1, keepdim=True) + self.eps).sqrt())
-        y = x / scale * self.weight
+        if not (is_hooked(self.hook_scale) or is_hooked(self.hook_normalized)):
+            return F.layer_norm(x, (x.shape[-1],), self.weight, self.bias, self.eps)
+        return self.hooked_forward(x)
+
+    def hooked_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The LayerNorm spelled out so that both hooks see their values; in float32 (as F.layer_norm
+        computes internally, and as TransformerLens does) and cast back to the input dtype."""
+        in_dtype = x.dtype
+        x = x.float() if in_dtype not in (torch.float32, torch.float64) else x
+        centred = x - x.mean(-1, keepdim=True)
+        scale = self.hook_scale((centred.pow(2).mean(-1, keepdim=True) + self.eps).sqrt())
+        normalized = self.hook_normalized(centred / scale)
+        y = normalized * self.weight
         if self.bias is not None:
             y = y + self.bias
-        return self.hook_normalized(y)
+        return y.to(in_dtype)
 
 
 class MLP(nn.Module):

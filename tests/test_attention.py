@@ -276,7 +276,8 @@ def test_gate_is_hooked_and_multiplies_z_before_the_output_projection(models):
     attn = model.blocks[1].attn
     gate = cache["blocks.1.attn.hook_gate"]
     assert gate.shape == (2, 8, CFG["n_head"], CFG["n_embd"] // CFG["n_head"])
-    x = cache["blocks.1.ln1.hook_normalized"]
+    ln1 = model.blocks[1].ln1  # hook_normalized is before the LayerNorm's gain and bias, as in TransformerLens
+    x = cache["blocks.1.ln1.hook_normalized"] * ln1.weight + ln1.bias
     assert torch.allclose(gate, torch.sigmoid(attn.c_gate(x)).view_as(gate), atol=1e-6)
     gated_z = (cache["blocks.1.attn.hook_z"] * gate).reshape(2, 8, CFG["n_embd"])
     assert torch.allclose(cache["blocks.1.hook_attn_out"], attn.c_proj(gated_z), atol=1e-5)

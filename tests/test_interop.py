@@ -15,7 +15,6 @@ from model import GPT, GPTConfig
 from model.interop import from_hf, to_hf, to_transformer_lens
 
 V, N_CTX = 211, 32
-HOOKS = ["hook_resid_pre", "attn.hook_pattern", "attn.hook_z", "mlp.hook_post", "hook_resid_post"]
 
 
 def perturb(model: torch.nn.Module, scale: float = 0.3) -> None:
@@ -107,17 +106,87 @@ def test_only_standard_attention_crosses_over(kind):
             convert(g)
 
 
-def test_bridge_logits_and_activations_equal_ours(gpt, bridge, tokens):
+def max_diff_masked(a: torch.Tensor, b: torch.Tensor) -> float:
+    """max |a - b| where -inf/inf (masked attention scores) must sit in the same places with the
+    same sign in both; inf if they do not."""
+    a, b = a.detach().float(), b.detach().float()
+    if not torch.equal(torch.isinf(a), torch.isinf(b)) or not torch.equal(a[torch.isinf(a)], b[torch.isinf(b)]):
+        return float("inf")
+    finite = torch.isfinite(a)
+    if torch.isnan(a).any() or torch.isnan(b).any():
+        return float("inf")
+    return (a[finite] - b[finite]).abs().max().item() if finite.any() else 0.0
+
+
+@pytest.fixture(scope="module")
+def both_caches(gpt, tokens):
+    """Our cache and the bridge's on the same tokens; the bridge with per-head results switched on
+    (off by default in TransformerLens), so `attn.hook_result` is compared too. A bridge of its
+    own, so the shared `bridge` fixture keeps TransformerLens' defaults."""
+    bridge = to_transformer_lens(gpt)
+    bridge.set_use_attn_result(True)
     ours_logits, ours = gpt.run_with_cache(tokens)
     tl_logits, theirs = bridge.run_with_cache(tokens)
+    return ours_logits, ours, tl_logits, theirs
+
+
+def test_bridge_logits_equal_ours(gpt, bridge, tokens, both_caches):
+    ours_logits, _, tl_logits, _ = both_caches
     assert max_diff(tl_logits, ours_logits) <= 1e-4
     with torch.no_grad():
         assert max_diff(bridge(tokens), ours_logits) <= 1e-4
-    for layer in range(gpt.cfg.n_layer):
-        for hook in HOOKS:
-            name = f"blocks.{layer}.{hook}"
-            assert theirs[name].shape == ours[name].shape, name
-            assert max_diff(theirs[name], ours[name]) <= 1e-4, name
+
+
+def test_every_hook_we_share_with_the_bridge_holds_the_same_values(gpt, both_caches):
+    """Every hook name our model and TransformerBridge both cache, not a sample: same shape, and
+    values within 1e-4 (masked attention scores: -inf in the same places)."""
+    _, ours, _, theirs = both_caches
+    shared = sorted(set(ours.keys()) & set(theirs.keys()))
+    only_ours = sorted(set(ours.keys()) - set(theirs.keys()))
+    only_theirs = sorted(set(theirs.keys()) - set(ours.keys()))
+    print(f"{len(shared)} shared hook names; only ours: {only_ours}; only the bridge's: {only_theirs}")
+    # every hook point we define is one the bridge has (and so is compared below)
+    assert set(gpt.hook_dict) <= set(shared), f"hooks of ours the bridge does not cache: {only_ours}"
+    per_block = {n.split(".", 2)[2] for n in gpt.hook_dict if n.startswith("blocks.0.")}
+    assert len(per_block) >= 18 and len(shared) >= 4 + 18 * gpt.cfg.n_layer
+    bad = {}
+    for name in shared:
+        if ours[name].shape != theirs[name].shape:
+            bad[name] = f"shape {tuple(ours[name].shape)} vs {tuple(theirs[name].shape)}"
+            continue
+        d = max_diff_masked(ours[name], theirs[name])
+        if not d <= 1e-4:
+            bad[name] = f"max abs diff {d:.3g}"
+    assert not bad, f"hooks that differ from TransformerBridge's: {bad}"
+
+
+def test_layernorm_hooks_are_before_the_affine_transform_as_in_transformer_lens(gpt, both_caches):
+    """The issue's case: ln hook_normalized is (x - mean) / scale, which TransformerLens code (logit
+    lens, direct logit attribution) relies on, not the post-gain-and-bias output."""
+    _, ours, _, theirs = both_caches
+    x = ours[f"blocks.{gpt.cfg.n_layer - 1}.hook_resid_post"]
+    centred = x - x.mean(-1, keepdim=True)
+    expected = centred / (centred.pow(2).mean(-1, keepdim=True) + gpt.cfg.ln_eps).sqrt()
+    assert max_diff(theirs["ln_final.hook_normalized"], expected) <= 1e-5
+    assert max_diff(ours["ln_final.hook_normalized"], expected) <= 1e-5
+    post_affine = expected * gpt.ln_final.weight + gpt.ln_final.bias
+    assert max_diff(ours["ln_final.hook_normalized"], post_affine) > 0.1  # the gains were perturbed
+
+
+def test_an_edit_of_hook_normalized_has_the_same_effect_on_both(gpt, bridge, tokens):
+    """TransformerLens: output = hook_normalized * w + b, so an edit of the hook reaches the logits."""
+    def double_dim_3(x, hook):
+        x = x.clone()
+        x[..., 3] = 2.0 * x[..., 3]
+        return x
+
+    hooks = [("ln_final.hook_normalized", double_dim_3), ("blocks.1.ln2.hook_normalized", double_dim_3)]
+    with torch.no_grad():
+        plain = gpt(tokens)
+        ours = gpt.run_with_hooks(tokens, fwd_hooks=hooks)
+        theirs = bridge.run_with_hooks(tokens, fwd_hooks=hooks)
+    assert max_diff(ours, plain) > 1e-2  # the edit does something
+    assert max_diff(theirs, ours) <= 1e-4
 
 
 def test_bridge_cfg_and_head_ablation_agree_with_ours(gpt, bridge, tokens):

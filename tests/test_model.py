@@ -188,6 +188,91 @@ def test_hook_values_mean_what_transformer_lens_says(gpt, tokens):
     assert torch.allclose(cache["blocks.1.mlp.hook_post"], F.gelu(cache["blocks.1.mlp.hook_pre"], approximate="tanh"))
 
 
+def by_hand_layer_norm(x: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scale [..,1], normalized) as TransformerLens defines them, in float64."""
+    x = x.double()
+    centred = x - x.mean(-1, keepdim=True)
+    scale = (centred.pow(2).mean(-1, keepdim=True) + eps).sqrt()
+    return scale, centred / scale
+
+
+def test_layernorm_hooks_hold_the_values_before_the_affine_transform(gpt, tokens):
+    """hook_normalized is (x - mean) / scale, before weight and bias (TransformerLens'
+    convention), for ln1, ln2 and ln_final; and normalized * w + b is what the next layer reads."""
+    _, cache = gpt.run_with_cache(tokens)
+    eps, last = gpt.cfg.ln_eps, gpt.cfg.n_layer - 1
+    inputs = {"blocks.0.ln1": cache["blocks.0.hook_resid_pre"], "blocks.1.ln2": cache["blocks.1.hook_resid_mid"],
+              "ln_final": cache[f"blocks.{last}.hook_resid_post"]}
+    for prefix, x in inputs.items():
+        scale, normalized = by_hand_layer_norm(x, eps)
+        assert (cache[f"{prefix}.hook_scale"].double() - scale).abs().max().item() <= 1e-6, prefix
+        assert (cache[f"{prefix}.hook_normalized"].double() - normalized).abs().max().item() <= 1e-5, prefix
+    ln2, mlp = gpt.blocks[1].ln2, gpt.blocks[1].mlp
+    mlp_in = cache["blocks.1.ln2.hook_normalized"] * ln2.weight + ln2.bias
+    assert torch.allclose(cache["blocks.1.mlp.hook_pre"], mlp.c_fc(mlp_in), atol=1e-5)
+    # logit lens as TransformerLens code does it: normalized final residual, then gain, bias, W_U
+    ln_f = gpt.ln_final
+    logits = (cache["ln_final.hook_normalized"] * ln_f.weight + ln_f.bias) @ gpt.wte.weight.T
+    assert torch.allclose(logits, gpt(tokens), atol=1e-4)
+
+
+@pytest.mark.parametrize("hooked", ["hook_normalized", "hook_scale", "both"])
+def test_hooked_layernorm_equals_the_fused_one(hooked):
+    """Observing either hook switches to the spelled-out LayerNorm; its output stays within 1e-6 of
+    F.layer_norm, and the hooks see the TransformerLens values."""
+    seed = 7
+    gen = torch.Generator().manual_seed(seed)
+    ln = GPT(GPTConfig(**CFG)).ln_final
+    with torch.no_grad():
+        ln.weight.copy_(1 + 0.5 * torch.randn(ln.weight.shape, generator=gen))
+        ln.bias.copy_(0.5 * torch.randn(ln.bias.shape, generator=gen))
+    x = 3.0 * torch.randn(B, P, CFG["n_embd"], generator=gen) + 1.5
+    seen = {}
+    names = ["hook_normalized", "hook_scale"] if hooked == "both" else [hooked]
+    for name in names:
+        getattr(ln, name).add_hook(lambda t, hook, name=name: seen.__setitem__(name, t.detach().clone()))
+    try:
+        out = ln(x)
+    finally:
+        ln.hook_normalized.remove_hooks(), ln.hook_scale.remove_hooks()
+    fused = F.layer_norm(x, (CFG["n_embd"],), ln.weight, ln.bias, ln.eps)
+    assert (out - fused).abs().max().item() <= 1e-6, f"seed {seed}"
+    scale, normalized = by_hand_layer_norm(x, ln.eps)
+    if "hook_scale" in seen:
+        assert (seen["hook_scale"].double() - scale).abs().max().item() <= 1e-6, f"seed {seed}"
+    if "hook_normalized" in seen:
+        assert (seen["hook_normalized"].double() - normalized).abs().max().item() <= 1e-6, f"seed {seed}"
+    assert set(seen) == set(names)
+
+
+def test_editing_layernorm_hooks_changes_the_output_as_in_transformer_lens(gpt, tokens):
+    """output = hook_normalized * w + b, and hook_normalized = centred / hook_scale: an edit of
+    either one reaches the output exactly that way."""
+    ln = gpt.blocks[0].ln1
+    x = torch.randn(B, P, CFG["n_embd"], generator=torch.Generator().manual_seed(3))
+    scale, normalized = by_hand_layer_norm(x, ln.eps)
+    w, b = ln.weight.double(), ln.bias.double()
+    with torch.no_grad():
+        with gpt.hooks(fwd_hooks=[("blocks.0.ln1.hook_normalized", lambda t, hook: t.flip(-1))]):
+            flipped = ln(x)
+        with gpt.hooks(fwd_hooks=[("blocks.0.ln1.hook_scale", lambda t, hook: 2.0 * t)]):
+            halved = ln(x)
+    assert (flipped.double() - (normalized.flip(-1) * w + b)).abs().max().item() <= 1e-5
+    assert (halved.double() - (normalized / 2 * w + b)).abs().max().item() <= 1e-5
+
+
+def test_backward_hooks_on_layernorm_fire(gpt, tokens):
+    """A backward-only hook must also take the path that calls the hook point."""
+    grads = []
+    gpt.add_hook("blocks.1.ln2.hook_normalized", lambda g, hook: grads.append(g.detach()), dir="bwd")
+    try:
+        gpt(tokens).sum().backward()
+    finally:
+        gpt.reset_hooks(including_permanent=False)
+        gpt.zero_grad(set_to_none=True)
+    assert len(grads) == 1 and grads[0].shape == (B, P, CFG["n_embd"]) and grads[0].abs().sum() > 0
+
+
 def test_activation_cache_helpers_work(gpt, tokens):
     """TransformerLens' ActivationCache reads our cfg (n_layers, n_heads, ...)."""
     _, cache = gpt.run_with_cache(tokens)

@@ -6,15 +6,17 @@ and writes, and tells the others whether setup worked so that none of them waits
 """
 from __future__ import annotations
 
+import gc
 import os
 import sys
 import time
+from datetime import timedelta
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 
-from model.checkpoint import has_state, read_json, read_jsonl, remove_partial_checkpoints, write_json_atomic
+from model.checkpoint import CheckpointError, has_state, read_json, read_jsonl, remove_partial_checkpoints, write_json_atomic
 from model.config import GPTConfig
 
 from .args import BadInput, TrainArgs, requested, resolve
@@ -63,6 +65,50 @@ def start_distributed(d: Dist, device: torch.device) -> None:
     dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
 
 
+# How long a rank that failed waits at the closing barrier for the others before it gives up and
+# tears down anyway (a rank that failed alone may leave the others inside a collective).
+FAILED_BARRIER_TIMEOUT = timedelta(seconds=30)
+
+
+def stop_distributed(device: torch.device, ok: bool) -> None:
+    """Leave the process group together, then destroy it, on every rank and every path.
+
+    A rank that destroys its group and exits while another still works (rank 0 writes the last
+    checkpoint and run.json after the final step) tears down gloo under a live peer; with the DDP
+    Reducer still alive (it sits in a reference cycle, so it outlives the Trainer until some
+    garbage collection, often at interpreter shutdown) gloo's threads are then destroyed during
+    finalization and the process dies with "terminate called without an active exception"
+    (SIGABRT). So: the caller has already released DDP (release_ddp); every rank meets at a
+    barrier; then each destroys the group while the interpreter is fully alive. After a failure
+    the barrier is gloo's monitored_barrier with a timeout, so a rank that failed alone does not
+    wait forever for ranks stuck in a collective (torchrun stops those once this one exits)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    try:
+        if ok and device.type == "cuda":
+            dist.barrier(device_ids=[device.index])
+        elif ok:
+            dist.barrier()
+        elif dist.get_backend() == "gloo":
+            dist.monitored_barrier(timeout=FAILED_BARRIER_TIMEOUT)
+    except Exception as e:  # a peer that is gone or stuck: still tear down our side
+        if ok:
+            print(f"warning: ranks did not meet at the end of training ({type(e).__name__}: {e}).",
+                  file=sys.stderr)
+    finally:
+        dist.destroy_process_group()
+
+
+def release_ddp(trainer: Trainer | None) -> None:
+    """Free the DistributedDataParallel wrapper (and its Reducer, which holds the process group and
+    the last step's communication work) now, before the group is destroyed, not whenever the
+    garbage collector next runs: DDP sits in a reference cycle, so dropping the last reference
+    does not free it by itself."""
+    if trainer is not None and trainer.model is not trainer.raw:
+        trainer.model = trainer.raw
+        gc.collect()
+
+
 def share_outcome(d: Dist, error: str | None) -> None:
     """Rank 0 tells every rank whether setup failed, so they stop together with the same message."""
     if d.world > 1:
@@ -109,6 +155,17 @@ def train(explicit: dict, resume: bool, d: Dist) -> int:
     check_source(args)
     set_threads(args, args.n_embd or GPTConfig.preset(args.preset).n_embd, d, device)
     start_distributed(d, device)
+    ok = False
+    try:
+        status = train_started(out, args, stored, d, device)
+        ok = True
+        return status
+    finally:
+        stop_distributed(device, ok)
+
+
+def train_started(out: Path, args: TrainArgs, stored: dict | None, d: Dist, device: torch.device) -> int:
+    """Everything after the process group is up: setup on rank 0, then the loop on every rank."""
     error, cfg = None, None
     if d.main:
         try:
@@ -119,6 +176,7 @@ def train(explicit: dict, resume: bool, d: Dist) -> int:
     if cfg is None:
         cfg = GPTConfig.from_dict(read_json(out / RUN_JSON)["model"])
     t0 = time.time()
+    trainer = None
     try:
         trainer = Trainer(out, args, cfg, device, d)
         fresh = not has_state(out)
@@ -136,6 +194,8 @@ def train(explicit: dict, resume: bool, d: Dist) -> int:
             except OSError:
                 pass  # the full disk that stopped the run refuses this write too; run.json stays whole
         raise
+    finally:
+        release_ddp(trainer)
     if d.main:
         set_status(out, "complete")
         report(out, time.time() - t0)
@@ -172,6 +232,9 @@ def main(argv: list[str] | None = None) -> int:
     except BadInput as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except CheckpointError as e:  # e.g. --resume of a run whose state or run.json was damaged or edited
+        print(f"error: {e.path}: {e.problem}; the run cannot be resumed from it.", file=sys.stderr)
+        return 2
     except SystemExit as e:  # --help
         return int(e.code or 0) if isinstance(e.code, int) or e.code is None else 2
     except OSError as e:  # a full disk, a read-only or vanished folder: not a bug, so no traceback
@@ -179,5 +242,5 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     finally:
         torch.set_num_threads(threads)  # main() may run in-process: leave the caller as it was
-        if dist.is_available() and dist.is_initialized():
+        if dist.is_available() and dist.is_initialized():  # train() stops it; this is a safety net
             dist.destroy_process_group()
