@@ -14,7 +14,7 @@ from typing import Any
 import streamlit as st
 import torch
 
-from model.checkpoint import CheckpointError, META, WEIGHTS, checkpoint_dir, load_checkpoint, read_json
+from model.checkpoint import CheckpointError, META, RUN_FILES, WEIGHTS, checkpoint_dir, load_checkpoint, read_json
 from model.tokenizer import Tokenizer, load_tokenizer
 import probes
 from probes.ablation import generation_hooks
@@ -83,17 +83,30 @@ def data_manifest(run: RunFiles) -> dict:
     return data if isinstance(data, dict) else {}
 
 
+FileKey = tuple[str, int, int]
+CheckpointKey = tuple[FileKey, FileKey, FileKey | None, FileKey | None]
+
+
+def checkpoint_key(run: RunFiles, step: int) -> CheckpointKey:
+    """The versions of every file a checkpoint's verification reads: its meta.json and weights,
+    and the run's vocab.json and data.json (absent: None). A cache keyed on it re-verifies, and
+    reloads, as soon as any of them changes."""
+    folder = checkpoint_dir(run.path, step)
+    optional = [file_key(run.path / name) if (run.path / name).is_file() else None for name in RUN_FILES]
+    return (file_key(folder / META), file_key(folder / WEIGHTS), *optional)
+
+
 @st.cache_data(show_spinner=False, max_entries=1024)
-def _verify(weights_key: tuple[str, int, int], meta_key: tuple[str, int, int]) -> str | None:
-    return verify_checkpoint(Path(weights_key[0]).parent)
+def _verify(key: CheckpointKey) -> str | None:
+    return verify_checkpoint(Path(key[0][0]).parent)
 
 
 def checkpoint_problem(run: RunFiles, step: int) -> str | None:
-    """None when the checkpoint at `step` is intact, else why it is not (hash checked once per
-    file version)."""
+    """None when the checkpoint at `step` is intact, else why it is not (hashes checked once per
+    version of its files)."""
     folder = checkpoint_dir(run.path, step)
     try:
-        return _verify(file_key(folder / WEIGHTS), file_key(folder / META))
+        return _verify(checkpoint_key(run, step))
     except OSError as e:
         return f"{folder}: cannot be read ({e.strerror or e})"
 
@@ -103,18 +116,18 @@ def corrupt_checkpoints(run: RunFiles, steps: list[int]) -> dict[int, str]:
 
 
 @st.cache_resource(show_spinner="Loading checkpoint…", max_entries=6)
-def _load_model(meta_key: tuple[str, int, int]):
-    model, meta = load_checkpoint(Path(meta_key[0]).parent)
+def _load_model(key: CheckpointKey):
+    model, meta = load_checkpoint(Path(key[0][0]).parent)
     return model, meta
 
 
-def _private_model(meta_key: tuple[str, int, int]):
+def _private_model(key: CheckpointKey):
     """The loaded model as a private copy for one computation: every session shares the loaded
     model, and hooks attached to it would fire in every session's forward passes (one user's
     ablation changing another's generation). The copy has its own hook points and the same weight
     tensors, so it costs milliseconds and no memory; a lock around every forward would serialize
     the sessions instead."""
-    return _load_model(meta_key)[0].private_copy()
+    return _load_model(key)[0].private_copy()
 
 
 def load_model(run: RunFiles, step: int):
@@ -124,9 +137,9 @@ def load_model(run: RunFiles, step: int):
         raise CheckpointError(folder, "is not a checkpoint of this run inside the runs folder (missing, or a "
                                       "symlink leading outside it)")
     try:
-        key = file_key(folder / META)
+        key = checkpoint_key(run, step)
     except OSError:
-        raise CheckpointError(folder, "checkpoint folder or its meta.json is missing") from None
+        raise CheckpointError(folder, "checkpoint folder, its meta.json or its weights are missing") from None
     return _load_model(key)
 
 
@@ -152,25 +165,25 @@ def heldout(run: RunFiles, n: int = 16) -> torch.Tensor:
 
 
 @st.cache_data(show_spinner="Ablating…", max_entries=256)
-def _ablation(run_dir: str, step: int, meta_key: tuple[str, int, int], heads: tuple[tuple[int, int], ...],
+def _ablation(run_dir: str, step: int, key: CheckpointKey, heads: tuple[tuple[int, int], ...],
               kind: str, n: int) -> dict[str, float]:
     run = RunFiles(name=Path(run_dir).name, path=Path(run_dir))
-    out = probes.ablate(_private_model(meta_key), heldout(run, n), list(heads), kind=kind)
+    out = probes.ablate(_private_model(key), heldout(run, n), list(heads), kind=kind)
     return {"loss": float(out["loss"]), "delta": float(out["delta"])}
 
 
 def ablation(run: RunFiles, step: int, heads: list[tuple[int, int]], kind: str, n: int = 16) -> dict[str, float]:
     """Held-out loss with `heads` ablated and its change from the clean loss."""
     load_model(run, step)  # raises CheckpointError with the path when the checkpoint is corrupt
-    key = file_key(checkpoint_dir(run.path, step) / META)
+    key = checkpoint_key(run, step)
     return _ablation(str(run.path), step, key, tuple(sorted(heads)), kind, n)
 
 
 @st.cache_data(show_spinner="Generating…", max_entries=256)
-def _generation(run_dir: str, step: int, meta_key: tuple[str, int, int], heads: tuple[tuple[int, int], ...],
+def _generation(run_dir: str, step: int, key: CheckpointKey, heads: tuple[tuple[int, int], ...],
                 kind: str, prompt: str, max_new_tokens: int) -> dict[str, Any]:
     run = RunFiles(name=Path(run_dir).name, path=Path(run_dir))
-    model = _private_model(meta_key)
+    model = _private_model(key)
     tok = tokenizer(run)
     hooks = generation_hooks(model, heads, kind, heldout(run)) if heads else []
     prompt_ids, ids = analysis.greedy_continuation(model, tok, prompt, max_new_tokens, hooks)
@@ -182,16 +195,16 @@ def generation(run: RunFiles, step: int, heads: list[tuple[int, int]], kind: str
     """Greedy continuation of `prompt` with `heads` ablated as `probes.ablation.generation_hooks`
     does it: zero, the held-out mean, or a held-out sequence's z at the same position."""
     load_model(run, step)
-    key = file_key(checkpoint_dir(run.path, step) / META)
+    key = checkpoint_key(run, step)
     return _generation(str(run.path), step, key, tuple(sorted(heads)), kind, prompt, max_new_tokens)
 
 
 @st.cache_data(show_spinner="Computing the attention pattern…", max_entries=256)
-def _pattern(run_dir: str, meta_key: tuple[str, int, int], ids: tuple[int, ...]) -> list:
-    return analysis.attention_patterns(_private_model(meta_key), ids)
+def _pattern(run_dir: str, key: CheckpointKey, ids: tuple[int, ...]) -> list:
+    return analysis.attention_patterns(_private_model(key), ids)
 
 
 def patterns(run: RunFiles, step: int, ids: list[int]) -> list:
     """Attention patterns [layer][head][query][key] of every head on one prompt."""
     load_model(run, step)
-    return _pattern(str(run.path), file_key(checkpoint_dir(run.path, step) / META), tuple(ids))
+    return _pattern(str(run.path), checkpoint_key(run, step), tuple(ids))

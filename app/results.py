@@ -112,6 +112,84 @@ def emergence_rule(summary: Mapping[str, Any] | None, name: str) -> str | None:
     return None
 
 
+def emergence_entry(summary: Mapping[str, Any] | None, name: str) -> Mapping[str, Any] | None:
+    """summary["emergence"][name] when it is an object (a rise found by the summary's rule)."""
+    v = get(summary, f"emergence.{name}") if isinstance(summary, Mapping) else None
+    return v if isinstance(v, Mapping) else None
+
+
+def _num(v: Any) -> float | None:
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+
+
+def rise_caption(entry: Mapping[str, Any] | None, what: str) -> str | None:
+    """One or two sentences on a rise the summary found (induction phase change, copying, head
+    concentration): where (the two checkpoints bracketing it), how large (level before -> after),
+    abrupt or gradual, and when it was not detected, why. None when the entry holds nothing.
+
+    Only says "no ... detected" when the summary itself says detected is False, so the page can
+    never deny a change the rule found."""
+    if not isinstance(entry, Mapping) or entry.get("step") is None:
+        reason = entry.get("reason") if isinstance(entry, Mapping) else None
+        return f"No {what} detected: {reason}." if reason else None
+    before, after, rise = _num(entry.get("before")), _num(entry.get("after")), _num(entry.get("rise"))
+    facts = []
+    if entry.get("from_step") is not None:
+        facts.append(f"between checkpoints {entry['from_step']} and {entry['step']}")
+    if before is not None and after is not None and rise is not None:
+        facts.append(f"level {before:.3f} → {after:.3f} ({rise:+.3f})")
+    elif rise is not None:
+        facts.append(f"rise {rise:+.3f}")
+    text = ": ".join(facts)
+    if entry.get("kind") in ("abrupt", "gradual"):
+        n = entry.get("transition_intervals")
+        span = (f", climbing from step {entry.get('transition_from_step')} to {entry.get('transition_to_step')} "
+                f"({n} checkpoint interval{'s' if n != 1 else ''})") if n is not None else ""
+        text += f"; {entry['kind']}{span}"
+    note = f" Note: {entry['note']}." if entry.get("note") else ""
+    if entry.get("detected") is False:
+        reason = entry.get("reason") or f"below the {entry.get('min_rise')} minimum"
+        return f"No {what} detected: {reason}. The best candidate: step {entry['step']}, {text}.{note}"
+    return f"{what[0].upper()}{what[1:]} at step {entry['step']}" + (f", {text}" if text else "") + f".{note}"
+
+
+def emergence_mark(summary: Mapping[str, Any] | None, name: str, label: str) -> dict[str, int | None]:
+    """{label: step} for a chart's dashed line, the label saying what the line marks: a rise that
+    began after `from_step` and whether it was abrupt ("phase change (abrupt, from step 100)")."""
+    step = emergence_step(summary, name)
+    entry = emergence_entry(summary, name)
+    if step is not None and entry is not None and entry.get("from_step") is not None:
+        kind = f"{entry['kind']}, " if entry.get("kind") in ("abrupt", "gradual") else ""
+        label = f"{label} ({kind}from step {entry['from_step']})"
+    return {label: step}
+
+
+def icl_definition(icl: Any) -> str | None:
+    """What an ICL score result measured, in words: its own `definition`, else one built from the
+    position windows it names ([start, end)), else from its single positions (older files)."""
+    if not isinstance(icl, Mapping):
+        return None
+    if isinstance(icl.get("definition"), str) and icl["definition"]:
+        return icl["definition"]
+    early, late = icl.get("early_positions"), icl.get("late_positions")
+    if all(isinstance(r, (list, tuple)) and len(r) == 2 for r in (early, late)):
+        return (f"mean held-out loss over positions {late[0]}-{int(late[1]) - 1} minus mean over positions "
+                f"{early[0]}-{int(early[1]) - 1}")
+    if icl.get("early_position") is not None and icl.get("late_position") is not None:
+        return f"held-out loss near position {icl['late_position']} minus near position {icl['early_position']}"
+    return None
+
+
+def icl_label(icl: Any) -> str:
+    """Short legend name for the ICL curve naming the averaged positions, e.g.
+    "ICL score (loss at 118–127 − 45–54)"."""
+    early = icl.get("early_positions") if isinstance(icl, Mapping) else None
+    late = icl.get("late_positions") if isinstance(icl, Mapping) else None
+    if all(isinstance(r, (list, tuple)) and len(r) == 2 for r in (early, late)):
+        return f"ICL score (loss at {late[0]}–{int(late[1]) - 1} − {early[0]}–{int(early[1]) - 1})"
+    return "ICL score (loss late − early)"
+
+
 def repeated_ngram_mask(tokens: Sequence[int], n: int = 4) -> list[bool]:
     """True for every token inside an n-gram that already occurred earlier in the sequence.
 

@@ -7,6 +7,9 @@ from typing import Any
 # Attention kinds the model knows. model.attention registers the implementations; the names are
 # listed here so that a config can be validated without importing torch modules.
 ATTENTION_KINDS = ("standard", "gated", "linear")
+# MLP activations, by Hugging Face's names: GPT-2's tanh-approximated GELU, and the exact (erf) GELU
+# that nanoGPT's model.py uses, so its checkpoints import with identical logits.
+ACTIVATIONS = ("gelu_new", "gelu")
 
 PRESETS: dict[str, dict[str, Any]] = {
     # CPU demo: small enough to train in minutes; the vocab is a compact one built from the corpus
@@ -34,6 +37,7 @@ class GPTConfig:
     attention: str = "standard"
     ln_eps: float = 1e-5
     tie_embeddings: bool = True
+    activation: str = "gelu_new"
 
     def __post_init__(self) -> None:
         self.validate()
@@ -55,6 +59,8 @@ class GPTConfig:
             raise ValueError(
                 f"GPTConfig.attention must be one of {', '.join(ATTENTION_KINDS)}, got {self.attention!r}."
             )
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"GPTConfig.activation must be one of {', '.join(ACTIVATIONS)}, got {self.activation!r}.")
         if isinstance(self.ln_eps, bool) or not isinstance(self.ln_eps, (int, float)) or not (0 < self.ln_eps < float("inf")):
             raise ValueError(f"GPTConfig.ln_eps must be a positive finite number, got {self.ln_eps!r}.")
         for name in ("bias", "tie_embeddings"):

@@ -48,8 +48,9 @@ def require_standard(gpt: GPT, target: str) -> None:
 def config_from_hf(hf_config: Any) -> GPTConfig:
     """Our config for an HF GPT2Config, refusing the GPT-2 options we do not implement."""
     act = getattr(hf_config, "activation_function", "gelu_new")
-    if act not in TANH_GELUS:
-        raise ValueError(f"activation_function {act!r} is not supported; GPT-2 uses one of {', '.join(TANH_GELUS)}.")
+    if act not in TANH_GELUS + ("gelu",):
+        raise ValueError(f"activation_function {act!r} is not supported; GPT-2 uses one of {', '.join(TANH_GELUS)} "
+                         "(or the exact 'gelu').")
     n_inner = getattr(hf_config, "n_inner", None)
     if n_inner not in (None, 4 * hf_config.n_embd):
         raise ValueError(f"n_inner={n_inner} is not supported; the MLP must be 4 x n_embd = {4 * hf_config.n_embd}.")
@@ -63,6 +64,7 @@ def config_from_hf(hf_config: Any) -> GPTConfig:
         n_ctx=hf_config.n_positions, vocab_size=hf_config.vocab_size, dropout=0.0, bias=True,
         attention="standard", ln_eps=float(hf_config.layer_norm_epsilon),
         tie_embeddings=bool(getattr(hf_config, "tie_word_embeddings", True)),
+        activation="gelu" if act == "gelu" else "gelu_new",
     )
 
 
@@ -94,7 +96,7 @@ def hf_config_for(cfg: GPTConfig) -> Any:
     eot = cfg.vocab_size - 1  # <|endoftext|> is the last id in both the GPT-2 and compact vocabs
     return GPT2Config(
         vocab_size=cfg.vocab_size, n_positions=cfg.n_ctx, n_embd=cfg.n_embd, n_layer=cfg.n_layer,
-        n_head=cfg.n_head, n_inner=None, activation_function="gelu_new", resid_pdrop=cfg.dropout,
+        n_head=cfg.n_head, n_inner=None, activation_function=cfg.activation, resid_pdrop=cfg.dropout,
         embd_pdrop=cfg.dropout, attn_pdrop=cfg.dropout, layer_norm_epsilon=cfg.ln_eps,
         tie_word_embeddings=cfg.tie_embeddings, bos_token_id=eot, eos_token_id=eot,
     )

@@ -56,12 +56,14 @@ class LayerNorm(nn.Module):
 
 
 class MLP(nn.Module):
-    """Position-wise 4x MLP with tanh-GELU (GPT-2's `gelu_new`)."""
+    """Position-wise 4x MLP with tanh-GELU (GPT-2's `gelu_new`), or the exact GELU when the config
+    says `activation="gelu"` (nanoGPT's)."""
 
     def __init__(self, cfg: GPTConfig):
         super().__init__()
         self.c_fc = nn.Linear(cfg.n_embd, cfg.d_mlp, bias=cfg.bias)
         self.c_proj = nn.Linear(cfg.d_mlp, cfg.n_embd, bias=cfg.bias)
+        self.approximate = "tanh" if cfg.activation == "gelu_new" else "none"
         self.c_proj.residual_projection = True  # scaled init, see GPT._init_weights
         self.dropout = nn.Dropout(cfg.dropout)
         self.hook_pre = HookPoint()
@@ -69,7 +71,7 @@ class MLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         pre = self.hook_pre(self.c_fc(x))
-        post = self.hook_post(F.gelu(pre, approximate="tanh"))
+        post = self.hook_post(F.gelu(pre, approximate=self.approximate))
         return self.dropout(self.c_proj(post))
 
 

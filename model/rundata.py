@@ -8,6 +8,11 @@ Layout (see model.checkpoint for the rest of a run):
     runs/<name>/data/train.bin       uint16/uint32 tokens (model ids) of the training split
     runs/<name>/data/val.bin         the held-out split
 
+A run imported from elsewhere (`python -m train.importer`) has data.json "training_data":
+"unknown": its data/ holds only held-out probe text (an empty training split), its global batch
+is null, and which sequences its training saw cannot be known, so nothing may be computed from
+`seen_chunk_ids` for it (see `training_data_known`).
+
 Training sample g (0-based, counted over the whole run in global-batch order) is chunk
 `epoch_order(seed, n_chunks, g // n_chunks)[g % n_chunks]`; chunk c is tokens
 [c*chunk_len, (c+1)*chunk_len + 1) (inputs plus the shifted targets). Optimizer step s (1-based)
@@ -39,14 +44,24 @@ def read_data_meta(run_dir: str | os.PathLike) -> dict:
     return meta
 
 
+def training_data_known(meta: dict) -> bool:
+    """False for an imported run, whose training data (and so every "seen" sequence and canary)
+    is unknown: data.json says "training_data": "unknown"."""
+    return meta.get("training_data") != "unknown"
+
+
 def load_tokens(run_dir: str | os.PathLike, split: str, meta: dict | None = None) -> np.ndarray:
-    """Memory-mapped tokens of one split (read-only)."""
+    """Memory-mapped tokens of one split (read-only). An empty split (an imported run has no
+    training tokens) is an empty array: numpy cannot map an empty file."""
     meta = meta or read_data_meta(run_dir)
     path = token_path(run_dir, split)
     dtype = np.dtype(meta.get("dtype", "uint16"))
     if not path.exists():
         raise CheckpointError(path, "token file is missing")
-    arr = np.memmap(path, dtype=dtype, mode="r")
+    if path.stat().st_size == 0:
+        arr = np.zeros(0, dtype=dtype)
+    else:
+        arr = np.memmap(path, dtype=dtype, mode="r")
     expected = meta.get(f"n_{split}_tokens")
     if expected is not None and len(arr) != int(expected):
         raise CheckpointError(path, f"holds {len(arr)} tokens, data.json says {expected}")
@@ -83,7 +98,10 @@ def get_chunks(tokens: np.ndarray, ids: np.ndarray, chunk_len: int) -> np.ndarra
 
 
 def seen_chunk_ids(meta: dict, step: int) -> np.ndarray:
-    """Sorted unique training chunk ids seen by optimizer step `step` (none at step 0)."""
+    """Sorted unique training chunk ids seen by optimizer step `step` (none at step 0). ValueError
+    for an imported run, whose training data is unknown: no answer would be true."""
+    if not training_data_known(meta):
+        raise ValueError("the run was imported: which training sequences it saw is unknown.")
     n = n_chunks(meta["n_train_tokens"], meta["chunk_len"])
     stop = min(int(step) * int(meta["global_batch"]), n * 1_000_000)
     if stop <= 0:

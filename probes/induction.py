@@ -14,8 +14,8 @@ from .attention import HeldoutPatternStats
 from .forward import model_device, pattern_name, shape_of, token_losses
 from .metrics import duplicate_token_score, induction_score, previous_token_score
 
-ICL_EARLY, ICL_LATE = 50, 500  # Olsson et al.: loss at token 500 minus loss at token 50
-ICL_WINDOW = 10  # positions averaged at each end: a few dozen sequences are too few for single tokens
+ICL_EARLY, ICL_LATE = 50, 500  # Olsson et al.: loss at token 500 minus loss at token 50 ...
+ICL_WINDOW = 10  # ... here a mean over this many positions at each end (a few dozen sequences: too noisy per token)
 
 
 @torch.no_grad()
@@ -52,12 +52,16 @@ def icl_positions(n_positions: int) -> tuple[int, int]:
 
 
 def icl_score(position_losses: torch.Tensor, window: int = ICL_WINDOW) -> dict:
-    """Mean loss at the late position minus mean loss at the early one (Olsson et al. 2022),
-    from [N, P] per-position held-out losses (position i predicts token i+1 from tokens 0..i).
-    Negative when later tokens are predicted better, i.e. the model uses its context.
+    """The in-context-learning score after Olsson et al. (2022), from [N, P] per-position held-out
+    losses (position i predicts token i+1 from tokens 0..i): the mean loss over the late window
+    minus the mean over the early one, all sequences pooled. Negative when later tokens are
+    predicted better, i.e. the model uses its context.
 
-    Each end averages `window` positions (early: centred on it, late: ending at it) over all
-    sequences: with a few dozen held-out sequences a single position is too noisy."""
+    Olsson et al. subtract single positions (500 and 50); with a few dozen held-out sequences a
+    single position is too noisy, so each end averages `window` positions: the early window is
+    centred on `early_position`, the late one ends at `late_position`. The windows are returned
+    as [start, end) in early_positions / late_positions, and `definition` says it in words, so no
+    reader mistakes the score for "position 127 minus position 50"."""
     P = position_losses.shape[1]
     early, late = icl_positions(P)
     w = max(1, min(window, late - early))
@@ -65,11 +69,18 @@ def icl_score(position_losses: torch.Tensor, window: int = ICL_WINDOW) -> dict:
     early_range, late_range = (e0, e0 + w), (late - w + 1, late + 1)
     e = float(position_losses[:, early_range[0]:early_range[1]].double().mean())
     l = float(position_losses[:, late_range[0]:late_range[1]].double().mean())
-    return {"value": l - e, "early_position": early, "late_position": late,
+    return {"value": l - e, "definition": icl_definition(early_range, late_range),
+            "early_position": early, "late_position": late,
             "early_positions": list(early_range), "late_positions": list(late_range),
             "early_loss": e, "late_loss": l, "n_sequences": int(position_losses.shape[0]),
-            "note": None if late == ICL_LATE else f"the context has {P} positions, so position {late} "
-                                                   f"stands in for {ICL_LATE}"}
+            "note": None if late == ICL_LATE else f"the context has {P} positions, so the late window ends at "
+                                                   f"position {late} instead of {ICL_LATE}"}
+
+
+def icl_definition(early_range: tuple[int, int], late_range: tuple[int, int]) -> str:
+    """The ICL score in words, naming exactly which positions each mean covers."""
+    return (f"mean held-out loss over positions {late_range[0]}-{late_range[1] - 1} minus mean over positions "
+            f"{early_range[0]}-{early_range[1] - 1} (position i predicts token i+1)")
 
 
 def induction_result(model: Any, random_tokens: torch.Tensor, period: int, stats: HeldoutPatternStats,

@@ -5,6 +5,10 @@ checkpoint of a run sees exactly the same held-out text, prompts and random toke
 are comparable along training. The one input that depends on the checkpoint is the set of
 training sequences it had seen, which `ProbeInputs.seen(step)` computes with
 `model.rundata.seen_chunk_ids`, the same function training draws its batches with.
+
+An imported run (`python -m train.importer`) has held-out text only: its training data is unknown,
+so it has no seen sequences and no canaries (reported as unknown, never computed on stand-in
+data), and the frequent tokens the random-token inputs are drawn from come from its held-out text.
 """
 from __future__ import annotations
 
@@ -16,7 +20,7 @@ import numpy as np
 import torch
 
 from model.checkpoint import CheckpointError, read_json
-from model.rundata import get_chunks, load_tokens, n_chunks, read_data_meta, seen_chunk_ids
+from model.rundata import get_chunks, load_tokens, n_chunks, read_data_meta, seen_chunk_ids, training_data_known
 from model.tokenizer import Tokenizer, load_tokenizer
 
 # Fixed prompts for the repetition probe. Each is 6 GPT-2 tokens (and so 6 compact-vocab tokens),
@@ -191,14 +195,27 @@ class ProbeInputs:
     def memorization_heldout(self) -> torch.LongTensor:
         return self.heldout[: self.sizes.n_memorization]
 
-    def tokens_seen(self, step: int) -> int:
-        return int(step) * int(self.data_meta.get("global_batch", 0)) * self.chunk_len
+    @property
+    def training_data_known(self) -> bool:
+        """False for an imported run: which sequences its training saw is unknown."""
+        return training_data_known(self.data_meta)
+
+    def tokens_seen(self, step: int) -> int | None:
+        """Training tokens consumed by `step`; None when the run does not know (an imported run,
+        whose checkpoint meta may still say, see probes.runner)."""
+        batch = self.data_meta.get("global_batch")
+        if not self.training_data_known or batch is None:
+            return None
+        return int(step) * int(batch) * self.chunk_len
 
     def seen(self, step: int) -> torch.LongTensor:
         """Up to n_memorization training sequences that training had consumed by `step`,
         [n, chunk_len + 1]. They are the seen chunks that come first in one fixed seeded order, so
         neighbouring checkpoints share most of them and, once training has seen enough, every
-        checkpoint is scored on the same ones. Empty at step 0."""
+        checkpoint is scored on the same ones. Empty at step 0, and for an imported run (check
+        `training_data_known`: there "empty" means unknown, not none)."""
+        if not self.training_data_known:
+            return torch.zeros((0, self.chunk_len + 1), dtype=torch.long)
         ids = seen_chunk_ids(self.data_meta, int(step))
         if len(ids) == 0:
             return torch.zeros((0, self.chunk_len + 1), dtype=torch.long)
@@ -252,9 +269,12 @@ def probe_inputs(run_dir: str | os.PathLike, sizes: ProbeSizes | None = None,
         raise ValueError(f"{run_dir} has only {len(heldout)} held-out sequence; probes need at least 2.")
     train = load_tokens(run_dir, "train", meta)
     exclude = {tokenizer.eot_id} | ({tokenizer.unk_id} if tokenizer.unk_id is not None else set())
-    frequent = frequent_tokens(train, tokenizer.vocab_size, exclude, sizes.n_frequent, sizes.count_tokens)
+    # An imported run has no training tokens: its held-out text is the best sample of its language.
+    source = train if training_data_known(meta) else val
+    frequent = frequent_tokens(source, tokenizer.vocab_size, exclude, sizes.n_frequent, sizes.count_tokens)
     if len(frequent) == 0:
-        raise ValueError(f"{run_dir} has an empty training split; nothing to draw random tokens from.")
+        split = "training" if source is train else "held-out"
+        raise ValueError(f"{run_dir} has an empty {split} split; nothing to draw random tokens from.")
     period = max(2, min(sizes.random_period, (min(n_ctx, chunk_len) - 1) // 2))
     return ProbeInputs(
         run_dir=run_dir, seed=seed, data_meta=meta, sizes=sizes, n_ctx=n_ctx, heldout=heldout,

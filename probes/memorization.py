@@ -1,6 +1,10 @@
 """Memorization probe: Pythia-style extraction of training sequences the checkpoint had seen,
 the same on held-out sequences as the control, canary extraction and exposure per duplication
 count, and the train/held-out loss gap.
+
+For an imported run the training data is unknown, so the seen-sequence scores, the loss gap and
+the canaries are reported as unknown (null, with "training_data": "unknown" and a note saying
+so), never computed on stand-in text; the held-out scores are measured as for any run.
 """
 from __future__ import annotations
 
@@ -15,6 +19,9 @@ from .metrics import exposure, extrapolated_exposure, memorization_score
 
 EXTRACTED = 1.0       # a sequence is memorized / a canary extracted when every suffix token matches
 N_EXAMPLES = 3        # memorized training sequences kept as text for the app
+UNKNOWN_NOTE = ("This run was imported: its training data is unknown, so which sequences it had seen, "
+                "their memorization and loss gap, and any canaries are unknown and not measured; only "
+                "held-out text is scored.")
 
 
 def split_lengths(row_len: int, n_ctx: int, prefix: int, suffix: int) -> tuple[int, int]:
@@ -135,6 +142,8 @@ def memorization_result(model: Any, tokenizer: Any, inputs: ProbeInputs, step: i
                         heldout_losses: torch.Tensor) -> dict:
     """The `memorization` entry of a result file. `heldout_losses` [N, P] are the per-position
     losses of inputs.memorization_heldout (shared with other probes)."""
+    if not inputs.training_data_known:
+        return unknown_training_result(model, inputs, heldout_losses)
     seen = inputs.seen(step)
     held = inputs.memorization_heldout
     prefix, suffix = split_lengths(held.shape[1], inputs.n_ctx, inputs.sizes.prefix_len, inputs.sizes.suffix_len)
@@ -154,4 +163,23 @@ def memorization_result(model: Any, tokenizer: Any, inputs: ProbeInputs, step: i
         "prefix_len": prefix, "suffix_len": suffix,
         "canaries": canary_results(model, tokenizer, inputs.canaries),
         "seen_examples": examples,
+    }
+
+
+def unknown_training_result(model: Any, inputs: ProbeInputs, heldout_losses: torch.Tensor) -> dict:
+    """The `memorization` entry of an imported run: held-out scores as usual, and everything that
+    depends on the training data marked unknown (the same keys as a trained run's, so readers
+    need no special case to skip them)."""
+    held = inputs.memorization_heldout
+    prefix, suffix = split_lengths(held.shape[1], inputs.n_ctx, inputs.sizes.prefix_len, inputs.sizes.suffix_len)
+    held_scores, _ = greedy_scores(model, held, prefix, suffix)
+    return {
+        "seen": {"mean_score": None, "memorized_fraction": None, "n": None, "loss": None},
+        "held_out": {**score_summary(held_scores), "loss": float(heldout_losses.double().mean())},
+        "loss_gap": None,
+        "prefix_len": prefix, "suffix_len": suffix,
+        "canaries": [],  # none measured; "training_data" says whether any were planted is unknown
+        "seen_examples": [],
+        "training_data": "unknown",
+        "note": UNKNOWN_NOTE,
     }

@@ -11,7 +11,7 @@ from typing import Any
 
 from model.checkpoint import PROBES, write_json_atomic
 
-from .metrics import first_at_or_above, largest_log_step_rise, sustained_crossing, sustained_fall, sustained_rise
+from .metrics import first_at_or_above, largest_sustained_rise, sustained_crossing, sustained_fall, sustained_rise
 
 SUMMARY_VERSION = 1
 
@@ -20,8 +20,12 @@ THRESHOLDS = {
     "learning_started_loss_drop": 0.1,  # learning has begun once held-out loss is 10% below step 0's
     "persist": 2,                    # ... for this many consecutive checkpoints
     "canary_extracted_fraction": 0.5,  # a canary group counts as extracted at or above this
-    "induction_min_rise": 0.1,       # a phase change needs the best induction score to rise this much
-    "concentration_min_rise": 0.1,   # head-importance concentration needs Gini to rise this much
+    "induction_min_rise": 0.1,       # a phase change needs the best induction score's level to rise this much
+    "concentration_min_rise": 0.1,   # head-importance concentration needs the Gini level to rise this much
+    "rise_sustain_share": 0.75,      # ... and this share of the later checkpoints to keep half the rise
+    "rise_noise_z": 6,               # ... and the rise to be this many noise levels (scaled to the split)
+    "abrupt_max_intervals": 2,       # abrupt = the climb takes at most this many checkpoint intervals
+    "transition_band": 0.2,          # the climb runs from within this share of the rise of one level to the other
     "head_importance_min": 0.02,     # heads "matter" once the top head's zero-ablation loss increase is this (nats)
 }
 
@@ -37,11 +41,30 @@ RULES = {
         "the emergence step where it stays below the threshold for {persist} checkpoints."),
     "induction": (
         "Metric induction.induction.max (best head's diagonal induction score on repeated random "
-        "tokens). Phase change = the consecutive pair of checkpoints with the largest rise per unit "
-        "of log(1 + step); step is the later checkpoint. detected when that rise is >= "
-        "{induction_min_rise}. The ICL score (induction.icl_score.value) before and after is given "
-        "beside it. The same rule is applied separately to the in-distribution copying score "
-        "(induction.in_context_copying.max); the two are never merged."),
+        "tokens). Phase change = a rise of level, found as follows. Each split between two "
+        "consecutive checkpoints (by index, so uneven spacing favours none) describes the series by "
+        "two levels: the median of the values up to the split (before) and after it (after); rise = "
+        "after - before. A split qualifies when rise >= {induction_min_rise}, the rise is sustained "
+        "(at least {rise_sustain_share:.0%} of the checkpoints after the split are >= before + rise/2) "
+        "and it is clear of noise (rise >= {rise_noise_z} x noise x sqrt(1/n_before + 1/n_after), "
+        "noise = the mean absolute deviation of the successive differences from their median, the "
+        "largest left out, x sqrt(pi)/2). detected when one qualifies; the qualifying split whose two "
+        "levels fit the values best (least total absolute deviation; ties: the larger rise, then the "
+        "larger change across the pair, then the earlier) is reported; otherwise the best-fitting "
+        "rising split, with the reason it fails. from_step and step are the two checkpoints "
+        "bracketing the change; before and after are the two levels; jump is the change across the "
+        "pair and rate that per unit of log(1 + step), for reference only. kind is abrupt when the "
+        "climb, from the last checkpoint within {transition_band:.0%} of the rise of the before level "
+        "to the first within "
+        "{transition_band:.0%} of the after level, takes at most {abrupt_max_intervals} checkpoint "
+        "intervals (transition_from_step, transition_to_step), gradual otherwise; a slow ramp whose "
+        "levels differ by at least the minimum is detected and called gradual. note says when a "
+        "level rests on one checkpoint (a jump at the last pair). The ICL score "
+        "(induction.icl_score.value: mean held-out loss over late positions minus over early ones; "
+        "each result names them in early_positions and late_positions, [start, end)) is given beside "
+        "it as medians over the same checkpoints before and after. The same rule is applied "
+        "separately to the in-distribution copying score (induction.in_context_copying.max); the two "
+        "are never merged."),
     "memorization": (
         "Metric memorization.canaries.copies_N.extracted_fraction (fraction of the canaries with N "
         "copies whose 32 greedy tokens after their prefix all match). Onset = the first checkpoint "
@@ -51,9 +74,9 @@ RULES = {
         "Metric head_ablation.gini.zero (Gini coefficient of the zero-ablation loss increases, "
         "negatives clipped to 0), over the checkpoints where heads matter at all (the top head's "
         "loss increase head_ablation.zero.max >= {head_importance_min} nats; below that the Gini of "
-        "near-zero numbers is noise); heads_matter_step is the first of them. Step = the largest "
-        "rise per unit of log(1 + step) among them, as for induction; detected when that rise is "
-        ">= {concentration_min_rise}."),
+        "near-zero numbers is noise); heads_matter_step is the first of them. Among them, the rise "
+        "of level found by the induction rule (two medians per split, sustained, clear of noise, "
+        "best fit, abrupt or gradual), with a minimum rise of {concentration_min_rise}."),
 }
 
 SKIP_KEYS = {"continuations", "seconds", "items", "seen_examples", "sampling", "note", "version", "step",
@@ -153,25 +176,45 @@ def best_head(heads: dict[str, list], key: str, steps: list[int], step: int | No
     return {"layer": layer, "head": head, "score": score}
 
 
+RISE_KEYS = ("step", "from_step", "rise", "rate", "detected", "before", "after", "jump", "reason", "sustained",
+             "kept_share", "noise", "n_before", "n_after", "kind", "abrupt", "transition_from_step",
+             "transition_to_step", "transition_intervals", "note")
+
+
 def rise_emergence(steps: list[int], series: dict[str, list], key: str, min_rise: float) -> dict:
+    """The rule of RULES["induction"] on one series; every key is present (None when the series
+    is missing or never rises), so readers need not guess which ones exist."""
     values = series.get(key)
-    out: dict[str, Any] = {"metric": key, "min_rise": min_rise, "step": None, "from_step": None,
-                           "rise": None, "rate": None, "detected": False, "before": None, "after": None}
-    found = largest_log_step_rise(steps, values) if values else None
+    out: dict[str, Any] = {"metric": key, "min_rise": min_rise, **{k: None for k in RISE_KEYS}}
+    out["detected"] = False
+    found = largest_sustained_rise(
+        steps, values, min_rise, sustain_share=THRESHOLDS["rise_sustain_share"], noise_z=THRESHOLDS["rise_noise_z"],
+        abrupt_max_intervals=THRESHOLDS["abrupt_max_intervals"], band=THRESHOLDS["transition_band"]) if values else None
     if found:
         out.update(found)
-        out["detected"] = found["rise"] >= min_rise
-        out["before"] = value_at(steps, values, found["from_step"])
-        out["after"] = value_at(steps, values, found["step"])
+    else:
+        out["reason"] = "fewer than two values" if len([v for v in values or [] if v is not None]) < 2 \
+            else "the level never rises"
     return out
+
+
+def level(steps: list[int], values: list | None, lo: int | None, hi: int | None) -> float | None:
+    """Median of the known values at steps in [lo, hi] (None bounds: open), or None."""
+    known = sorted(v for s, v in zip(steps, values or []) if v is not None
+                   and (lo is None or s >= lo) and (hi is None or s <= hi))
+    if not known:
+        return None
+    mid = len(known) // 2
+    return known[mid] if len(known) % 2 else (known[mid - 1] + known[mid]) / 2
 
 
 def induction_emergence(steps: list[int], series: dict[str, list], heads: dict[str, list]) -> dict:
     out = rise_emergence(steps, series, "induction.induction.max", THRESHOLDS["induction_min_rise"])
     icl = series.get("induction.icl_score.value")
     out["icl_metric"] = "induction.icl_score.value"
-    out["icl_before"] = value_at(steps, icl, out["from_step"])
-    out["icl_after"] = value_at(steps, icl, out["step"])
+    found = out["step"] is not None
+    out["icl_before"] = level(steps, icl, None, out["from_step"]) if found else None
+    out["icl_after"] = level(steps, icl, out["step"], None) if found else None
     out["icl_change"] = (None if out["icl_before"] is None or out["icl_after"] is None
                          else out["icl_after"] - out["icl_before"])
     out["best_head"] = best_head(heads, "induction.induction", steps, out["step"])

@@ -1,6 +1,6 @@
-"""Runs for the app tests: hand-written probe results with the issue-4 keys, a fake run built
-from random-init checkpoints (fast, exact values known), and the real small run trained once per
-test session with its state variants (empty folder, no checkpoints, probes missing, corrupt
+"""Runs for the app tests: a fake run built from random-init checkpoints (fast, no training) with
+the real probes runner's results, and the real small run trained once per test session with its
+state variants (empty folder, no checkpoints, probes missing, corrupt
 checkpoint). Shared by test_app*.py and test_browser*.py through a per-process cache, so the
 training happens once however many modules use it.
 """
@@ -22,63 +22,35 @@ from model.checkpoint import (append_jsonl, checkpoint_dir, list_checkpoints, sa
 from model.config import GPTConfig
 from model.gpt import GPT
 from model.tokenizer import build_compact_vocab, gpt2_encoding
+import probes
+from probes.inputs import ProbeSizes
 
 STORY = ("Once upon a time, Tom and Mia went to the park. They wave to each other. Tom said, "
          "\"Look, a red ball!\" Mia was happy. The sun was warm and the birds sang. ")
 
 
-def grid(L: int, H: int, base: float, step: int, salt: float = 0.0) -> list[list[float]]:
-    """A [L][H] matrix whose every entry is distinct and depends on the step, so a figure that
-    mixes up layers, heads or steps shows different numbers."""
-    return [[round(base + 0.1 * l + 0.01 * h + 0.001 * np.log2(step + 1) + salt, 6) for h in range(H)]
-            for l in range(L)]
+# Probe sizes for fixture runs: the real probes, small enough for a fraction of a second per checkpoint.
+FIXTURE_SIZES = ProbeSizes(n_ablation=4, n_attention=4, n_memorization=6, n_random=2, max_new_tokens=24,
+                           n_frequent=100)
 
 
-def fake_result(step: int, L: int = 2, H: int = 2) -> dict:
-    """A probe result file with every key of issue 4 item 2."""
-    f = float(np.log2(step + 1))
-    return {
-        "step": step, "tokens": step * 256,
-        "head_ablation": {
-            "clean_loss": 5.0 - 0.3 * f,
-            "zero": grid(L, H, 0.5, step), "mean": grid(L, H, 0.3, step), "resample": grid(L, H, 0.4, step),
-            "gini": {"zero": 0.1 + 0.02 * f, "mean": 0.2, "resample": 0.3},
-            "top_share": {"zero": 0.25 + 0.01 * f, "mean": 0.3, "resample": 0.35},
-        },
-        "attention_entropy": {"raw": grid(L, H, 1.0, step), "normalized": grid(L, H, 0.2, step),
-                              "sink_mass": grid(L, H, 0.05, step)},
-        "memorization": {
-            "seen": {"mean_score": 0.1 * f, "memorized_fraction": 0.05 * f, "n": 64},
-            "held_out": {"mean_score": 0.02 * f, "memorized_fraction": 0.0, "n": 64},
-            "canaries": [{"copies": c, "extracted_fraction": min(1.0, 0.01 * c * f), "exposure": 0.5 * c + f}
-                         for c in (1, 2, 4, 8, 16, 32, 64)],
-            "loss_gap": 0.01 * f,
-        },
-        "repetition": {
-            **{d: {"seq_rep_4": 0.1 * f + (0.05 if d == "greedy" else 0.0), "distinct_1": 0.5, "distinct_2": 0.7,
-                   "loop_fraction": 0.25 if d == "greedy" else 0.0, "predictive_entropy": 3.0 - 0.2 * f}
-               for d in ("greedy", "sampled")},
-            "rep_128": 0.3 + 0.01 * f, "wrep_128": 0.1,
-            "continuations": [{"prompt": p, "decoding": d, "text": f" wave wave wave wave at step {step}"}
-                              for p in ("Once upon a time", "They wave to each other") for d in ("greedy", "sampled")],
-        },
-        "induction": {k: grid(L, H, base, step) for k, base in
-                      (("induction", 0.01), ("previous_token", 0.6), ("duplicate_token", 0.02),
-                       ("in_context_copying", 0.3))}
-        | {"icl_score": {"score": -0.1 * f, "early_position": 5, "late_position": 30}},
-    }
+@lru_cache(maxsize=8)
+def _probed_run(L: int, H: int, steps: tuple[int, ...]) -> Path:
+    """A fake run (real checkpoints of a perturbed random model) with results from the real probes
+    runner, built once per process for each shape."""
+    return write_fake_run(_tmp_root("workbench-probed-"), f"probed{L}x{H}", steps=steps, n_layer=L, n_head=H)
 
 
-def fake_summary(steps: list[int]) -> dict:
-    return {"emergence": {"repetition": {"step": steps[len(steps) // 2], "rule": "greedy seq_rep_4 > 0.3 and stays"},
-                          "induction": {"step": steps[max(0, len(steps) - 2)]},
-                          "memorization": steps[min(1, len(steps) - 1)], "head_concentration": None}}
+def probe_result(step: int, L: int = 2, H: int = 2, steps: tuple[int, ...] = (0, 1, 2, 4, 8, 16)) -> dict:
+    """The result file the real probes wrote for `step` of a fake run with L layers and H heads
+    (so a figure test sees exactly the schema the probes write, never a hand-made one)."""
+    return json.loads((_probed_run(L, H, tuple(steps)) / "probes" / f"step_{step:06d}.json").read_text())
 
 
 def write_fake_run(root: Path, name: str = "fake", steps: tuple[int, ...] = (0, 1, 2, 4, 8), n_layer: int = 2,
                    n_head: int = 2, with_probes: bool = True, status: str = "complete") -> Path:
-    """A run folder with real (random-init) checkpoints, data files, metrics and samples, and
-    hand-written probe results. Seconds to build; no training."""
+    """A run folder with real (random-init, perturbed per step) checkpoints, data files, metrics and
+    samples, and the real probes runner's results. Seconds to build; no training."""
     run = root / name
     run.mkdir(parents=True)
     enc = gpt2_encoding()
@@ -118,10 +90,13 @@ def write_fake_run(root: Path, name: str = "fake", steps: tuple[int, ...] = (0, 
         for d in ("greedy", "sampled"):
             append_jsonl(run / "samples.jsonl", {"step": s, "prompt": "Once upon a time", "decoding": d,
                                                  "text": f" the park the park the park <&> step {s}"})
-        if with_probes:
-            write_json_atomic(run / "probes" / f"step_{s:06d}.json", fake_result(s, n_layer, n_head))
     if with_probes:
-        write_json_atomic(run / "probes" / "summary.json", fake_summary(list(steps)))
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            probes.run_probes(run, sizes=FIXTURE_SIZES, log=lambda message: None)
+        finally:
+            torch.set_num_threads(threads)
     return run
 
 
@@ -142,7 +117,6 @@ def trained_roots() -> dict[str, Path]:
     training that has not written a checkpoint; missing: the run with no probe results; corrupt:
     the run with one checkpoint's weights damaged and its probe result gone."""
     from train.testing import make_small_run
-    import probes
 
     base = _tmp_root("workbench-app-")
     computed = base / "computed"

@@ -78,13 +78,33 @@ def metric(at: AppTest, label: str):
 
 
 # -- the computed run ---------------------------------------------------------------------------
+# Every chart each page draws on a run with all probe results (by its Streamlit key).
+PAGE_CHARTS = {
+    "runs": {"loss_chart"},
+    "heads": {"ablation_heatmap", "evolution", "gini"},
+    "attention": {"entropy", "sink", "entropy_map", "sink_map", "pattern"},
+    "memorization": {"memorization", "canaries_at_step", "canaries_over_training"},
+    "repetition": {"seq_rep", "panel0", "panel1", "panel2", "panel3"},
+    "induction": {"induction_overview", "per_head", "induction_map"},
+}
+
+
+def chart_keys(at: AppTest) -> dict[str, dict]:
+    return {c.proto.id.rsplit("-", 1)[-1]: json.loads(c.proto.spec) for c in at.get("plotly_chart")}
+
+
 def test_every_page_draws_its_charts_on_the_trained_run(roots, monkeypatch):
     at = open_app(roots["computed"], monkeypatch)
     for page in PAGES:
         at.switch_page(f"views/{page}.py").run()
         assert_no_exception(at, page)
         assert at.title[0].value == page.capitalize()
-        assert len(charts(at)) >= 1, f"{page}: no chart"
+        drawn = chart_keys(at)
+        missing = PAGE_CHARTS[page] - set(drawn)
+        assert not missing, f"{page}: charts missing: {sorted(missing)} (drawn: {sorted(drawn)})"
+        for key, spec in drawn.items():  # every chart holds data, not an empty frame
+            assert spec.get("data") and any(len(t.get("x") or t.get("z") or t.get("y") or []) for t in spec["data"]), \
+                f"{page}: chart {key} is empty"
         assert not at.warning, f"{page}: {texts(at.warning)}"
 
 

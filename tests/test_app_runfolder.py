@@ -7,7 +7,8 @@ import shutil
 
 import pytest
 
-from app.analysis import ablation_hooks, attention_patterns, head_means
+from app.analysis import attention_patterns
+from probes.ablation import generation_hooks, head_means
 from app.runfolder import (inside, metrics_series, read_run, run_names, runs_root, safe_run_dir,
                            sample_steps, samples_at, verify_checkpoint)
 from app_fixtures import corrupt_checkpoint, write_fake_run
@@ -110,7 +111,7 @@ def test_generation_ablation_hooks_zero_or_mean_the_chosen_heads_only(tmp_path):
 
     name = "blocks.1.attn.hook_z"
     for kind, means in (("zero", None), ("mean", head_means(model, tokens))):
-        hooks = ablation_hooks([(1, 0)], means) + [(name, grab)]
+        hooks = generation_hooks(model, [(1, 0)], kind, tokens) + [(name, grab)]
         with model.hooks(fwd_hooks=hooks):
             model(tokens)
         z = seen[name]

@@ -18,10 +18,14 @@ import statistics
 import threading
 import time
 import traceback
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
+from unittest.mock import patch
 
 import pytest
 import torch
+from streamlit.runtime import Runtime
 from streamlit.testing.v1 import AppTest
 from streamlit.testing.v1.util import patch_config_options
 
@@ -33,6 +37,9 @@ from app_fixtures import trained_roots
 from model.checkpoint import checkpoint_dir, load_checkpoint
 from model.tokenizer import load_tokenizer
 from probes.ablation import generation_hooks
+
+# an exception in any session's script thread fails the test, not just a warning
+pytestmark = pytest.mark.filterwarnings("error::pytest.PytestUnhandledThreadExceptionWarning")
 
 APP = str(Path(__file__).resolve().parents[1] / "app" / "streamlit_app.py")
 PAGES = ["runs", "heads", "attention", "memorization", "repetition", "induction", "compare"]
@@ -82,7 +89,7 @@ def test_an_ablating_thread_never_changes_another_threads_results(roots):
     ablated = solo_generation(run_dir, step, heads, "zero", prompts[0], 24)
     assert ablated != want[prompts[0]], "the ablation must change the generation, or this test proves nothing"
 
-    key = cache.file_key(checkpoint_dir(run_dir, step) / "meta.json")
+    key = cache.checkpoint_key(run, step)
     stop, errors = threading.Event(), []
 
     def ablate_forever() -> None:
@@ -132,6 +139,13 @@ def session(root: Path, i: int, times: list[float], failures: list[str], seen: d
             if at.exception or at.error:
                 failures.append(f"session {i} {page}: {[e.value for e in (*at.exception, *at.error)]}")
         at.switch_page("views/heads.py").run()
+        if at.exception or at.error:
+            failures.append(f"session {i} heads: {[e.value for e in (*at.exception, *at.error)]}")
+            return
+        if not [w for w in at.text_input if w.key == "ablate_prompt"]:
+            failures.append(f"session {i}: the Heads page drew no interactive ablation: "
+                            f"{[str(e.value)[:200] for e in (*at.info, *at.warning, *at.markdown)]}")
+            return
         labels, kind = (heads_for(i), KINDS[i % 3]) if i % 2 else ([], "zero")
         prompt = f"Tom and Mia went to the {['park', 'sea', 'shop', 'farm'][i % 4]}"
         at.text_input(key="ablate_prompt").set_value(prompt)
@@ -149,16 +163,38 @@ def session(root: Path, i: int, times: list[float], failures: list[str], seen: d
         failures.append(f"session {i}: {traceback.format_exc()}")
 
 
+@contextmanager
+def one_server() -> Iterator[None]:
+    """What a real server has and overlapping AppTest runs do not: process-wide state that lasts.
+
+    AppTest switches the global option global.appTest on for each run and back off after it, and
+    puts a mock Runtime into the class-level singleton for each run and clears it after. With the
+    runs of several sessions overlapping, one session's end pulls both from under another's feet
+    (widgets miss their test metadata; "Runtime hasn't been created!"). A `streamlit run` server
+    has one Runtime for all its sessions: so the option stays on for the whole batch, and the
+    first mock Runtime serves every session until the batch ends."""
+    first: list = []
+
+    def instance(cls):
+        if not first and cls._instance is not None:
+            first.append(cls._instance)
+        if first:
+            return first[0]
+        raise RuntimeError("Runtime hasn't been created!")
+
+    with patch_config_options({"global.appTest": True}), \
+            patch.object(Runtime, "instance", classmethod(instance)), \
+            patch.object(Runtime, "exists", classmethod(lambda cls: bool(first) or cls._instance is not None)):
+        yield
+
+
 def run_sessions(root: Path, n: int) -> tuple[list[float], list[str], dict]:
-    """n sessions at once. AppTest switches the global option global.appTest on for each run and
-    back off after it, which with overlapping runs turns it off under another session's feet (its
-    widgets then miss their test metadata); holding it on for the whole batch keeps every
-    session's runs as a lone AppTest's."""
+    """n sessions at once, as n browser tabs on one server (see one_server)."""
     times: list[float] = []
     failures: list[str] = []
     seen: dict = {}
     threads = [threading.Thread(target=session, args=(root, i, times, failures, seen)) for i in range(n)]
-    with patch_config_options({"global.appTest": True}):
+    with one_server():
         for t in threads:
             t.start()
         for t in threads:

@@ -2,16 +2,18 @@
 the right place (layer vs head, step vs value, run vs run)."""
 from __future__ import annotations
 
+import copy
 import math
 
 import numpy as np
 import pytest
 
+import probes
 from app import figures, results as R
-from app_fixtures import fake_result, fake_summary
+from app_fixtures import probe_result
 
 STEPS = [0, 1, 2, 4, 8, 16]
-RESULTS = {s: fake_result(s, L=3, H=4) for s in STEPS}
+RESULTS = {s: probe_result(s, L=3, H=4) for s in STEPS}  # the real probes' output on a fixture run
 
 
 def trace_named(fig, name):
@@ -90,12 +92,27 @@ def test_attention_pattern_keeps_repeated_tokens_apart_on_the_axes():
     assert list(hm.x) == ["0:␣the", "1:␣cat", "2:␣the", "3:⏎"] and list(hm.y) == list(hm.x)
 
 
+def emerging_summary() -> dict:
+    """probes.summarize on the fixture's real results, edited (in the probes' own schema) so that
+    learning starts at step 1, repetition emerges at step 4 and the 64-copy canary is extracted
+    from step 1: the summary the app reads, with known emergence steps."""
+    results = copy.deepcopy(RESULTS)
+    for i, s in enumerate(STEPS):
+        results[s]["head_ablation"]["clean_loss"] = 5.0 if s == 0 else 3.0
+        results[s]["repetition"]["greedy"]["seq_rep_4"] = 0.9 if s >= 4 else 0.05
+        for c in results[s]["memorization"]["canaries"]:
+            c["extracted_fraction"] = 1.0 if (c["copies"] == 64 and s >= 1) else 0.0
+        for row in results[s]["head_ablation"]["zero"]:
+            row[:] = [0.0] * len(row)  # no head matters: no concentration step
+    return probes.summarize(results)
+
+
 def test_canary_figures_match_the_canary_results():
     canaries = RESULTS[8]["memorization"]["canaries"]
     fig = figures.canaries_vs_copies(list(reversed(canaries)), "t")
     ext = [t for t in fig.data if t.meta["series"] == "extracted"][0]
     exp = [t for t in fig.data if t.meta["series"] == "exposure"][0]
-    assert list(ext.x) == [1, 2, 4, 8, 16, 32, 64]  # sorted by copies whatever the input order
+    assert list(ext.x) == [1, 8, 64]  # the fixture run's copy counts, sorted whatever the input order
     assert list(ext.y) == pytest.approx([c["extracted_fraction"] for c in canaries])
     assert list(exp.y) == pytest.approx([c["exposure"] for c in canaries])
     assert fig.layout.xaxis.type == "log"
@@ -103,7 +120,9 @@ def test_canary_figures_match_the_canary_results():
     per_step = [RESULTS[s]["memorization"]["canaries"] for s in STEPS]
     over = figures.canaries_over_training(STEPS, per_step, "extracted_fraction", "t", log_x=False)
     line64 = trace_named(over, "64 copies")
-    assert list(line64.y) == pytest.approx([min(1.0, 0.64 * math.log2(s + 1)) for s in STEPS])
+    assert list(line64.y) == pytest.approx(
+        [next(c["extracted_fraction"] for c in RESULTS[s]["memorization"]["canaries"] if c["copies"] == 64)
+         for s in STEPS])
 
 
 def test_result_helpers_tolerate_missing_keys_and_find_emergence():
@@ -112,12 +131,12 @@ def test_result_helpers_tolerate_missing_keys_and_find_emergence():
     assert R.matrices(partial, "attention_entropy.raw")[0] == [4]
     steps, best = R.best_head(RESULTS, "induction.previous_token")
     assert best == pytest.approx([max(max(r) for r in RESULTS[s]["induction"]["previous_token"]) for s in steps])
-    summary = fake_summary(STEPS)
+    summary = emerging_summary()
     assert R.emergence_step(summary, "repetition") == STEPS[3]
     assert R.emergence_step(summary, "memorization") == STEPS[1]
     assert R.emergence_step(summary, "head_concentration") is None
     assert R.emergence_step(None, "repetition") is None
-    assert R.emergence_rule(summary, "repetition").startswith("greedy")
+    assert R.emergence_rule(summary, "repetition").startswith("Metric repetition.greedy.seq_rep_4")
 
 
 def test_repeated_ngram_mask_and_highlight_escape_model_output():
@@ -192,7 +211,7 @@ def test_compared_probe_series_match_the_results():
     assert series["induction_best"][1] == pytest.approx([np.max(RESULTS[s]["induction"]["induction"]) for s in STEPS])
     assert series["copying_best"][1] == pytest.approx(
         [np.max(RESULTS[s]["induction"]["in_context_copying"]) for s in STEPS])
-    assert series["icl"][1] == pytest.approx([RESULTS[s]["induction"]["icl_score"]["score"] for s in STEPS])
+    assert series["icl"][1] == pytest.approx([RESULTS[s]["induction"]["icl_score"]["value"] for s in STEPS])
     # the probes write the ICL score under "value" (a bare number is accepted too)
     assert R.icl_series({3: {"induction": {"icl_score": {"value": -0.25, "early_position": 5}}},
                          4: {"induction": {"icl_score": 0.5}}, 5: {"induction": {}}}) == ([3, 4], [-0.25, 0.5])
@@ -208,7 +227,7 @@ def test_summary_row_and_attention_kind():
     losses[22] = 7.0
     metrics = {"train": (list(range(25)), losses), "val": ([0, 10, 24], [3.2, 2.9, 3.1]),
                "grad_norm": (list(range(1, 25)), [0.5] * 23 + [7.25])}
-    row = C.summary_row("attn-gated", "gated", "complete", metrics, fake_summary(STEPS), n_probed=6)
+    row = C.summary_row("attn-gated", "gated", "complete", metrics, emerging_summary(), n_probed=6)
     assert row["run"] == "attn-gated" and row["attention"] == "gated"
     assert row["last step"] == 24 and row["final held-out loss"] == 3.1 and row["best held-out loss"] == 2.9
     assert row["loss spikes"] == 1 and row["max grad norm"] == 7.25 and row["checkpoints probed"] == 6
@@ -218,3 +237,55 @@ def test_summary_row_and_attention_kind():
     bare = C.summary_row("new", "linear", "training", {"train": ([], []), "val": ([], []), "grad_norm": ([], [])},
                          None, 0)
     assert bare["final held-out loss"] is None and bare["loss spikes"] == 0 and bare["induction step"] is None
+
+
+# -- emergence and ICL wording ------------------------------------------------------------------
+def issue_summary(late_only: bool = False) -> dict:
+    """summarize() of the issue's example (0.01 to step 100, 0.35 from 200, 0.33 -> 0.40 at
+    700 -> 800), or of a flat series with only that late wobble."""
+    from probes import summarize
+    steps = [0, 1, 2, 4, 8, 16, 32, 64, 100, 200, 300, 400, 500, 600, 700, 800]
+    values = [0.01 if s <= 100 else 0.35 for s in steps[:-2]] + [0.33, 0.40]
+    if late_only:
+        values = [0.33] * 15 + [0.40]
+    return summarize({s: {"step": s, "induction": {"induction": [[v, 0.0]]}} for s, v in zip(steps, values)})
+
+
+def test_the_induction_page_wording_names_the_bracket_size_and_kind():
+    summary = issue_summary()
+    assert R.emergence_step(summary, "induction") == 200
+    caption = R.rise_caption(R.emergence_entry(summary, "induction"), "induction phase change")
+    assert caption == ("Induction phase change at step 200, between checkpoints 100 and 200: level 0.010 → 0.350 "
+                       "(+0.340); abrupt, climbing from step 100 to 200 (1 checkpoint interval).")
+    assert "No " not in caption
+    assert R.emergence_mark(summary, "induction", "phase change") == {"phase change (abrupt, from step 100)": 200}
+
+
+def test_the_induction_page_says_why_when_nothing_was_detected():
+    summary = issue_summary(late_only=True)
+    assert R.emergence_step(summary, "induction") is None
+    caption = R.rise_caption(R.emergence_entry(summary, "induction"), "induction phase change")
+    assert caption.startswith("No induction phase change detected: the level rose by 0.07, below the minimum 0.1.")
+    assert "between checkpoints 700 and 800" in caption
+    assert "Note: the after level rests on one checkpoint." in caption
+    assert R.emergence_mark(summary, "induction", "phase change") == {"phase change": None}
+    # older summaries (a bare step, or nothing) still read
+    assert R.rise_caption(None, "x") is None and R.rise_caption({"step": None, "reason": "fewer than two values"},
+                                                                 "x") == "No x detected: fewer than two values."
+    assert R.emergence_mark({"emergence": {"induction": 5}}, "induction", "phase change") == {"phase change": 5}
+    assert R.rise_caption({"step": 8}, "induction phase change") == "Induction phase change at step 8."
+
+
+def test_icl_wording_names_the_averaged_positions():
+    import torch
+    from probes.induction import icl_score
+    real = icl_score(torch.ones(2, 128))
+    assert R.icl_definition(real) == real["definition"]
+    assert "118-127" in R.icl_definition(real) and "45-54" in R.icl_definition(real)
+    assert R.icl_label(real) == "ICL score (loss at 118–127 − 45–54)"
+    without_text = {k: v for k, v in real.items() if k != "definition"}
+    assert R.icl_definition(without_text) == "mean held-out loss over positions 118-127 minus mean over positions 45-54"
+    old = {"score": -0.1, "early_position": 5, "late_position": 30}  # an older file: single positions
+    assert R.icl_definition(old) == "held-out loss near position 30 minus near position 5"
+    assert R.icl_label(old) == "ICL score (loss late − early)"
+    assert R.icl_definition(0.5) is None and R.icl_definition({"value": 1.0}) is None

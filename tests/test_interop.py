@@ -92,6 +92,27 @@ def test_untied_and_biasless_models_cross_over(tokens):
         assert max_diff(to_hf(no_bias)(tokens).logits, no_bias(tokens)) <= 1e-5
 
 
+def test_exact_gelu_models_cross_over_both_ways(tokens):
+    """activation='gelu' (nanoGPT's exact GELU) is HF's activation_function='gelu'; weights scaled
+    up so that the tanh approximation would differ visibly."""
+    torch.manual_seed(4)
+    hf = GPT2LMHeadModel(GPT2Config(n_layer=2, n_head=2, n_embd=32, n_positions=N_CTX, vocab_size=V,
+                                    activation_function="gelu", bos_token_id=0, eos_token_id=0)).eval()
+    with torch.no_grad():
+        for p in hf.parameters():
+            p.mul_(8.0)
+    ours = from_hf(hf)
+    assert ours.cfg.activation == "gelu"
+    tanh = GPT(GPTConfig(**{**ours.cfg.to_dict(), "activation": "gelu_new"})).eval()
+    tanh.load_state_dict(ours.state_dict())
+    with torch.no_grad():
+        assert max_diff(ours(tokens), hf(tokens).logits) <= 1e-4
+        assert max_diff(tanh(tokens), hf(tokens).logits) > 1e-3
+        back = to_hf(ours)
+        assert back.config.activation_function == "gelu"
+        assert max_diff(back(tokens).logits, hf(tokens).logits) <= 1e-4
+
+
 def test_unsupported_hf_options_are_refused():
     with pytest.raises(ValueError, match="activation_function 'relu'"):
         from_hf(GPT2LMHeadModel(GPT2Config(n_layer=1, n_head=2, n_embd=16, n_positions=8, vocab_size=20,

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 import pytest
 import torch
@@ -205,6 +206,30 @@ def test_largest_log_step_rise_normalises_by_log_step():
     assert M.largest_log_step_rise([5], [1.0]) is None
 
 
+def test_largest_sustained_rise_by_hand():
+    # splits of [0, 0, 1, 1]: k=1 levels 0 | 1 (median of 0, 1, 1), total deviation 1; k=2 levels
+    # 0 | 1, deviation 0; k=3 levels 0 | 1, deviation 1 -> k=2, between steps 4 and 8
+    r = M.largest_sustained_rise([2, 4, 8, 16], [0.0, 0.0, 1.0, 1.0], min_rise=0.1)
+    assert (r["from_step"], r["step"], r["before"], r["after"], r["rise"]) == (4, 8, 0.0, 1.0, 1.0)
+    assert r["rate"] == pytest.approx(1.0 / (math.log(9) - math.log(5)))
+    assert r["noise"] == 0.0 and r["detected"] and r["kind"] == "abrupt" and r["kept_share"] == 1.0
+    # missing values are skipped; a series that never rises has no rise; the minimum is honoured
+    assert M.largest_sustained_rise([0, 1, 2, 3], [0.0, None, 1.0, 1.0], 0.1)["from_step"] == 0
+    assert M.largest_sustained_rise([0, 1, 2], [1.0, 0.5, 0.0], 0.1) is None
+    assert M.largest_sustained_rise([0, 1, 2, 3], [0.0, 0.0, 0.05, 0.05], 0.1)["detected"] is False
+
+
+@pytest.mark.parametrize("bad, words", [
+    ({"min_rise": -0.1}, "min_rise must be a number >= 0"), ({"min_rise": float("nan")}, "min_rise"),
+    ({"sustain_share": 0.0}, "sustain_share must be in (0, 1]"), ({"sustain_share": 1.5}, "sustain_share"),
+    ({"noise_z": -1}, "noise_z must be a number >= 0"), ({"abrupt_max_intervals": 0}, "abrupt_max_intervals"),
+    ({"abrupt_max_intervals": 1.5}, "whole number"), ({"band": 0.5}, "band must be in [0, 0.5)")])
+def test_largest_sustained_rise_refuses_settings_that_break_its_words(bad, words):
+    settings = {"min_rise": 0.1} | bad
+    with pytest.raises(ValueError, match=re.escape(words)):
+        M.largest_sustained_rise([0, 1, 2], [0.0, 0.0, 1.0], **settings)
+
+
 def test_icl_score_averages_a_window_at_each_end():
     from probes.induction import icl_score
     losses = torch.arange(128, dtype=torch.float32).repeat(3, 1)  # loss = position
@@ -212,4 +237,8 @@ def test_icl_score_averages_a_window_at_each_end():
     assert (r["early_position"], r["late_position"]) == (50, 127)  # 500 does not fit: the last position
     assert r["early_positions"] == [45, 55] and r["late_positions"] == [118, 128]
     assert r["value"] == pytest.approx(122.5 - 49.5) and r["note"]
+    # the result says exactly which positions were averaged, matching the value
+    assert r["definition"] == ("mean held-out loss over positions 118-127 minus mean over positions 45-54 "
+                               "(position i predicts token i+1)")
+    assert r["value"] == pytest.approx(float(losses[:, 118:128].mean() - losses[:, 45:55].mean()))
     assert icl_score(torch.ones(2, 600))["late_position"] == 500 and icl_score(torch.ones(2, 600))["note"] is None

@@ -105,6 +105,19 @@ def test_batched_sweep_equals_a_naive_loop_of_single_head_hooks(model, tokens, k
     assert np.abs(naive).max() > 1e-3  # the heads matter, so the comparison means something
     single = ablate(model, tokens, [(1, 2)], kind)
     assert single["delta"] == pytest.approx(naive[1, 2], abs=1e-5)
+    # a memory budget too small for all heads of a layer at once splits them into groups of 3 + 1
+    # and of 1 each: the same numbers
+    for rows in (3 * 5, 1):
+        calls = []
+
+        def budget(model, positions, rows=rows):
+            calls.append(positions)
+            return rows
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(probes.ablation, "rows_for", budget)
+            grouped = head_ablation_sweep(model, tokens, kind)
+        assert calls, "the sweep no longer asks for its memory budget"
+        assert np.abs(grouped - naive).max() <= 1e-5, rows
 
 
 def test_zero_ablating_every_head_of_a_layer_leaves_only_the_output_bias(model, tokens):

@@ -15,7 +15,7 @@ SCORES = {
 
 def overview_section(run, results, log_x) -> None:
     summary = cache.probe_summary(run)
-    marks = {"phase change": R.emergence_step(summary, "induction")}
+    marks = R.emergence_mark(summary, "induction", "phase change")
     best = {f"best head · {SCORES[k].split(' (')[0]}": R.best_head(results, f"induction.{k}")
             for k in ("induction", "in_context_copying", "previous_token")}
     best = {k: v for k, v in best.items() if v[0]}
@@ -23,19 +23,24 @@ def overview_section(run, results, log_x) -> None:
         st.info("The probe results hold no induction data.")
         return
     icl = R.icl_series(results)
+    last = R.get(results[max(results)], "induction.icl_score")
     st.plotly_chart(figures.scalar_series(
         best, "Best head per score, and the in-context-learning score", "score", log_x=log_x, marks=marks,
-        secondary={"ICL score (loss late − early)": icl} if icl[0] else None, secondary_title="ICL score (nats)"),
+        secondary={R.icl_label(last): icl} if icl[0] else None, secondary_title="ICL score (nats)"),
         key="induction_overview")
-    last = R.get(results[max(results)], "induction.icl_score")
-    if isinstance(last, dict) and "early_position" in last:
-        st.caption(f"ICL score = loss at position {last.get('late_position')} minus loss at position "
-                   f"{last.get('early_position')}" + (f" ({last['note']})" if last.get("note") else "") + ".")
-    found = R.get(summary, "emergence.induction") if summary else None
-    if isinstance(found, dict) and found.get("detected") is False and found.get("rise") is not None:
-        st.caption(f"No induction phase change detected: the largest rise of the best induction score was "
-                   f"{found['rise']:.3f} (steps {found.get('from_step')} → {found.get('step')}), below the "
-                   f"{found.get('min_rise')} threshold; best score reached {found.get('best_score_reached') or 0:.3f}.")
+    definition = R.icl_definition(last)
+    if definition:
+        note = last.get("note") if isinstance(last, dict) else None
+        st.caption(f"ICL score = {definition}" + (f" ({note})" if note else "") + ".")
+    found = R.emergence_entry(summary, "induction")
+    caption = R.rise_caption(found, "induction phase change (best induction score)")
+    if caption:
+        best_reached = found.get("best_score_reached") if found else None
+        st.caption(caption + (f" Best score reached: {best_reached:.3f}." if isinstance(best_reached, (int, float))
+                              and found.get("detected") is False else ""))
+    copying = R.rise_caption(found.get("in_context_copying") if found else None, "rise of the in-context copying score")
+    if copying:
+        st.caption(copying)
     rule = R.emergence_rule(summary, "induction")
     if rule:
         st.caption(f"Phase-change rule: {rule}")

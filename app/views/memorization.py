@@ -26,13 +26,24 @@ def scores_section(run, results, log_x) -> None:
         secondary_title="loss gap (nats)"), key="memorization")
 
 
+def training_data_unknown(results) -> str | None:
+    """The probes' note when the run's training data is unknown (an imported run), else None."""
+    latest = results[max(results)]
+    if R.get(latest, "memorization.training_data") == "unknown":
+        return str(R.get(latest, "memorization.note") or "The training data of this run is unknown.")
+    return None
+
+
 def canary_section(results, log_x) -> None:
     steps = R.steps_having(results, "memorization.canaries")
     per_step = [R.get(results[s], "memorization.canaries") or [] for s in steps]
     steps = [s for s, c in zip(steps, per_step) if c]
     per_step = [c for c in per_step if c]
     if not steps:
-        st.info("No canaries were measured (the run's data has none).")
+        if training_data_unknown(results):
+            st.info("Canaries are unknown for an imported run: its training data is unknown.")
+        else:
+            st.info("No canaries were measured (the run's data has none).")
         return
     st.subheader("Canaries: planted sequences repeated 1, 2, 4, … times")
     step = ui.step_picker(steps, key="canary_step")
@@ -81,6 +92,9 @@ def render() -> None:
     results = ui.probe_results(run, "memorization")
     if results is None:
         return
+    unknown = training_data_unknown(results)
+    if unknown:
+        st.info(unknown)
     log_x = st.checkbox("Log-scale steps", value=True, key="log_x")
     ui.guarded(lambda: scores_section(run, results, log_x))
     ui.guarded(lambda: canary_section(results, log_x))
