@@ -14,7 +14,9 @@ from typing import Any
 import streamlit as st
 import torch
 
-from model.checkpoint import CheckpointError, META, RUN_FILES, WEIGHTS, checkpoint_dir, load_checkpoint, read_json
+from model.checkpoint import CheckpointError, load_checkpoint, read_json
+from model.runlayout import (META, RUN_FILES, WEIGHTS, checkpoint_dir, data_json, metrics_jsonl, summary_path,
+                             vocab_json)
 from model.tokenizer import Tokenizer, load_tokenizer
 import probes
 from probes.ablation import generation_hooks
@@ -41,7 +43,7 @@ def metrics(run: RunFiles) -> dict[str, tuple[list[int], list[float]]]:
     """metrics_series of a run, re-read only when metrics.jsonl changes (a compared run's log
     holds a row per step, and the comparison page redraws on every widget change)."""
     try:
-        return _metrics(file_key(run.path / "metrics.jsonl"))
+        return _metrics(file_key(metrics_jsonl(run.path)))
     except OSError:  # no metrics logged yet
         return metrics_series(run.path)
 
@@ -64,7 +66,7 @@ def probe_results(run: RunFiles) -> tuple[dict[int, dict], list[str]]:
 
 
 def probe_summary(run: RunFiles) -> dict | None:
-    path = run.path / "probes" / "summary.json"
+    path = summary_path(run.path)
     if not path.is_file():
         return None
     try:
@@ -75,7 +77,7 @@ def probe_summary(run: RunFiles) -> dict | None:
 
 
 def data_manifest(run: RunFiles) -> dict:
-    path = run.path / "data.json"
+    path = data_json(run.path)
     try:
         data = read_json_cached(path) if path.is_file() else {}
     except (CheckpointError, OSError):
@@ -149,7 +151,7 @@ def _tokenizer(run_dir: str, vocab_key: tuple[str, int, int] | None) -> Tokenize
 
 
 def tokenizer(run: RunFiles) -> Tokenizer:
-    vocab = run.path / "vocab.json"
+    vocab = vocab_json(run.path)
     return _tokenizer(str(run.path), file_key(vocab) if vocab.is_file() else None)
 
 
@@ -161,7 +163,7 @@ def _heldout(run_dir: str, data_key: tuple[str, int, int], n: int) -> torch.Tens
 def heldout(run: RunFiles, n: int = 16) -> torch.Tensor:
     """The run's fixed held-out batch (the probes' own choice, so the app's ablation numbers are
     comparable with the ablation heatmap)."""
-    return _heldout(str(run.path), file_key(run.path / "data.json"), n)
+    return _heldout(str(run.path), file_key(data_json(run.path)), n)
 
 
 @st.cache_data(show_spinner="Ablating…", max_entries=256)

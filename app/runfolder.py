@@ -9,17 +9,16 @@ layout.
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
 
-from model.checkpoint import (CheckpointError, META, PROBES, list_checkpoints, read_json, read_jsonl, step_of,
-                              WEIGHTS)
+from model.checkpoint import CheckpointError, list_checkpoints, read_json, read_jsonl
 from model.checkpoint import verify_checkpoint as verify_files
+from model.runlayout import (META, RUN_ENTRIES, WEIGHTS, metrics_jsonl, probes_dir, result_step, run_json,
+                             samples_jsonl, step_of)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-PROBE_FILE = re.compile(r"^step_(\d{6,})\.json$")
 DEMO_COMMAND = "make demo"
 DEMO_TRAIN_COMMAND = "python -m train --preset nano --data stories --out runs/demo"
 
@@ -71,7 +70,7 @@ def run_names(root: Path) -> list[str]:
     for p in sorted(root.iterdir()):
         if p.name.startswith(".") or not p.is_dir() or not inside(root, p):
             continue
-        if (p / "run.json").is_file() and inside(root, p / "run.json"):
+        if run_json(p).is_file() and inside(root, run_json(p)):
             names.append(p.name)
     return names
 
@@ -101,10 +100,6 @@ class RunFiles:
         return [s for s in self.checkpoint_steps if s not in self.probe_files]
 
 
-RUN_ENTRIES = ("run.json", "vocab.json", "metrics.jsonl", "samples.jsonl", "data.json", "data",
-               "data/train.bin", "data/val.bin", "checkpoints", "probes", "probes/summary.json")
-
-
 def check_confined(root: Path, run_dir: Path) -> None:
     """Refuse a run any of whose files is a symlink leading outside the runs folder, so the
     app can never be made to read (or hand the probes runner) a file from elsewhere."""
@@ -120,10 +115,10 @@ def read_run(root: Path, name: str) -> RunFiles:
     check_confined(root, path)
     run = RunFiles(name=name, path=path)
     try:
-        info = read_json(path / "run.json")
+        info = read_json(run_json(path))
         run.info = info if isinstance(info, dict) else {}
         if not isinstance(info, dict):
-            run.problems.append(f"{path / 'run.json'}: is not a JSON object.")
+            run.problems.append(f"{run_json(path)}: is not a JSON object.")
     except CheckpointError as e:
         run.problems.append(str(e))
     run.checkpoint_steps = [step_of(p) for p in list_checkpoints(path)
@@ -134,14 +129,14 @@ def read_run(root: Path, name: str) -> RunFiles:
 
 def probe_files(root: Path, run_dir: Path) -> dict[int, Path]:
     """{step: probes/step_NNNNNN.json} for the result files present."""
-    folder = run_dir / PROBES
+    folder = probes_dir(run_dir)
     if not folder.is_dir():
         return {}
     found = {}
     for p in folder.iterdir():
-        m = PROBE_FILE.match(p.name)
-        if m and p.is_file() and inside(root, p):
-            found[int(m.group(1))] = p
+        step = result_step(p)
+        if step is not None and p.is_file() and inside(root, p):
+            found[step] = p
     return dict(sorted(found.items()))
 
 
@@ -169,7 +164,7 @@ def metrics_series(run_dir: Path) -> dict[str, tuple[list[int], list[float]]]:
     """Train loss, held-out loss and gradient-norm curves from metrics.jsonl (each only at the
     rows that hold it: held-out loss is evaluated every few steps, step 0 has no gradient)."""
     out: dict[str, tuple[list[int], list[float]]] = {k: ([], []) for k in METRIC_COLUMNS}
-    for row in read_jsonl(run_dir / "metrics.jsonl"):
+    for row in read_jsonl(metrics_jsonl(run_dir)):
         if not isinstance(row, dict) or not isinstance(row.get("step"), (int, float)):
             continue
         for name, column in METRIC_COLUMNS.items():
@@ -182,9 +177,9 @@ def metrics_series(run_dir: Path) -> dict[str, tuple[list[int], list[float]]]:
 
 def samples_at(run_dir: Path, step: int) -> list[dict]:
     """samples.jsonl rows written at one checkpoint step."""
-    return [r for r in read_jsonl(run_dir / "samples.jsonl") if isinstance(r, dict) and r.get("step") == step]
+    return [r for r in read_jsonl(samples_jsonl(run_dir)) if isinstance(r, dict) and r.get("step") == step]
 
 
 def sample_steps(run_dir: Path) -> list[int]:
-    return sorted({int(r["step"]) for r in read_jsonl(run_dir / "samples.jsonl")
+    return sorted({int(r["step"]) for r in read_jsonl(samples_jsonl(run_dir))
                    if isinstance(r, dict) and isinstance(r.get("step"), int)})

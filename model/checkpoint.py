@@ -1,9 +1,5 @@
-"""The on-disk layout of a run, and the only code that reads or writes it.
-
-    runs/<name>/run.json, vocab.json, metrics.jsonl, samples.jsonl, data.json
-    runs/<name>/checkpoints/step_000128/{model.safetensors, meta.json}
-    runs/<name>/state/{state_000128.pt, latest.json}
-    runs/<name>/probes/step_000128.json, summary.json
+"""Checkpoints and training state: writing them atomically, and reading them back only once every
+byte that changes their behaviour is verified. (Where each file lives: model.runlayout.)
 
 Every write is atomic (temp file + fsync + rename), so a crash or SIGKILL at any moment leaves
 each earlier file readable. Reads load weights with safetensors and training state with
@@ -53,17 +49,11 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from .config import GPTConfig
+from .runlayout import (CHECKPOINTS_DIR, META, RUN_FILES, STATE_NAME, STEP_NAME, WEIGHTS, checkpoint_dir, checkpoints_dir,
+                        latest_json, run_json as run_json_path, state_dir, state_name, step_of)
 from .gpt import GPT
 
-CHECKPOINTS = "checkpoints"
-STATE = "state"
-PROBES = "probes"
-STEP_DIR = re.compile(r"^step_(\d{6,})$")
-WEIGHTS = "model.safetensors"
-META = "meta.json"
-LATEST = "latest.json"
 SEAL = "self_sha256"
-RUN_FILES = ("vocab.json", "data.json")  # run files whose content changes how a checkpoint is read
 
 
 class CheckpointError(Exception):
@@ -216,24 +206,13 @@ def check_run_files(run_dir: str | os.PathLike, recorded: Any, guard: Path) -> N
 
 
 # -- checkpoints -------------------------------------------------------------------------------
-def checkpoint_dir(run_dir: str | os.PathLike, step: int) -> Path:
-    return Path(run_dir) / CHECKPOINTS / f"step_{int(step):06d}"
-
-
-def step_of(path: str | os.PathLike) -> int:
-    m = STEP_DIR.match(Path(path).name)
-    if not m:
-        raise ValueError(f"{path} is not a checkpoint folder named step_NNNNNN.")
-    return int(m.group(1))
-
-
 def list_checkpoints(run_dir: str | os.PathLike) -> list[Path]:
     """Complete checkpoint folders of a run, by step. Half-written ones live under temporary
     names and are never listed; a folder is complete once its meta.json exists."""
-    root = Path(run_dir) / CHECKPOINTS
+    root = checkpoints_dir(run_dir)
     if not root.is_dir():
         return []
-    found = [p for p in root.iterdir() if STEP_DIR.match(p.name) and (p / META).exists()]
+    found = [p for p in root.iterdir() if STEP_NAME.match(p.name) and (p / META).exists()]
     return sorted(found, key=step_of)
 
 
@@ -278,7 +257,7 @@ def save_checkpoint(run_dir: str | os.PathLike, step: int, model: GPT, meta: dic
 
 def remove_partial_checkpoints(run_dir: str | os.PathLike) -> None:
     """Delete temporary folders a killed writer left behind (only the writer calls this)."""
-    root = Path(run_dir) / CHECKPOINTS
+    root = checkpoints_dir(run_dir)
     if root.is_dir():
         for p in root.iterdir():
             if p.name.startswith((".tmp-", ".old-")):
@@ -294,7 +273,7 @@ def read_checkpoint_meta(path: str | os.PathLike) -> dict:
     step = meta.get("step")
     if isinstance(step, bool) or not isinstance(step, int):
         raise CheckpointError(path / META, f"its step {step!r} is not an integer")
-    m = STEP_DIR.match(path.name)
+    m = STEP_NAME.match(path.name)
     if m and int(m.group(1)) != step:
         raise CheckpointError(path / META, f"says step {step}, but lies in the folder of step {int(m.group(1))}")
     return meta
@@ -326,7 +305,7 @@ def verify_checkpoint(path: str | os.PathLike) -> tuple[dict, bytes]:
     if not path.is_dir():
         raise CheckpointError(path, "checkpoint folder does not exist")
     meta = read_checkpoint_meta(path)
-    if path.parent.name == CHECKPOINTS:  # the lexical run folder: a symlinked step is read as part of this run
+    if path.parent.name == CHECKPOINTS_DIR:  # the lexical run folder: a symlinked step is read as part of this run
         check_run_files(path.parent.parent, meta.get("run_files"), path / META)
     weights_path = path / WEIGHTS
     try:
@@ -372,42 +351,42 @@ def save_state(run_dir: str | os.PathLike, step: int, state: dict, model_config:
     at every moment latest.json names a complete, hash-checked file. latest.json is sealed and
     records the run files' hashes and `model_config` (the config the state's weights belong to,
     which a resumed run reads from run.json)."""
-    root = Path(run_dir) / STATE
+    root = state_dir(run_dir)
     root.mkdir(parents=True, exist_ok=True)
     buf = io.BytesIO()
     torch.save(state, buf)
     data = buf.getvalue()
-    name = f"state_{int(step):06d}.pt"
+    name = state_name(step)
     latest = {"file": name, "step": int(step), "sha256": sha256_bytes(data), "run_files": run_file_hashes(run_dir)}
     if model_config is not None:
         latest["model"] = dict(model_config)
     write_bytes_atomic(root / name, data)
-    write_bytes_atomic(root / LATEST, encode_json(seal(latest)))
+    write_bytes_atomic(latest_json(run_dir), encode_json(seal(latest)))
     for p in root.iterdir():
-        if p.name != name and p.name.startswith("state_") and p.suffix == ".pt":
+        if p.name != name and STATE_NAME.match(p.name):
             p.unlink(missing_ok=True)
     return root / name
 
 
 def has_state(run_dir: str | os.PathLike) -> bool:
-    return (Path(run_dir) / STATE / LATEST).exists()
+    return latest_json(run_dir).exists()
 
 
 def read_latest(run_dir: str | os.PathLike) -> dict:
     """state/latest.json with its seal, fields, run files and recorded model config verified."""
     run_dir = Path(run_dir)
-    path = run_dir / STATE / LATEST
+    path = latest_json(run_dir)
     latest = read_sealed_json(path)
     step, name = latest.get("step"), latest.get("file")
     if isinstance(step, bool) or not isinstance(step, int) or step < 0:
         raise CheckpointError(path, f"its step {step!r} is not a non-negative integer")
-    if name != f"state_{step:06d}.pt":
+    if name != state_name(step):
         raise CheckpointError(path, f"does not name a state file of its step {step} (it names {name!r})")
     if not isinstance(latest.get("sha256"), str):
         raise CheckpointError(path, "lacks the sha256 of the state file")
     check_run_files(run_dir, latest.get("run_files"), path)
     if "model" in latest:
-        run_json = run_dir / "run.json"
+        run_json = run_json_path(run_dir)
         run = read_json(run_json)
         if not isinstance(run, dict) or canonical_json(run.get("model")) != canonical_json(latest["model"]):
             raise CheckpointError(run_json, f"its model config is not the one the training state in {path} was "
@@ -416,7 +395,7 @@ def read_latest(run_dir: str | os.PathLike) -> dict:
 
 
 def load_state(run_dir: str | os.PathLike) -> dict:
-    root = Path(run_dir) / STATE
+    root = state_dir(run_dir)
     latest = read_latest(run_dir)
     path = root / latest["file"]
     try:

@@ -22,25 +22,16 @@ from __future__ import annotations
 
 import os
 from functools import lru_cache
-from pathlib import Path
 
 import numpy as np
 
 from .checkpoint import CheckpointError, read_json
-
-DATA_DIR = "data"
-
-
-def token_path(run_dir: str | os.PathLike, split: str) -> Path:
-    if split not in ("train", "val"):
-        raise ValueError(f"split must be 'train' or 'val', got {split!r}.")
-    return Path(run_dir) / DATA_DIR / f"{split}.bin"
-
+from .runlayout import data_json, split_file
 
 def read_data_meta(run_dir: str | os.PathLike) -> dict:
-    meta = read_json(Path(run_dir) / "data.json")
+    meta = read_json(data_json(run_dir))
     if not isinstance(meta, dict):
-        raise CheckpointError(Path(run_dir) / "data.json", "is not a JSON object")
+        raise CheckpointError(data_json(run_dir), "is not a JSON object")
     return meta
 
 
@@ -54,7 +45,7 @@ def load_tokens(run_dir: str | os.PathLike, split: str, meta: dict | None = None
     """Memory-mapped tokens of one split (read-only). An empty split (an imported run has no
     training tokens) is an empty array: numpy cannot map an empty file."""
     meta = meta or read_data_meta(run_dir)
-    path = token_path(run_dir, split)
+    path = split_file(run_dir, split)
     dtype = np.dtype(meta.get("dtype", "uint16"))
     if not path.exists():
         raise CheckpointError(path, "token file is missing")

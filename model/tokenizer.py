@@ -18,6 +18,8 @@ from typing import Iterable, Mapping, Sequence
 import numpy as np
 import tiktoken
 
+from .runlayout import vocab_json
+
 EOT = "<|endoftext|>"
 UNK = "<|unk|>"
 GPT2_EOT_ID = 50256
@@ -213,7 +215,7 @@ def load_tokenizer(vocab: CompactVocab | str | os.PathLike | None = None) -> Tok
         return Tokenizer(vocab)
     path = Path(vocab)
     if path.is_dir():
-        path = path / "vocab.json"
+        path = vocab_json(path)
         if not path.exists():
             return Tokenizer(None)
     if not path.exists():

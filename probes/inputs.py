@@ -12,6 +12,7 @@ data), and the frequent tokens the random-token inputs are drawn from come from 
 """
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +21,7 @@ import numpy as np
 import torch
 
 from model.checkpoint import CheckpointError, read_json
+from model.runlayout import data_json, run_json
 from model.rundata import get_chunks, load_tokens, n_chunks, read_data_meta, seen_chunk_ids, training_data_known
 from model.tokenizer import Tokenizer, load_tokenizer
 
@@ -33,7 +35,15 @@ PROMPTS = (
 )
 
 # Sub-seeds mixed with the run seed, one per input, so that adding an input never changes another.
-HELDOUT_STREAM, SEEN_STREAM, RANDOM_STREAM, SAMPLING_STREAM = 1, 2, 3, 4
+HELDOUT_STREAM, SEEN_STREAM, RANDOM_STREAM, SAMPLING_STREAM, CANARY_STREAM = 1, 2, 3, 4, 5
+
+
+# Candidates per canary for exposure: the canary and 31 draws from its randomness space R. Scoring
+# them is one batched pass over the secrets only (the shared opening is run once); measured on the
+# nano demo (28 canaries) it adds about 0.6 s per checkpoint on 2 CPU threads (see the README).
+# 1024 per canary would add about 20 s per checkpoint there, so the rank exposure is capped at
+# log2 32 = 5 bits and the extrapolated exposure, which needs no cap, is the headline.
+EXPOSURE_CANDIDATES = 32
 
 
 @dataclass(frozen=True)
@@ -50,8 +60,7 @@ class ProbeSizes:
     random_period: int = 63       # length of each random half (1 + 2*63 = 127 tokens)
     n_frequent: int = 1000        # random tokens are drawn from this many most frequent tokens
     max_new_tokens: int = 128     # repetition continuations (capped so prompt + it fit n_ctx)
-    exposure_candidates: int = 16  # a canary's exposure ranks it among itself + 15 alternatives
-    exposure_per_group: int = 2   # exposure of the first 2 canaries of each copy count (all are extracted)
+    exposure_candidates: int = EXPOSURE_CANDIDATES  # every canary and this many - 1 draws from its R
     count_tokens: int = 5_000_000  # training tokens counted to find the frequent ones
     top_p: float = 0.9            # sampled continuations: nucleus sampling ...
     temperature: float = 1.0      # ... at temperature 1
@@ -66,11 +75,11 @@ def read_run(run_dir: str | os.PathLike) -> dict:
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise ValueError(f"{run_dir} is not a folder; pass a run folder such as runs/demo.")
-    if not (run_dir / "run.json").exists():
+    if not run_json(run_dir).exists():
         raise ValueError(f"{run_dir} is not a run: it has no run.json.")
-    run = read_json(run_dir / "run.json")
+    run = read_json(run_json(run_dir))
     if not isinstance(run, dict):
-        raise CheckpointError(run_dir / "run.json", "is not a JSON object")
+        raise CheckpointError(run_json(run_dir), "is not a JSON object")
     return run
 
 
@@ -125,10 +134,62 @@ def repeated_random_tokens(frequent: np.ndarray, n_rows: int, period: int, bos: 
     return torch.tensor(np.stack(rows), dtype=torch.long)
 
 
+@dataclass(frozen=True)
+class RandomnessSpace:
+    """Where a canary's random part comes from, as data.json records it (train.stories writes it):
+    the text is `prefix` + " " + `n_words` words joined by spaces + ".", each word drawn uniformly
+    and independently from `alphabet`, so |R| = len(alphabet) ** n_words."""
+
+    prefix: str
+    alphabet: tuple[str, ...]
+    n_words: int
+
+    def words_of(self, text: str) -> list[str] | None:
+        """The drawn words of `text`, or None when the text does not have this form."""
+        if not (text.startswith(self.prefix + " ") and text.endswith(".")):
+            return None
+        words = text[len(self.prefix) + 1:-1].split(" ")
+        allowed = set(self.alphabet)
+        return words if len(words) == self.n_words and all(w in allowed for w in words) else None
+
+    def describe(self, n_words: int | None = None) -> str:
+        k = self.n_words if n_words is None else n_words
+        return (f"{k} words drawn uniformly from a list of {len(self.alphabet)}: |R| = {len(self.alphabet)}^{k}"
+                f" = 2^{k * math.log2(len(self.alphabet)):.1f}")
+
+
+def canary_space(canary: dict) -> RandomnessSpace | None:
+    """The randomness space a data.json canary records ("prefix", "secret_alphabet", "secret_words"),
+    or None when it records none (runs made before it was recorded) or its text does not follow it."""
+    prefix, alphabet, n_words = canary.get("prefix"), canary.get("secret_alphabet"), canary.get("secret_words")
+    if not isinstance(prefix, str) or not isinstance(alphabet, list) or len(alphabet) < 2:
+        return None
+    if isinstance(n_words, bool) or not isinstance(n_words, int) or n_words < 1:
+        return None
+    if not all(isinstance(w, str) and w and " " not in w for w in alphabet):
+        return None
+    space = RandomnessSpace(prefix, tuple(dict.fromkeys(alphabet)), n_words)
+    return space if space.words_of(str(canary.get("text", ""))) is not None else None
+
+
+def draw_candidates(head: list[int], word_tokens: list[list[int]], tail: list[int], n_words: int, n: int,
+                    rng: np.random.Generator) -> list[list[int]]:
+    """`n` samples of a canary's randomness space in token space: the shared opening `head`, then
+    `n_words` words drawn uniformly with replacement (word i is the tokens `word_tokens[i]`), then
+    `tail`. Uniform draws make the candidates' log-perplexities a sample of the distribution over
+    all of R, which is what both exposures estimate."""
+    picks = rng.integers(len(word_tokens), size=(n, n_words))
+    return [head + [t for i in row for t in word_tokens[i]] + tail for row in picks.tolist()]
+
+
 @dataclass
 class Canary:
     """A planted sequence tokenized with the run tokenizer, split for extraction, with the
-    candidate texts its exposure is ranked against (itself first)."""
+    candidates its exposure is measured against (itself first, all truncated to n_ctx + 1 tokens).
+
+    `source` says where the other candidates come from: "sampled" (drawn at probe time from the
+    randomness space R, whose size over the scored tokens is 2^space_log2), "listed" (the
+    alternatives data.json lists, for runs that do not record R; |R| unknown) or "none"."""
 
     id: str
     copies: int
@@ -136,27 +197,68 @@ class Canary:
     prefix: list[int]
     suffix: list[int]
     candidates: list[list[int]]
+    source: str = "listed"
+    space_log2: float | None = None
+    space: str | None = None
 
 
-def tokenize_canaries(data_meta: dict, tokenizer: Tokenizer, sizes: ProbeSizes, n_ctx: int) -> list[Canary]:
+def _sampled_candidates(text_tokens: list[int], space: RandomnessSpace, text: str, tokenizer: Tokenizer,
+                        n: int, n_ctx: int, rng: np.random.Generator,
+                        word_cache: dict[str, list[int]]) -> tuple[list[list[int]], float, str] | None:
+    """(candidates, log2|R| over the tokens the model sees, description), or None when the canary's
+    tokens are not its opening's, its words' and its "."'s tokens in a row (then the words could not
+    be swapped token by token)."""
+    for w in space.alphabet:
+        if w not in word_cache:
+            word_cache[w] = tokenizer.encode(" " + w)
+    head, tail = tokenizer.encode(space.prefix), tokenizer.encode(".")
+    words = space.words_of(text) or []
+    if head + [t for w in words for t in word_cache[w]] + tail != text_tokens:
+        return None
+    word_tokens = [word_cache[w] for w in space.alphabet]
+    drawn = draw_candidates(head, word_tokens, tail, space.n_words, n - 1, rng)
+    limit = n_ctx + 1
+    seen_words, pos = 0, len(head)  # words that start inside the scored window vary; later ones are cut
+    for w in words:
+        if pos >= limit:
+            break
+        seen_words, pos = seen_words + 1, pos + len(word_cache[w])
+    log2 = seen_words * math.log2(len(space.alphabet))
+    return [text_tokens[:limit]] + [d[:limit] for d in drawn], log2, space.describe(seen_words)
+
+
+def tokenize_canaries(data_meta: dict, tokenizer: Tokenizer, sizes: ProbeSizes, n_ctx: int,
+                      seed: int = 0) -> list[Canary]:
+    """Every canary of data.json with its exposure candidates: `sizes.exposure_candidates` - 1
+    draws from its randomness space, seeded by the run seed and the canary's index (so every
+    checkpoint ranks it among the same candidates), or, when data.json records no space (older
+    runs), the alternatives it lists."""
     out = []
-    per_group: dict[int, int] = {}
+    word_cache: dict[str, list[int]] = {}
+    n = max(1, int(sizes.exposure_candidates))
     for i, c in enumerate(data_meta.get("canaries") or []):
-        tokens = tokenizer.encode(str(c["text"]))[: n_ctx]
+        text = str(c["text"])
+        full = tokenizer.encode(text)
+        tokens = full[: n_ctx]
         if len(tokens) < 2:
             continue
         prefix_len = int(c.get("prefix_tokens") or sizes.prefix_len)
         if prefix_len >= len(tokens):
             prefix_len = max(1, len(tokens) // 2)
-        copies = int(c.get("copies", 1))
-        per_group[copies] = per_group.get(copies, 0) + 1
-        alternatives = list(c.get("alternatives") or [])[: max(0, sizes.exposure_candidates - 1)]
-        if per_group[copies] > sizes.exposure_per_group:
-            alternatives = []  # extraction only: exposure costs a pass over every candidate
-        candidates = [tokens] + [tokenizer.encode(str(a))[: n_ctx + 1] for a in alternatives]
-        out.append(Canary(id=str(c.get("id", i)), copies=copies, text=str(c["text"]),
+        space = canary_space(c)
+        rng = np.random.default_rng([int(seed), CANARY_STREAM, i])
+        sampled = _sampled_candidates(full, space, text, tokenizer, n, n_ctx, rng, word_cache) if space and n > 1 else None
+        if sampled is not None:
+            candidates, log2, described = sampled
+            source = "sampled"
+        else:
+            alternatives = list(c.get("alternatives") or [])[: n - 1]
+            candidates = [full[: n_ctx + 1]] + [tokenizer.encode(str(a))[: n_ctx + 1] for a in alternatives]
+            candidates = [t for t in candidates if len(t) >= 2]
+            log2, described, source = None, None, "listed" if len(candidates) > 1 else "none"
+        out.append(Canary(id=str(c.get("id", i)), copies=int(c.get("copies", 1)), text=text,
                           prefix=tokens[:prefix_len], suffix=tokens[prefix_len: prefix_len + sizes.suffix_len],
-                          candidates=[t for t in candidates if len(t) >= 2]))
+                          candidates=candidates, source=source, space_log2=log2, space=described))
     return out
 
 
@@ -254,7 +356,7 @@ def probe_inputs(run_dir: str | os.PathLike, sizes: ProbeSizes | None = None,
     meta = read_data_meta(run_dir)
     for key in ("chunk_len", "n_train_tokens", "n_val_tokens", "global_batch"):
         if key not in meta:
-            raise CheckpointError(run_dir / "data.json", f"lacks the {key!r} field")
+            raise CheckpointError(data_json(run_dir), f"lacks the {key!r} field")
     seed = run_seed(run_dir, meta)
     tokenizer = tokenizer or load_tokenizer(run_dir)
     n_ctx = model_context(run, meta)
@@ -280,5 +382,5 @@ def probe_inputs(run_dir: str | os.PathLike, sizes: ProbeSizes | None = None,
         run_dir=run_dir, seed=seed, data_meta=meta, sizes=sizes, n_ctx=n_ctx, heldout=heldout,
         random_tokens=repeated_random_tokens(frequent, sizes.n_random, period, tokenizer.eot_id, seed),
         random_period=period, prompt_texts=list(PROMPTS), prompt_tokens=prompt_batch(tokenizer),
-        canaries=tokenize_canaries(meta, tokenizer, sizes, n_ctx), eot_id=tokenizer.eot_id, _train=train,
+        canaries=tokenize_canaries(meta, tokenizer, sizes, n_ctx, seed), eot_id=tokenizer.eot_id, _train=train,
     )

@@ -20,25 +20,20 @@ from typing import Callable, Iterable
 
 import torch
 
-from model.checkpoint import (PROBES, CheckpointError, list_checkpoints, load_checkpoint,
-                              read_json, step_of, write_json_atomic)
+from model.checkpoint import CheckpointError, list_checkpoints, load_checkpoint, read_json, write_json_atomic
+from model.runlayout import probes_dir, result_path, result_step, run_json, step_of, summary_path
 from model.tokenizer import load_tokenizer
 
 from .compute import PROBES as PROBE_NAMES
 from .compute import RESULT_VERSION, check_only, compute_probes
 from .inputs import ProbeSizes, probe_inputs, read_run
-from .summary import summary_path, write_summary
+from .summary import write_summary
 
 MAX_THREADS = 1024
 MAX_JOBS = 256
-RESULT_FILE = re.compile(r"^step_(\d{6,})\.json$")
 TEMP_FILE = re.compile(r"^\..+\.tmp-(\d+)$")
 
 Progress = Callable[[int, int, "int | None"], None]
-
-
-def result_path(run_dir: str | os.PathLike, step: int) -> Path:
-    return Path(run_dir) / PROBES / f"step_{int(step):06d}.json"
 
 
 def read_result(path: str | os.PathLike) -> dict | None:
@@ -56,16 +51,16 @@ def read_result(path: str | os.PathLike) -> dict | None:
 
 def read_results(run_dir: str | os.PathLike) -> dict[int, dict]:
     """{step: result} for every readable result file of a run."""
-    root = Path(run_dir) / PROBES
+    root = probes_dir(run_dir)
     out: dict[int, dict] = {}
     if not root.is_dir():
         return out
     for p in root.iterdir():
-        m = RESULT_FILE.match(p.name)
-        if m:
+        step = result_step(p)
+        if step is not None:
             data = read_result(p)
             if data is not None:
-                out[int(m.group(1))] = data
+                out[step] = data
     return dict(sorted(out.items()))
 
 
@@ -90,7 +85,7 @@ def pid_alive(pid: int) -> bool:
 
 def remove_stale_temp_files(run_dir: str | os.PathLike) -> None:
     """Delete temp files that a killed writer left in probes/ (never those of a live process)."""
-    root = Path(run_dir) / PROBES
+    root = probes_dir(run_dir)
     if root.is_dir():
         for p in root.iterdir():
             m = TEMP_FILE.match(p.name)
@@ -277,7 +272,7 @@ def _run_probes(run_dir: Path, only, steps, force, progress, device, sizes, log,
 
 def run_status(run_dir: Path) -> str:
     try:
-        return str(read_json(run_dir / "run.json").get("status", "training"))
+        return str(read_json(run_json(run_dir)).get("status", "training"))
     except (CheckpointError, AttributeError):
         return "training"
 
@@ -382,5 +377,5 @@ def main(argv: list[str] | None = None) -> int:
         print("probes: interrupted; results written so far are complete.", file=sys.stderr)
         return 130
     close()
-    print(f"probes: computed {len(done)} checkpoint(s); results in {Path(args.run) / PROBES}.")
+    print(f"probes: computed {len(done)} checkpoint(s); results in {probes_dir(args.run)}.")
     return 0

@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import math
 import os
-from pathlib import Path
 from typing import Any
 
-from model.checkpoint import PROBES, write_json_atomic
+from model.checkpoint import write_json_atomic
+from model.runlayout import summary_path
 
 from .metrics import first_at_or_above, largest_sustained_rise, sustained_crossing, sustained_fall, sustained_rise
 
@@ -294,10 +294,6 @@ def summarize(results: dict[int, dict]) -> dict:
         "thresholds": dict(THRESHOLDS),
         "rules": rules(),
     }
-
-
-def summary_path(run_dir: str | os.PathLike) -> Path:
-    return Path(run_dir) / PROBES / "summary.json"
 
 
 def write_summary(run_dir: str | os.PathLike) -> dict:

@@ -18,11 +18,12 @@ import torch.distributed as dist
 
 from model.checkpoint import CheckpointError, has_state, read_json, read_jsonl, remove_partial_checkpoints, write_json_atomic
 from model.config import GPTConfig
+from model.runlayout import RUN_JSON, metrics_jsonl, samples_jsonl
 
 from .args import BadInput, TrainArgs, requested, resolve
 from .corpora import check_source
 from .loop import Dist, Trainer
-from .rundir import (RUN_JSON, check_chunks, check_out_dir, clean_temporaries, data_installed, data_record,
+from .rundir import (check_chunks, check_out_dir, clean_temporaries, data_installed, data_record,
                      install_data, keep_rows_through, model_config, prepare_tokens, run_record, set_status)
 
 
@@ -184,8 +185,8 @@ def train_started(out: Path, args: TrainArgs, stored: dict | None, d: Dist, devi
             trainer.load()
         if d.main:
             last = trainer.step if not fresh else -1
-            keep_rows_through(out / "metrics.jsonl", last)
-            keep_rows_through(out / "samples.jsonl", last)
+            keep_rows_through(metrics_jsonl(out), last)
+            keep_rows_through(samples_jsonl(out), last)
         trainer.run(fresh)
     except BaseException as e:
         if d.main:
@@ -203,7 +204,7 @@ def train_started(out: Path, args: TrainArgs, stored: dict | None, d: Dist, devi
 
 
 def report(out: Path, seconds: float) -> None:
-    vals = [r for r in read_jsonl(out / "metrics.jsonl") if "val_loss" in r]
+    vals = [r for r in read_jsonl(metrics_jsonl(out)) if "val_loss" in r]
     if vals:
         print(f"{out}: step {vals[-1]['step']}, held-out loss {vals[0]['val_loss']:.3f} at step 0 -> "
               f"{vals[-1]['val_loss']:.3f}, {seconds:.0f} s", file=sys.stderr)

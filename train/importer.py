@@ -40,11 +40,12 @@ from model.config import GPTConfig
 from model.gpt import GPT
 from model.interop import from_hf
 from model.rundata import n_chunks
+from model.runlayout import RUN_JSON, metrics_jsonl, samples_jsonl
 from model.tokenizer import GPT2_VOCAB_SIZE, Tokenizer, load_tokenizer
 
 from .args import BadInput, Parser, TrainArgs, validate
 from .corpora import Corpus, check_source, load_corpus, split_documents, text_files
-from .rundir import RUN_JSON, clean_temporaries, data_installed, data_record, install_data, set_status
+from .rundir import clean_temporaries, data_installed, data_record, install_data, set_status
 from .tokens import Tokenized, tokenize
 from .importer_sources import Source, SourceCheckpoint, parse_from, scan
 
@@ -254,7 +255,7 @@ def import_checkpoint(out: Path, ck: SourceCheckpoint, args: argparse.Namespace,
         meta["tokens"] = int(ck.tokens)
     if args.sample_tokens > 0:
         for row in samples(model, tokenizer, ck.step, args.sample_tokens, args.seed):
-            append_jsonl(out / "samples.jsonl", row)
+            append_jsonl(samples_jsonl(out), row)
     save_checkpoint(out, ck.step, model, meta)
 
 
@@ -279,7 +280,7 @@ def write_metrics(out: Path, ckpts: list[SourceCheckpoint]) -> None:
     logs = [ck.log_history for ck in ckpts if ck.log_history]
     rows = trainer_metrics(logs[-1]) if logs else []
     if rows:
-        write_bytes_atomic(out / "metrics.jsonl", "".join(json.dumps(r, allow_nan=False) + "\n" for r in rows).encode())
+        write_bytes_atomic(metrics_jsonl(out), "".join(json.dumps(r, allow_nan=False) + "\n" for r in rows).encode())
 
 
 def keep_sample_rows(path: Path, steps: set[int]) -> None:
@@ -324,7 +325,7 @@ def run_import(args: argparse.Namespace) -> int:
         set_status(out, "importing", imported=record,
                    checkpoint_steps=sorted(set(existing.get("checkpoint_steps") or []) | set(steps)))
     have = {step_of(p) for p in list_checkpoints(out)}
-    keep_sample_rows(out / "samples.jsonl", have)
+    keep_sample_rows(samples_jsonl(out), have)
     todo = [ck for ck in ckpts if ck.step not in have]
     tokenizer = load_tokenizer(None)
     for ck in tqdm(todo, desc="import", unit="ckpt", dynamic_ncols=True):

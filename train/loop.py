@@ -27,6 +27,7 @@ from model.checkpoint import append_jsonl, load_state, save_checkpoint, save_sta
 from model.config import GPTConfig
 from model.gpt import GPT
 from model.rundata import get_chunks, load_tokens, n_chunks, read_data_meta, sample_chunk_ids
+from model.runlayout import metrics_jsonl, samples_jsonl
 from model.tokenizer import load_tokenizer
 
 from .args import TrainArgs
@@ -175,7 +176,7 @@ class Trainer:
     # -- writing -----------------------------------------------------------------------------
     def flush(self) -> None:
         if self.rows:
-            path = self.run_dir / "metrics.jsonl"
+            path = metrics_jsonl(self.run_dir)
             with open(path, "a") as f:
                 f.write("".join(json.dumps(r, allow_nan=False) + "\n" for r in self.rows))
                 f.flush()
@@ -187,7 +188,7 @@ class Trainer:
         then the training state last, so a state never points past what was written."""
         self.flush()
         for s in self.samples():
-            append_jsonl(self.run_dir / "samples.jsonl", s)
+            append_jsonl(samples_jsonl(self.run_dir), s)
         save_checkpoint(self.run_dir, self.step, self.raw, {
             "tokens": self.step * self.G * self.L, "train_loss": row.get("loss"), "val_loss": row["val_loss"],
             "time": time.time()})

@@ -11,19 +11,15 @@ import json
 from datetime import datetime, timezone
 from pathlib import Path
 
-from model.checkpoint import (STATE, CheckpointError, has_state, read_json, read_jsonl, write_bytes_atomic,
-                              write_json_atomic)
+from model.checkpoint import CheckpointError, has_state, read_json, read_jsonl, write_bytes_atomic, write_json_atomic
 from model.config import GPTConfig
-from model.rundata import n_chunks, token_path
+from model.rundata import n_chunks
+from model.runlayout import DATA_JSON, RUN_JSON, SPLITS, VOCAB_JSON, data_dir, split_file, state_dir
 
 from .args import BadInput, TrainArgs
 from .corpora import load_corpus
 from .schedule import checkpoint_steps
 from .tokens import Tokenized, link_or_copy, tokenize
-
-RUN_JSON = "run.json"
-DATA_JSON = "data.json"
-
 
 def check_out_dir(out: Path, resume: bool) -> dict | None:
     """The stored run.json["train"] when resuming; None for a fresh run. Raises BadInput when
@@ -110,18 +106,18 @@ def check_chunks(cfg: GPTConfig, tok: Tokenized) -> None:
 
 def install_data(run_dir: Path, tok: Tokenized, data: dict) -> None:
     """Link the cached token files (and vocab) into the run, then write data.json last."""
-    for split in ("train", "val"):
-        link_or_copy(tok.dir / f"{split}.bin", token_path(run_dir, split))
-    if (tok.dir / "vocab.json").exists():
-        write_bytes_atomic(run_dir / "vocab.json", (tok.dir / "vocab.json").read_bytes())
+    for split in SPLITS:
+        link_or_copy(tok.dir / f"{split}.bin", split_file(run_dir, split))
+    if (tok.dir / VOCAB_JSON).exists():
+        write_bytes_atomic(run_dir / VOCAB_JSON, (tok.dir / VOCAB_JSON).read_bytes())
     write_json_atomic(run_dir / DATA_JSON, data)
 
 
 def data_installed(run_dir: Path) -> bool:
     try:
         meta = read_json(run_dir / DATA_JSON)
-        return all(token_path(run_dir, s).stat().st_size == meta[f"n_{s}_tokens"] * (2 if meta["dtype"] == "uint16" else 4)
-                   for s in ("train", "val"))
+        return all(split_file(run_dir, s).stat().st_size == meta[f"n_{s}_tokens"] * (2 if meta["dtype"] == "uint16" else 4)
+                   for s in SPLITS)
     except (CheckpointError, OSError, KeyError, TypeError):
         return False
 
@@ -147,7 +143,7 @@ def keep_rows_through(path: Path, step: int) -> None:
 
 def clean_temporaries(run_dir: Path) -> None:
     """Temporary files a killed writer left (atomic writes name them .NAME.tmp-PID)."""
-    for folder in (run_dir, run_dir / STATE, run_dir / "data"):
+    for folder in (run_dir, state_dir(run_dir), data_dir(run_dir)):
         if folder.is_dir():
             for p in folder.iterdir():
                 if is_temporary(p):

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from model.checkpoint import read_json
+from model.runlayout import run_json as run_json_path
 
 SMALL_RUN = dict(
     preset="nano", data="stories", steps=40, batch_size=8, grad_accum=1, lr=3e-3, warmup=8,
@@ -39,7 +40,7 @@ def make_small_run(out_dir: str | os.PathLike, steps: int = 40, **overrides: Any
     from . import main
 
     out = Path(out_dir)
-    run_json = out / "run.json"
+    run_json = run_json_path(out)
     if run_json.exists() and read_json(run_json).get("status") == "complete":
         return out
     status = main(small_run_argv(out, steps=steps, **overrides) + (["--resume"] if run_json.exists() else []))

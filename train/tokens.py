@@ -1,6 +1,7 @@
 """Documents -> token memmaps, tokenized once and cached by content hash.
 
-The cache (runs/.cache/tokens/<hash>/ or $WORKBENCH_CACHE/<hash>/) holds the final model-id
+The cache (runs/.cache/tokens/<hash>/, or $WORKBENCH_CACHE/tokens/<hash>/; see
+model.runlayout.token_cache_root) holds the final model-id
 arrays (and the compact vocab), so a second run on the same corpus only hashes the text and
 hard-links the files into its own data/ folder. Each document is tokenized on its own and followed
 by <|endoftext|>, so a planted canary has the same tokens in the stream as when encoded alone.
@@ -18,6 +19,7 @@ import numpy as np
 from tqdm import tqdm
 
 from model.checkpoint import write_json_atomic
+from model.runlayout import VOCAB_JSON, token_cache_root
 from model.tokenizer import GPT2_EOT_ID, GPT2_VOCAB_SIZE, CompactVocab, build_compact_vocab, gpt2_encoding, EOT
 
 from .corpora import Corpus
@@ -34,13 +36,8 @@ class Tokenized:
 
     @property
     def vocab(self) -> CompactVocab | None:
-        p = self.dir / "vocab.json"
+        p = self.dir / VOCAB_JSON
         return CompactVocab.load(p) if p.exists() else None
-
-
-def cache_root(runs_root: Path) -> Path:
-    env = os.environ.get("WORKBENCH_CACHE")
-    return Path(env) / "tokens" if env else runs_root / ".cache" / "tokens"
 
 
 def content_key(corpus: Corpus, vocab_size: int | None) -> str:
@@ -82,7 +79,7 @@ def to_model_ids(gpt2_ids: np.ndarray, vocab: CompactVocab | None) -> np.ndarray
 def tokenize(corpus: Corpus, vocab_size: int | None, runs_root: Path) -> Tokenized:
     """Token files for `corpus`, from the cache when it already holds them."""
     key = content_key(corpus, vocab_size)
-    final = cache_root(runs_root) / key
+    final = token_cache_root(runs_root) / key
     if cache_valid(final):
         return Tokenized(final, json.loads((final / "info.json").read_text()), True)
     final.parent.mkdir(parents=True, exist_ok=True)
@@ -109,7 +106,7 @@ def write_token_files(folder: Path, corpus: Corpus, vocab_size: int | None, key:
     vocab = None
     if vocab_size is not None:
         vocab = build_compact_vocab(np.bincount(train, minlength=GPT2_VOCAB_SIZE), vocab_size)
-        vocab.save(folder / "vocab.json")
+        vocab.save(folder / VOCAB_JSON)
     n_vocab = vocab.size if vocab else GPT2_VOCAB_SIZE
     dtype = np.uint16 if n_vocab <= 65536 else np.uint32
     train_ids, val_ids = to_model_ids(train, vocab), to_model_ids(val, vocab)
