@@ -62,14 +62,9 @@ def head_mean(results: Results, path: str) -> tuple[list[int], list[float]]:
 
 
 def icl_value(v: Any) -> float | None:
-    """The ICL score, whether stored as a number or as an object with its positions."""
-    if isinstance(v, (int, float)) and not isinstance(v, bool):
-        return float(v)
-    if isinstance(v, Mapping):
-        for k in ("value", "score", "icl_score", "delta"):
-            if isinstance(v.get(k), (int, float)) and not isinstance(v.get(k), bool):
-                return float(v[k])
-    return None
+    """The ICL score's value, as the induction probe writes it: {"value": ..., positions ...}."""
+    value = v.get("value") if isinstance(v, Mapping) else None
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
 def icl_series(results: Results) -> tuple[list[int], list[float]]:
@@ -107,7 +102,7 @@ def emergence_rule(summary: Mapping[str, Any] | None, name: str) -> str | None:
     """The detection rule summary.json states for a phenomenon, to print under the chart."""
     v = get(summary, f"emergence.{name}") if isinstance(summary, Mapping) else None
     if isinstance(v, Mapping):
-        rule = v.get("rule") or v.get("description")
+        rule = v.get("rule")
         return str(rule) if rule else None
     return None
 
@@ -188,22 +183,6 @@ def icl_label(icl: Any) -> str:
     if all(isinstance(r, (list, tuple)) and len(r) == 2 for r in (early, late)):
         return f"ICL score (loss at {late[0]}–{int(late[1]) - 1} − {early[0]}–{int(early[1]) - 1})"
     return "ICL score (loss late − early)"
-
-
-def repeated_ngram_mask(tokens: Sequence[int], n: int = 4) -> list[bool]:
-    """True for every token inside an n-gram that already occurred earlier in the sequence.
-
-    Used only when probes.metrics.repeated_ngram_mask is not importable; the pages prefer the
-    probes' own definition so highlight and seq-rep-n always agree."""
-    mask = [False] * len(tokens)
-    seen: set[tuple[int, ...]] = set()
-    for i in range(len(tokens) - n + 1):
-        gram = tuple(tokens[i:i + n])
-        if gram in seen:
-            for j in range(i, i + n):
-                mask[j] = True
-        seen.add(gram)
-    return mask
 
 
 def highlight_html(pieces: Sequence[str], mask: Sequence[bool], colour: str = "#ffd166") -> str:

@@ -14,7 +14,9 @@ from model.checkpoint import CheckpointError
 from model.tokenizer import gpt2_encoding
 
 from . import cache, jobs
-from .results import highlight_html, repeated_ngram_mask as _fallback_mask
+from probes.metrics import repeated_ngram_mask
+
+from .results import highlight_html
 from .runfolder import (DEMO_COMMAND, DEMO_TRAIN_COMMAND, RunFiles, read_run, run_names, runs_root,
                         safe_run_dir)
 
@@ -181,16 +183,14 @@ def step_picker(steps: Sequence[int], key: str = "step", label: str = "Checkpoin
     return st.select_slider(label, options=steps, key=key)
 
 
-def log_x_toggle(key: str = "log_x", value: bool = True) -> bool:
-    return st.checkbox("Log-scale steps", value=value, key=key)
+def log_x_toggle(key: str = "log_x", value: bool = True, where=st) -> bool:
+    """The "Log-scale steps" checkbox every page with a step axis has (in `where`: a column or
+    st). Step 0 cannot sit on a log axis: the figures draw it at 0.5 and say so."""
+    return where.checkbox("Log-scale steps", value=value, key=key)
 
 
 def ngram_mask(tokens: Sequence[int], n: int = 4) -> list[bool]:
-    """The probes' own repeated-n-gram mask when available, so highlight and seq-rep agree."""
-    try:
-        from probes.metrics import repeated_ngram_mask
-    except ImportError:
-        return _fallback_mask(tokens, n)
+    """The probes' repeated-n-gram mask (the one seq-rep-n counts), so highlight and metric agree."""
     return list(map(bool, repeated_ngram_mask(list(tokens), n)))
 
 

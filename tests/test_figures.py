@@ -140,22 +140,24 @@ def test_result_helpers_tolerate_missing_keys_and_find_emergence():
 
 
 def test_repeated_ngram_mask_and_highlight_escape_model_output():
+    from app.ui import ngram_mask
     toks = [1, 2, 3, 4, 1, 2, 3, 4, 9]
-    assert R.repeated_ngram_mask(toks, 4) == [False] * 4 + [True] * 4 + [False]
-    assert R.repeated_ngram_mask([5, 5, 5, 5, 5], 2) == [False, True, True, True, True]
+    assert ngram_mask(toks, 4) == [False] * 4 + [True] * 4 + [False]
+    assert ngram_mask([5, 5, 5, 5, 5], 2) == [False, True, True, True, True]
     html = R.highlight_html(["<b>", " wave", " wave", "\n"], [False, True, True, False])
     assert html == '&lt;b&gt;<mark style="background:#ffd166;padding:0"> wave wave</mark><br>'
 
 
 def test_app_mask_agrees_with_the_probes_definition():
+    from app.ui import ngram_mask
     from probes import metrics
     for toks in ([1, 2, 3, 4, 1, 2, 3, 4, 9], [5] * 9, [1, 2, 1, 2, 1, 2, 3], list(range(10))):
-        assert [bool(x) for x in metrics.repeated_ngram_mask(toks, 4)] == R.repeated_ngram_mask(toks, 4)
+        assert [bool(x) for x in metrics.repeated_ngram_mask(toks, 4)] == ngram_mask(toks, 4)
 
 
 # -- run comparison (attention-variants study) ------------------------------------------------
 def test_loss_spikes_known_answer():
-    from app import compare as C
+    from probes import loss_spikes as C
     assert (C.SPIKE_RATIO, C.SPIKE_WINDOW) == (1.0, 20)  # the rule the page states by default
     assert "more than 100% above (over 2x) the median of the 20 logged" in C.SPIKE_RULE
     losses = [2.0] * 41
@@ -175,7 +177,8 @@ def test_loss_spikes_known_answer():
     # the median, not the mean: one huge outlier in the window does not hide the next spike
     window = [2.0] * 20 + [40.0] + [4.4]  # mean of the 20 before 4.4 is 3.9, their median 2.0
     assert C.spike_flags(window) == [False] * 20 + [True, True]
-    assert C.values_at([0, 10, 20], [1.0, 2.0, 3.0], [20, 0, 15]) == [3.0, 1.0]
+    from app import compare
+    assert compare.values_at([0, 10, 20], [1.0, 2.0, 3.0], [20, 0, 15]) == [3.0, 1.0]
 
 
 def test_run_overlay_one_colour_per_run_one_dash_per_quantity_and_spike_counts():
@@ -212,9 +215,9 @@ def test_compared_probe_series_match_the_results():
     assert series["copying_best"][1] == pytest.approx(
         [np.max(RESULTS[s]["induction"]["in_context_copying"]) for s in STEPS])
     assert series["icl"][1] == pytest.approx([RESULTS[s]["induction"]["icl_score"]["value"] for s in STEPS])
-    # the probes write the ICL score under "value" (a bare number is accepted too)
+    # the probes write the ICL score under "value"; the app reads that one format and nothing else
     assert R.icl_series({3: {"induction": {"icl_score": {"value": -0.25, "early_position": 5}}},
-                         4: {"induction": {"icl_score": 0.5}}, 5: {"induction": {}}}) == ([3, 4], [-0.25, 0.5])
+                         4: {"induction": {"icl_score": {"score": 0.5}}}, 5: {"induction": {}}}) == ([3], [-0.25])
     assert C.probe_series({}) == {name: ([], []) for name in C.PROBE_SERIES}
 
 

@@ -9,7 +9,7 @@ def entropy_section(results) -> None:
     cols = st.columns([2, 1, 1])
     which = cols[0].radio("Entropy", ["normalized", "raw"], horizontal=True, key="entropy_kind",
                           help="normalized divides each query row's entropy by log(i+1), its maximum")
-    log_x = cols[1].checkbox("Log-scale steps", value=True, key="log_x")
+    log_x = ui.log_x_toggle("log_x", True, where=cols[1])
     steps, mats = R.matrices(results, f"attention_entropy.{which}")
     if not steps:
         st.info("The probe results hold no attention-entropy data.")

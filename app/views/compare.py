@@ -11,6 +11,7 @@ import pandas as pd
 import streamlit as st
 
 from app import cache, compare as C, figures, ui
+from probes import loss_spikes as S
 from app.runfolder import RunFiles, read_run, run_names, runs_root
 
 STUDY_COMMAND = "make study"
@@ -72,8 +73,8 @@ def load(root, name: str) -> Compared | None:
 def spike_ratio() -> float:
     """The loss-spike line, as a fraction above the trailing median (SPIKE_RATIO by default)."""
     pct = st.number_input("Loss-spike line: % above the median of the previous "
-                          f"{C.SPIKE_WINDOW} logged losses", min_value=5, max_value=1000,
-                          value=int(round(100 * C.SPIKE_RATIO)), step=5, key="spike_pct",
+                          f"{S.SPIKE_WINDOW} logged losses", min_value=5, max_value=1000,
+                          value=int(round(100 * S.SPIKE_RATIO)), step=5, key="spike_pct",
                           help="Lower it to see the hardest batches too; they come at the same steps in "
                                "every run trained on the same data order.")
     return float(pct) / 100.0
@@ -96,8 +97,8 @@ def training_section(runs: list[Compared], ratio: float) -> None:
     if not any(c.metrics["train"][0] for c in runs):
         st.info("None of these runs has logged training metrics yet.")
         return
-    log_x = st.checkbox("Log-scale steps", value=False, key="compare_log_x")
-    spikes = {c.label: C.loss_spikes(*c.metrics["train"], ratio=ratio) for c in runs}
+    log_x = ui.log_x_toggle("compare_log_x", False)
+    spikes = {c.label: S.loss_spikes(*c.metrics["train"], ratio=ratio) for c in runs}
     losses = {c.label: {"train": c.metrics["train"], "held-out": c.metrics["val"]} for c in runs}
     loss_marks = {c.label: (spikes[c.label], C.values_at(*c.metrics["train"], spikes[c.label])) for c in runs}
     st.plotly_chart(figures.run_overlay(losses, "Train and held-out loss", "cross-entropy (nats)", log_x=log_x,
@@ -111,7 +112,7 @@ def training_section(runs: list[Compared], ratio: float) -> None:
         st.plotly_chart(figures.run_overlay(grads, "Gradient norm (before clipping), loss spikes marked",
                                             "grad norm", log_x=log_x, log_y=True, markers=grad_marks),
                         key="compare_grad")
-    st.caption(f"Loss spikes: {C.spike_rule(ratio)} Counts: " +
+    st.caption(f"Loss spikes: {S.spike_rule(ratio)} Counts: " +
                ", ".join(f"{c.label} {len(spikes[c.label])}" for c in runs) + ".")
 
 
@@ -139,7 +140,7 @@ def probes_section(runs: list[Compared]) -> None:
     probed = [c for c in runs if c.results]
     if not probed:
         return
-    log_x = st.checkbox("Log-scale steps", value=True, key="compare_probe_log_x")
+    log_x = ui.log_x_toggle("compare_probe_log_x", True)
     series = {c.label: C.probe_series(c.results) for c in probed}
     cols = st.columns(2)
     drawn = 0

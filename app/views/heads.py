@@ -117,7 +117,7 @@ def render() -> None:
     with top[0]:
         step = ui.step_picker(steps)
     kind = top[1].radio("Heatmap ablation", list(KINDS), key="kind")
-    log_x = top[2].checkbox("Log-scale steps", value=True, key="log_x")
+    log_x = ui.log_x_toggle("log_x", True, where=top[2])
     matrix = R.get(results[step], f"head_ablation.{kind}")
     if not R.is_matrix(matrix):
         st.info(f"No {kind}-ablation results at step {step}.")

@@ -68,7 +68,7 @@ def render() -> None:
     results = ui.probe_results(run, "induction")
     if results is None:
         return
-    log_x = st.checkbox("Log-scale steps", value=True, key="log_x")
+    log_x = ui.log_x_toggle("log_x", True)
     ui.guarded(lambda: overview_section(run, results, log_x))
     ui.guarded(lambda: per_head_section(results, log_x))
 

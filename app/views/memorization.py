@@ -95,7 +95,7 @@ def render() -> None:
     unknown = training_data_unknown(results)
     if unknown:
         st.info(unknown)
-    log_x = st.checkbox("Log-scale steps", value=True, key="log_x")
+    log_x = ui.log_x_toggle("log_x", True)
     ui.guarded(lambda: scores_section(run, results, log_x))
     ui.guarded(lambda: canary_section(results, log_x))
     ui.guarded(lambda: examples_section(results))

@@ -78,7 +78,7 @@ def render() -> None:
     results = ui.probe_results(run, "repetition")
     if results is None:
         return
-    log_x = st.checkbox("Log-scale steps", value=True, key="log_x")
+    log_x = ui.log_x_toggle("log_x", True)
     ui.guarded(lambda: metrics_section(run, results, log_x))
     ui.guarded(lambda: generations_section(run, results))
 

@@ -11,7 +11,7 @@ def loss_section(run) -> None:
     others = [n for n in run_names(root) if n != run.name]
     left, right = st.columns([3, 1])
     compare = left.multiselect("Compare with other runs", others, key="compare") if others else []
-    log_x = right.checkbox("Log-scale steps", value=False, key="log_x")
+    log_x = ui.log_x_toggle("log_x", False, where=right)
     curves, checkpoints = {}, {}
     for r in [run] + [read_run(root, n) for n in compare]:
         curves[r.name] = metrics_series(r.path)
