@@ -11,14 +11,17 @@ gate, Qiu et al. 2025) and `linear` (causal linear attention, Katharopoulos et a
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from transformer_lens.hook_points import HookPoint
 
-from .config import GPTConfig
 from .layers import causal_mask, is_hooked
+
+if TYPE_CHECKING:  # only for annotations: config imports the attention registry
+    from .config import GPTConfig
 
 
 class StandardAttention(nn.Module):

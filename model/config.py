@@ -4,9 +4,11 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-# Attention kinds the model knows. model.attention registers the implementations; the names are
-# listed here so that a config can be validated without importing torch modules.
-ATTENTION_KINDS = ("standard", "gated", "linear")
+from .attention import ATTENTION
+
+# Attention kinds the model knows: the keys of model.attention's registry, so adding a kind is one
+# class and one entry there.
+ATTENTION_KINDS = tuple(ATTENTION)
 # MLP activations, by Hugging Face's names: GPT-2's tanh-approximated GELU, and the exact (erf) GELU
 # that nanoGPT's model.py uses, so its checkpoints import with identical logits.
 ACTIVATIONS = ("gelu_new", "gelu")
