@@ -49,7 +49,7 @@ app: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m bench
 
-# The attention study (issue 6): the nano demo with each attention kind, same data and seed, as
+# The attention study: the nano demo with each attention kind, same data and seed, as
 # sibling runs that the app's "Compare runs" page overlays.
 STUDY_KINDS ?= standard linear gated
 study: $(STAMP)

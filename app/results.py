@@ -1,7 +1,7 @@
 """Probe results reshaped for plotting: series over steps, [layer][head] matrices per step,
 emergence steps, and repeated n-grams made visible. Pure functions, no Streamlit.
 
-`results` is always {step: the content of probes/step_NNNNNN.json} (issue 4 item 2 keys), and
+`results` is always {step: the content of probes/step_NNNNNN.json}, and
 paths into it are dotted, e.g. "repetition.greedy.seq_rep_4".
 """
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Forward+backward time and peak memory of each attention kind against context length (issue 6)."""
+"""Forward+backward time and peak memory of each attention kind against context length."""
 from __future__ import annotations
 
 import torch

@@ -1,4 +1,4 @@
-"""Speed against references measured in the same process (issue 7): training tokens/s vs HF,
+"""Speed against references measured in the same process: training tokens/s vs HF,
 run_with_cache vs TransformerLens, hook overhead, batched ablation sweep vs per-head loop,
 KV-cache generation vs recomputation, and training FLOP/s against this machine's matmul peak."""
 from __future__ import annotations

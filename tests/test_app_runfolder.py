@@ -1,4 +1,4 @@
-"""The app's view of the runs folder: it reads only runs inside it (issue 7), lists what each run
+"""The app's view of the runs folder: it reads only runs inside it, lists what each run
 holds, and finds a corrupt checkpoint by its hash without loading it."""
 from __future__ import annotations
 

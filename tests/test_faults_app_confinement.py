@@ -1,4 +1,4 @@
-"""The app reads only runs inside its runs folder (issue 7), checked end to end: every page of the
+"""The app reads only runs inside its runs folder, checked end to end: every page of the
 Streamlit app, driven by AppTest, is opened on runs that try to reach a "secret" run outside the
 folder: through their name (`..`, absolute paths, a symlinked run), through symlinked top-level
 files (samples.jsonl, vocab.json), and through symlinks deep inside (one checkpoint's weights, a

@@ -1,5 +1,5 @@
 """Random truncations, bit flips and deletions of every file a checkpoint or the training state
-depends on (issue 7, and "every byte that changes behaviour is verified"): the weights, meta.json,
+depends on ("every byte that changes behaviour is verified"): the weights, meta.json,
 the state file, latest.json, and the run files they record (vocab.json, data.json, run.json's model
 config). The loaders either raise model.checkpoint.CheckpointError naming the damaged file, or load
 exactly what was saved: config, meta, weights and state compared in full. The only damage allowed

@@ -1,4 +1,4 @@
-"""A disk that fills up during a checkpoint (issue 7): the training CLI stops with one clear
+"""A disk that fills up during a checkpoint: the training CLI stops with one clear
 sentence (no traceback, a non-zero exit status), every checkpoint and run file written before stays
 intact and loadable, nothing half-written is left visible, and once space is free `--resume`
 finishes with weights bit-identical to a run that never failed.

@@ -1,4 +1,4 @@
-"""SIGKILL of the probes runner at random moments (issue 7): after every kill each visible result
+"""SIGKILL of the probes runner at random moments: after every kill each visible result
 file is whole and equal to an uninterrupted run's, summary.json (if there) is readable, and the
 next run computes exactly the checkpoints still missing, ending with the same results and summary
 as a run never interrupted, and no temporary file left.

@@ -1,4 +1,4 @@
-"""SIGKILL of training at random moments (issue 7): after every kill each checkpoint present loads
+"""SIGKILL of training at random moments: after every kill each checkpoint present loads
 and equals the uninterrupted run's, the training state loads, metrics and samples are a prefix of
 the uninterrupted run's; resuming (and being killed again) ends with weights, metrics, samples and
 state bit-identical to a run that was never interrupted.

@@ -23,7 +23,7 @@ from _runs import write_run
 
 SMALL = ProbeSizes(n_ablation=4, n_attention=5, n_memorization=6, n_random=2, max_new_tokens=12, n_frequent=200)
 
-# Every key issue 4 item 2 asks for, as dotted paths into a result file.
+# Every key a result file must hold, as dotted paths.
 REQUIRED_KEYS = [
     "step", "tokens",
     "head_ablation.clean_loss", "head_ablation.zero", "head_ablation.mean", "head_ablation.resample",
