@@ -4,8 +4,6 @@ KV-cache generation vs recomputation, and training FLOP/s against this machine's
 from __future__ import annotations
 
 import copy
-import os
-import time
 
 import torch
 import torch.nn as nn

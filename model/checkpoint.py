@@ -411,14 +411,3 @@ def load_state(run_dir: str | os.PathLike) -> dict:
     if not isinstance(state, dict):
         raise CheckpointError(path, "training state is not a dictionary")
     return state
-
-
-def load_torch_file(path: str | os.PathLike) -> Any:
-    """Load any .pt file safely (weights_only), turning every failure into CheckpointError."""
-    path = Path(path)
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise CheckpointError(path, "file is missing") from None
-    except Exception as e:
-        raise CheckpointError(path, f"not a loadable torch file ({type(e).__name__})") from None

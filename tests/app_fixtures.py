@@ -17,8 +17,7 @@ from _runs import corrupt_checkpoint  # noqa: F401  (re-exported for the app tes
 import numpy as np
 import torch
 
-from model.checkpoint import (append_jsonl, checkpoint_dir, list_checkpoints, save_checkpoint, write_json_atomic,
-                              WEIGHTS)
+from model.checkpoint import append_jsonl, list_checkpoints, save_checkpoint, write_json_atomic
 from model.config import GPTConfig
 from model.gpt import GPT
 from model.tokenizer import build_compact_vocab, gpt2_encoding

@@ -12,7 +12,6 @@ process and shares the loaded checkpoints among them):
 """
 from __future__ import annotations
 
-import os
 import shutil
 import statistics
 import threading
@@ -159,7 +158,7 @@ def session(root: Path, i: int, times: list[float], failures: list[str], seen: d
         texts = [m.value for m in at.markdown if "font-family:monospace" in m.value]
         seen[i] = {"labels": labels, "kind": kind, "prompt": prompt, "loss": loss, "texts": texts,
                    "step": at.select_slider(key="step").value}
-    except Exception as e:  # noqa: BLE001 - collected, the test fails on it
+    except Exception:  # noqa: BLE001 - collected, the test fails on it
         failures.append(f"session {i}: {traceback.format_exc()}")
 
 

@@ -2,7 +2,6 @@
 fully hooked, and with cached generation equal to recomputation."""
 from __future__ import annotations
 
-import math
 
 import pytest
 import torch

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import itertools
 from collections import Counter
-import math
 import shutil
 from pathlib import Path
 

@@ -6,7 +6,6 @@ import hashlib
 import shutil
 
 import pytest
-import tiktoken
 
 from model import tokenizer as tk
 from model.tokenizer import (EOT, UNK, CompactVocab, TokenizerError, build_compact_vocab, gpt2_encoding,

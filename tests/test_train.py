@@ -22,7 +22,7 @@ from train.args import make_args
 from train.loop import Dist, Trainer
 from train.schedule import checkpoint_steps
 from train.stories import PROMPTS
-from train.testing import make_small_run, small_run_argv
+from train.testing import make_small_run
 
 from _ddp import assert_same_training, failure_report, launch_ddp
 

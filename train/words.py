@@ -64,11 +64,6 @@ ACTIVITIES = ["play tag", "fly a kite", "build a fort", "read a book", "bake a c
               "draw with chalk", "pick berries", "watch the clouds", "count the stars", "skip stones",
               "have a picnic", "dance in the rain", "play the drum", "catch fireflies"]
 
-# Verbs in past tense for "X ___ the Y" sentences.
-ACTIONS = """found saw lost dropped carried painted cleaned fixed hid shared opened closed kicked threw
-caught pushed pulled held hugged washed dried filled wrapped picked grabbed touched smelled tasted
-counted drew built broke mended polished folded stacked buried chased followed""".split()
-
 SOUNDS = """buzz moo quack woof meow tweet hoot oink baa neigh ribbit squeak roar hiss honk""".split()
 
 NUMBERS = """one two three four five six seven eight nine ten eleven twelve""".split()
