@@ -105,11 +105,11 @@ def read_json(path: str | os.PathLike) -> Any:
         raise CheckpointError(path, f"not readable JSON ({type(e).__name__}: {e})") from None
 
 
-def append_jsonl(path: str | os.PathLike, obj: Any) -> None:
-    """Append one line and fsync. A crash can at worst leave a partial last line, which
-    read_jsonl skips."""
+def append_jsonl(path: str | os.PathLike, *rows: Any) -> None:
+    """Append one line per row in one write, then fsync. A crash can at worst leave a partial
+    last line, which read_jsonl skips."""
     with open(path, "a") as f:
-        f.write(json.dumps(obj, allow_nan=False) + "\n")
+        f.write("".join(json.dumps(row, allow_nan=False) + "\n" for row in rows))
         f.flush()
         os.fsync(f.fileno())
 

@@ -10,9 +10,7 @@ the same global batch sees exactly what a single process sees.
 from __future__ import annotations
 
 import contextlib
-import json
 import math
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -176,11 +174,7 @@ class Trainer:
     # -- writing -----------------------------------------------------------------------------
     def flush(self) -> None:
         if self.rows:
-            path = metrics_jsonl(self.run_dir)
-            with open(path, "a") as f:
-                f.write("".join(json.dumps(r, allow_nan=False) + "\n" for r in self.rows))
-                f.flush()
-                os.fsync(f.fileno())
+            append_jsonl(metrics_jsonl(self.run_dir), *self.rows)
             self.rows = []
 
     def checkpoint(self, row: dict) -> None:

@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from model.checkpoint import write_json_atomic
 from model.runlayout import VOCAB_JSON, token_cache_root
-from model.tokenizer import GPT2_EOT_ID, GPT2_VOCAB_SIZE, CompactVocab, build_compact_vocab, gpt2_encoding, EOT
+from model.tokenizer import GPT2_EOT_ID, GPT2_VOCAB_SIZE, CompactVocab, Tokenizer, build_compact_vocab, gpt2_encoding, EOT
 
 from .corpora import Corpus
 
@@ -68,12 +68,8 @@ def encode_docs(docs: list[str], desc: str) -> np.ndarray:
 
 
 def to_model_ids(gpt2_ids: np.ndarray, vocab: CompactVocab | None) -> np.ndarray:
-    if vocab is None:
-        return gpt2_ids
-    table = np.full(GPT2_VOCAB_SIZE, vocab.unk_id, dtype=np.int64)
-    table[np.asarray(vocab.gpt2_ids, dtype=np.int64)] = np.arange(len(vocab.gpt2_ids))
-    table[GPT2_EOT_ID] = vocab.eot_id
-    return table[gpt2_ids]
+    """The model ids of GPT-2 ids, through the tokenizer's own table (unknown ids -> <|unk|>)."""
+    return gpt2_ids if vocab is None else Tokenizer(vocab).gpt2_to_model(gpt2_ids)
 
 
 def tokenize(corpus: Corpus, vocab_size: int | None, runs_root: Path) -> Tokenized:
