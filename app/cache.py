@@ -15,6 +15,8 @@ import streamlit as st
 import torch
 
 from model.checkpoint import CheckpointError, load_checkpoint, read_json
+from model.config import GPTConfig
+from model import memory
 from model.runlayout import (META, RUN_FILES, WEIGHTS, checkpoint_dir, data_json, metrics_jsonl, summary_path,
                              vocab_json)
 from model.tokenizer import Tokenizer, load_tokenizer
@@ -132,8 +134,34 @@ def _private_model(key: CheckpointKey):
     return _load_model(key)[0].private_copy()
 
 
+# The app's largest forward: an ablation over the held-out batch (heldout(): 16 sequences), or the
+# attention patterns of a prompt, materialised.
+APP_ROWS = 16
+_FITTED: set = set()  # checkpoint keys that passed check_model_fits (loaded: in use, not available)
+
+
+def check_model_fits(folder: Path, key: CheckpointKey) -> None:
+    """ValueError (TooLarge: one sentence, which the page shows) before loading a checkpoint whose
+    weights and largest forward would not fit in the memory available now, from its meta.json
+    config. Checked once per checkpoint version: afterwards the loaded model's memory is in use, no
+    longer available, and would refuse the very model already loaded. A meta.json that cannot be
+    read is left to the loader, which names the problem."""
+    if key in _FITTED:
+        return
+    try:
+        cfg = GPTConfig.from_dict(read_json_cached(folder / META)["config"])
+    except (CheckpointError, OSError, ValueError, TypeError, KeyError):
+        return
+    need = memory.model_bytes(cfg) + memory.forward_bytes(cfg, APP_ROWS, cfg.n_ctx, explicit_attention=True)
+    memory.check_fits(f"Loading the checkpoint {folder.name} (n_layer {cfg.n_layer}, n_embd {cfg.n_embd}, "
+                      f"n_ctx {cfg.n_ctx}, vocab {cfg.vocab_size})", need, memory.available_bytes(),
+                      where="this server", advice="free some memory or run the app on a larger machine")
+    _FITTED.add(key)
+
+
 def load_model(run: RunFiles, step: int):
-    """(model, meta) of a checkpoint, loaded once and shared; CheckpointError when it is corrupt."""
+    """(model, meta) of a checkpoint, loaded once and shared; CheckpointError when it is corrupt,
+    TooLarge (a ValueError) when it would not fit in memory."""
     folder = checkpoint_dir(run.path, step)
     if step not in run.checkpoint_steps:  # the listed ones lie inside the runs folder, files and all
         raise CheckpointError(folder, "is not a checkpoint of this run inside the runs folder (missing, or a "
@@ -142,6 +170,7 @@ def load_model(run: RunFiles, step: int):
         key = checkpoint_key(run, step)
     except OSError:
         raise CheckpointError(folder, "checkpoint folder, its meta.json or its weights are missing") from None
+    check_model_fits(folder, key)
     return _load_model(key)
 
 

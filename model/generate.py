@@ -16,7 +16,9 @@ from typing import Sequence
 
 import torch
 
-from .checkpoint import CheckpointError, list_checkpoints, load_checkpoint, step_of
+from .checkpoint import CheckpointError, list_checkpoints, load_checkpoint, read_checkpoint_meta, step_of
+from .config import GPTConfig
+from .memory import check_fits, device_available_bytes, generate_bytes
 from .tokenizer import TokenizerError, load_tokenizer
 
 
@@ -66,6 +68,23 @@ def pick_checkpoint(run_dir: Path, step: int | None) -> Path:
     return by_step[step]
 
 
+def check_memory(ckpt: Path, args: argparse.Namespace, device: torch.device) -> None:
+    """Refuse (TooLarge, a ValueError: one sentence, exit 2) before loading a checkpoint whose
+    weights, prompt forward and key/value cache would not fit, from its sealed meta.json config.
+    The prompt's token count is bounded by its UTF-8 bytes (a GPT-2 token is at least one byte).
+    A meta.json that cannot be read is left to load_checkpoint, which names the problem."""
+    try:
+        cfg = GPTConfig.from_dict(read_checkpoint_meta(ckpt)["config"])
+    except (CheckpointError, ValueError, TypeError):
+        return
+    prompt_len = len(args.prompt.encode("utf-8", errors="replace"))
+    need = generate_bytes(cfg, 1, prompt_len, args.max_new_tokens)
+    check_fits(f"generating from {ckpt} (n_layer {cfg.n_layer}, n_embd {cfg.n_embd}, n_ctx {cfg.n_ctx}, vocab "
+               f"{cfg.vocab_size})", need, device_available_bytes(device),
+               where="this GPU" if device.type == "cuda" else "this machine",
+               advice="free some memory or use a machine with more")
+
+
 def generate_text(args: argparse.Namespace) -> str:
     run_dir = Path(args.run)
     ckpt = pick_checkpoint(run_dir, args.step)
@@ -79,13 +98,14 @@ def generate_text(args: argparse.Namespace) -> str:
         raise UsageError("--device cuda was asked for, but no CUDA GPU is available here; use --device cpu.")
     if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
         raise UsageError(f"--device {args.device}: this machine has {torch.cuda.device_count()} CUDA GPU(s).")
+    if args.max_new_tokens > MAX_NEW_TOKENS:  # 10**30 would not be a long job but a hang
+        raise UsageError(f"--max-new-tokens must be at most {MAX_NEW_TOKENS}, got {args.max_new_tokens}.")
+    check_memory(ckpt, args, device)
     model, _ = load_checkpoint(ckpt, device=device)
     tok = load_tokenizer(run_dir)
     if tok.vocab_size != model.cfg.vocab_size:
         raise UsageError(f"The run's tokenizer has {tok.vocab_size} ids but the checkpoint's model has "
                          f"{model.cfg.vocab_size}; vocab.json does not belong to this checkpoint.")
-    if args.max_new_tokens > MAX_NEW_TOKENS:  # 10**30 would not be a long job but a hang
-        raise UsageError(f"--max-new-tokens must be at most {MAX_NEW_TOKENS}, got {args.max_new_tokens}.")
     ids = tok.encode(args.prompt)
     if not ids:
         raise UsageError("The prompt is empty; give at least one character to continue.")

@@ -16,16 +16,21 @@ import re
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Callable, Iterable
 
 import torch
 
-from model.checkpoint import CheckpointError, list_checkpoints, load_checkpoint, read_json, write_json_atomic
+from model.checkpoint import (CheckpointError, list_checkpoints, load_checkpoint, read_checkpoint_meta, read_json,
+                              write_json_atomic)
+from model.config import GPTConfig
+from model.memory import MARGIN, check_fits, device_available_bytes, forward_bytes, model_bytes
 from model.runlayout import probes_dir, result_path, result_step, run_json, step_of, summary_path
 from model.tokenizer import load_tokenizer
 
 from .compute import PROBES as PROBE_NAMES
 from .compute import RESULT_VERSION, check_only, compute_probes
+from .forward import rows_for
 from .inputs import ProbeSizes, probe_inputs, read_run
 from .summary import write_summary
 
@@ -236,6 +241,38 @@ def run_probes(run_dir: str | os.PathLike, only: Iterable[str] | str | None = No
         torch.set_num_threads(previous_threads)
 
 
+def probe_bytes(cfg: GPTConfig, sizes: ProbeSizes | None) -> int:
+    """Estimated memory of one process probing a checkpoint of `cfg`: the weights plus the largest
+    forward, with explicit attention patterns (the attention and induction probes hook them).
+    Its rows: the largest probe batch, or the logit-budget chunk (probes.forward.rows_for) that
+    the memorization and exposure forwards and the widened head-ablation sweep are split into."""
+    s = sizes or ProbeSizes()
+    chunk = rows_for(SimpleNamespace(cfg=cfg), cfg.n_ctx + 1)  # rows_for reads only model.cfg
+    chunked = max(s.n_memorization, s.exposure_candidates, s.n_ablation * cfg.n_head)
+    rows = max(s.n_ablation, s.n_attention, s.n_random, min(chunked, chunk))
+    return model_bytes(cfg) + forward_bytes(cfg, rows, cfg.n_ctx, explicit_attention=True)
+
+
+def jobs_that_fit(todo: list[Path], sizes: ProbeSizes | None, device: str, jobs: int) -> int:
+    """How many worker processes fit in memory (at most `jobs`), from the first readable
+    checkpoint's sealed meta.json config, before any checkpoint is loaded. Raises TooLarge (a
+    ValueError: one sentence, exit 2) when not even one does. A checkpoint whose meta.json cannot
+    be read is left to the loader, which names the problem."""
+    for path in todo:
+        try:
+            cfg = GPTConfig.from_dict(read_checkpoint_meta(path)["config"])
+            break
+        except (CheckpointError, ValueError, TypeError):
+            continue
+    else:
+        return jobs
+    need, have = probe_bytes(cfg, sizes), device_available_bytes(device)
+    check_fits(f"probing {path} (n_layer {cfg.n_layer}, n_embd {cfg.n_embd}, n_ctx {cfg.n_ctx}, vocab "
+               f"{cfg.vocab_size})", need, have, where="this GPU" if device == "cuda" else "this machine",
+               advice="free some memory or probe on a larger machine")
+    return max(1, min(jobs, int(MARGIN * have) // need))
+
+
 def _run_probes(run_dir: Path, only, steps, force, progress, device, sizes, log, skip, jobs) -> list[int]:
     read_run(run_dir)
     want = check_only(only)
@@ -258,9 +295,9 @@ def _run_probes(run_dir: Path, only, steps, force, progress, device, sizes, log,
             progress(finished, len(todo), step)
 
     if todo:
+        jobs = jobs_that_fit(todo, sizes, device, min(jobs, len(todo)))
         if progress:
             progress(0, len(todo), None)
-        jobs = min(jobs, len(todo))
         if jobs > 1 and device == "cpu":
             _probe_in_pool(run_dir, todo, want, device, sizes, report, jobs)
         else:

@@ -298,7 +298,8 @@ def empty_text(tmp_path):
     (["--config", "{t}/cfg_bad.toml"], "cannot be parsed"),
     (["--config", "{t}/cfg_key.toml"], "unknown option 'stepz'"),
     (["--config", "{t}/nope.toml"], "does not exist"),
-    (["--n-ctx", "100000"], "fewer than one sequence"),
+    (["--n-ctx", "8000", "--batch-size", "1", "--corpus-mb", "0.05"], "fewer than one sequence"),
+    (["--n-ctx", "100000"], "needs about"),  # 171 GiB at the default batch: refused before any work
     (["--frobnicate"], "Unrecognized arguments"),
     (["--threads", "-1"], "must not be negative"),
 ])

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from model.config import ATTENTION_KINDS, PRESETS
+from model.generate import MAX_NEW_TOKENS
 
 
 class BadInput(ValueError):
@@ -233,6 +234,8 @@ def validate(a: TrainArgs) -> None:
             raise BadInput(f"--{name.replace('_', '-')} must be a positive integer, got {v}.")
     if a.warmup < 0 or a.sample_tokens < 0 or a.threads < 0:
         raise BadInput("--warmup, --sample-tokens and --threads must not be negative.")
+    if a.sample_tokens > MAX_NEW_TOKENS:  # generated at every checkpoint: a typo must not hang the run
+        raise BadInput(f"--sample-tokens must be at most {MAX_NEW_TOKENS}, got {a.sample_tokens}.")
     for name, kind in FIELD_TYPES.items():  # so seeds, step counts and sizes fit a machine integer
         v = getattr(a, name)
         if kind.startswith("int") and isinstance(v, int) and v >= 2 ** 63:

@@ -18,6 +18,8 @@ import torch.distributed as dist
 
 from model.checkpoint import CheckpointError, has_state, read_json, read_jsonl, remove_partial_checkpoints, write_json_atomic
 from model.config import GPTConfig
+from model.memory import (GPT2_VOCAB, TooLarge, available_bytes, check_fits, corpus_bytes, device_available_bytes,
+                          train_bytes)
 from model.runlayout import RUN_JSON, metrics_jsonl, samples_jsonl
 
 from .args import BadInput, TrainArgs, requested, resolve
@@ -56,6 +58,31 @@ def set_threads(args: TrainArgs, cfg_width: int, d: Dist, device: torch.device) 
     elif d.world > 1 and device.type == "cpu":
         local = int(os.environ.get("LOCAL_WORLD_SIZE", d.world))
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // local))
+
+
+def check_memory(args: TrainArgs, d: Dist, device: torch.device) -> None:
+    """Refuse (BadInput, exit 2) a run whose training step would not fit in the device's memory,
+    before the corpus is tokenized or a model is built: `--batch-size 100000000` is valid input
+    that would otherwise run for minutes and then exhaust memory. The vocabulary is not known
+    before tokenizing, so its upper bound stands in (the compact size asked for, or GPT-2's). On a
+    CPU the local DDP ranks share the machine's memory, so each needs its share. A generated
+    stories corpus is held in memory while it is tokenized, so its size is checked too."""
+    vocab = min(args.resolved_vocab() or GPT2_VOCAB, GPT2_VOCAB + 1)
+    cfg = model_config(args, vocab)
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", d.world)) if device.type == "cpu" else 1
+    need = train_bytes(cfg, args.batch_size) * max(1, local)
+    what = (f"training with --batch-size {args.batch_size} (n_layer {cfg.n_layer}, n_embd {cfg.n_embd}, "
+            f"n_ctx {cfg.n_ctx}, vocab {cfg.vocab_size}" + (f", {local} processes" if local > 1 else "") + ")")
+    try:
+        where = "this GPU" if device.type == "cuda" else "this machine"
+        check_fits(what, need, device_available_bytes(device), where=where,
+                   advice="use a smaller --batch-size (with --grad-accum for the same global batch), --n-ctx or model")
+        if args.data == "stories" and d.main:  # generated in memory by rank 0, whatever the device
+            chars = args.corpus_mb * 1_000_000 * (1 + args.val_fraction)
+            check_fits(f"preparing the stories corpus with --corpus-mb {args.corpus_mb:g}", corpus_bytes(int(chars)),
+                       available_bytes(), advice="use a smaller --corpus-mb")
+    except TooLarge as e:
+        raise BadInput(str(e)) from None
 
 
 def start_distributed(d: Dist, device: torch.device) -> None:
@@ -153,6 +180,7 @@ def train(explicit: dict, resume: bool, d: Dist) -> int:
     stored = check_out_dir(out, resume)
     args = resolve(explicit, stored, str(out))
     device = pick_device(args.device, d)
+    check_memory(args, d, device)
     check_source(args)
     set_threads(args, args.n_embd or GPTConfig.preset(args.preset).n_embd, d, device)
     start_distributed(d, device)
