@@ -9,10 +9,13 @@ import sys
 from pathlib import Path
 
 import torch
+import transformer_lens
+import transformers
 
+from . import attention_variants, attribution, demo_time, speed
 from .common import Report
 
-SECTIONS = ("speed", "attention", "demo")
+SECTIONS = ("speed", "attention", "demo", "attribution")
 
 
 def machine() -> str:
@@ -41,16 +44,13 @@ def main(argv: list[str] | None = None) -> int:
     tables: list[str] = []
     print("| figure | measured | goal | status | detail |\n|---|---|---|---|---|")
     if "speed" in only:
-        from . import speed
         speed.run(report)
     if "demo" in only:
-        from . import demo_time
         demo_time.run(report)
+    if "attribution" in only:
+        attribution.run(report)
     if "attention" in only:
-        from . import attention_variants
         tables.append(attention_variants.run())
-    import transformer_lens
-    import transformers
     lines = [
         "# Benchmark results", "",
         f"- date: {datetime.datetime.now().isoformat(timespec='seconds')}",

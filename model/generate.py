@@ -17,28 +17,17 @@ from typing import Sequence
 import torch
 
 from .checkpoint import CheckpointError, list_checkpoints, load_checkpoint, read_checkpoint_meta, step_of
+from .cliargs import ArgumentParser, UsageError
 from .config import GPTConfig
+from .device import pick_device
 from .memory import check_fits, device_available_bytes, generate_bytes
 from .tokenizer import TokenizerError, load_tokenizer
-
 
 MAX_NEW_TOKENS = 100_000
 
 
-class UsageError(Exception):
-    """Bad input from the command line, reported as one sentence and exit status 2."""
-
-
-class QuietParser(argparse.ArgumentParser):
-    """argparse that raises instead of printing usage and exiting, so main() reports every bad
-    input the same way."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        raise UsageError(message[0].upper() + message[1:] + ("" if message.endswith(".") else "."))
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = QuietParser(prog="python -m model.generate", description="Continue a prompt with a run's checkpoint.")
+def build_parser() -> ArgumentParser:
+    p = ArgumentParser(prog="python -m model.generate", description="Continue a prompt with a run's checkpoint.")
     p.add_argument("--run", required=True, help="run folder, e.g. runs/demo")
     p.add_argument("--step", type=int, default=None, help="checkpoint step (default: the latest)")
     p.add_argument("--prompt", required=True, help="text to continue")
@@ -88,16 +77,7 @@ def check_memory(ckpt: Path, args: argparse.Namespace, device: torch.device) -> 
 def generate_text(args: argparse.Namespace) -> str:
     run_dir = Path(args.run)
     ckpt = pick_checkpoint(run_dir, args.step)
-    try:
-        device = torch.device(args.device)
-    except RuntimeError:
-        raise UsageError(f"Unknown device {args.device!r}; use cpu or cuda.") from None
-    if device.type not in ("cpu", "cuda"):
-        raise UsageError(f"Unknown device {args.device!r}; use cpu or cuda.")
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError("--device cuda was asked for, but no CUDA GPU is available here; use --device cpu.")
-    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-        raise UsageError(f"--device {args.device}: this machine has {torch.cuda.device_count()} CUDA GPU(s).")
+    device = pick_device(args.device)
     if args.max_new_tokens > MAX_NEW_TOKENS:  # 10**30 would not be a long job but a hang
         raise UsageError(f"--max-new-tokens must be at most {MAX_NEW_TOKENS}, got {args.max_new_tokens}.")
     check_memory(ckpt, args, device)

@@ -3,13 +3,18 @@ repetition, induction), the runner that fills a run's probes/ folder, and the su
 checkpoints. Every probe uses only the hook interface, so it also runs on a TransformerLens model.
 """
 from .ablation import KINDS, ablate, head_ablation_sweep
+from .attribution import head_attribution
 from .compute import PROBES, compute_probes
 from .inputs import PROMPTS, ProbeInputs, ProbeSizes, heldout_tokens, probe_inputs
-from .runner import main, read_results, result_path, run_probes, watch
+from model.runlayout import result_path
+
+from .cli import main
+from .results import read_results
+from .runner import run_probes, watch
 from .summary import summarize, write_summary
 
 __all__ = [
     "KINDS", "PROBES", "PROMPTS", "ProbeInputs", "ProbeSizes", "ablate", "compute_probes", "head_ablation_sweep",
-    "heldout_tokens", "main", "probe_inputs", "read_results", "result_path", "run_probes", "summarize", "watch",
-    "write_summary",
+    "head_attribution", "heldout_tokens", "main", "probe_inputs", "read_results", "result_path", "run_probes",
+    "summarize", "watch", "write_summary",
 ]

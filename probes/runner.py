@@ -1,6 +1,6 @@
-"""The probes runner: compute every probe for every checkpoint of a run that has no results yet.
-
-    python -m probes runs/NAME [--watch] [--only PROBE,...] [--steps S,...] [--force]
+"""The probes runner: compute every probe for every checkpoint of a run that has no results yet,
+in this process or in worker processes, once or following a run in training (`watch`). Its command
+line is probes/cli.py; its result files, probes/results.py.
 
 Incremental (a checkpoint whose result file already holds the requested probes is skipped),
 atomic (results are written with model.checkpoint.write_json_atomic, so a killed runner leaves
@@ -10,106 +10,39 @@ checkpoint is reported on stderr and skipped; the others are still computed.
 """
 from __future__ import annotations
 
-import argparse
+import multiprocessing
 import os
-import re
+import signal
 import sys
+import threading
 import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Callable, Iterable
 
 import torch
 
-from model.checkpoint import (CheckpointError, list_checkpoints, load_checkpoint, read_checkpoint_meta, read_json,
-                              write_json_atomic)
+from model.checkpoint import CheckpointError, list_checkpoints, load_checkpoint, read_checkpoint_meta, read_json
 from model.config import GPTConfig
+from model.device import MAX_THREADS, pick_device
 from model.memory import MARGIN, check_fits, device_available_bytes, forward_bytes, model_bytes
-from model.runlayout import probes_dir, result_path, result_step, run_json, step_of, summary_path
+from model.runlayout import result_path, run_json, step_of, summary_path
 from model.tokenizer import load_tokenizer
 
-from .compute import PROBES as PROBE_NAMES
-from .compute import RESULT_VERSION, check_only, compute_probes
+from .compute import check_only, compute_probes
 from .forward import rows_for
 from .inputs import ProbeSizes, probe_inputs, read_run
+from .results import is_done, read_result, read_results, remove_stale_temp_files, write_result
 from .summary import write_summary
 
-MAX_THREADS = 1024
-MAX_JOBS = 256
-TEMP_FILE = re.compile(r"^\..+\.tmp-(\d+)$")
+MAX_JOBS = 256      # one process each: a typo must not start thousands
 
 Progress = Callable[[int, int, "int | None"], None]
 
 
-def read_result(path: str | os.PathLike) -> dict | None:
-    """A result file's content, or None when it is missing or unreadable. The runner writes only
-    regular files, so a symlink is not a result (and is never followed: it may lead anywhere, and
-    the app hands runs to this runner on the promise that nothing outside its runs folder is read)."""
-    if Path(path).is_symlink():
-        return None
-    try:
-        data = read_json(path)
-    except CheckpointError:
-        return None
-    return data if isinstance(data, dict) else None
-
-
-def read_results(run_dir: str | os.PathLike) -> dict[int, dict]:
-    """{step: result} for every readable result file of a run."""
-    root = probes_dir(run_dir)
-    out: dict[int, dict] = {}
-    if not root.is_dir():
-        return out
-    for p in root.iterdir():
-        step = result_step(p)
-        if step is not None:
-            data = read_result(p)
-            if data is not None:
-                out[step] = data
-    return dict(sorted(out.items()))
-
-
-def is_done(result: dict | None, want: Iterable[str]) -> bool:
-    return result is not None and result.get("version") == RESULT_VERSION and all(k in result for k in want)
-
-
-def pid_alive(pid: int) -> bool:
-    """Whether process `pid` still runs (a zombie, killed but not yet reaped, does not)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return True  # no /proc: trust kill()
-    return stat.rsplit(")", 1)[-1].split()[0] != "Z"
-
-
-def remove_stale_temp_files(run_dir: str | os.PathLike) -> None:
-    """Delete temp files that a killed writer left in probes/ (never those of a live process)."""
-    root = probes_dir(run_dir)
-    if root.is_dir():
-        for p in root.iterdir():
-            m = TEMP_FILE.match(p.name)
-            if m and not pid_alive(int(m.group(1))):
-                p.unlink(missing_ok=True)
-
-
 def stderr_log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
-
-
-def pick_device(device: str) -> str:
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda was asked for, but no CUDA device is available.")
-    if device not in ("cpu", "cuda"):
-        raise ValueError(f"device must be auto, cpu or cuda, got {device!r}.")
-    return device
 
 
 def pending_checkpoints(run_dir: Path, want: tuple[str, ...], steps: Iterable[int] | None,
@@ -136,10 +69,7 @@ def probe_checkpoint(run_dir: Path, path: Path, tokenizer, inputs, want: tuple[s
     result = compute_probes(model, tokenizer, inputs, step, want)
     if isinstance(meta.get("tokens"), int):
         result["tokens"] = meta["tokens"]
-    previous = read_result(result_path(run_dir, step))
-    if previous is not None and previous.get("version") == RESULT_VERSION:  # keep the probes not recomputed
-        result = {**previous, **result, "seconds": {**previous.get("seconds", {}), **result["seconds"]}}
-    write_json_atomic(result_path(run_dir, step), result)
+    write_result(run_dir, step, result)
     return step
 
 
@@ -151,8 +81,6 @@ def _exit_with_parent(parent: int, every: float = 0.5) -> None:
     """Stop this worker as soon as the runner that started it is gone. A runner killed with SIGKILL
     cannot shut its pool down, and an idle worker would otherwise wait on the task queue forever
     (it holds the queue's other end itself), keeping the runner's stdout and stderr open."""
-    import threading
-
     def watch() -> None:
         while os.getppid() == parent:
             time.sleep(every)
@@ -164,8 +92,6 @@ def _exit_with_parent(parent: int, every: float = 0.5) -> None:
 def _init_worker(run_dir: str, sizes: ProbeSizes | None, device: str, parent: int | None = None) -> None:
     """Each worker runs one torch thread (small models gain nothing from more, and two busy
     threads per process thrash a small machine) and loads the run's inputs once."""
-    import signal
-
     if parent is not None:
         _exit_with_parent(parent)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
@@ -195,9 +121,6 @@ def _probe_serially(run_dir: Path, todo: list[Path], want, device, sizes, report
 
 
 def _probe_in_pool(run_dir: Path, todo: list[Path], want, device, sizes, report, jobs: int) -> None:
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor, as_completed
-
     probe_inputs(run_dir, sizes)  # bad run data fails here, with its message, not inside a worker
     ctx = multiprocessing.get_context("spawn")  # never fork a process that has started torch threads
     with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=_init_worker,
@@ -276,7 +199,7 @@ def jobs_that_fit(todo: list[Path], sizes: ProbeSizes | None, device: str, jobs:
 def _run_probes(run_dir: Path, only, steps, force, progress, device, sizes, log, skip, jobs) -> list[int]:
     read_run(run_dir)
     want = check_only(only)
-    device = pick_device(device)
+    device = pick_device(device).type
     remove_stale_temp_files(run_dir)
     todo = [p for p in pending_checkpoints(run_dir, want, steps, force) if not skip or step_of(p) not in skip]
     done: list[int] = []
@@ -327,92 +250,3 @@ def watch(run_dir: str | os.PathLike, poll: float = 5.0, **kwargs) -> list[int]:
         time.sleep(poll)
 
 
-class ArgumentParser(argparse.ArgumentParser):
-    """argparse, but a usage error is one sentence on stderr and exit status 2."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        self.exit(2, f"probes: {message}.\n")
-
-
-def parse_steps(text: str) -> list[int]:
-    try:
-        steps = [int(s) for s in text.split(",") if s.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--steps takes comma-separated step numbers, got {text!r}") from None
-    if not steps or any(s < 0 for s in steps):
-        raise argparse.ArgumentTypeError(f"--steps takes comma-separated non-negative step numbers, got {text!r}")
-    return steps
-
-
-def build_parser() -> ArgumentParser:
-    p = ArgumentParser(prog="python -m probes", description="Compute probes for every checkpoint of a run.")
-    p.add_argument("run", help="run folder, e.g. runs/demo")
-    p.add_argument("--watch", action="store_true", help="keep going while training writes checkpoints")
-    p.add_argument("--only", help=f"comma-separated probes ({','.join(PROBE_NAMES)})")
-    p.add_argument("--steps", type=parse_steps, help="comma-separated checkpoint steps")
-    p.add_argument("--force", action="store_true", help="recompute results that exist")
-    p.add_argument("--device", default="cpu", help="auto, cpu or cuda (default cpu)")
-    p.add_argument("--poll", type=float, default=5.0, help="seconds between checks with --watch")
-    p.add_argument("--threads", type=int, default=1,
-                   help="torch CPU threads per process (default 1: fastest for small models on a small machine)")
-    p.add_argument("--jobs", type=int, help="worker processes (default: up to 2 on CPU, 1 with --watch or on CUDA)")
-    return p
-
-
-def default_jobs(watching: bool, device: str) -> int:
-    """Two one-thread workers use a 2-core CPU fully without thrashing; beside a training run
-    (--watch) one leaves training its cores; on CUDA one process keeps the GPU busy."""
-    if watching or device != "cpu":
-        return 1
-    return max(1, min(2, os.cpu_count() or 1))
-
-
-def tqdm_progress() -> tuple[Progress, Callable[[], None]]:
-    from tqdm import tqdm
-
-    state: dict = {}
-
-    def progress(done: int, total: int, step: int | None) -> None:
-        bar = state.get("bar")
-        if bar is None or bar.total != total or done == 0:
-            if bar is not None:
-                bar.close()
-            bar = state["bar"] = tqdm(total=total, unit="ckpt", desc="probes", dynamic_ncols=True)
-        bar.n = done
-        if step is not None:
-            bar.set_postfix_str(f"step {step}")
-        bar.refresh()
-
-    def close() -> None:
-        if state.get("bar") is not None:
-            state["bar"].close()
-
-    return progress, close
-
-
-def main(argv: list[str] | None = None) -> int:
-    """The CLI; returns the exit status (2 with one sentence on stderr for bad input)."""
-    try:
-        args = build_parser().parse_args(argv)
-    except SystemExit as e:  # usage errors (status 2) and --help (status 0)
-        return int(e.code or 0)
-    progress, close = tqdm_progress()
-    try:
-        if not 0 < args.poll <= 86400:  # NaN, inf or 1e300 would crash time.sleep after a whole pass
-            raise ValueError(f"--poll must be a positive number of seconds, at most 86400, got {args.poll}.")
-        device = pick_device(args.device)
-        jobs = args.jobs if args.jobs is not None else default_jobs(args.watch, device)
-        kwargs = dict(only=args.only, steps=args.steps, force=args.force, progress=progress, device=device,
-                      threads=args.threads, jobs=jobs)
-        done = watch(args.run, poll=args.poll, **kwargs) if args.watch else run_probes(args.run, **kwargs)
-    except (ValueError, CheckpointError) as e:
-        close()
-        print(f"probes: {e}" if isinstance(e, ValueError) else f"probes: {e.path}: {e.problem}.", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        close()
-        print("probes: interrupted; results written so far are complete.", file=sys.stderr)
-        return 130
-    close()
-    print(f"probes: computed {len(done)} checkpoint(s); results in {probes_dir(args.run)}.")
-    return 0

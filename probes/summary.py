@@ -11,6 +11,7 @@ from typing import Any
 from model.checkpoint import write_json_atomic
 from model.runlayout import summary_path
 
+from .results import read_results
 from .metrics import first_at_or_above, largest_sustained_rise, sustained_crossing, sustained_fall, sustained_rise
 
 SUMMARY_VERSION = 1
@@ -298,8 +299,6 @@ def summarize(results: dict[int, dict]) -> dict:
 
 def write_summary(run_dir: str | os.PathLike) -> dict:
     """Summarize every result file of a run into probes/summary.json (atomically) and return it."""
-    from .runner import read_results
-
     summary = summarize(read_results(run_dir))
     write_json_atomic(summary_path(run_dir), summary)
     return summary

@@ -26,7 +26,7 @@ import torch
 
 import probes
 from probes.compute import PROBES, RESULT_VERSION
-from probes.runner import read_results
+from probes.results import read_results
 
 import _faults as faults
 from _runs import write_run

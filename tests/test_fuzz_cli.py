@@ -23,7 +23,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import model.generate as generate_cli
-import probes.runner as probes_cli
+import probes.cli as probes_cli
 import train.cli as train_cli
 from probes.compute import PROBES
 

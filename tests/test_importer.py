@@ -223,7 +223,8 @@ def test_nanogpt_checkpoints_import_with_equal_logits(world):
 
 
 def test_probes_run_on_an_imported_run_and_say_what_is_unknown(world, capsys):
-    from probes.runner import main as probes_main, read_results
+    from probes.cli import main as probes_main
+    from probes.results import read_results
 
     run = world["runs"] / "hf"
     assert probes_main([str(run), "--jobs", "1"]) == 0, capsys.readouterr().err
@@ -261,7 +262,7 @@ def shown(elements) -> str:
 
 
 def test_every_app_page_renders_an_imported_run(world, monkeypatch, capsys):
-    from probes.runner import main as probes_main
+    from probes.cli import main as probes_main
 
     run = world["runs"] / "hf"
     assert probes_main([str(run), "--jobs", "1"]) == 0  # a no-op when the probes test ran first
@@ -275,7 +276,7 @@ def test_every_app_page_renders_an_imported_run(world, monkeypatch, capsys):
 
 
 def test_memorization_page_says_the_training_data_is_unknown(world, monkeypatch):
-    from probes.runner import main as probes_main
+    from probes.cli import main as probes_main
 
     assert probes_main([str(world["runs"] / "hf"), "--jobs", "1"]) == 0
     for page, at in app_pages(world["runs"], monkeypatch):

@@ -13,7 +13,8 @@ import pytest
 import torch
 
 import model.generate as generate_cli
-import probes.runner as probes_cli
+import probes.cli as probes_cli
+import probes.runner as probes_runner
 import train.cli as train_cli
 from model import memory
 from model.config import GPTConfig
@@ -279,7 +280,7 @@ def test_probes_refuse_a_checkpoint_that_would_not_fit(small_run, monkeypatch, c
         raise AssertionError("a checkpoint was loaded before the memory check")
 
     monkeypatch.setattr(memory, "available_bytes", lambda: 2 ** 20)
-    monkeypatch.setattr(probes_cli, "load_checkpoint", no_load)
+    monkeypatch.setattr(probes_runner, "load_checkpoint", no_load)
     assert probes_cli.main([str(small_run), "--jobs", "1"]) == 2
     line = one_line(capsys.readouterr().err)
     assert line.startswith("probes: probing ") and "step_000000" in line
@@ -290,22 +291,22 @@ def test_probes_refuse_a_checkpoint_that_would_not_fit(small_run, monkeypatch, c
 def test_probe_workers_are_limited_to_what_fits(small_run, monkeypatch):
     todo = [checkpoint_dir(small_run, 0), checkpoint_dir(small_run, 2)]
     cfg = GPTConfig.from_dict(json.loads((small_run / "run.json").read_text())["model"])
-    need = probes_cli.probe_bytes(cfg, None)
+    need = probes_runner.probe_bytes(cfg, None)
     assert need > model_bytes(cfg)
     monkeypatch.setattr(memory, "available_bytes", lambda: int(2.5 * need / 0.9))
-    assert probes_cli.jobs_that_fit(todo, None, "cpu", 8) == 2
+    assert probes_runner.jobs_that_fit(todo, None, "cpu", 8) == 2
     monkeypatch.setattr(memory, "available_bytes", lambda: 100 * need)
-    assert probes_cli.jobs_that_fit(todo, None, "cpu", 3) == 3
+    assert probes_runner.jobs_that_fit(todo, None, "cpu", 3) == 3
 
 
 def test_probe_rows_follow_the_sizes_and_the_logit_budget():
     small = GPTConfig(n_layer=2, n_head=4, n_embd=32, n_ctx=32, vocab_size=400)
     big_sizes = ProbeSizes(n_attention=100)
-    assert probes_cli.probe_bytes(small, big_sizes) > probes_cli.probe_bytes(small, ProbeSizes())
+    assert probes_runner.probe_bytes(small, big_sizes) > probes_runner.probe_bytes(small, ProbeSizes())
     # with GPT-2's vocabulary the memorization forwards are chunked: 64 rows are not all in memory
     tiny = GPTConfig.preset("tiny")
     unchunked = model_bytes(tiny) + forward_bytes(tiny, 64, tiny.n_ctx, explicit_attention=True)
-    assert probes_cli.probe_bytes(tiny, None) < unchunked / 2
+    assert probes_runner.probe_bytes(tiny, None) < unchunked / 2
 
 
 # -- generation -----------------------------------------------------------------------------------

@@ -195,7 +195,7 @@ def test_cli_step_and_seeded_sampling(run_dir, capsys):
     (["--temperature", "-1"], "temperature"),
     (["--top-p", "2"], "top_p"),
     (["--max-new-tokens", "-4"], "max_new_tokens"),
-    (["--device", "warp-drive"], "Unknown device"),
+    (["--device", "warp-drive"], "device must be auto, cpu or cuda"),
 ])
 def test_cli_bad_numbers_exit_2_with_one_sentence(run_dir, capsys, extra, message):
     assert main(["--run", str(run_dir), "--prompt", "The"] + extra) == 2

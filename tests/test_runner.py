@@ -17,7 +17,9 @@ import torch
 
 import probes
 from model.checkpoint import write_json_atomic
-from probes.runner import main, read_results, result_path
+from model.runlayout import result_path
+from probes.cli import main
+from probes.results import read_results
 from probes.summary import summarize, write_summary
 
 from _runs import add_checkpoint, corrupt_checkpoint, set_status, write_run
@@ -111,7 +113,7 @@ def test_bad_input_exits_2_with_one_sentence(run, tmp_path, capsys):
         ([str(run), "--steps", "3"], "no complete checkpoint at step 3"),
         ([str(run), "--steps", "two"], "--steps takes"),
         ([str(run), "--poll", "0", "--watch"], "--poll must be"),
-        ([str(run), "--bogus"], "unrecognized arguments"),
+        ([str(run), "--bogus"], "Unrecognized arguments"),
         ([str(run), "--threads", "0"], "threads must be a positive integer"),
         ([str(run), "--jobs", "0"], "jobs must be a positive integer"),
         ([str(run), "--device", "tpu"], "device must be auto, cpu or cuda"),

@@ -7,17 +7,18 @@ the defaults and anything given explicitly must agree with it.
 """
 from __future__ import annotations
 
-import argparse
 import math
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from model.cliargs import ArgumentParser, UsageError
 from model.config import ATTENTION_KINDS, PRESETS
+from model.device import MAX_THREADS
 from model.generate import MAX_NEW_TOKENS
 
 
-class BadInput(ValueError):
+class BadInput(UsageError):
     """A user error: the CLI prints its one-sentence message and exits with status 2."""
 
 
@@ -75,7 +76,6 @@ class TrainArgs:
 
 
 MAX_CHECKPOINTS = 100_000  # the planned schedule is listed in run.json
-MAX_THREADS = 1024
 
 # Arguments that do not change the numbers a run produces, so a resumed run may set them afresh.
 RUNTIME_ONLY = {"device", "compile", "out", "threads"}
@@ -95,11 +95,15 @@ def parse_copies(text: str) -> tuple[int, ...]:
     return out
 
 
-class Parser(argparse.ArgumentParser):
-    """argparse, but a bad argument raises BadInput (one sentence) instead of printing usage."""
+class Parser(ArgumentParser):
+    """The workbench's argparse (model.cliargs), raising BadInput so the CLI handles every bad
+    input the same way."""
 
     def error(self, message: str):  # type: ignore[override]
-        raise BadInput(f"{message[0].upper()}{message[1:].rstrip('.')}.")
+        try:
+            super().error(message)
+        except UsageError as e:
+            raise BadInput(str(e)) from None
 
 
 def build_parser() -> Parser:

@@ -18,6 +18,7 @@ import torch.distributed as dist
 
 from model.checkpoint import CheckpointError, has_state, read_json, read_jsonl, remove_partial_checkpoints, write_json_atomic
 from model.config import GPTConfig
+from model.device import pick_device
 from model.memory import (GPT2_VOCAB, TooLarge, available_bytes, check_fits, corpus_bytes, device_available_bytes,
                           train_bytes)
 from model.runlayout import RUN_JSON, metrics_jsonl, samples_jsonl
@@ -34,12 +35,12 @@ def dist_from_env() -> Dist:
                 local_rank=int(os.environ.get("LOCAL_RANK", 0)))
 
 
-def pick_device(kind: str, d: Dist) -> torch.device:
-    if kind == "cuda" or (kind == "auto" and torch.cuda.is_available()):
-        if not torch.cuda.is_available():
-            raise BadInput("--device cuda was requested, but no CUDA GPU is available.")
-        return torch.device("cuda", d.local_rank)
-    return torch.device("cpu")
+def device_for(kind: str, d: Dist) -> torch.device:
+    """model.device.pick_device for this process (its local rank's GPU under DDP)."""
+    try:
+        return pick_device(kind, d.local_rank)
+    except ValueError as e:
+        raise BadInput(str(e)) from None
 
 
 SMALL_WIDTH = 128
@@ -179,7 +180,7 @@ def train(explicit: dict, resume: bool, d: Dist) -> int:
     out = Path(explicit["out"])
     stored = check_out_dir(out, resume)
     args = resolve(explicit, stored, str(out))
-    device = pick_device(args.device, d)
+    device = device_for(args.device, d)
     check_memory(args, d, device)
     check_source(args)
     set_threads(args, args.n_embd or GPTConfig.preset(args.preset).n_embd, d, device)

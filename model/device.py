@@ -1,0 +1,30 @@
+"""Which torch device a command runs on: the one place that turns a --device value into a device
+that exists here, or one sentence saying why not (train, probes and generate all ask it)."""
+from __future__ import annotations
+
+import torch
+
+DEVICE_KINDS = ("auto", "cpu", "cuda")
+MAX_THREADS = 1024  # torch crashes (segfault) on absurd thread counts; every --threads is checked against it
+
+
+def pick_device(spec: str, local_rank: int | None = None) -> torch.device:
+    """`auto` (CUDA when there is one), `cpu`, `cuda` or `cuda:N`. Under DDP `local_rank` picks
+    this process's GPU for `auto`/`cuda`. ValueError with one sentence for anything else."""
+    text = str(spec).strip()
+    if text == "auto":
+        text = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(text)
+    except (RuntimeError, ValueError):
+        raise ValueError(f"device must be auto, cpu or cuda (or cuda:N), got {spec!r}.") from None
+    if device.type not in ("cpu", "cuda") or (device.type == "cpu" and device.index not in (None, 0)):
+        raise ValueError(f"device must be auto, cpu or cuda (or cuda:N), got {spec!r}.")
+    if device.type == "cpu":
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise ValueError(f"--device {spec} was requested, but no CUDA GPU is available here; use --device cpu.")
+    index = device.index if device.index is not None else (local_rank or 0)
+    if index >= torch.cuda.device_count():
+        raise ValueError(f"--device {spec}: this machine has {torch.cuda.device_count()} CUDA GPU(s).")
+    return torch.device("cuda", index)

@@ -1,0 +1,141 @@
+"""Attribution patching of head ablation: a first-order estimate of the zero / mean / resample
+sweep (`probes.ablation.head_ablation_sweep`) from one forward and one backward pass.
+
+Ablating head h of layer l replaces its z [B,P,D] by z_repl (0, its mean, or its z on another
+sequence). To first order the loss then changes by
+
+    sum over batch, positions and d of (z_repl - z)[:, :, h] * dL/dz[:, :, h]
+
+(Nanda 2023, "Attribution Patching"; Syed et al. 2023). The exact sweep needs one forward pass per
+head (L x H of them, batched per layer); this needs one forward and one backward for every head at
+once, so it is the figure to show where the sweep is too slow, always labelled as an estimate next
+to its measured agreement with the sweep (`agreement`).
+
+Same token convention as the sweep: `tokens` is [B, P+1]; the model reads tokens[:, :-1] and the
+loss is the mean cross-entropy of predicting tokens[:, 1:]. Only the hook interface is used, so it
+also runs on a TransformerLens bridge.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .ablation import check_kind, replacement, resample_permutation
+from .forward import rows_for, shape_of, split_tokens, z_name
+
+TOP_K = 3
+
+
+def summed_losses(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Sum of the per-position cross-entropies, in float32 (as the sweep's `token_losses`) or in
+    float64 for a float64 model, so a finite-difference check can reach float64 precision."""
+    dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
+    V = logits.shape[-1]
+    return F.cross_entropy(logits.reshape(-1, V).to(dtype), targets.reshape(-1), reduction="sum").double()
+
+
+def z_and_grads(model: Any, inputs: torch.Tensor, targets: torch.Tensor,
+                rows: int | None = None) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Every layer's clean z [B,P,H,D] and the gradient of the mean loss with respect to it.
+
+    Each hook_z adds a zero leaf tensor `delta` to z and returns the sum: the forward pass is
+    unchanged, d loss / d delta is d loss / d z through everything downstream (later heads
+    included), and `torch.autograd.grad` with respect to the deltas only leaves no .grad on the
+    parameters. Rows go `rows` at a time (the loss is a sum, so gradients add up), which bounds
+    the memory of logits and their backward pass for large batches."""
+    n_layers = shape_of(model)[0]
+    B, P = inputs.shape
+    rows = rows or max(1, rows_for(model, P) // 4)  # logits, their softmax and two gradients
+    total = float(B * P)
+    zs: list[list[torch.Tensor]] = [[] for _ in range(n_layers)]
+    grads: list[list[torch.Tensor]] = [[] for _ in range(n_layers)]
+    for start in range(0, B, rows):
+        chunk = slice(start, min(B, start + rows))
+        deltas: list[torch.Tensor | None] = [None] * n_layers
+
+        def perturb(layer: int):
+            def hook(z: torch.Tensor, hook: Any) -> torch.Tensor:
+                zs[layer].append(z.detach().clone())
+                deltas[layer] = torch.zeros_like(z, requires_grad=True)
+                return z + deltas[layer]
+            return hook
+
+        with torch.enable_grad():
+            logits = model.run_with_hooks(inputs[chunk], fwd_hooks=[(z_name(l), perturb(l)) for l in range(n_layers)])
+            missing = [l for l, d in enumerate(deltas) if d is None]
+            if missing:
+                raise RuntimeError(f"the model never ran hook {z_name(missing[0])}, so attribution has no z there.")
+            loss = summed_losses(logits, targets[chunk]) / total
+            for layer, g in enumerate(torch.autograd.grad(loss, deltas)):
+                grads[layer].append(g.detach())
+        del logits, loss
+    return [torch.cat(z) for z in zs], [torch.cat(g) for g in grads]
+
+
+def head_attribution(model: Any, tokens: Any, kind: str = "zero", seed: int = 0) -> np.ndarray:
+    """First-order estimate [L, H] of `head_ablation_sweep(model, tokens, kind, seed)`: the loss
+    increase when each head alone is ablated, from one forward and one backward pass.
+
+    The replacement of each head's z is the sweep's own (`replacement`, with the same seeded
+    derangement for resample), so the two differ only by the terms of second and higher order.
+    Works under torch.no_grad() and leaves no gradients on the model's parameters."""
+    check_kind(kind)
+    inputs, targets = split_tokens(model, tokens)
+    n_layers, n_heads, _ = shape_of(model)
+    perm = resample_permutation(inputs.shape[0], seed) if kind == "resample" else None
+    zs, grads = z_and_grads(model, inputs, targets)
+    out = np.zeros((n_layers, n_heads))
+    for layer in range(n_layers):
+        z, g = zs[layer].double(), grads[layer].double()
+        if z.dim() != 4 or z.shape[2] != n_heads:
+            raise RuntimeError(f"{z_name(layer)} gave shape {tuple(z.shape)}, expected [batch, positions, "
+                               f"{n_heads} heads, d_head].")
+        for head in range(n_heads):
+            change = replacement(kind, z, head, perm) - z[:, :, head]
+            out[layer, head] = float((change * g[:, :, head]).sum())
+    return out
+
+
+def ranks(x: np.ndarray) -> np.ndarray:
+    """Ranks 1..n of a flat array, ties given their average rank (as Spearman's rho needs)."""
+    x = np.asarray(x, dtype=float).ravel()
+    order = np.argsort(x, kind="stable")
+    r = np.empty(len(x))
+    r[order] = np.arange(1, len(x) + 1)
+    for value in np.unique(x):
+        tied = x == value
+        if tied.sum() > 1:
+            r[tied] = r[tied].mean()
+    return r
+
+
+def spearman(a: Any, b: Any) -> float:
+    """Spearman rank correlation of two equally shaped arrays (nan when either is constant)."""
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if a.shape != b.shape or a.size < 2:
+        raise ValueError(f"spearman needs two arrays of the same shape with at least 2 values, "
+                         f"got shapes {a.shape} and {b.shape}.")
+    ra, rb = ranks(a), ranks(b)
+    ra, rb = ra - ra.mean(), rb - rb.mean()
+    denom = float(np.sqrt((ra ** 2).sum() * (rb ** 2).sum()))
+    return float((ra * rb).sum() / denom) if denom > 0 else float("nan")
+
+
+def top_overlap(estimate: Any, exact: Any, k: int = TOP_K) -> float:
+    """Fraction of the k heads with the largest exact loss increase that are also among the k
+    largest estimates: whether the estimate finds the heads that matter most."""
+    estimate, exact = np.asarray(estimate, dtype=float).ravel(), np.asarray(exact, dtype=float).ravel()
+    if estimate.shape != exact.shape:
+        raise ValueError(f"estimate and exact sweep must have the same shape, got {estimate.size} and {exact.size} heads.")
+    k = min(k, exact.size)
+    top = lambda x: set(np.argsort(-x, kind="stable")[:k].tolist())  # noqa: E731
+    return len(top(estimate) & top(exact)) / k
+
+
+def agreement(estimate: Any, exact: Any, k: int = TOP_K) -> dict:
+    """How far the estimate can be trusted for one checkpoint: Spearman rank correlation with the
+    exact sweep over all heads, and the top-k overlap."""
+    return {"spearman": spearman(estimate, exact), f"top{k}_overlap": top_overlap(estimate, exact, k)}

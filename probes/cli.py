@@ -1,0 +1,103 @@
+"""`python -m probes RUN [--watch] [--only PROBE,...] [--steps S,...] [--force] [--jobs N]`: the
+command line of the runner (probes/runner.py), with a progress bar."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Callable
+
+from tqdm import tqdm
+
+from model.checkpoint import CheckpointError
+from model.cliargs import ArgumentParser, UsageError
+from model.device import pick_device
+from model.runlayout import probes_dir
+
+from .compute import PROBES as PROBE_NAMES
+from .runner import Progress, run_probes, watch
+
+
+def parse_steps(text: str) -> list[int]:
+    try:
+        steps = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--steps takes comma-separated step numbers, got {text!r}") from None
+    if not steps or any(s < 0 for s in steps):
+        raise argparse.ArgumentTypeError(f"--steps takes comma-separated non-negative step numbers, got {text!r}")
+    return steps
+
+
+def build_parser() -> ArgumentParser:
+    p = ArgumentParser(prog="python -m probes", description="Compute probes for every checkpoint of a run.")
+    p.add_argument("run", help="run folder, e.g. runs/demo")
+    p.add_argument("--watch", action="store_true", help="keep going while training writes checkpoints")
+    p.add_argument("--only", help=f"comma-separated probes ({','.join(PROBE_NAMES)})")
+    p.add_argument("--steps", type=parse_steps, help="comma-separated checkpoint steps")
+    p.add_argument("--force", action="store_true", help="recompute results that exist")
+    p.add_argument("--device", default="cpu", help="auto, cpu or cuda (default cpu)")
+    p.add_argument("--poll", type=float, default=5.0, help="seconds between checks with --watch")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch CPU threads per process (default 1: fastest for small models on a small machine)")
+    p.add_argument("--jobs", type=int, help="worker processes (default: up to 2 on CPU, 1 with --watch or on CUDA)")
+    return p
+
+
+def default_jobs(watching: bool, device: str) -> int:
+    """Two one-thread workers use a 2-core CPU fully without thrashing; beside a training run
+    (--watch) one leaves training its cores; on CUDA one process keeps the GPU busy."""
+    if watching or device != "cpu":
+        return 1
+    return max(1, min(2, os.cpu_count() or 1))
+
+
+def tqdm_progress() -> tuple[Progress, Callable[[], None]]:
+    state: dict = {}
+
+    def progress(done: int, total: int, step: int | None) -> None:
+        bar = state.get("bar")
+        if bar is None or bar.total != total or done == 0:
+            if bar is not None:
+                bar.close()
+            bar = state["bar"] = tqdm(total=total, unit="ckpt", desc="probes", dynamic_ncols=True)
+        bar.n = done
+        if step is not None:
+            bar.set_postfix_str(f"step {step}")
+        bar.refresh()
+
+    def close() -> None:
+        if state.get("bar") is not None:
+            state["bar"].close()
+
+    return progress, close
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The CLI; returns the exit status (2 with one sentence on stderr for bad input)."""
+    try:
+        args = build_parser().parse_args(argv)
+    except UsageError as e:
+        print(f"probes: {e}", file=sys.stderr)
+        return 2
+    except SystemExit as e:  # --help (status 0)
+        return int(e.code or 0)
+    progress, close = tqdm_progress()
+    try:
+        if not 0 < args.poll <= 86400:  # NaN, inf or 1e300 would crash time.sleep after a whole pass
+            raise ValueError(f"--poll must be a positive number of seconds, at most 86400, got {args.poll}.")
+        device = pick_device(args.device)
+        jobs = args.jobs if args.jobs is not None else default_jobs(args.watch, device)
+        kwargs = dict(only=args.only, steps=args.steps, force=args.force, progress=progress, device=device,
+                      threads=args.threads, jobs=jobs)
+        done = watch(args.run, poll=args.poll, **kwargs) if args.watch else run_probes(args.run, **kwargs)
+    except (ValueError, CheckpointError) as e:
+        close()
+        print(f"probes: {e}" if isinstance(e, ValueError) else f"probes: {e.path}: {e.problem}.", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        close()
+        print("probes: interrupted; results written so far are complete.", file=sys.stderr)
+        return 130
+    close()
+    print(f"probes: computed {len(done)} checkpoint(s); results in {probes_dir(args.run)}.")
+    return 0

@@ -1,0 +1,84 @@
+"""Result files of the probes: probes/step_NNNNNN.json, one per checkpoint (their names come from
+model.runlayout). Reading never follows a symlink; writing is atomic and keeps the probes of an
+earlier result that were not recomputed; temporary files of a killed writer are removed only once
+their writer is gone.
+"""
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Iterable
+
+from model.checkpoint import CheckpointError, read_json, write_json_atomic
+from model.runlayout import probes_dir, result_path, result_step
+
+from .compute import RESULT_VERSION
+
+TEMP_FILE = re.compile(r"^\..+\.tmp-(\d+)$")
+
+
+def read_result(path: str | os.PathLike) -> dict | None:
+    """A result file's content, or None when it is missing or unreadable. The runner writes only
+    regular files, so a symlink is not a result (and is never followed: it may lead anywhere, and
+    the app hands runs to this runner on the promise that nothing outside its runs folder is read)."""
+    if Path(path).is_symlink():
+        return None
+    try:
+        data = read_json(path)
+    except CheckpointError:
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def read_results(run_dir: str | os.PathLike) -> dict[int, dict]:
+    """{step: result} for every readable result file of a run."""
+    root = probes_dir(run_dir)
+    out: dict[int, dict] = {}
+    if not root.is_dir():
+        return out
+    for p in root.iterdir():
+        step = result_step(p)
+        if step is not None:
+            data = read_result(p)
+            if data is not None:
+                out[step] = data
+    return dict(sorted(out.items()))
+
+
+def is_done(result: dict | None, want: Iterable[str]) -> bool:
+    return result is not None and result.get("version") == RESULT_VERSION and all(k in result for k in want)
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process `pid` still runs (a zombie, killed but not yet reaped, does not)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True  # no /proc: trust kill()
+    return stat.rsplit(")", 1)[-1].split()[0] != "Z"
+
+
+def remove_stale_temp_files(run_dir: str | os.PathLike) -> None:
+    """Delete temp files that a killed writer left in probes/ (never those of a live process)."""
+    root = probes_dir(run_dir)
+    if root.is_dir():
+        for p in root.iterdir():
+            m = TEMP_FILE.match(p.name)
+            if m and not pid_alive(int(m.group(1))):
+                p.unlink(missing_ok=True)
+
+
+def write_result(run_dir: str | os.PathLike, step: int, result: dict) -> None:
+    """Write a checkpoint's result atomically, merged into an existing one of the same version
+    when only some probes were recomputed (the others are kept, with their timings)."""
+    previous = read_result(result_path(run_dir, step))
+    if previous is not None and previous.get("version") == RESULT_VERSION:
+        result = {**previous, **result, "seconds": {**previous.get("seconds", {}), **result.get("seconds", {})}}
+    write_json_atomic(result_path(run_dir, step), result)
