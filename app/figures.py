@@ -203,22 +203,57 @@ def attention_pattern(pattern: Matrix, tokens: Sequence[str], title: str) -> go.
     return fig
 
 
+def exposure_label(canaries: Sequence[Mapping]) -> tuple[str, str]:
+    """(axis title, short note for the figure title) saying how the canaries' exposure was measured
+    and |R|. Results written before the method was recorded held the rank exposure among
+    n_candidates candidates, which saturates at log2 n_candidates; the label says that too."""
+    def first(key: str):
+        return next((c.get(key) for c in canaries if c.get(key) is not None), None)
+    n = max((int(c["n_candidates"]) for c in canaries if c.get("n_candidates")), default=None)
+    if first("exposure_method") is None:
+        if n is None or n < 2:
+            return "exposure (bits)", ""
+        return (f"exposure (bits, rank among {n}; max log2 {n} = {math.log2(n):.1f})",
+                f"exposure = rank among {n} candidates, saturating at {math.log2(n):.1f} bits")
+    log2_r = first("randomness_space_log2")
+    space = f"log2|R| = {log2_r:.1f}" if log2_r is not None else "|R| unknown"
+    fitted = "draws from R" if log2_r is not None else "listed alternatives"
+    note = f"exposure extrapolated, {space}" + (f", fitted to {n - 1} {fitted}" if n else "")
+    return f"exposure (bits, extrapolated; {space})", note
+
+
 def canaries_vs_copies(canaries: Sequence[Mapping[str, float]], title: str) -> go.Figure:
     """Canary extraction rate and exposure against how many copies were planted (log x): the
-    duplication-memorization curve at one checkpoint."""
+    duplication-memorization curve at one checkpoint. The exposure axis, the title and the hover
+    say how exposure was measured and |R|; the rank exposure, when present, is drawn with its cap
+    (log2 of the candidates), which it cannot pass however well the canary is memorized."""
     rows = sorted(canaries, key=lambda c: c["copies"])
     copies = [int(c["copies"]) for c in rows]
+    axis, note = exposure_label(rows)
     fig = make_subplots(specs=[[{"secondary_y": True}]])
     fig.add_trace(go.Scatter(x=copies, y=[_num(c["extracted_fraction"]) for c in rows],
                              mode="lines+markers", name="extracted fraction", meta={"series": "extracted"}),
                   secondary_y=False)
     fig.add_trace(go.Scatter(x=copies, y=[_num(c.get("exposure")) for c in rows], mode="lines+markers",
-                             line={"dash": "dot"}, name="exposure (bits)", meta={"series": "exposure"}),
-                  secondary_y=True)
-    fig.update_layout(title=title, height=HEIGHT)
+                             line={"dash": "dot"}, name=axis, meta={"series": "exposure"},
+                             hovertemplate="%{x} copies<br>" + axis.replace("(bits, ", "%{y:.1f} bits (")
+                             + "<extra></extra>"), secondary_y=True)
+    caps = [_num(c.get("exposure_rank_cap")) for c in rows]
+    if any(c.get("exposure_rank") is not None for c in rows) and any(v is not None for v in caps):
+        cap = max(v for v in caps if v is not None)
+        fig.add_trace(go.Scatter(x=copies, y=[_num(c.get("exposure_rank")) for c in rows], mode="lines+markers",
+                                 line={"dash": "dash"}, name=f"rank exposure (max log2 n = {cap:.1f})",
+                                 meta={"series": "exposure_rank"}, customdata=[[v] for v in caps],
+                                 hovertemplate="%{x} copies<br>rank exposure %{y:.2f} bits "
+                                 "(max %{customdata[0]:.1f})<extra></extra>"), secondary_y=True)
+        fig.add_trace(go.Scatter(x=[min(copies), max(copies)], y=[cap, cap], mode="lines",
+                                 line={"dash": "dot", "width": 1, "color": "grey"},
+                                 name=f"rank exposure cap (log2 n = {cap:.1f})", meta={"series": "rank_cap"},
+                                 hoverinfo="skip"), secondary_y=True)
+    fig.update_layout(title=f"{title} ({note})" if note else title, height=HEIGHT)
     fig.update_xaxes(type="log", title_text="copies in training data")
     fig.update_yaxes(title_text="extracted fraction", range=[-0.05, 1.05], secondary_y=False)
-    fig.update_yaxes(title_text="exposure (bits)", secondary_y=True)
+    fig.update_yaxes(title_text=axis, secondary_y=True)
     return fig
 
 

@@ -3,7 +3,6 @@ command line of the runner (probes/runner.py), with a progress bar."""
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from typing import Callable
 
@@ -11,7 +10,7 @@ from tqdm import tqdm
 
 from model.checkpoint import CheckpointError
 from model.cliargs import ArgumentParser, UsageError
-from model.device import pick_device
+from model.device import free_cores, pick_device
 from model.runlayout import probes_dir
 
 from .compute import PROBES as PROBE_NAMES
@@ -37,18 +36,24 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--force", action="store_true", help="recompute results that exist")
     p.add_argument("--device", default="cpu", help="auto, cpu or cuda (default cpu)")
     p.add_argument("--poll", type=float, default=5.0, help="seconds between checks with --watch")
-    p.add_argument("--threads", type=int, default=1,
-                   help="torch CPU threads per process (default 1: fastest for small models on a small machine)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (default: the free cores, or 1 per worker process with --jobs > 1)")
     p.add_argument("--jobs", type=int, help="worker processes (default: up to 2 on CPU, 1 with --watch or on CUDA)")
     return p
 
 
 def default_jobs(watching: bool, device: str) -> int:
-    """Two one-thread workers use a 2-core CPU fully without thrashing; beside a training run
-    (--watch) one leaves training its cores; on CUDA one process keeps the GPU busy."""
+    """One one-thread worker per free core, up to 2 (checkpoints are independent, and two such
+    workers use a 2-core CPU fully without thrashing); beside a training run (--watch) one,
+    leaving training its cores; on CUDA one process keeps the GPU busy."""
     if watching or device != "cpu":
         return 1
-    return max(1, min(2, os.cpu_count() or 1))
+    return max(1, min(2, free_cores()))
+
+
+def default_threads(jobs: int, watching: bool) -> int:
+    """One thread per worker process; a single process on an idle machine gets the free cores."""
+    return 1 if jobs > 1 or watching else free_cores()
 
 
 def tqdm_progress() -> tuple[Progress, Callable[[], None]]:
@@ -87,8 +92,9 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError(f"--poll must be a positive number of seconds, at most 86400, got {args.poll}.")
         device = pick_device(args.device)
         jobs = args.jobs if args.jobs is not None else default_jobs(args.watch, device)
+        threads = args.threads if args.threads is not None else default_threads(jobs, args.watch)
         kwargs = dict(only=args.only, steps=args.steps, force=args.force, progress=progress, device=device,
-                      threads=args.threads, jobs=jobs)
+                      threads=threads, jobs=jobs)
         done = watch(args.run, poll=args.poll, **kwargs) if args.watch else run_probes(args.run, **kwargs)
     except (ValueError, CheckpointError) as e:
         close()

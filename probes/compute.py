@@ -22,7 +22,7 @@ from .memorization import memorization_result
 from .repetition import repetition_result
 
 PROBES = ("head_ablation", "attention_entropy", "memorization", "repetition", "induction")
-RESULT_VERSION = 1
+RESULT_VERSION = 2  # 2: exposure against the canary's randomness space (a version-1 result is recomputed)
 
 
 def check_only(only: Iterable[str] | str | None) -> tuple[str, ...]:

@@ -39,10 +39,11 @@ HELDOUT_STREAM, SEEN_STREAM, RANDOM_STREAM, SAMPLING_STREAM, CANARY_STREAM = 1, 
 
 
 # Candidates per canary for exposure: the canary and 31 draws from its randomness space R. Scoring
-# them is one batched pass over the secrets only (the shared opening is run once); measured on the
-# nano demo (28 canaries) it adds about 0.6 s per checkpoint on 2 CPU threads (see the README).
-# 1024 per canary would add about 20 s per checkpoint there, so the rank exposure is capped at
-# log2 32 = 5 bits and the extrapolated exposure, which needs no cap, is the headline.
+# them is one batched pass per canary over the secrets only (the shared opening runs once): on the
+# nano demo (28 canaries, 69 tokens each) every canary's exposure takes about 1.2 s per checkpoint
+# on one CPU thread, 0.4 s more than the 16 listed candidates of 2 canaries per group it replaced.
+# 1024 per canary would take about 35 s per checkpoint there, so the rank exposure is capped at
+# log2 32 = 5 bits and the extrapolated exposure, which has no such cap, is the headline.
 EXPOSURE_CANDIDATES = 32
 
 
@@ -247,7 +248,9 @@ def tokenize_canaries(data_meta: dict, tokenizer: Tokenizer, sizes: ProbeSizes, 
             prefix_len = max(1, len(tokens) // 2)
         space = canary_space(c)
         rng = np.random.default_rng([int(seed), CANARY_STREAM, i])
-        sampled = _sampled_candidates(full, space, text, tokenizer, n, n_ctx, rng, word_cache) if space and n > 1 else None
+        sampled = None
+        if space is not None and n > 1:
+            sampled = _sampled_candidates(full, space, text, tokenizer, n, n_ctx, rng, word_cache)
         if sampled is not None:
             candidates, log2, described = sampled
             source = "sampled"

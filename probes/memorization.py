@@ -2,20 +2,29 @@
 the same on held-out sequences as the control, canary extraction and exposure per duplication
 count, and the train/held-out loss gap.
 
+Exposure (Carlini et al. 2019) is measured for every canary against candidates drawn from its
+randomness space R (see probes.inputs.tokenize_canaries). The headline is the extrapolated
+exposure, -log2 of the fitted CDF of the candidates' log-perplexity at the canary's, capped at
+log2|R|; the rank exposure is kept beside it but cannot exceed log2 of the number of candidates.
+Every result says which, with |R|, in `exposure_method`.
+
 For an imported run the training data is unknown, so the seen-sequence scores, the loss gap and
 the canaries are reported as unknown (null, with "training_data": "unknown" and a note saying
 so), never computed on stand-in text; the held-out scores are measured as for any run.
 """
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
 import torch
 
+from model.gpt import GPT, GenerationCache
+
 from .forward import forward_in_chunks, generate, model_device, rows_for, token_losses
 from .inputs import Canary, ProbeInputs
-from .metrics import exposure, extrapolated_exposure, memorization_score
+from .metrics import exposure, extrapolated_exposure, extrapolation_fit, memorization_score
 
 EXTRACTED = 1.0       # a sequence is memorized / a canary extracted when every suffix token matches
 N_EXAMPLES = 3        # memorized training sequences kept as text for the app
@@ -62,33 +71,108 @@ def score_summary(scores: list[float]) -> dict:
     return {"mean_score": float(s.mean()), "memorized_fraction": float((s >= EXTRACTED).mean()), "n": int(len(s))}
 
 
+def shared_prefix_len(seqs: list[list[int]]) -> int:
+    """Length of the longest token prefix every sequence starts with."""
+    first = seqs[0]
+    n = min(len(s) for s in seqs)
+    for s in seqs[1:]:
+        k = 0
+        while k < n and s[k] == first[k]:
+            k += 1
+        n = k
+    return n
+
+
+def _padded(seqs: list[list[int]], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded [N, W] tokens (pad 0, which a causal model never sees from earlier positions)
+    and the [N, W] mask of real tokens."""
+    width = max(len(s) for s in seqs)
+    rows = torch.zeros(len(seqs), width, dtype=torch.long)
+    mask = torch.zeros(len(seqs), width, dtype=torch.bool)
+    for i, s in enumerate(seqs):
+        rows[i, :len(s)] = torch.tensor(s, dtype=torch.long)
+        mask[i, :len(s)] = True
+    return rows.to(device), mask.to(device)
+
+
+def _expanded(cache: GenerationCache, rows: int) -> GenerationCache:
+    """A copy of a batch-1 cache for `rows` rows (the next forward replaces its tensors, so each
+    chunk of continuations needs its own copy)."""
+    def grow(value: Any) -> Any:
+        if torch.is_tensor(value) and value.dim() > 0 and value.shape[0] == 1:
+            return value.expand(rows, *value.shape[1:]).contiguous()
+        if isinstance(value, (tuple, list)):
+            return type(value)(grow(v) for v in value)
+        return value
+    return GenerationCache(layers=[{k: grow(v) for k, v in layer.items()} for layer in cache.layers],
+                           offset=cache.offset)
+
+
 @torch.no_grad()
-def candidate_nll(model: Any, candidates: list[list[int]]) -> list[float]:
-    """Summed negative log-likelihood of each token sequence (all tokens after the first), in
-    right-padded batches: padding comes after each sequence, so a causal model never sees it."""
-    width = max(len(c) for c in candidates)
+def continuation_nll(model: Any, head: list[int], tails: list[list[int]]) -> list[float]:
+    """Summed negative log-likelihood of each tail's tokens following `head` (head + tail read as
+    one sequence; the head's own tokens are not counted, as they are the same for every tail).
+
+    On `model.GPT` the head runs once and its keys/values are reused for every tail, so a batch of
+    candidates that differ only after a shared opening costs the tails' tokens alone; any other
+    hooked model (the TransformerLens bridge) runs every head + tail in full."""
+    if not head or any(len(t) < 1 for t in tails):
+        raise ValueError("continuation_nll needs a non-empty head and non-empty tails.")
     dev = model_device(model)
-    rows = torch.zeros(len(candidates), width, dtype=torch.long, device=dev)
-    mask = torch.zeros(len(candidates), width - 1, dtype=torch.bool, device=dev)
-    for i, c in enumerate(candidates):
-        rows[i, :len(c)] = torch.tensor(c, device=dev)
-        mask[i, :len(c) - 1] = True
-    losses = sequence_losses(model, rows)
-    return [float(v) for v in (losses.double() * mask).sum(-1)]
+    if not isinstance(model, GPT):
+        rows, mask = _padded([head + t for t in tails], dev)
+        losses = sequence_losses(model, rows)[:, len(head) - 1:]
+        return [float(v) for v in (losses.double() * mask[:, len(head):]).sum(-1)]
+    cache = GenerationCache.empty(model.cfg.n_layer)
+    first = torch.log_softmax(model(torch.tensor([head], device=dev), cache=cache)[0, -1].double(), -1)
+    rows, mask = _padded(tails, dev)
+    total = -first[rows[:, 0]]
+    if rows.shape[1] > 1:
+        out = torch.zeros(rows.shape[0], rows.shape[1] - 1, dtype=torch.float64, device=dev)
+        step = rows_for(model, rows.shape[1] - 1)
+        for start in range(0, len(rows), step):
+            sl = slice(start, start + step)
+            logits = model(rows[sl, :-1], cache=_expanded(cache, len(rows[sl])))
+            out[sl] = token_losses(logits, rows[sl, 1:]).double()
+        total = total + (out * mask[:, 1:]).sum(-1)
+    return [float(v) for v in total]
 
 
-def exposures(model: Any, canaries: list[Canary]) -> list[tuple[float | None, float | None]]:
-    """(rank exposure, extrapolated exposure) of each canary among its candidates (None without
-    alternatives), with all candidates of all canaries in one batched pass."""
-    flat = [cand for c in canaries if len(c.candidates) > 1 for cand in c.candidates]
-    nll = candidate_nll(model, flat) if flat else []
-    out: list[tuple[float | None, float | None]] = []
+def exposure_method(canary: Canary) -> str:
+    """One sentence on how a canary's exposure was measured: which number is the headline, what it
+    was fitted to, |R| and the cap of the rank form."""
+    n = len(canary.candidates)
+    fit = extrapolation_fit(n - 1)
+    cap = f"the rank exposure among the {n} candidates is capped at log2 {n} = {math.log2(n):.1f} bits"
+    if canary.source == "sampled":
+        return (f"Exposure (headline) is extrapolated: −log2 of the {fit} CDF fitted to the secret's "
+                f"log-perplexity for {n - 1} candidates drawn uniformly from the randomness space R "
+                f"({canary.space}), read at the canary's and capped at log2|R| = {canary.space_log2:.1f}; {cap}.")
+    return (f"Exposure (headline) is extrapolated: −log2 of the {fit} CDF fitted to the log-perplexity of "
+            f"the {n - 1} alternatives data.json lists (this run does not record its canaries' randomness "
+            f"space R, so |R| is unknown), read at the canary's; {cap}.")
+
+
+def exposures(model: Any, canaries: list[Canary]) -> list[dict]:
+    """Exposure of every canary among its candidates: the headline (extrapolated, capped at
+    log2|R| when R is known), the rank form (capped at log2 of the candidate count) and how it was
+    measured. All None for a canary without alternatives. Only the tokens after the opening the
+    candidates share are scored: the opening adds the same log-perplexity to every candidate."""
+    out = []
     for c in canaries:
-        if len(c.candidates) > 1:
-            mine, nll = nll[:len(c.candidates)], nll[len(c.candidates):]
-            out.append((exposure(mine), extrapolated_exposure(mine[0], mine[1:])))
-        else:
-            out.append((None, None))
+        n = len(c.candidates)
+        if n < 2:
+            out.append({"exposure": None, "exposure_extrapolated": None, "exposure_rank": None,
+                        "exposure_rank_cap": None, "n_candidates": n, "randomness_space_log2": c.space_log2,
+                        "randomness_space": c.space, "exposure_method": None})
+            continue
+        shared = max(1, min(shared_prefix_len(c.candidates), min(len(x) for x in c.candidates) - 1))
+        nll = continuation_nll(model, c.candidates[0][:shared], [x[shared:] for x in c.candidates])
+        extrapolated = extrapolated_exposure(nll[0], nll[1:], max_bits=c.space_log2)
+        out.append({"exposure": extrapolated, "exposure_extrapolated": extrapolated,
+                    "exposure_rank": exposure(nll), "exposure_rank_cap": math.log2(n), "n_candidates": n,
+                    "randomness_space_log2": c.space_log2, "randomness_space": c.space,
+                    "exposure_method": exposure_method(c)})
     return out
 
 
@@ -97,10 +181,17 @@ def mean_of(values) -> float | None:
     return float(np.mean(known)) if known else None
 
 
+def _same_or_none(values) -> Any:
+    """The value every member shares, else None (members of a group share how they were measured)."""
+    values = list(values)
+    return values[0] if values and all(v == values[0] for v in values) else None
+
+
 @torch.no_grad()
 def canary_results(model: Any, tokenizer: Any, canaries: list[Canary]) -> list[dict]:
     """Per duplication count: fraction of canaries extracted by greedy decoding from their
-    prefix, their mean Pythia score, and their mean exposure against the alternatives."""
+    prefix, their mean Pythia score, and the mean exposure of every one of them (see
+    `exposures`; each item keeps its own)."""
     items = []
     by_prefix: dict[int, list[int]] = {}
     for i, c in enumerate(canaries):
@@ -114,13 +205,10 @@ def canary_results(model: Any, tokenizer: Any, canaries: list[Canary]) -> list[d
         out = generate(model, prompts, n_new, temperature=0.0)[:, plen:]
         for i, row in zip(idx, out):
             generated[i] = row[:len(canaries[i].suffix)].tolist()
-    exps = exposures(model, canaries)
-    for i, c in enumerate(canaries):
-        if i not in generated:
-            continue
+    exps = exposures(model, [c for i, c in enumerate(canaries) if i in generated])
+    for (i, c), exp in zip(((i, c) for i, c in enumerate(canaries) if i in generated), exps):
         score = memorization_score(generated[i], c.suffix)
-        items.append({"id": c.id, "copies": c.copies, "score": score, "extracted": score >= EXTRACTED,
-                      "exposure": exps[i][0], "exposure_extrapolated": exps[i][1], "n_candidates": len(c.candidates),
+        items.append({"id": c.id, "copies": c.copies, "score": score, "extracted": score >= EXTRACTED, **exp,
                       "prefix": tokenizer.decode(c.prefix), "generated": tokenizer.decode(generated[i]),
                       "truth": tokenizer.decode(c.suffix)})
     groups = []
@@ -132,7 +220,14 @@ def canary_results(model: Any, tokenizer: Any, canaries: list[Canary]) -> list[d
             "mean_score": float(np.mean([it["score"] for it in members])),
             "exposure": mean_of(it["exposure"] for it in members),
             "exposure_extrapolated": mean_of(it["exposure_extrapolated"] for it in members),
+            "exposure_rank": mean_of(it["exposure_rank"] for it in members),
+            "exposure_rank_cap": max((it["exposure_rank_cap"] for it in members if it["exposure_rank_cap"] is not None),
+                                     default=None),
             "n_candidates": max(it["n_candidates"] for it in members),
+            "randomness_space_log2": _same_or_none(it["randomness_space_log2"] for it in members),
+            "randomness_space": _same_or_none(it["randomness_space"] for it in members),
+            "exposure_method": _same_or_none(it["exposure_method"] for it in members)
+            or next((it["exposure_method"] for it in members if it["exposure_method"]), None),
             "items": members,
         })
     return groups

@@ -249,7 +249,8 @@ def memorization_score(generated: Sequence[int], target: Sequence[int]) -> float
 def exposure(candidate_losses: Sequence[float], index: int = 0) -> float:
     """Carlini et al. (2019) exposure of candidate `index` among R candidates ranked by loss:
     log2|R| − log2 rank, rank 1 = lowest loss (ties count in the canary's favour). A canary
-    ranked first has exposure log2|R|; one ranked last has 0."""
+    ranked first has exposure log2|R|; one ranked last has 0. Over a sample of n candidates
+    drawn from a larger space this is capped at log2 n: say so wherever it is shown."""
     losses = np.asarray(candidate_losses, dtype=np.float64)
     if len(losses) < 1 or not 0 <= index < len(losses):
         raise ValueError("exposure needs the canary's loss among at least one candidate.")
@@ -257,17 +258,82 @@ def exposure(candidate_losses: Sequence[float], index: int = 0) -> float:
     return float(math.log2(len(losses)) - math.log2(rank))
 
 
-def extrapolated_exposure(canary_loss: float, alternative_losses: Sequence[float]) -> float | None:
-    """Exposure extrapolated from a fitted loss distribution (Carlini et al. 2019, sec. 4.2, with
-    a normal fit where they fit a skew-normal): −log2 P(a random alternative's loss <= the
-    canary's). Unlike the rank form it does not saturate at log2|R| once the canary beats every
-    alternative, so it keeps ordering canaries by duplication with a few alternatives only.
-    None with fewer than two alternatives or no spread among them."""
-    alt = np.asarray(alternative_losses, dtype=np.float64)
-    if len(alt) < 2 or alt.std(ddof=1) == 0:
+# A skew-normal's skewness lies within +-0.9953 (shape -> +-inf); sample skewness is clipped inside it.
+SKEW_CLIP = 0.99
+
+
+def skewnorm_moments_fit(samples: Sequence[float]) -> tuple[float, float, float] | None:
+    """(location xi, scale omega, shape alpha) of the skew-normal whose mean, variance (ddof=1) and
+    skewness equal the samples' (method of moments, closed form: no optimizer, so the same samples
+    always give the same fit). Sample skewness beyond what a skew-normal can have is clipped to
+    +-0.99. With zero skewness this is the normal fit N(mean, sd). None for fewer than 2 samples or
+    no spread."""
+    x = np.asarray(samples, dtype=np.float64)
+    if len(x) < 2 or not np.isfinite(x).all() or x.std(ddof=1) == 0:
         return None
-    z = (float(canary_loss) - alt.mean()) / alt.std(ddof=1)
-    return float(-torch.special.log_ndtr(torch.tensor(z, dtype=torch.float64)) / math.log(2))
+    mean, sd = float(x.mean()), float(x.std(ddof=1))
+    dev = x - mean
+    skew = float((dev ** 3).mean() / (dev ** 2).mean() ** 1.5)  # g1, the plain moment ratio
+    g = min(abs(skew), SKEW_CLIP) ** (2 / 3)
+    delta = math.copysign(math.sqrt(math.pi / 2 * g / (g + ((4 - math.pi) / 2) ** (2 / 3))), skew)
+    omega = sd / math.sqrt(1 - 2 * delta ** 2 / math.pi)
+    return mean - omega * delta * math.sqrt(2 / math.pi), omega, delta / math.sqrt(1 - delta ** 2)
+
+
+def skewnorm_logcdf(x: float, xi: float, omega: float, alpha: float) -> float:
+    """log P(X <= x) for X ~ skew-normal(xi, omega, alpha), to about 1e-7 relative even far into
+    the left tail, where the closed form Phi(z) - 2 T(z, alpha) cancels to 0.
+
+    F(z) = int_0^inf f(z - v) dv with f(t) = 2 phi(t) Phi(alpha t), integrated by the trapezoid rule
+    in log space on a grid that is dense near v = 0 (where a far-tail integrand has all its mass)
+    and reaches 40 standard units below the bulk, past which f is below e^-800."""
+    z = (float(x) - xi) / omega
+    n = 20_001
+    v = (max(40.0, z + 40.0)) * torch.linspace(0, 1, n, dtype=torch.float64) ** 2
+    t = z - v
+    log_f = math.log(2) - 0.5 * t ** 2 - 0.5 * math.log(2 * math.pi) + torch.special.log_ndtr(alpha * t)
+    dv = v[1:] - v[:-1]
+    log_w = torch.log(torch.cat([dv[:1], dv[1:] + dv[:-1], dv[-1:]]) / 2)
+    return float(torch.logsumexp(log_f + log_w, 0).clamp(max=0.0))
+
+
+# Alternatives needed before the skew-normal is fitted rather than the normal. The sample skewness
+# of n draws has a standard error of about sqrt(6/n) (0.44 at 31 draws), and the far tail the
+# exposure reads hangs on it: on the nano demo, 31 draws gave skew-normal exposures whose 10-90%
+# range was 2-3x the normal fit's, while 1023 draws put the true |skewness| below 0.25.
+SKEWNORM_MIN_ALTERNATIVES = 256
+
+
+def extrapolation_fit(n_alternatives: int) -> str:
+    """The distribution `extrapolated_exposure` fits by default to this many alternatives."""
+    return "skew-normal" if n_alternatives >= SKEWNORM_MIN_ALTERNATIVES else "normal"
+
+
+def extrapolated_exposure(canary_loss: float, alternative_losses: Sequence[float],
+                          max_bits: float | None = None, fit: str = "auto") -> float | None:
+    """Exposure extrapolated from a fitted loss distribution (Carlini et al. 2019, sec. 4.2):
+    −log2 P(a random candidate's loss <= the canary's), with P from the distribution fitted to the
+    alternatives' losses: "normal" (mean, sd with ddof=1), "skew-normal" (by moments, see
+    `skewnorm_moments_fit`; Carlini et al. fit a skew-normal) or "auto" (`extrapolation_fit`: the
+    skew-normal from SKEWNORM_MIN_ALTERNATIVES alternatives on, the normal below, where the
+    skewness is mostly sampling noise). Unlike the rank form it does not saturate at log2 of the
+    number of candidates once the canary beats them all, so it keeps ordering canaries by
+    duplication. `max_bits` (log2|R| when the randomness space is known) caps it: no canary can
+    rank above first in R. None with fewer than two alternatives, no spread among them or a
+    non-finite loss."""
+    alt = np.asarray(alternative_losses, dtype=np.float64)
+    kind = extrapolation_fit(len(alt)) if fit == "auto" else fit
+    if kind not in ("normal", "skew-normal"):
+        raise ValueError(f"fit must be auto, normal or skew-normal, got {fit!r}.")
+    if len(alt) < 2 or not np.isfinite(alt).all() or alt.std(ddof=1) == 0:
+        return None
+    if kind == "normal":
+        z = (float(canary_loss) - alt.mean()) / alt.std(ddof=1)
+        log_p = float(torch.special.log_ndtr(torch.tensor(z, dtype=torch.float64)))
+    else:
+        log_p = skewnorm_logcdf(canary_loss, *skewnorm_moments_fit(alt))
+    bits = max(0.0, -log_p / math.log(2))
+    return bits if max_bits is None else min(bits, float(max_bits))
 
 
 # -- emergence across checkpoints -------------------------------------------------------------

@@ -125,6 +125,41 @@ def test_canary_figures_match_the_canary_results():
          for s in STEPS])
 
 
+def canary_group(copies: int, exposure: float, rank: float) -> dict:
+    """A group as probes.memorization.canary_results writes it for a stories run (36 words from 437)."""
+    return {"copies": copies, "n": 4, "extracted_fraction": 1.0 if copies >= 32 else 0.0, "mean_score": 0.5,
+            "exposure": exposure, "exposure_extrapolated": exposure, "exposure_rank": rank,
+            "exposure_rank_cap": 5.0, "n_candidates": 32, "randomness_space_log2": 36 * math.log2(437),
+            "randomness_space": "36 words drawn uniformly from a list of 437: |R| = 437^36 = 2^315.8",
+            "exposure_method": "Exposure (headline) is extrapolated: ...", "items": []}
+
+
+def test_canary_figure_states_the_exposure_method_and_the_randomness_space():
+    groups = [canary_group(64, 120.5, 5.0), canary_group(1, 0.7, 0.6), canary_group(8, 6.2, 5.0)]
+    fig = figures.canaries_vs_copies(groups, "Canaries at step 800")
+    axis = "exposure (bits, extrapolated; log2|R| = 315.8)"
+    assert fig.layout.yaxis2.title.text == axis
+    assert "extrapolated" in fig.layout.title.text and "log2|R| = 315.8" in fig.layout.title.text
+    assert "31 draws from R" in fig.layout.title.text
+    exp = [t for t in fig.data if t.meta["series"] == "exposure"][0]
+    assert list(exp.y) == [0.7, 6.2, 120.5] and exp.name == axis
+    assert "extrapolated; log2|R| = 315.8" in exp.hovertemplate
+    rank = [t for t in fig.data if t.meta["series"] == "exposure_rank"][0]
+    cap = [t for t in fig.data if t.meta["series"] == "rank_cap"][0]
+    assert list(rank.y) == [0.6, 5.0, 5.0] and "log2 n = 5.0" in rank.name
+    assert list(cap.y) == [5.0, 5.0] and list(cap.x) == [1, 64]
+    # without a recorded space the axis says |R| is unknown
+    unknown = [{**g, "randomness_space_log2": None, "randomness_space": None} for g in groups]
+    fig = figures.canaries_vs_copies(unknown, "t")
+    assert fig.layout.yaxis2.title.text == "exposure (bits, extrapolated; |R| unknown)"
+    assert "31 listed alternatives" in fig.layout.title.text
+    # results written before the method was recorded held the rank exposure among 16: say so
+    old = [{"copies": c, "extracted_fraction": 0.0, "exposure": 4.0, "n_candidates": 16} for c in (1, 64)]
+    fig = figures.canaries_vs_copies(old, "t")
+    assert fig.layout.yaxis2.title.text == "exposure (bits, rank among 16; max log2 16 = 4.0)"
+    assert not [t for t in fig.data if t.meta["series"] in ("exposure_rank", "rank_cap")]
+
+
 def test_result_helpers_tolerate_missing_keys_and_find_emergence():
     partial = {0: {"step": 0}, 4: RESULTS[4]}
     assert R.scalar(partial, "memorization.loss_gap") == ([4], [RESULTS[4]["memorization"]["loss_gap"]])

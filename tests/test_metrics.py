@@ -4,6 +4,7 @@ from __future__ import annotations
 import math
 import re
 
+import numpy as np
 import pytest
 import torch
 
@@ -178,6 +179,88 @@ def test_extrapolated_exposure_from_a_normal_fit():
     assert M.extrapolated_exposure(3.0 - 2 * sd, alternatives) == pytest.approx(-math.log2(p))
     assert M.extrapolated_exposure(3.0 - 40 * sd, alternatives) > 100  # far beyond log2|R|, no overflow
     assert M.extrapolated_exposure(1.0, [2.0]) is None and M.extrapolated_exposure(1.0, [2.0, 2.0]) is None
+
+
+def skewnorm_moments(xi: float, omega: float, alpha: float) -> tuple[float, float, float]:
+    """Mean, variance and skewness of a skew-normal, from its textbook formulas (Azzalini)."""
+    delta = alpha / math.sqrt(1 + alpha ** 2)
+    b = delta * math.sqrt(2 / math.pi)
+    return (xi + omega * b, omega ** 2 * (1 - b ** 2), (4 - math.pi) / 2 * b ** 3 / (1 - b ** 2) ** 1.5)
+
+
+def skewnorm_log_cdf_by_quadrature(x: float, xi: float, omega: float, alpha: float) -> float:
+    """log P(X <= x) by 60-digit adaptive quadrature of the density 2/omega phi(z) Phi(alpha z):
+    an implementation independent of probes.metrics (mpmath, not torch; the density, not a grid)."""
+    mpmath = pytest.importorskip("mpmath")
+    mpmath.mp.dps = 60
+    z = (x - xi) / omega
+    density = lambda t: 2 * mpmath.npdf(t) * mpmath.ncdf(alpha * t)  # noqa: E731
+    lo = min(z, 0) - 60
+    points = [lo] + [z - d for d in (10, 3, 1, 0.3, 0.1, 0.03, 0.01, 0.003, 0.001) if z - d > lo] + [z]
+    return float(mpmath.log(mpmath.quad(density, points)))
+
+
+def test_skew_normal_fit_by_moments_reproduces_the_sample_moments():
+    samples = [1.0, 2.0, 2.0, 3.0, 5.0]  # deviations -1.6 -0.6 -0.6 0.4 2.4 from the mean 2.6
+    mean, var = 2.6, 9.2 / 4  # squares sum to 9.2; variance with ddof=1
+    skew = (9.36 / 5) / (9.2 / 5) ** 1.5  # cubes sum to 9.36: g1 = 0.750, a skew-normal reaches 0.9953
+    xi, omega, alpha = M.skewnorm_moments_fit(samples)
+    m, v, g = skewnorm_moments(xi, omega, alpha)
+    assert (m, v, g) == pytest.approx((mean, var, skew), rel=1e-9)
+    # symmetric samples give the normal fit; skewness beyond a skew-normal's is clipped to 0.99
+    assert M.skewnorm_moments_fit([1.0, 2.0, 3.0, 4.0, 5.0]) == pytest.approx((3.0, math.sqrt(2.5), 0.0))
+    _, _, g = skewnorm_moments(*M.skewnorm_moments_fit([0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 10.0]))
+    assert g == pytest.approx(0.99)
+    assert M.skewnorm_moments_fit([2.0]) is None and M.skewnorm_moments_fit([2.0, 2.0]) is None
+
+
+@pytest.mark.parametrize("alpha", [-6.0, -0.7, 0.0, 1.5, 6.0])
+@pytest.mark.parametrize("z", [-150.0, -25.0, -3.0, -0.5, 0.0, 2.0])
+def test_skew_normal_log_cdf_matches_quadrature_far_into_the_tail(alpha, z):
+    xi, omega = 10.0, 2.5
+    x = xi + omega * z
+    expected = skewnorm_log_cdf_by_quadrature(x, xi, omega, alpha)
+    assert M.skewnorm_logcdf(x, xi, omega, alpha) == pytest.approx(expected, rel=1e-6, abs=1e-9)
+
+
+def test_extrapolated_exposure_with_a_skew_normal_fit_on_a_tiny_example():
+    alternatives = [1.0, 2.0, 2.0, 3.0, 5.0]
+    # the fit, by hand: skewness g = 0.750 -> delta from g^(2/3), then omega and xi from the sd and mean
+    g = (9.36 / 5) / (9.2 / 5) ** 1.5
+    c = ((4 - math.pi) / 2) ** (2 / 3)
+    delta = math.sqrt(math.pi / 2 * g ** (2 / 3) / (g ** (2 / 3) + c))
+    omega = math.sqrt(9.2 / 4) / math.sqrt(1 - 2 * delta ** 2 / math.pi)
+    xi = 2.6 - omega * delta * math.sqrt(2 / math.pi)
+    alpha = delta / math.sqrt(1 - delta ** 2)
+    for canary in (0.5, -3.0, 2.0):
+        expected = -skewnorm_log_cdf_by_quadrature(canary, xi, omega, alpha) / math.log(2)
+        assert M.extrapolated_exposure(canary, alternatives, fit="skew-normal") == pytest.approx(expected, rel=1e-6)
+    # right-skewed alternatives: a loss below them all is rarer than the normal fit says
+    assert M.extrapolated_exposure(-3.0, alternatives, fit="skew-normal") > M.extrapolated_exposure(
+        -3.0, alternatives, fit="normal")
+    # "auto" fits the normal below SKEWNORM_MIN_ALTERNATIVES alternatives, the skew-normal from there on
+    assert M.extrapolated_exposure(-3.0, alternatives) == M.extrapolated_exposure(-3.0, alternatives, fit="normal")
+    many = [1.0, 2.0, 2.0, 3.0, 5.0] * (M.SKEWNORM_MIN_ALTERNATIVES // 5 + 1)
+    assert M.extrapolated_exposure(-3.0, many) == M.extrapolated_exposure(-3.0, many, fit="skew-normal")
+    # capped at log2|R| when the randomness space is known; never negative
+    assert M.extrapolated_exposure(-1000.0, alternatives, max_bits=40.0) == 40.0
+    assert M.extrapolated_exposure(100.0, alternatives) == 0.0
+    with pytest.raises(ValueError, match="fit must be"):
+        M.extrapolated_exposure(1.0, alternatives, fit="gamma")
+    assert M.extrapolated_exposure(1.0, [2.0, float("nan"), 3.0]) is None
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_extrapolated_exposure_agrees_with_the_rank_where_the_rank_can_tell(seed):
+    """4096 normal losses: a canary at the 1/128 quantile has rank exposure about 7 bits (well
+    under the cap of 12), and both fits must say about the same."""
+    rng = np.random.default_rng(seed)
+    losses = rng.normal(100.0, 8.0, size=4096)
+    canary = float(np.quantile(losses, 1 / 128))
+    rank = M.exposure([canary, *losses])
+    for fit in ("normal", "skew-normal"):
+        extrapolated = M.extrapolated_exposure(canary, losses, fit=fit)
+        assert extrapolated == pytest.approx(rank, abs=0.4), f"seed {seed}, {fit}: {extrapolated} vs rank {rank}"
 
 
 # -- emergence --------------------------------------------------------------------------------

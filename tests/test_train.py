@@ -30,7 +30,7 @@ from _ddp import assert_same_training, failure_report, launch_ddp
 TINY = ["--steps", "24", "--batch-size", "4", "--warmup", "4", "--ckpt-every", "4", "--eval-every", "4",
         "--n-layer", "2", "--n-head", "2", "--n-embd", "32", "--n-ctx", "32", "--corpus-mb", "0.05",
         "--canaries-per-count", "1", "--canary-copies", "1,8", "--eval-batches", "1", "--sample-tokens", "4",
-        "--vocab-size", "1024", "--seed", "11", "--device", "cpu"]
+        "--vocab-size", "1024", "--seed", "11", "--device", "cpu", "--threads", "1"]
 
 
 @pytest.fixture(scope="module")
@@ -362,3 +362,25 @@ def test_resume_from_an_edited_state_is_one_sentence_and_exit_2(tmp_path, capsys
     err = capsys.readouterr().err.strip()
     assert code == 2
     assert "latest.json" in err and "Traceback" not in err and len(err.splitlines()) == 1, err
+
+
+def test_threads_follow_the_free_cores_and_a_resume_keeps_the_recorded_count(tmp_path, monkeypatch):
+    from model.device import free_cores
+    from train import cli as train_cli
+    from train.args import TrainArgs
+    assert free_cores(cores=2, load=0.2) == 2 and free_cores(cores=2, load=1.4) == 1
+    assert free_cores(cores=2, load=7.0) == 1 and free_cores(cores=16, load=3.0) == 13
+    one = Dist(rank=0, local_rank=0, world=1)
+    threads = torch.get_num_threads()
+    try:
+        monkeypatch.setattr(train_cli, "free_cores", lambda: 2)
+        cpu = torch.device("cpu")
+        assert train_cli.set_threads(TrainArgs(threads=0), one, cpu, None) == 2  # a fresh run: free cores
+        assert train_cli.set_threads(TrainArgs(threads=0), one, cpu, 1) == 1     # a resume: what was recorded
+        assert train_cli.set_threads(TrainArgs(threads=3), one, cpu, 1) == 3     # --threads wins
+        out = tmp_path / "run"
+        assert TINY[-2:] == ["--threads", "1"]
+        assert main(["--out", str(out)] + TINY[:-2] + ["--steps", "2"]) == 0  # no --threads: the machine decides
+        assert read_json(out / "run.json")["cpu_threads"] == 2
+    finally:
+        torch.set_num_threads(threads)

@@ -18,7 +18,7 @@ import torch.distributed as dist
 
 from model.checkpoint import CheckpointError, has_state, read_json, read_jsonl, remove_partial_checkpoints, write_json_atomic
 from model.config import GPTConfig
-from model.device import pick_device
+from model.device import free_cores, pick_device
 from model.memory import (GPT2_VOCAB, TooLarge, available_bytes, check_fits, corpus_bytes, device_available_bytes,
                           train_bytes)
 from model.runlayout import RUN_JSON, metrics_jsonl, samples_jsonl
@@ -43,22 +43,22 @@ def device_for(kind: str, d: Dist) -> torch.device:
         raise BadInput(str(e)) from None
 
 
-SMALL_WIDTH = 128
-
-
-def set_threads(args: TrainArgs, cfg_width: int, d: Dist, device: torch.device) -> None:
-    """--threads if given. Otherwise, on a CPU: one thread for models up to SMALL_WIDTH wide (the
-    nano demo: on an idle 2-core machine a second thread is ~1.5x faster, but when anything else
-    runs its OpenMP threads spin against the other work and a step gets 3-10x slower), and under
-    DDP the cores shared among the local ranks. The thread count changes float rounding, so a run
-    resumed bit-exactly must keep it."""
+def set_threads(args: TrainArgs, d: Dist, device: torch.device, stored: int | None) -> int:
+    """torch's CPU threads for this process, and the count to record in run.json: --threads if
+    given; else the count a resumed run recorded (the thread count changes float rounding, so a run
+    resumed bit-exactly must keep it); else the machine's free cores when it starts
+    (model.device.free_cores), shared among the local ranks under DDP. On CUDA nothing is set."""
     if args.threads > 0:
-        torch.set_num_threads(args.threads)
-    elif device.type == "cpu" and cfg_width <= SMALL_WIDTH:
-        torch.set_num_threads(1)
-    elif d.world > 1 and device.type == "cpu":
+        threads = args.threads
+    elif stored:
+        threads = int(stored)
+    elif device.type == "cpu":
         local = int(os.environ.get("LOCAL_WORLD_SIZE", d.world))
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // local))
+        threads = max(1, free_cores() // local)
+    else:
+        return torch.get_num_threads()
+    torch.set_num_threads(threads)
+    return threads
 
 
 def check_memory(args: TrainArgs, d: Dist, device: torch.device) -> None:
@@ -183,19 +183,22 @@ def train(explicit: dict, resume: bool, d: Dist) -> int:
     device = device_for(args.device, d)
     check_memory(args, d, device)
     check_source(args)
-    set_threads(args, args.n_embd or GPTConfig.preset(args.preset).n_embd, d, device)
+    recorded = read_json(out / RUN_JSON).get("cpu_threads") if stored is not None else None
+    threads = set_threads(args, d, device, recorded if isinstance(recorded, int) else None)
     start_distributed(d, device)
     ok = False
     try:
-        status = train_started(out, args, stored, d, device)
+        status = train_started(out, args, stored, d, device, threads)
         ok = True
         return status
     finally:
         stop_distributed(device, ok)
 
 
-def train_started(out: Path, args: TrainArgs, stored: dict | None, d: Dist, device: torch.device) -> int:
-    """Everything after the process group is up: setup on rank 0, then the loop on every rank."""
+def train_started(out: Path, args: TrainArgs, stored: dict | None, d: Dist, device: torch.device,
+                  threads: int) -> int:
+    """Everything after the process group is up: setup on rank 0 (recording the CPU thread count
+    in run.json, for a bit-exact resume), then the loop on every rank."""
     error, cfg = None, None
     if d.main:
         try:
@@ -203,6 +206,8 @@ def train_started(out: Path, args: TrainArgs, stored: dict | None, d: Dist, devi
         except BadInput as e:
             error = str(e)
     share_outcome(d, error)
+    if d.main and device.type == "cpu":
+        set_status(out, "training", cpu_threads=threads)
     if cfg is None:
         cfg = GPTConfig.from_dict(read_json(out / RUN_JSON)["model"])
     t0 = time.time()

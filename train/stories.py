@@ -9,8 +9,10 @@ earlier in the context: in-distribution material for the copying and induction p
 
 Canaries are story-like sequences made of a unique 32-token opening and a secret of random words,
 each planted a known number of times in the training split, so memorization can be measured
-against duplication (Carlini et al.). Each has alternatives with the same opening and other
-secrets, never trained on, for exposure.
+against duplication (Carlini et al.). Each records its randomness space (the opening, the number
+of secret words and the word list they are drawn from uniformly: text = opening + " " + words +
+"."), from which the probes draw exposure candidates, and lists alternatives with the same opening
+and other secrets, never trained on (what older probes ranked it against).
 
 Everything is a pure function of the seed: the same seed gives byte-identical text.
 """
@@ -457,7 +459,8 @@ def canary_secret(pen: Pen) -> str:
 
 def make_canaries(seed: int, copies: tuple[int, ...] = DEFAULT_COPIES, per_count: int = 4,
                   n_alternatives: int = 63) -> list[dict]:
-    """`per_count` canaries for each copy count, each with `n_alternatives` same-prefix texts."""
+    """`per_count` canaries for each copy count, each with `n_alternatives` same-prefix texts and
+    its randomness space ("prefix", "secret_words", "secret_alphabet")."""
     pen = Pen(np.random.default_rng([int(seed), 7919]))
     out, prefixes = [], set()
     for n in copies:
@@ -473,7 +476,11 @@ def make_canaries(seed: int, copies: tuple[int, ...] = DEFAULT_COPIES, per_count
                 if alt != text and alt not in alts:
                     alts.append(alt)
             out.append({"id": f"canary-{n}x-{j}", "text": text, "copies": int(n),
-                        "prefix_tokens": CANARY_PREFIX_TOKENS, "alternatives": alts})
+                        "prefix_tokens": CANARY_PREFIX_TOKENS, "alternatives": alts,
+                        # the randomness space R the secret was drawn from, so probes can draw
+                        # their own candidates from it and know |R| = len(alphabet) ** words
+                        "prefix": prefix, "secret_words": CANARY_SECRET_WORDS,
+                        "secret_alphabet": list(copy_words())})
     return out
 
 

@@ -17,6 +17,7 @@ SMALL_RUN = dict(
     preset="nano", data="stories", steps=40, batch_size=8, grad_accum=1, lr=3e-3, warmup=8,
     eval_every=10, ckpt_every=10, seed=1234, device="cpu", n_layer=2, n_head=4, n_embd=64, n_ctx=64,
     corpus_mb=0.15, canaries_per_count=1, canary_copies="1,4,16,64", eval_batches=2, sample_tokens=16,
+    threads=1,  # fixed, not the machine's free cores: runs that tests compare must round alike
 )
 
 

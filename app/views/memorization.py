@@ -53,6 +53,10 @@ def canary_section(results, log_x) -> None:
     right.plotly_chart(figures.canaries_over_training(steps, per_step, "extracted_fraction",
                                                       "Canary extraction over training", log_x=log_x),
                        key="canaries_over_training")
+    method = next((g.get("exposure_method") for g in per_step[steps.index(step)] if g.get("exposure_method")), None)
+    st.caption(method or "Exposure here is the rank of each canary among the candidates listed for it "
+               "(log2 of their count minus log2 of its rank), so it cannot exceed log2 of that count; "
+               "re-run the probes for the extrapolated exposure and |R|.")
 
 
 def examples_section(results) -> None:
@@ -67,7 +71,8 @@ def examples_section(results) -> None:
     for group in R.get(results[step], "memorization.canaries") or []:
         for item in group.get("items") or []:
             rows.append({"copies": item.get("copies", group.get("copies")), "score": item.get("score"),
-                         "extracted": bool(item.get("extracted")), "exposure": item.get("exposure"),
+                         "extracted": bool(item.get("extracted")), "exposure (bits)": item.get("exposure"),
+                         "rank exposure (bits)": item.get("exposure_rank"),
                          "prefix": item.get("prefix"), "true continuation": item.get("truth"),
                          "model's greedy continuation": item.get("generated")})
     if rows:
