@@ -14,7 +14,8 @@ from typing import Any
 import streamlit as st
 import torch
 
-from model.checkpoint import CheckpointError, load_checkpoint, read_json
+from model.checkpoint import load_checkpoint
+from model.runio import RunFileError, CheckpointError, read_json
 from model.config import GPTConfig
 from model import memory
 from model.runlayout import (META, RUN_FILES, WEIGHTS, checkpoint_dir, data_json, metrics_jsonl, summary_path,
@@ -57,7 +58,7 @@ def probe_results(run: RunFiles) -> tuple[dict[int, dict], list[str]]:
     for step, path in run.probe_files.items():
         try:
             data = read_json_cached(path)
-        except (CheckpointError, OSError) as e:
+        except (RunFileError, OSError) as e:
             problems.append(f"Probe result {path} is unreadable and was skipped ({e}).")
             continue
         if isinstance(data, dict):
@@ -73,7 +74,7 @@ def probe_summary(run: RunFiles) -> dict | None:
         return None
     try:
         data = read_json_cached(path)
-    except (CheckpointError, OSError):
+    except (RunFileError, OSError):
         return None
     return data if isinstance(data, dict) else None
 
@@ -82,7 +83,7 @@ def data_manifest(run: RunFiles) -> dict:
     path = data_json(run.path)
     try:
         data = read_json_cached(path) if path.is_file() else {}
-    except (CheckpointError, OSError):
+    except (RunFileError, OSError):
         return {}
     return data if isinstance(data, dict) else {}
 
@@ -150,7 +151,7 @@ def check_model_fits(folder: Path, key: CheckpointKey) -> None:
         return
     try:
         cfg = GPTConfig.from_dict(read_json_cached(folder / META)["config"])
-    except (CheckpointError, OSError, ValueError, TypeError, KeyError):
+    except (RunFileError, OSError, ValueError, TypeError, KeyError):
         return
     need = memory.model_bytes(cfg) + memory.forward_bytes(cfg, APP_ROWS, cfg.n_ctx, explicit_attention=True)
     memory.check_fits(f"Loading the checkpoint {folder.name} (n_layer {cfg.n_layer}, n_embd {cfg.n_embd}, "

@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
 
-from model.checkpoint import CheckpointError, list_checkpoints, read_json, read_jsonl
+from model.checkpoint import list_checkpoints
+from model.runio import RunFileError, read_json, read_jsonl
 from model.checkpoint import verify_checkpoint as verify_files
 from model.runlayout import (META, RUN_ENTRIES, WEIGHTS, metrics_jsonl, probes_dir, result_step, run_json,
                              samples_jsonl, step_of)
@@ -119,7 +120,7 @@ def read_run(root: Path, name: str) -> RunFiles:
         run.info = info if isinstance(info, dict) else {}
         if not isinstance(info, dict):
             run.problems.append(f"{run_json(path)}: is not a JSON object.")
-    except CheckpointError as e:
+    except RunFileError as e:
         run.problems.append(str(e))
     run.checkpoint_steps = [step_of(p) for p in list_checkpoints(path)
                             if all(inside(root, q) for q in (p, p / WEIGHTS, p / META))]
@@ -152,7 +153,7 @@ def verify_checkpoint(path: Path) -> str | None:
     Cheaper than loading the model, and catches the same damage short of a forged hash."""
     try:
         verify_files(path)
-    except CheckpointError as e:
+    except RunFileError as e:
         return str(e)
     return None
 

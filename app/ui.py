@@ -10,7 +10,7 @@ from typing import Callable, Sequence
 
 import streamlit as st
 
-from model.checkpoint import CheckpointError
+from model.runio import RunFileError
 from model.tokenizer import gpt2_encoding
 
 from . import cache, jobs
@@ -27,7 +27,7 @@ RUN_KEY = "run"
 def one_sentence(e: BaseException) -> str:
     """A failure as one sentence for the page (the traceback goes to the server log only)."""
     text = str(e).strip().splitlines()[0].strip() if str(e).strip() else ""
-    if isinstance(e, (CheckpointError, ValueError)) and text:
+    if isinstance(e, (RunFileError, ValueError)) and text:
         return text if text.endswith((".", "!", "?")) else text + "."
     detail = f"{type(e).__name__}: {text}" if text else type(e).__name__
     return f"This part of the page could not be drawn ({detail})."

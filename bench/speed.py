@@ -84,6 +84,7 @@ def strip_hooks(model: GPT) -> GPT:
 class _Identity(nn.Module):
     """Stands in for a HookPoint: nothing can be hooked, so the fast paths stay on."""
     fwd_hooks: list = []
+    bwd_hooks: list = []
 
     def forward(self, x):
         return x

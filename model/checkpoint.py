@@ -34,11 +34,9 @@ an old meta.json cannot be told apart from an edited one.
 """
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import os
-import re
 import shutil
 import time
 from pathlib import Path
@@ -49,6 +47,8 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from .config import GPTConfig
+from .runio import (CheckpointError, RunFileError, as_checkpoint_error, fsync_dir, read_json, sha256_bytes,
+                    write_bytes_atomic)
 from .runlayout import (CHECKPOINTS_DIR, META, RUN_FILES, STATE_NAME, STEP_NAME, WEIGHTS, checkpoint_dir, checkpoints_dir,
                         latest_json, run_json as run_json_path, state_dir, state_name, step_of)
 from .gpt import GPT
@@ -56,80 +56,6 @@ from .gpt import GPT
 SEAL = "self_sha256"
 
 
-class CheckpointError(Exception):
-    """A run file is missing, truncated, corrupt or not what it claims to be."""
-
-    def __init__(self, path: str | os.PathLike, problem: str):
-        self.path = Path(path)
-        self.problem = problem
-        super().__init__(f"{path}: {problem}")
-
-
-# -- atomic primitives -------------------------------------------------------------------------
-def fsync_dir(path: str | os.PathLike) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
-    """Write `data` to `path` so that `path` holds either the old content or all of the new."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    fsync_dir(path.parent)
-
-
-def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
-    write_bytes_atomic(path, (json.dumps(obj, indent=1, allow_nan=False) + "\n").encode())
-
-
-def read_json(path: str | os.PathLike) -> Any:
-    path = Path(path)
-    try:
-        return json.loads(path.read_bytes())
-    except FileNotFoundError:
-        raise CheckpointError(path, "file is missing") from None
-    except (OSError, UnicodeDecodeError, ValueError) as e:
-        raise CheckpointError(path, f"not readable JSON ({type(e).__name__}: {e})") from None
-
-
-def append_jsonl(path: str | os.PathLike, *rows: Any) -> None:
-    """Append one line per row in one write, then fsync. A crash can at worst leave a partial
-    last line, which read_jsonl skips."""
-    with open(path, "a") as f:
-        f.write("".join(json.dumps(row, allow_nan=False) + "\n" for row in rows))
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def read_jsonl(path: str | os.PathLike) -> list[dict]:
-    """Every complete JSON line of `path` ([] when it does not exist)."""
-    path = Path(path)
-    if not path.exists():
-        return []
-    rows = []
-    for line in path.read_text(errors="replace").splitlines():
-        try:
-            rows.append(json.loads(line))
-        except ValueError:
-            continue  # a line cut short by a crash
-    return rows
-
-
-def sha256_bytes(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
 
 
 # -- sealed JSON: a file that carries the hash of its own content --------------------------------
@@ -163,7 +89,11 @@ def check_seal(path: str | os.PathLike, obj: Any) -> dict:
 
 
 def read_sealed_json(path: str | os.PathLike) -> dict:
-    return check_seal(path, read_json(path))
+    """A sealed file (meta.json, latest.json) verified; any problem is a CheckpointError."""
+    try:
+        return check_seal(path, read_json(path))
+    except RunFileError as e:
+        raise as_checkpoint_error(e) from None
 
 
 def encode_json(obj: Any) -> bytes:
@@ -279,22 +209,6 @@ def read_checkpoint_meta(path: str | os.PathLike) -> dict:
     return meta
 
 
-def config_misfit(cfg: GPTConfig, state: dict[str, torch.Tensor]) -> str | None:
-    """Why the config cannot describe these weights, checked on the embedding shapes and the
-    block count before a model is built: a crafted meta.json (resealed by whoever crafted it)
-    must not make us allocate a model far larger than the file (minutes, or an OOM kill)."""
-    blocks = {int(m.group(1)) for k in state if (m := re.match(r"blocks\.(\d+)\.", k))}
-    found = {"wte.weight": tuple(state["wte.weight"].shape) if "wte.weight" in state else None,
-             "wpe.weight": tuple(state["wpe.weight"].shape) if "wpe.weight" in state else None}
-    want = {"wte.weight": (cfg.vocab_size, cfg.n_embd), "wpe.weight": (cfg.n_ctx, cfg.n_embd)}
-    for name, shape in want.items():
-        if found[name] != shape:
-            return f"{name} has shape {found[name]}, the config needs {shape}"
-    if len(blocks) != cfg.n_layer:
-        return f"the file holds {len(blocks)} blocks, the config needs {cfg.n_layer}"
-    return None
-
-
 def verify_checkpoint(path: str | os.PathLike) -> tuple[dict, bytes]:
     """(meta, weight bytes) of a checkpoint folder once every file it depends on is verified:
     meta.json's seal and step, the weights' sha256, and (inside <run>/checkpoints/) the run's
@@ -334,7 +248,7 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
         state = st_load(data)
     except Exception as e:  # safetensors raises its own error types
         raise CheckpointError(weights_path, f"not a valid safetensors file ({e})") from None
-    problem = config_misfit(cfg, state)
+    problem = cfg.misfit({k: tuple(v.shape) for k, v in state.items()})
     if problem:
         raise CheckpointError(weights_path, f"weights do not fit the config ({problem})")
     model = GPT(cfg)
@@ -387,7 +301,10 @@ def read_latest(run_dir: str | os.PathLike) -> dict:
     check_run_files(run_dir, latest.get("run_files"), path)
     if "model" in latest:
         run_json = run_json_path(run_dir)
-        run = read_json(run_json)
+        try:
+            run = read_json(run_json)
+        except RunFileError as e:
+            raise as_checkpoint_error(e) from None
         if not isinstance(run, dict) or canonical_json(run.get("model")) != canonical_json(latest["model"]):
             raise CheckpointError(run_json, f"its model config is not the one the training state in {path} was "
                                             "saved with: run.json was edited or is corrupt")

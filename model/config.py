@@ -1,6 +1,7 @@
 """Model configuration: one dataclass, presets, and validation with messages a user can act on."""
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
@@ -112,3 +113,16 @@ class GPTConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def misfit(self, shapes: dict[str, tuple[int, ...]]) -> str | None:
+        """Why this config cannot describe weights of these shapes (name -> shape), checked on the
+        embeddings and the block count before a model is built: a crafted config must not make us
+        allocate a model far larger than the file (minutes, or an OOM kill). None when it fits."""
+        blocks = {int(m.group(1)) for k in shapes if (m := re.match(r"blocks\.(\d+)\.", k))}
+        want = {"wte.weight": (self.vocab_size, self.n_embd), "wpe.weight": (self.n_ctx, self.n_embd)}
+        for name, shape in want.items():
+            if shapes.get(name) != shape:
+                return f"{name} has shape {shapes.get(name)}, the config needs {shape}"
+        if len(blocks) != self.n_layer:
+            return f"the file holds {len(blocks)} blocks, the config needs {self.n_layer}"
+        return None

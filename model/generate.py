@@ -16,7 +16,8 @@ from typing import Sequence
 
 import torch
 
-from .checkpoint import CheckpointError, list_checkpoints, load_checkpoint, read_checkpoint_meta, step_of
+from .checkpoint import list_checkpoints, load_checkpoint, read_checkpoint_meta, step_of
+from .runio import RunFileError
 from .cliargs import ArgumentParser, UsageError
 from .config import GPTConfig
 from .device import pick_device
@@ -64,7 +65,7 @@ def check_memory(ckpt: Path, args: argparse.Namespace, device: torch.device) -> 
     A meta.json that cannot be read is left to load_checkpoint, which names the problem."""
     try:
         cfg = GPTConfig.from_dict(read_checkpoint_meta(ckpt)["config"])
-    except (CheckpointError, ValueError, TypeError):
+    except (RunFileError, ValueError, TypeError):
         return
     prompt_len = len(args.prompt.encode("utf-8", errors="replace"))
     need = generate_bytes(cfg, 1, prompt_len, args.max_new_tokens)
@@ -99,7 +100,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
         text = generate_text(args)
-    except (UsageError, ValueError, CheckpointError, TokenizerError) as e:
+    except (UsageError, ValueError, RunFileError, TokenizerError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(text)

@@ -25,13 +25,13 @@ from functools import lru_cache
 
 import numpy as np
 
-from .checkpoint import CheckpointError, read_json
+from .runio import RunFileError, read_json
 from .runlayout import data_json, split_file
 
 def read_data_meta(run_dir: str | os.PathLike) -> dict:
     meta = read_json(data_json(run_dir))
     if not isinstance(meta, dict):
-        raise CheckpointError(data_json(run_dir), "is not a JSON object")
+        raise RunFileError(data_json(run_dir), "is not a JSON object")
     return meta
 
 
@@ -48,14 +48,14 @@ def load_tokens(run_dir: str | os.PathLike, split: str, meta: dict | None = None
     path = split_file(run_dir, split)
     dtype = np.dtype(meta.get("dtype", "uint16"))
     if not path.exists():
-        raise CheckpointError(path, "token file is missing")
+        raise RunFileError(path, "token file is missing")
     if path.stat().st_size == 0:
         arr = np.zeros(0, dtype=dtype)
     else:
         arr = np.memmap(path, dtype=dtype, mode="r")
     expected = meta.get(f"n_{split}_tokens")
     if expected is not None and len(arr) != int(expected):
-        raise CheckpointError(path, f"holds {len(arr)} tokens, data.json says {expected}")
+        raise RunFileError(path, f"holds {len(arr)} tokens, data.json says {expected}")
     return arr
 
 

@@ -8,7 +8,7 @@ from typing import Callable
 
 from tqdm import tqdm
 
-from model.checkpoint import CheckpointError
+from model.runio import RunFileError
 from model.cliargs import ArgumentParser, UsageError
 from model.device import free_cores, pick_device
 from model.runlayout import probes_dir
@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
         kwargs = dict(only=args.only, steps=args.steps, force=args.force, progress=progress, device=device,
                       threads=threads, jobs=jobs)
         done = watch(args.run, poll=args.poll, **kwargs) if args.watch else run_probes(args.run, **kwargs)
-    except (ValueError, CheckpointError) as e:
+    except (ValueError, RunFileError) as e:
         close()
         print(f"probes: {e}" if isinstance(e, ValueError) else f"probes: {e.path}: {e.problem}.", file=sys.stderr)
         return 2

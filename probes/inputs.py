@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from model.checkpoint import CheckpointError, read_json
+from model.runio import RunFileError, read_json
 from model.runlayout import data_json, run_json
 from model.rundata import get_chunks, load_tokens, n_chunks, read_data_meta, seen_chunk_ids, training_data_known
 from model.tokenizer import Tokenizer, load_tokenizer
@@ -80,7 +80,7 @@ def read_run(run_dir: str | os.PathLike) -> dict:
         raise ValueError(f"{run_dir} is not a run: it has no run.json.")
     run = read_json(run_json(run_dir))
     if not isinstance(run, dict):
-        raise CheckpointError(run_json(run_dir), "is not a JSON object")
+        raise RunFileError(run_json(run_dir), "is not a JSON object")
     return run
 
 
@@ -359,7 +359,7 @@ def probe_inputs(run_dir: str | os.PathLike, sizes: ProbeSizes | None = None,
     meta = read_data_meta(run_dir)
     for key in ("chunk_len", "n_train_tokens", "n_val_tokens", "global_batch"):
         if key not in meta:
-            raise CheckpointError(data_json(run_dir), f"lacks the {key!r} field")
+            raise RunFileError(data_json(run_dir), f"lacks the {key!r} field")
     seed = run_seed(run_dir, meta)
     tokenizer = tokenizer or load_tokenizer(run_dir)
     n_ctx = model_context(run, meta)

@@ -10,7 +10,7 @@ import re
 from pathlib import Path
 from typing import Iterable
 
-from model.checkpoint import CheckpointError, read_json, write_json_atomic
+from model.runio import RunFileError, read_json, write_json_atomic
 from model.runlayout import probes_dir, result_path, result_step
 
 from .compute import RESULT_VERSION
@@ -26,7 +26,7 @@ def read_result(path: str | os.PathLike) -> dict | None:
         return None
     try:
         data = read_json(path)
-    except CheckpointError:
+    except RunFileError:
         return None
     return data if isinstance(data, dict) else None
 

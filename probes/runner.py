@@ -3,7 +3,7 @@ in this process or in worker processes, once or following a run in training (`wa
 line is probes/cli.py; its result files, probes/results.py.
 
 Incremental (a checkpoint whose result file already holds the requested probes is skipped),
-atomic (results are written with model.checkpoint.write_json_atomic, so a killed runner leaves
+atomic (results are written with model.runio.write_json_atomic, so a killed runner leaves
 either no file or a whole one), and safe beside a training run (`list_checkpoints` lists only
 complete checkpoints; `--watch` keeps going until run.json says complete or failed). A corrupt
 checkpoint is reported on stderr and skipped; the others are still computed.
@@ -23,7 +23,8 @@ from typing import Callable, Iterable
 
 import torch
 
-from model.checkpoint import CheckpointError, list_checkpoints, load_checkpoint, read_checkpoint_meta, read_json
+from model.checkpoint import list_checkpoints, load_checkpoint, read_checkpoint_meta
+from model.runio import RunFileError, read_json
 from model.config import GPTConfig
 from model.device import MAX_THREADS, pick_device
 from model.memory import MARGIN, check_fits, device_available_bytes, forward_bytes, model_bytes
@@ -106,7 +107,7 @@ def _probe_in_worker(path: str, want: tuple[str, ...]) -> tuple[int, str | None]
     w = _WORKER
     try:
         return probe_checkpoint(w["run_dir"], Path(path), w["tokenizer"], w["inputs"], want, w["device"]), None
-    except CheckpointError as e:
+    except RunFileError as e:
         return step_of(path), f"{e.path}: {e.problem}"
 
 
@@ -116,7 +117,7 @@ def _probe_serially(run_dir: Path, todo: list[Path], want, device, sizes, report
     for path in todo:
         try:
             report(probe_checkpoint(run_dir, path, tokenizer, inputs, want, device), None)
-        except CheckpointError as e:
+        except RunFileError as e:
             report(step_of(path), f"{e.path}: {e.problem}")
 
 
@@ -185,7 +186,7 @@ def jobs_that_fit(todo: list[Path], sizes: ProbeSizes | None, device: str, jobs:
         try:
             cfg = GPTConfig.from_dict(read_checkpoint_meta(path)["config"])
             break
-        except (CheckpointError, ValueError, TypeError):
+        except (RunFileError, ValueError, TypeError):
             continue
     else:
         return jobs
@@ -233,7 +234,7 @@ def _run_probes(run_dir: Path, only, steps, force, progress, device, sizes, log,
 def run_status(run_dir: Path) -> str:
     try:
         return str(read_json(run_json(run_dir)).get("status", "training"))
-    except (CheckpointError, AttributeError):
+    except (RunFileError, AttributeError):
         return "training"
 
 

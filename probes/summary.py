@@ -8,11 +8,11 @@ import math
 import os
 from typing import Any
 
-from model.checkpoint import write_json_atomic
+from model.runio import write_json_atomic
 from model.runlayout import summary_path
 
 from .results import read_results
-from .metrics import first_at_or_above, largest_sustained_rise, sustained_crossing, sustained_fall, sustained_rise
+from .emergence import first_at_or_above, largest_sustained_rise, sustained_crossing, sustained_fall, sustained_rise
 
 SUMMARY_VERSION = 1
 

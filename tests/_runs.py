@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from model.checkpoint import WEIGHTS, checkpoint_dir, save_checkpoint, write_json_atomic
+from model.checkpoint import WEIGHTS, checkpoint_dir, save_checkpoint
+from model.runio import write_json_atomic
 from model.config import GPTConfig
 from model.gpt import GPT
 from model.tokenizer import build_compact_vocab, gpt2_encoding

@@ -17,7 +17,8 @@ from _runs import corrupt_checkpoint  # noqa: F401  (re-exported for the app tes
 import numpy as np
 import torch
 
-from model.checkpoint import append_jsonl, list_checkpoints, save_checkpoint, write_json_atomic
+from model.checkpoint import list_checkpoints, save_checkpoint
+from model.runio import append_jsonl, write_json_atomic
 from model.config import GPTConfig
 from model.gpt import GPT
 from model.tokenizer import build_compact_vocab, gpt2_encoding

@@ -16,7 +16,8 @@ from streamlit.testing.v1 import AppTest
 import probes
 from app import jobs
 from app_fixtures import corrupt_step, trained_roots, write_fake_run
-from model.checkpoint import checkpoint_dir, list_checkpoints, load_checkpoint, read_json, step_of
+from model.checkpoint import checkpoint_dir, list_checkpoints, load_checkpoint, step_of
+from model.runio import read_json
 from model.tokenizer import load_tokenizer
 
 APP = str(Path(__file__).resolve().parents[1] / "app" / "streamlit_app.py")

@@ -15,7 +15,7 @@ from streamlit.testing.v1 import AppTest
 
 import probes
 from app_fixtures import trained_roots
-from model.checkpoint import read_jsonl
+from model.runio import read_jsonl
 
 APP = str(Path(__file__).resolve().parents[1] / "app" / "streamlit_app.py")
 SPIKE_STEP = 30

@@ -19,9 +19,9 @@ from safetensors.torch import save as st_save
 
 from app.runfolder import verify_checkpoint
 from model import GPT, GPTConfig
-from model import checkpoint as ck
-from model.checkpoint import (CheckpointError, checkpoint_dir, list_checkpoints, load_checkpoint, load_state,
-                              read_jsonl, save_checkpoint, save_state, step_of)
+from model import checkpoint as ck, runio
+from model.checkpoint import checkpoint_dir, list_checkpoints, load_checkpoint, load_state, save_checkpoint, save_state, step_of
+from model.runio import CheckpointError, read_jsonl
 
 CFG = dict(n_layer=2, n_head=2, n_embd=16, n_ctx=8, vocab_size=31)
 
@@ -127,16 +127,16 @@ def test_crash_mid_write_leaves_no_checkpoint(tmp_path, model, monkeypatch):
 
 def test_write_bytes_atomic_keeps_old_content_on_failure(tmp_path, monkeypatch):
     target = tmp_path / "f.json"
-    ck.write_json_atomic(target, {"a": 1})
+    runio.write_json_atomic(target, {"a": 1})
 
     def boom(*a, **k):
         raise OSError("disk full")
 
     monkeypatch.setattr(ck.os, "replace", boom)
     with pytest.raises(OSError):
-        ck.write_json_atomic(target, {"a": 2})
+        runio.write_json_atomic(target, {"a": 2})
     monkeypatch.undo()
-    assert ck.read_json(target) == {"a": 1}
+    assert runio.read_json(target) == {"a": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["f.json"]
 
 
@@ -443,11 +443,11 @@ def test_every_edit_of_latest_json_is_refused_naming_it(tmp_path, edit):
 
 def test_jsonl_skips_a_line_cut_short(tmp_path):
     path = tmp_path / "metrics.jsonl"
-    ck.append_jsonl(path, {"step": 1, "loss": 2.0})
-    ck.append_jsonl(path, {"step": 2, "loss": 1.5})
+    runio.append_jsonl(path, {"step": 1, "loss": 2.0})
+    runio.append_jsonl(path, {"step": 2, "loss": 1.5})
     with open(path, "a") as f:
         f.write('{"step": 3, "lo')
     assert read_jsonl(path) == [{"step": 1, "loss": 2.0}, {"step": 2, "loss": 1.5}]
     assert read_jsonl(tmp_path / "none.jsonl") == []
     with pytest.raises(ValueError):
-        ck.append_jsonl(path, {"loss": float("nan")})  # never write what JSON readers choke on
+        runio.append_jsonl(path, {"loss": float("nan")})  # never write what JSON readers choke on

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import train.tokens as tokens_mod
-from model.checkpoint import read_json
+from model.runio import read_json
 from model.rundata import get_chunks, load_tokens, n_chunks, read_data_meta, sample_chunk_ids, seen_chunk_ids
 from model.tokenizer import load_tokenizer
 from train import main

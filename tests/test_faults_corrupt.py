@@ -33,8 +33,8 @@ import pytest
 import torch
 from safetensors.torch import load as st_load
 
-from model.checkpoint import (CheckpointError, META, WEIGHTS, checkpoint_dir, load_checkpoint, load_state,
-                              save_checkpoint, save_state, seal)
+from model.checkpoint import META, WEIGHTS, checkpoint_dir, load_checkpoint, load_state, save_checkpoint, save_state, seal
+from model.runio import CheckpointError
 from model.config import GPTConfig
 from model.gpt import GPT
 

@@ -19,7 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from model.checkpoint import has_state, list_checkpoints, load_checkpoint, load_state, read_json, read_jsonl, step_of
+from model.checkpoint import has_state, list_checkpoints, load_checkpoint, load_state, step_of
+from model.runio import read_json, read_jsonl
 from train import main
 from train.testing import small_run_argv
 

@@ -31,8 +31,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from model.checkpoint import (SEAL, has_state, list_checkpoints, load_checkpoint, load_state, read_json,
-                              read_jsonl, step_of)
+from model.checkpoint import SEAL, has_state, list_checkpoints, load_checkpoint, load_state, step_of
+from model.runio import read_json, read_jsonl
 from train import main as train_main
 from train.testing import small_run_argv
 

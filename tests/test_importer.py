@@ -20,7 +20,8 @@ import torch
 import torch.nn.functional as F
 
 from _runs import stories
-from model.checkpoint import checkpoint_dir, list_checkpoints, load_checkpoint, read_json, read_jsonl, step_of
+from model.checkpoint import checkpoint_dir, list_checkpoints, load_checkpoint, step_of
+from model.runio import read_json, read_jsonl
 from model.rundata import read_data_meta
 from train.importer import main
 

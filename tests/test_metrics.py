@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from probes import metrics as M
+from probes import emergence as E, metrics as M
 
 
 def uniform_causal(P: int, H: int = 1) -> torch.Tensor:
@@ -269,37 +269,37 @@ STEPS = [0, 1, 2, 4, 8, 16, 32, 64]
 
 def test_sustained_crossing_and_rise():
     values = [0.9, 0.1, 0.5, 0.1, 0.4, 0.5, 0.6, 0.2]
-    assert M.sustained_crossing(STEPS, values, 0.3, persist=2) == 8
-    assert M.sustained_crossing(STEPS, values, 0.3, persist=1) == 0
-    assert M.sustained_rise(STEPS, values, 0.3, persist=1) == 2
-    assert M.sustained_rise(STEPS, values, 0.3, persist=2) == 8
-    assert M.sustained_fall(STEPS, values, 0.3, after=8, persist=1) == 64
-    assert M.sustained_crossing(STEPS, [None, 0.1, 0.5, None, 0.6, 0.1, 0.1, 0.1], 0.3) == 2
-    assert M.sustained_crossing(STEPS, [0.1] * 8, 0.3) is None
+    assert E.sustained_crossing(STEPS, values, 0.3, persist=2) == 8
+    assert E.sustained_crossing(STEPS, values, 0.3, persist=1) == 0
+    assert E.sustained_rise(STEPS, values, 0.3, persist=1) == 2
+    assert E.sustained_rise(STEPS, values, 0.3, persist=2) == 8
+    assert E.sustained_fall(STEPS, values, 0.3, after=8, persist=1) == 64
+    assert E.sustained_crossing(STEPS, [None, 0.1, 0.5, None, 0.6, 0.1, 0.1, 0.1], 0.3) == 2
+    assert E.sustained_crossing(STEPS, [0.1] * 8, 0.3) is None
 
 
 def test_largest_log_step_rise_normalises_by_log_step():
     values = [0.0, 0.0, 0.0, 0.0, 0.1, 0.2, 0.9, 1.0]
-    best = M.largest_log_step_rise(STEPS, values)
+    best = E.largest_log_step_rise(STEPS, values)
     assert best["step"] == 32 and best["from_step"] == 16
     assert best["rise"] == pytest.approx(0.7)
     assert best["rate"] == pytest.approx(0.7 / (math.log(33) - math.log(17)))
     # the same absolute rise over a wider log interval ranks lower
-    assert M.largest_log_step_rise([0, 10, 1000], [0.0, 0.5, 1.0])["step"] == 10
-    assert M.largest_log_step_rise([5], [1.0]) is None
+    assert E.largest_log_step_rise([0, 10, 1000], [0.0, 0.5, 1.0])["step"] == 10
+    assert E.largest_log_step_rise([5], [1.0]) is None
 
 
 def test_largest_sustained_rise_by_hand():
     # splits of [0, 0, 1, 1]: k=1 levels 0 | 1 (median of 0, 1, 1), total deviation 1; k=2 levels
     # 0 | 1, deviation 0; k=3 levels 0 | 1, deviation 1 -> k=2, between steps 4 and 8
-    r = M.largest_sustained_rise([2, 4, 8, 16], [0.0, 0.0, 1.0, 1.0], min_rise=0.1)
+    r = E.largest_sustained_rise([2, 4, 8, 16], [0.0, 0.0, 1.0, 1.0], min_rise=0.1)
     assert (r["from_step"], r["step"], r["before"], r["after"], r["rise"]) == (4, 8, 0.0, 1.0, 1.0)
     assert r["rate"] == pytest.approx(1.0 / (math.log(9) - math.log(5)))
     assert r["noise"] == 0.0 and r["detected"] and r["kind"] == "abrupt" and r["kept_share"] == 1.0
     # missing values are skipped; a series that never rises has no rise; the minimum is honoured
-    assert M.largest_sustained_rise([0, 1, 2, 3], [0.0, None, 1.0, 1.0], 0.1)["from_step"] == 0
-    assert M.largest_sustained_rise([0, 1, 2], [1.0, 0.5, 0.0], 0.1) is None
-    assert M.largest_sustained_rise([0, 1, 2, 3], [0.0, 0.0, 0.05, 0.05], 0.1)["detected"] is False
+    assert E.largest_sustained_rise([0, 1, 2, 3], [0.0, None, 1.0, 1.0], 0.1)["from_step"] == 0
+    assert E.largest_sustained_rise([0, 1, 2], [1.0, 0.5, 0.0], 0.1) is None
+    assert E.largest_sustained_rise([0, 1, 2, 3], [0.0, 0.0, 0.05, 0.05], 0.1)["detected"] is False
 
 
 @pytest.mark.parametrize("bad, words", [
@@ -310,7 +310,7 @@ def test_largest_sustained_rise_by_hand():
 def test_largest_sustained_rise_refuses_settings_that_break_its_words(bad, words):
     settings = {"min_rise": 0.1} | bad
     with pytest.raises(ValueError, match=re.escape(words)):
-        M.largest_sustained_rise([0, 1, 2], [0.0, 0.0, 1.0], **settings)
+        E.largest_sustained_rise([0, 1, 2], [0.0, 0.0, 1.0], **settings)
 
 
 def test_icl_score_averages_a_window_at_each_end():

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 import probes
-from model.checkpoint import write_json_atomic
+from model.runio import write_json_atomic
 from model.runlayout import result_path
 from probes.cli import main
 from probes.results import read_results

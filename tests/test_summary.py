@@ -12,7 +12,8 @@ import torch
 
 from probes import summarize
 from probes.induction import icl_score
-from probes.metrics import difference_noise, gini, largest_log_step_rise, largest_sustained_rise
+from probes.emergence import difference_noise, largest_log_step_rise, largest_sustained_rise
+from probes.metrics import gini
 from probes.summary import RISE_KEYS, THRESHOLDS, rules
 
 DEMO_STEPS = [0, 1, 2, 4, 8, 16, 32, 64, 100, 200, 300, 400, 500, 600, 700, 800]  # the demo's checkpoints

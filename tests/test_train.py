@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 import torch
 
-from model.checkpoint import list_checkpoints, load_checkpoint, read_json, read_jsonl, step_of
+from model.checkpoint import list_checkpoints, load_checkpoint, step_of
+from model.runio import read_json, read_jsonl
 from model.config import GPTConfig
 from model.rundata import get_chunks, load_tokens
 from train import main
@@ -136,16 +137,16 @@ def test_grad_accumulation_matches_a_bigger_batch(tmp_path):
 # -- resume ----------------------------------------------------------------------------------
 KILLER = """
 import os, signal, sys
-import model.checkpoint as ck
+import model.checkpoint as ck, model.runio as runio
 n_calls, die_at = 0, int(sys.argv[1])
-real = ck.fsync_dir
+real = runio.fsync_dir
 def fsync_then_maybe_die(path):
     global n_calls
     n_calls += 1
     if n_calls == die_at:
         os.kill(os.getpid(), signal.SIGKILL)  # in the middle of a checkpoint or state write
     real(path)
-ck.fsync_dir = fsync_then_maybe_die
+ck.fsync_dir = runio.fsync_dir = fsync_then_maybe_die
 from train import main
 sys.exit(main(sys.argv[2:]))
 """

@@ -16,7 +16,8 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from model.checkpoint import CheckpointError, has_state, read_json, read_jsonl, remove_partial_checkpoints, write_json_atomic
+from model.checkpoint import has_state, remove_partial_checkpoints
+from model.runio import RunFileError, read_json, read_jsonl, write_json_atomic
 from model.config import GPTConfig
 from model.device import free_cores, pick_device
 from model.memory import (GPT2_VOCAB, TooLarge, available_bytes, check_fits, corpus_bytes, device_available_bytes,
@@ -267,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
     except BadInput as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except CheckpointError as e:  # e.g. --resume of a run whose state or run.json was damaged or edited
+    except RunFileError as e:  # e.g. --resume of a run whose state or run.json was damaged or edited
         print(f"error: {e.path}: {e.problem}; the run cannot be resumed from it.", file=sys.stderr)
         return 2
     except SystemExit as e:  # --help

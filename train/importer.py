@@ -33,9 +33,8 @@ from types import SimpleNamespace
 import torch
 from tqdm import tqdm
 
-from model.checkpoint import (CheckpointError, append_jsonl, list_checkpoints, read_json, read_jsonl,
-                              remove_partial_checkpoints, save_checkpoint, step_of, write_bytes_atomic,
-                              write_json_atomic)
+from model.checkpoint import list_checkpoints, remove_partial_checkpoints, save_checkpoint, step_of
+from model.runio import RunFileError, append_jsonl, read_json, read_jsonl, write_bytes_atomic, write_json_atomic
 from model.config import GPTConfig
 from model.gpt import GPT
 from model.interop import from_hf
@@ -149,7 +148,7 @@ def check_existing(out: Path, record: dict, cfg: GPTConfig) -> dict | None:
         run = read_json(run_json)
         old = run["imported"]
         model = run["model"]
-    except (CheckpointError, KeyError, TypeError):
+    except (RunFileError, KeyError, TypeError):
         raise BadInput(f"{out} already holds a run that was not imported; choose another --out.") from None
     for key, what in (("from", "--from"), ("data", "--data"), ("seed", "--seed"), ("seq_len", "--seq-len")):
         if old.get(key) != record[key]:

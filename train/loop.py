@@ -21,7 +21,8 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
-from model.checkpoint import append_jsonl, load_state, save_checkpoint, save_state
+from model.checkpoint import load_state, save_checkpoint, save_state
+from model.runio import append_jsonl
 from model.config import GPTConfig
 from model.gpt import GPT
 from model.rundata import get_chunks, load_tokens, n_chunks, read_data_meta, sample_chunk_ids

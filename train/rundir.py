@@ -11,7 +11,8 @@ import json
 from datetime import datetime, timezone
 from pathlib import Path
 
-from model.checkpoint import CheckpointError, has_state, read_json, read_jsonl, write_bytes_atomic, write_json_atomic
+from model.checkpoint import has_state
+from model.runio import RunFileError, read_json, read_jsonl, write_bytes_atomic, write_json_atomic
 from model.config import GPTConfig
 from model.rundata import n_chunks
 from model.runlayout import DATA_JSON, RUN_JSON, SPLITS, VOCAB_JSON, data_dir, split_file, state_dir
@@ -33,7 +34,7 @@ def check_out_dir(out: Path, resume: bool) -> dict | None:
         try:
             run = read_json(run_json)
             return dict(run["train"])
-        except (CheckpointError, KeyError, TypeError):
+        except (RunFileError, KeyError, TypeError):
             raise BadInput(f"{run_json} is not a readable run description, so the run cannot be resumed.") from None
     if run_json.exists():
         raise BadInput(f"{out} already holds a run; pass --resume to continue it or choose another --out.")
@@ -118,7 +119,7 @@ def data_installed(run_dir: Path) -> bool:
         meta = read_json(run_dir / DATA_JSON)
         return all(split_file(run_dir, s).stat().st_size == meta[f"n_{s}_tokens"] * (2 if meta["dtype"] == "uint16" else 4)
                    for s in SPLITS)
-    except (CheckpointError, OSError, KeyError, TypeError):
+    except (RunFileError, OSError, KeyError, TypeError):
         return False
 
 

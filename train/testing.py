@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from model.checkpoint import read_json
+from model.runio import read_json
 from model.runlayout import run_json as run_json_path
 
 SMALL_RUN = dict(

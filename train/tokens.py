@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from model.checkpoint import write_json_atomic
+from model.runio import write_json_atomic
 from model.runlayout import VOCAB_JSON, token_cache_root
 from model.tokenizer import GPT2_EOT_ID, GPT2_VOCAB_SIZE, CompactVocab, Tokenizer, build_compact_vocab, gpt2_encoding, EOT
 

@@ -1,0 +1,96 @@
+"""Reading and writing a run's files safely: atomic writes (temporary name, fsync, rename), so a
+crash or SIGKILL at any moment leaves the old content or all of the new; JSON and JSON-lines reads
+that turn every failure into a RunFileError naming the file.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+
+class RunFileError(Exception):
+    """A file of a run (run.json, data.json, a log, a result) is missing, unreadable or not what
+    it claims to be. `path` names it, `problem` says what is wrong."""
+
+    def __init__(self, path: str | os.PathLike, problem: str):
+        self.path = Path(path)
+        self.problem = problem
+        super().__init__(f"{path}: {problem}")
+
+
+class CheckpointError(RunFileError):
+    """A checkpoint or the training state, or a file it depends on, failed verification."""
+
+
+def as_checkpoint_error(e: RunFileError) -> CheckpointError:
+    return e if isinstance(e, CheckpointError) else CheckpointError(e.path, e.problem)
+
+
+# -- atomic primitives -------------------------------------------------------------------------
+def fsync_dir(path: str | os.PathLike) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
+    """Write `data` to `path` so that `path` holds either the old content or all of the new."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
+
+
+def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
+    write_bytes_atomic(path, (json.dumps(obj, indent=1, allow_nan=False) + "\n").encode())
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    path = Path(path)
+    try:
+        return json.loads(path.read_bytes())
+    except FileNotFoundError:
+        raise RunFileError(path, "file is missing") from None
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise RunFileError(path, f"not readable JSON ({type(e).__name__}: {e})") from None
+
+
+def append_jsonl(path: str | os.PathLike, *rows: Any) -> None:
+    """Append one line per row in one write, then fsync. A crash can at worst leave a partial
+    last line, which read_jsonl skips."""
+    with open(path, "a") as f:
+        f.write("".join(json.dumps(row, allow_nan=False) + "\n" for row in rows))
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def read_jsonl(path: str | os.PathLike) -> list[dict]:
+    """Every complete JSON line of `path` ([] when it does not exist)."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    rows = []
+    for line in path.read_text(errors="replace").splitlines():
+        try:
+            rows.append(json.loads(line))
+        except ValueError:
+            continue  # a line cut short by a crash
+    return rows
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
