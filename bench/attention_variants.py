@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 
 from model import GPT, GPTConfig
-from model.attention import ATTENTION
+from model.config import ATTENTION
 from .common import median_time
 
 

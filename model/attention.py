@@ -1,4 +1,4 @@
-"""Pluggable causal self-attention. Adding a kind is one class plus one entry in ATTENTION.
+"""Pluggable causal self-attention. Adding a kind is one class with its @register_attention line.
 
 Every kind exposes the TransformerLens hook vocabulary: `hook_q`, `hook_k`, `hook_v`, `hook_z`
 [B,P,H,D], `hook_attn_scores` and `hook_pattern` [B,H,P,P], and `hook_result` [B,P,H,M] (computed
@@ -11,19 +11,17 @@ gate, Qiu et al. 2025) and `linear` (causal linear attention, Katharopoulos et a
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from transformer_lens.hook_points import HookPoint
 
+from .config import GPTConfig, register_attention
 from .layers import causal_mask, is_hooked
 
-if TYPE_CHECKING:  # only for annotations: config imports the attention registry
-    from .config import GPTConfig
 
-
+@register_attention("standard")
 class StandardAttention(nn.Module):
     """GPT-2 causal softmax attention. Runs through F.scaled_dot_product_attention (flash on GPU)
     unless the scores or the pattern are hooked, in which case it materialises them."""
@@ -110,6 +108,7 @@ class StandardAttention(nn.Module):
         return z
 
 
+@register_attention("gated")
 class GatedAttention(StandardAttention):
     """Softmax attention whose per-head output is multiplied elementwise by a sigmoid gate computed
     from the attention input (Qiu et al. 2025, "Gated Attention for Large Language Models", the
@@ -169,6 +168,7 @@ def causal_linear_attention(fq: torch.Tensor, fk: torch.Tensor, v: torch.Tensor,
     return z, new_state
 
 
+@register_attention("linear")
 class LinearAttention(StandardAttention):
     """Causal linear attention (Katharopoulos et al. 2020, "Transformers are RNNs"), feature map
     elu(x)+1, no 1/sqrt(d) scaling and no attention dropout (dropout stays on the output).
@@ -234,10 +234,3 @@ class LinearAttention(StandardAttention):
         scores = self.hook_attn_scores(kernel.log().masked_fill(~mask, float("-inf")))
         pattern = self.hook_pattern(torch.softmax(scores, dim=-1))
         return torch.einsum("bhqk,bkhd->bqhd", pattern, v)
-
-
-ATTENTION: dict[str, type[nn.Module]] = {
-    "standard": StandardAttention,
-    "gated": GatedAttention,
-    "linear": LinearAttention,
-}

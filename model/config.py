@@ -5,11 +5,21 @@ import re
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-from .attention import ATTENTION
+# The attention registry: kind name -> module class. model/attention.py fills it with
+# @register_attention (importing the `model` package imports it), so adding a kind is one class and
+# its one decorator line, and the config accepts exactly the kinds registered.
+ATTENTION: dict[str, type] = {}
 
-# Attention kinds the model knows: the keys of model.attention's registry, so adding a kind is one
-# class and one entry there.
-ATTENTION_KINDS = tuple(ATTENTION)
+
+def register_attention(name: str):
+    def add(cls: type) -> type:
+        ATTENTION[name] = cls
+        return cls
+    return add
+
+
+def attention_kinds() -> tuple[str, ...]:
+    return tuple(ATTENTION)
 # MLP activations, by Hugging Face's names: GPT-2's tanh-approximated GELU, and the exact (erf) GELU
 # that nanoGPT's model.py uses, so its checkpoints import with identical logits.
 ACTIVATIONS = ("gelu_new", "gelu")
@@ -58,9 +68,9 @@ class GPTConfig:
             )
         if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)) or not (0.0 <= self.dropout < 1.0):
             raise ValueError(f"GPTConfig.dropout must be a number in [0, 1), got {self.dropout!r}.")
-        if self.attention not in ATTENTION_KINDS:
+        if self.attention not in ATTENTION:
             raise ValueError(
-                f"GPTConfig.attention must be one of {', '.join(ATTENTION_KINDS)}, got {self.attention!r}."
+                f"GPTConfig.attention must be one of {', '.join(attention_kinds())}, got {self.attention!r}."
             )
         if self.activation not in ACTIVATIONS:
             raise ValueError(f"GPTConfig.activation must be one of {', '.join(ACTIVATIONS)}, got {self.activation!r}.")

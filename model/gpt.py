@@ -18,8 +18,8 @@ from transformer_lens.ActivationCache import ActivationCache
 from transformer_lens.HookedRootModule import HookedRootModule
 from transformer_lens.hook_points import HookPoint
 
-from .attention import ATTENTION
-from .config import GPTConfig
+from . import attention  # noqa: F401  (registers the attention kinds into model.config.ATTENTION)
+from .config import ATTENTION, GPTConfig
 from .layers import Block, LayerNorm, init_scale
 
 

@@ -2,15 +2,13 @@
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from transformer_lens.hook_points import HookPoint
 
-if TYPE_CHECKING:  # only for annotations: config imports the attention registry
-    from .config import GPTConfig
+from .config import GPTConfig
 
 
 def is_hooked(hook: HookPoint) -> bool:

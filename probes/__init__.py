@@ -5,7 +5,7 @@ checkpoints. Every probe uses only the hook interface, so it also runs on a Tran
 from .ablation import KINDS, ablate, head_ablation_sweep
 from .attribution import head_attribution
 from .compute import PROBES, compute_probes
-from .inputs import PROMPTS, ProbeInputs, ProbeSizes, heldout_tokens, probe_inputs
+from .inputs import REPETITION_PROMPTS, ProbeInputs, ProbeSizes, heldout_tokens, probe_inputs
 from model.runlayout import result_path
 
 from .cli import main
@@ -14,7 +14,7 @@ from .runner import run_probes, watch
 from .summary import summarize, write_summary
 
 __all__ = [
-    "KINDS", "PROBES", "PROMPTS", "ProbeInputs", "ProbeSizes", "ablate", "compute_probes", "head_ablation_sweep",
+    "KINDS", "PROBES", "REPETITION_PROMPTS", "ProbeInputs", "ProbeSizes", "ablate", "compute_probes", "head_ablation_sweep",
     "head_attribution", "heldout_tokens", "main", "probe_inputs", "read_results", "result_path", "run_probes",
     "summarize", "watch", "write_summary",
 ]

@@ -27,7 +27,7 @@ from model.tokenizer import Tokenizer, load_tokenizer
 
 # Fixed prompts for the repetition probe. Each is 6 GPT-2 tokens (and so 6 compact-vocab tokens),
 # so with the <|endoftext|> that starts a document they batch without padding.
-PROMPTS = (
+REPETITION_PROMPTS = (
     "Once upon a time, there",
     "They wave to each other.",
     "The dog ran to the park",
@@ -341,7 +341,7 @@ def model_context(run: dict, data_meta: dict) -> int:
     return int(cfg.get("n_ctx") or data_meta["chunk_len"])
 
 
-def prompt_batch(tokenizer: Tokenizer, texts: tuple[str, ...] = PROMPTS) -> torch.LongTensor:
+def prompt_batch(tokenizer: Tokenizer, texts: tuple[str, ...] = REPETITION_PROMPTS) -> torch.LongTensor:
     """Prompts as one [n, P0] batch, each preceded by <|endoftext|> (the start of a document, as
     stories follow one in training). Shorter prompts get extra <|endoftext|> on the left so they
     batch; the fixed prompts are all the same length, so this only matters for custom ones."""
@@ -384,6 +384,6 @@ def probe_inputs(run_dir: str | os.PathLike, sizes: ProbeSizes | None = None,
     return ProbeInputs(
         run_dir=run_dir, seed=seed, data_meta=meta, sizes=sizes, n_ctx=n_ctx, heldout=heldout,
         random_tokens=repeated_random_tokens(frequent, sizes.n_random, period, tokenizer.eot_id, seed),
-        random_period=period, prompt_texts=list(PROMPTS), prompt_tokens=prompt_batch(tokenizer),
+        random_period=period, prompt_texts=list(REPETITION_PROMPTS), prompt_tokens=prompt_batch(tokenizer),
         canaries=tokenize_canaries(meta, tokenizer, sizes, n_ctx, seed), eot_id=tokenizer.eot_id, _train=train,
     )

@@ -9,8 +9,8 @@ import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from model import GPT, GPTConfig, GenerationCache
-from model.attention import ATTENTION, causal_linear_attention
-from model.config import ATTENTION_KINDS
+from model.attention import causal_linear_attention
+from model.config import ATTENTION, attention_kinds
 
 KINDS = ["standard", "gated", "linear"]
 CFG = dict(n_layer=2, n_head=2, n_embd=32, n_ctx=24, vocab_size=53)
@@ -50,7 +50,7 @@ def naive_linear(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Ten
 
 
 def test_registry_and_config_list_the_same_kinds():
-    assert set(ATTENTION) == set(ATTENTION_KINDS) == set(KINDS)
+    assert set(ATTENTION) == set(attention_kinds()) == set(KINDS)
 
 
 # -- linear attention against the naive formula --------------------------------------------------

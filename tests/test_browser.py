@@ -160,3 +160,49 @@ def test_interactive_mean_ablation_in_chromium(server):
             assert values["Loss with ablation"] != values["Clean held-out loss"], values
         finally:
             browser.close()
+
+
+@pytest.mark.stress
+def test_four_browser_sessions_at_once_keep_their_own_numbers(server):
+    """Four real browser sessions on one server at once (separate browser contexts): two ablate
+    different heads with different kinds on the Heads page while two others show it clean; all
+    actions are sent before any page is waited for. Every page ends without an error and shows the
+    loss the probes compute for its own heads alone."""
+    from playwright.sync_api import sync_playwright
+
+    import probes
+    from model.checkpoint import checkpoint_dir, list_checkpoints, load_checkpoint, step_of
+
+    url, chromium = server
+    run = trained_roots()["computed"] / "small"
+    step = max(step_of(p) for p in list_checkpoints(run))
+    plan = [(["L0H1"], "mean"), ([], "zero"), (["L1H2"], "resample"), ([], "zero")]
+    tokens = probes.heldout_tokens(run, n=16)
+    model, _ = load_checkpoint(checkpoint_dir(run, step))
+    want = [f"{probes.ablate(model, tokens, [(int(h[1]), int(h[3])) for h in heads], kind)['loss']:.4f}"
+            for heads, kind in plan]
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS, headless=True)
+        try:
+            pages = [browser.new_context(viewport={"width": 1400, "height": 2000}).new_page() for _ in plan]
+            for page in pages:
+                page.goto(f"{url}/heads", wait_until="commit")
+            for page in pages:
+                page.get_by_role("heading", name="Interactive ablation").wait_for(timeout=90_000)
+            for page, (heads, kind) in zip(pages, plan):  # every session acts before any is waited for
+                page.locator(".st-key-interactive_kind").get_by_text(kind, exact=True).click()
+                for label in heads:
+                    page.locator(".st-key-ablate_heads input").click()
+                    page.keyboard.type(label)
+                    page.keyboard.press("Enter")
+                    page.keyboard.press("Escape")
+            for page, (heads, kind), loss in zip(pages, plan, want):
+                if heads:
+                    page.get_by_text(f"With {', '.join(heads)} {kind}-ablated").wait_for(timeout=90_000)
+                wait_until_idle(page, 90_000)
+                assert page.locator("[data-testid='stException']").count() == 0
+                assert page.locator("[data-testid='stAlertContentError']").count() == 0, page.inner_text("body")[:2000]
+                metric = page.locator("[data-testid='stMetric']").filter(has_text="Loss with ablation")
+                assert metric.locator("[data-testid='stMetricValue']").inner_text().strip() == loss, (heads, kind)
+        finally:
+            browser.close()

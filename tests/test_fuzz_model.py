@@ -17,7 +17,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from model.config import ATTENTION_KINDS, PRESETS, GPTConfig
+from model.config import PRESETS, GPTConfig, attention_kinds
 from model.gpt import GPT
 from model.tokenizer import EOT, build_compact_vocab, load_tokenizer
 
@@ -38,11 +38,11 @@ weird_numbers = st.one_of(
     st.floats(allow_nan=True, allow_infinity=True), st.sampled_from([0.5, 2.0, 1e-320, -0.0, 1e308, math.inf, -math.inf, math.nan]),
 )
 anything = st.one_of(weird_numbers, st.none(), st.text(max_size=8), st.lists(st.integers(), max_size=2),
-                     st.sampled_from(list(ATTENTION_KINDS) + ["Standard", "flash", ""]))
+                     st.sampled_from(list(attention_kinds()) + ["Standard", "flash", ""]))
 small_valid = st.fixed_dictionaries({
     "n_layer": st.integers(1, 2), "n_head": st.sampled_from([1, 2, 4]), "n_ctx": st.integers(1, 12),
     "vocab_size": st.integers(1, 40), "dropout": st.sampled_from([0.0, 0.1, 0.999]),
-    "bias": st.booleans(), "attention": st.sampled_from(ATTENTION_KINDS),
+    "bias": st.booleans(), "attention": st.sampled_from(attention_kinds()),
     "ln_eps": st.sampled_from([1e-5, 1.0, 1e-12]), "tie_embeddings": st.booleans(),
 }).flatmap(lambda d: st.integers(1, 4).map(lambda m: {**d, "n_embd": d["n_head"] * m * 2}))
 FIELDS = [f.name for f in fields(GPTConfig)]
@@ -62,7 +62,7 @@ def is_valid(cfg: GPTConfig) -> None:
     assert cfg.n_embd % cfg.n_head == 0
     assert type(cfg.dropout) in (int, float) and 0 <= cfg.dropout < 1
     assert type(cfg.ln_eps) in (int, float) and 0 < cfg.ln_eps < math.inf
-    assert cfg.attention in ATTENTION_KINDS
+    assert cfg.attention in attention_kinds()
     assert type(cfg.bias) is bool and type(cfg.tie_embeddings) is bool
     # the run format stores configs as strict JSON (run.json, meta.json): an accepted config
     # must survive that round trip unchanged

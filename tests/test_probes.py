@@ -366,7 +366,7 @@ def test_probe_inputs_are_fixed_by_the_run_seed_and_seen_sequences_were_seen(run
     row = a.random_tokens[0]
     T = a.random_period
     assert row[0] == a.eot_id and torch.equal(row[1:T + 1], row[T + 1:]) and len(set(row[1:T + 1].tolist())) == T
-    assert a.prompt_tokens.shape[0] == len(probes.PROMPTS) and bool((a.prompt_tokens[:, 0] == a.eot_id).all())
+    assert a.prompt_tokens.shape[0] == len(probes.REPETITION_PROMPTS) and bool((a.prompt_tokens[:, 0] == a.eot_id).all())
 
 
 def test_compute_probes_returns_every_result_key_with_finite_values(run):

@@ -22,7 +22,7 @@ from train import main
 from train.args import make_args
 from train.loop import Dist, Trainer
 from train.schedule import checkpoint_steps
-from train.stories import PROMPTS
+from train.stories import SAMPLE_PROMPTS
 from train.testing import make_small_run
 
 from _ddp import assert_same_training, failure_report, launch_ddp
@@ -82,7 +82,7 @@ def test_small_run_layout(small_run):
     assert rows[-1]["val_loss"] < rows[0]["val_loss"] - 1.0  # it learned something
 
     samples = read_jsonl(small_run / "samples.jsonl")
-    assert len(samples) == len(run["checkpoint_steps"]) * len(PROMPTS) * 2
+    assert len(samples) == len(run["checkpoint_steps"]) * len(SAMPLE_PROMPTS) * 2
     assert {"Once upon a time", "They wave to each other"} <= {s["prompt"] for s in samples}
     assert {s["decoding"] for s in samples} == {"greedy", "sampled"}
     for p in list_checkpoints(small_run):

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from model.cliargs import ArgumentParser, UsageError
-from model.config import ATTENTION_KINDS, PRESETS
+from model.config import PRESETS, attention_kinds
 from model.device import MAX_THREADS
 from model.generate import MAX_NEW_TOKENS
 
@@ -124,7 +124,7 @@ def build_parser() -> Parser:
     add("--seed", type=int, help=f"seed of data, canaries, init and batch order (default {d.seed})")
     add("--device", choices=["auto", "cpu", "cuda"], help="default auto")
     add("--compile", action="store_const", const=True, help="torch.compile the model")
-    add("--attention", help=f"attention kind: {', '.join(ATTENTION_KINDS)} (default standard)")
+    add("--attention", help=f"attention kind: {', '.join(attention_kinds())} (default standard)")
     add("--threads", type=int, help="CPU threads (default 0 = auto: 1 for models up to 128 wide, else all cores)")
     add("--config", help="a .toml or .yaml file of these options (underscored names)")
     add("--resume", action="store_const", const=True, help="continue the run in --out from its state/")
@@ -226,8 +226,8 @@ def validate(a: TrainArgs) -> None:
         raise BadInput("--out is required (the run folder, e.g. runs/demo).")
     if a.preset not in PRESETS:
         raise BadInput(f"unknown preset {a.preset!r}; choose one of {', '.join(PRESETS)}.")
-    if a.attention not in ATTENTION_KINDS:
-        raise BadInput(f"unknown attention kind {a.attention!r}; choose one of {', '.join(ATTENTION_KINDS)}.")
+    if a.attention not in attention_kinds():
+        raise BadInput(f"unknown attention kind {a.attention!r}; choose one of {', '.join(attention_kinds())}.")
     positive = ["steps", "batch_size", "grad_accum", "eval_every", "ckpt_every", "eval_batches", "canaries_per_count"]
     for name in positive:
         if getattr(a, name) <= 0:

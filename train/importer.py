@@ -44,9 +44,12 @@ from model.tokenizer import GPT2_VOCAB_SIZE, Tokenizer, load_tokenizer
 
 from .args import BadInput, Parser, TrainArgs, validate
 from .corpora import Corpus, check_source, load_corpus, split_documents, text_files
+from .loop import one_thread
+from .stories import SAMPLE_PROMPTS
 from .rundir import clean_temporaries, data_installed, data_record, install_data, set_status
 from .tokens import Tokenized, tokenize
-from .importer_sources import Source, SourceCheckpoint, parse_from, scan
+from .importer_nanogpt import nanogpt_checkpoints
+from .importer_sources import Source, SourceCheckpoint, hf_checkpoints, parse_from
 
 SAMPLE_TOP_P = 0.9       # as train.loop: nucleus sampling for the "sampled" generations
 UNKNOWN = "unknown"
@@ -232,12 +235,9 @@ def read_model(ck: SourceCheckpoint) -> GPT:
 def samples(model: GPT, tokenizer: Tokenizer, step: int, n_tokens: int, seed: int) -> list[dict]:
     """samples.jsonl rows as train.loop writes them: greedy and nucleus-sampled continuations of the
     fixed prompts."""
-    from .loop import one_thread
-    from .stories import PROMPTS
-
     out = []
     with one_thread(torch.device("cpu")):
-        for i, prompt in enumerate(PROMPTS):
+        for i, prompt in enumerate(SAMPLE_PROMPTS):
             ids = torch.tensor([tokenizer.encode(prompt)])
             for decoding, kw in (("greedy", dict(temperature=0.0)),
                                  ("sampled", dict(temperature=1.0, top_p=SAMPLE_TOP_P, seed=seed + i))):
@@ -299,6 +299,15 @@ def check_arguments(args: argparse.Namespace) -> None:
     data = TrainArgs(data=args.data, seed=args.seed, out=args.out)
     validate(data)  # the --data spelling
     check_source(data)  # a text:PATH that does not exist
+
+
+def scan(source: Source) -> tuple[str, list[SourceCheckpoint]]:
+    """(format, checkpoints) of a source, every one checked; BadInput for anything unusable."""
+    if not source.path.exists():
+        raise BadInput(f"--from {source.spec}: {source.path} does not exist.")
+    if source.kind == "hf":
+        return hf_checkpoints(source.path)
+    return "nanogpt", nanogpt_checkpoints(source.path)
 
 
 def run_import(args: argparse.Namespace) -> int:

@@ -31,7 +31,7 @@ from model.tokenizer import load_tokenizer
 
 from .args import TrainArgs
 from .schedule import checkpoint_steps, learning_rate
-from .stories import PROMPTS
+from .stories import SAMPLE_PROMPTS
 
 SAMPLE_TOP_P = 0.9
 FLUSH_EVERY = 50
@@ -163,7 +163,7 @@ class Trainer:
 
     def _samples(self) -> list[dict]:
         out = []
-        for i, prompt in enumerate(PROMPTS):
+        for i, prompt in enumerate(SAMPLE_PROMPTS):
             ids = torch.tensor([self.tokenizer.encode(prompt)], device=self.device)
             for decoding, kw in (("greedy", dict(temperature=0.0)),
                                  ("sampled", dict(temperature=1.0, top_p=SAMPLE_TOP_P, seed=self.args.seed + i))):
