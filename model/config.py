@@ -68,7 +68,7 @@ class GPTConfig:
             )
         if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)) or not (0.0 <= self.dropout < 1.0):
             raise ValueError(f"GPTConfig.dropout must be a number in [0, 1), got {self.dropout!r}.")
-        if self.attention not in ATTENTION:
+        if not isinstance(self.attention, str) or self.attention not in ATTENTION:
             raise ValueError(
                 f"GPTConfig.attention must be one of {', '.join(attention_kinds())}, got {self.attention!r}."
             )

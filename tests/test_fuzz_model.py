@@ -227,3 +227,11 @@ def test_decode_of_any_ids_is_text_or_valueerror(tokenizers, n):
         assert isinstance(text, str) and all(0 <= i < tok.vocab_size for i in ids)
 
     check()
+
+
+@pytest.mark.parametrize("field", ["attention", "activation"])
+@pytest.mark.parametrize("value", [[], {}, 3, None, "Standard"])
+def test_kind_fields_of_any_type_are_refused_with_a_sentence(field, value):
+    """Found by the stress fuzzer: an unhashable value once crashed the registry lookup."""
+    with pytest.raises(ValueError, match=f"GPTConfig.{field} must be one of"):
+        GPTConfig(**{field: value})
