@@ -21,10 +21,9 @@ from .runio import RunFileError
 from .cliargs import ArgumentParser, UsageError
 from .config import GPTConfig
 from .device import pick_device
+from .gpt import MAX_NEW_TOKENS
 from .memory import check_fits, device_available_bytes, generate_bytes
 from .tokenizer import TokenizerError, load_tokenizer
-
-MAX_NEW_TOKENS = 100_000
 
 
 def build_parser() -> ArgumentParser:

@@ -178,6 +178,11 @@ class GPT(HookedRootModule):
         return out
 
 
+# The most tokens a command generates at once (generate's --max-new-tokens, train's --sample-tokens):
+# 10**30 would not be a long job but a hang.
+MAX_NEW_TOKENS = 100_000
+
+
 def check_sampling_args(max_new_tokens: int, temperature: float, top_k: int | None, top_p: float | None,
                         seed: int | None = None) -> None:
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:

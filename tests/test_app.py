@@ -24,14 +24,6 @@ APP = str(Path(__file__).resolve().parents[1] / "app" / "streamlit_app.py")
 PAGES = ["runs", "heads", "attention", "memorization", "repetition", "induction"]
 
 
-@pytest.fixture(autouse=True)
-def keep_torch_threads():
-    """The app sets torch to one thread for itself; give the rest of the session its setting back."""
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def roots():
     return trained_roots()

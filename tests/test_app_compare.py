@@ -10,7 +10,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from streamlit.testing.v1 import AppTest
 
 import probes
@@ -19,13 +18,6 @@ from model.runio import read_jsonl
 
 APP = str(Path(__file__).resolve().parents[1] / "app" / "streamlit_app.py")
 SPIKE_STEP = 30
-
-
-@pytest.fixture(autouse=True)
-def keep_torch_threads():
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -23,7 +23,6 @@ from typing import Iterator
 from unittest.mock import patch
 
 import pytest
-import torch
 from streamlit.runtime import Runtime
 from streamlit.testing.v1 import AppTest
 from streamlit.testing.v1.util import patch_config_options
@@ -43,13 +42,6 @@ pytestmark = pytest.mark.filterwarnings("error::pytest.PytestUnhandledThreadExce
 APP = str(Path(__file__).resolve().parents[1] / "app" / "streamlit_app.py")
 PAGES = ["runs", "heads", "attention", "memorization", "repetition", "induction", "compare"]
 KINDS = ["zero", "mean", "resample"]
-
-
-@pytest.fixture(autouse=True)
-def keep_torch_threads():
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -32,13 +32,6 @@ SEED = 20240601
 TINY = dict(n_layer=2, n_head=2, n_embd=32, n_positions=64, vocab_size=50257)
 
 
-@pytest.fixture(autouse=True)
-def keep_torch_threads():
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
-
-
 def probe_text(path: Path, n: int = 60) -> Path:
     path.write_text("\n\n".join(stories(n, 7)) + "\n")
     return path

@@ -15,7 +15,7 @@ from typing import Any
 from model.cliargs import ArgumentParser, UsageError
 from model.config import PRESETS, attention_kinds
 from model.device import MAX_THREADS
-from model.generate import MAX_NEW_TOKENS
+from model.gpt import MAX_NEW_TOKENS
 
 
 class BadInput(UsageError):
