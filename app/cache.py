@@ -200,7 +200,7 @@ def heldout(run: RunFiles, n: int = 16) -> torch.Tensor:
 def _ablation(run_dir: str, step: int, key: CheckpointKey, heads: tuple[tuple[int, int], ...],
               kind: str, n: int) -> dict[str, float]:
     run = RunFiles(name=Path(run_dir).name, path=Path(run_dir))
-    out = probes.ablate(_private_model(key), heldout(run, n), list(heads), kind=kind)
+    out = probes.ablate(_private_model(key), heldout(run, n), list(heads), kind=kind, return_logits=False)
     return {"loss": float(out["loss"]), "delta": float(out["delta"])}
 
 

@@ -12,44 +12,9 @@ from typing import Mapping, Sequence
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-Matrix = Sequence[Sequence[float]]  # [layer][head]
-Series = tuple[Sequence[int], Sequence[float]]  # (steps, values)
-
-HEIGHT = 380
-
-
-def _log_x(fig: go.Figure, log_x: bool, steps: Sequence[int] = ()) -> None:
-    """Log-x over training steps. Step 0 cannot sit on a log axis, so it is drawn at 0.5 and the
-    axis says so; that keeps the untrained checkpoint visible instead of silently dropping it."""
-    if not log_x:
-        return
-    fig.update_xaxes(type="log")
-    xs = x_of(steps, log_x)
-    if xs:  # fit the data: Plotly's log autorange pads generously on narrow panels
-        lo, hi = math.log10(min(xs)), math.log10(max(xs))
-        pad = 0.05 * max(hi - lo, 1.0)
-        fig.update_xaxes(range=[lo - pad, hi + pad])
-    if any(s == 0 for s in steps):
-        fig.update_xaxes(title_text="step (step 0 drawn at 0.5)")
-
-
-def x_of(steps: Sequence[int], log_x: bool) -> list[float]:
-    """Step positions as drawn: step 0 moves to 0.5 on a log axis (see _log_x)."""
-    return [0.5 if (log_x and s == 0) else s for s in steps]
-
-
-def _mark_steps(fig: go.Figure, marks: Mapping[str, int | None], log_x: bool) -> None:
-    """A dashed vertical line per labelled step (emergence, phase change) in every panel, labelled
-    once. Shapes take data coordinates on a log axis but annotations take log10 of them, so the
-    label is placed by hand rather than through add_vline's annotation."""
-    for label, step in marks.items():
-        if step is None:
-            continue
-        x = x_of([int(step)], log_x)[0]
-        fig.add_vline(x=x, line_dash="dash", line_color="crimson")
-        fig.add_annotation(x=math.log10(x) if log_x else x, xref="x", y=1.0, yref="y domain",
-                           text=f"{label}: step {int(step)}", showarrow=False, xanchor="left",
-                           yanchor="top", font={"color": "crimson"}, name="mark")
+from .figure_common import HEIGHT, Matrix, Series, _log_x, _mark_steps, _num, x_of
+from .figures_induction import (INDUCTION_COLOURS, _axis_suffix, induction_head_panels, loss_trajectory,
+                                position_loss_curves)  # re-exported: every page's builders in one place
 
 
 def loss_curves(runs: Mapping[str, Mapping[str, Series]], checkpoints: Mapping[str, Sequence[int]],
@@ -97,24 +62,31 @@ def interpolate(steps: Sequence[int], values: Sequence[float], at: int) -> float
 
 
 def head_heatmap(matrix: Matrix, title: str, colorbar: str, zmid: float | None = None,
-                 selected: Sequence[tuple[int, int]] = (), clickable: bool = False) -> go.Figure:
+                 selected: Sequence[tuple[int, int]] = (), clickable: bool = False,
+                 errors: Matrix | None = None) -> go.Figure:
     """[layer x head] values as a heatmap, layer 0 at the top as in circuit diagrams; `selected`
-    heads get a box drawn around them (the heads being ablated)."""
+    heads get a box drawn around them (the heads being ablated). With `errors` (a standard error
+    per cell, same shape) the hover reads "value ± SE"."""
     n_layer = len(matrix)
     n_head = len(matrix[0]) if n_layer else 0
+    if errors is not None and (len(errors) != n_layer or any(len(r) != n_head for r in errors)):
+        raise ValueError(f"errors must have the matrix's shape {n_layer} x {n_head}.")
+    se = None if errors is None else [[_num(v) for v in row] for row in errors]
+    hover = "layer %{y}, head %{x}: %{z:.4f}" + ("" if se is None else " ± %{customdata:.4f} (SE)")
     fig = go.Figure(go.Heatmap(
         z=[list(map(float, row)) for row in matrix], x=list(range(n_head)), y=list(range(n_layer)),
-        colorscale="RdBu_r" if zmid is not None else "Viridis", zmid=zmid,
-        colorbar={"title": colorbar}, hovertemplate="layer %{y}, head %{x}: %{z:.4f}<extra></extra>"))
+        colorscale="RdBu_r" if zmid is not None else "Viridis", zmid=zmid, customdata=se,
+        colorbar={"title": colorbar}, hovertemplate=hover + "<extra></extra>"))
     if clickable:
         # Heatmap cells do not emit selection events in Streamlit; an invisible marker on each
         # cell does, so clicking a cell selects (layer, head).
         cells = [(l, h) for l in range(n_layer) for h in range(n_head)]
+        value = "%{customdata[0]:.4f}" + ("" if se is None else " ± %{customdata[1]:.4f} (SE)")
         fig.add_trace(go.Scatter(
             x=[h for _, h in cells], y=[l for l, _ in cells], mode="markers", showlegend=False,
             marker={"size": 28, "opacity": 0, "color": "black"}, name="cells", meta={"role": "click-target"},
-            customdata=[float(matrix[l][h]) for l, h in cells],
-            hovertemplate="layer %{y}, head %{x}: %{customdata:.4f}<extra></extra>"))
+            customdata=[[float(matrix[l][h])] + ([] if se is None else [se[l][h]]) for l, h in cells],
+            hovertemplate=f"layer %{{y}}, head %{{x}}: {value}<extra></extra>"))
     for layer, head in selected:
         fig.add_shape(type="rect", x0=head - 0.5, x1=head + 0.5, y0=layer - 0.5, y1=layer + 0.5,
                       line={"color": "black", "width": 3})
@@ -124,11 +96,26 @@ def head_heatmap(matrix: Matrix, title: str, colorbar: str, zmid: float | None =
     return fig
 
 
+def ablation_precision_note(precision: Mapping | None) -> str | None:
+    """One sentence on how precise a checkpoint's ablation deltas are (the result's `precision`),
+    or None for results computed before standard errors were recorded."""
+    if not isinstance(precision, Mapping) or not isinstance(precision.get("achieved_se"), (int, float)):
+        return None
+    n, tokens, achieved = precision.get("n_sequences"), precision.get("tokens"), float(precision["achieved_se"])
+    target = precision.get("target_se")
+    goal = "" if not isinstance(target, (int, float)) else (
+        f" (target ≤ {target:.4f}: {'met' if achieved <= target else 'not met, the sequence cap was reached'})")
+    return (f"± is one standard error over {n} held-out sequences ({tokens:,} tokens), the sequences taken as "
+            f"independent units; the largest SE of any head and kind is {achieved:.4f} nats{goal}.")
+
+
 def head_small_multiples(steps: Sequence[int], matrices: Sequence[Matrix], title: str,
                          y_title: str, log_x: bool = True,
-                         marks: Mapping[str, int | None] | None = None) -> go.Figure:
+                         marks: Mapping[str, int | None] | None = None,
+                         errors: Sequence[Matrix | None] | None = None) -> go.Figure:
     """How every head's value evolves: one panel per layer, one line per head, over steps.
-    `matrices[i]` is the [layer][head] matrix at `steps[i]`."""
+    `matrices[i]` is the [layer][head] matrix at `steps[i]`; `errors[i]`, when given, its standard
+    errors, drawn as error bars (a step without them, None, gets none)."""
     n_layer = len(matrices[0]) if matrices else 0
     n_head = len(matrices[0][0]) if n_layer else 0
     cols = min(n_layer, 4) or 1
@@ -139,8 +126,13 @@ def head_small_multiples(steps: Sequence[int], matrices: Sequence[Matrix], title
                "#7f7f7f", "#bcbd22", "#17becf"]
     for layer in range(n_layer):
         for head in range(n_head):
+            bars = None
+            if errors is not None:
+                bars = {"type": "data", "visible": True, "thickness": 1,
+                        "array": [None if e is None else _num(e[layer][head]) for e in errors]}
             fig.add_trace(go.Scatter(
                 x=x_of(steps, log_x), y=[float(m[layer][head]) for m in matrices], mode="lines+markers",
+                error_y=bars,
                 marker={"size": 4}, line={"color": palette[head % len(palette)]},
                 name=f"head {head}", legendgroup=f"head {head}", showlegend=layer == 0,
                 meta={"layer": layer, "head": head},
@@ -178,10 +170,6 @@ def scalar_series(series: Mapping[str, Series], title: str, y_title: str, log_x:
     _log_x(fig, log_x, all_steps)
     _mark_steps(fig, marks or {}, log_x)
     return fig
-
-
-def _num(v: float | None) -> float | None:
-    return None if v is None else float(v)
 
 
 def unique_labels(tokens: Sequence[str]) -> list[str]:

@@ -117,6 +117,25 @@ def _num(v: Any) -> float | None:
     return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
 
 
+def change_caption(entry: Mapping[str, Any] | None) -> str | None:
+    """What else moved at the induction phase change: the ICL score and the repeated held-out text
+    gap (repeat minus first copy), each as the summary's medians before and after the change.
+    None when no change was found or neither was measured; a value that got worse says so."""
+    if not isinstance(entry, Mapping) or entry.get("step") is None:
+        return None
+    parts = []
+    for label, key, better in (("ICL score", "icl", "lower"), ("repeated held-out text, repeat minus first copy",
+                                                              "repeated_text_gap", "lower")):
+        before, after = _num(entry.get(f"{key}_before")), _num(entry.get(f"{key}_after"))
+        if before is None or after is None:
+            continue
+        verdict = "improved" if after < before else "did not improve"
+        parts.append(f"{label} {before:+.3f} → {after:+.3f} nats ({verdict}; {better} is better)")
+    if not parts:
+        return None
+    return "Across the change (medians before → after): " + "; ".join(parts) + "."
+
+
 def rise_caption(entry: Mapping[str, Any] | None, what: str) -> str | None:
     """One or two sentences on a rise the summary found (induction phase change, copying, head
     concentration): where (the two checkpoints bracketing it), how large (level before -> after),
@@ -200,3 +219,47 @@ def highlight_html(pieces: Sequence[str], mask: Sequence[bool], colour: str = "#
     if open_span:
         out.append("</mark>")
     return "".join(out)
+
+
+def position_losses(results: Results) -> tuple[list[int], list[list[float]]]:
+    """(steps, mean held-out loss per token position) over the checkpoints whose induction result
+    has one (induction.position_loss)."""
+    steps, curves = [], []
+    for s in sorted(results):
+        v = get(results[s], "induction.position_loss")
+        if isinstance(v, Sequence) and v and all(_num(x) is not None for x in v):
+            steps.append(int(s))
+            curves.append([float(x) for x in v])
+    return steps, curves
+
+
+def trajectory(summary: Mapping[str, Any] | None) -> Mapping[str, Any] | None:
+    """summary["trajectory"] when it holds a path of at least two checkpoints, else None."""
+    t = get(summary, "trajectory") if isinstance(summary, Mapping) else None
+    if not isinstance(t, Mapping):
+        return None
+    steps, pc1, pc2 = t.get("steps") or [], t.get("pc1") or [], t.get("pc2") or []
+    return t if len(steps) >= 2 and len(pc1) == len(steps) == len(pc2) else None
+
+
+def circuit_caption(circuit: Any) -> str | None:
+    """The induction circuit summary.json names, in words: which head copies, which head in an
+    earlier layer feeds it the previous token, and when the phase change happened."""
+    if not isinstance(circuit, Mapping) or not circuit.get("induction_head"):
+        return None
+    l, h = circuit["induction_head"]
+    score, control = _num(circuit.get("induction_score")), _num(circuit.get("control"))
+    text = f"Induction head: L{l}H{h}"
+    if score is not None:
+        text += f" (score {score:.3f}" + (f", control on fresh tokens {control:.3f}" if control is not None else "") + ")"
+    prev = circuit.get("previous_token_head")
+    if prev:
+        p = _num(circuit.get("previous_token_score"))
+        text += f"; previous-token head in an earlier layer: L{prev[0]}H{prev[1]}" + (f" (score {p:.3f})" if p is not None else "")
+    else:
+        text += "; no earlier layer holds a previous-token head for it" if l == 0 else ""
+    at = circuit.get("at_step")
+    text += f", at step {at}" if at is not None else ""
+    step = circuit.get("step")
+    text += f". Phase change at step {step}." if step is not None else ". No induction phase change detected."
+    return text

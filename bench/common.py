@@ -1,22 +1,62 @@
 """Timing helpers for the benchmarks: medians of several runs after warm-up, ratios in one process."""
 from __future__ import annotations
 
+import contextlib
 import statistics
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Iterator
+
+import torch
 
 
-def median_time(fn: Callable[[], object], repeats: int = 5, warmup: int = 2) -> float:
-    """Median wall time of fn() in seconds after `warmup` untimed calls."""
+def timed_calls(fn: Callable[[], object], repeats: int = 5, warmup: int = 1,
+                clock: Callable[[], float] = time.perf_counter) -> list[float]:
+    """Wall times of `repeats` back-to-back calls of fn() in seconds, after `warmup` untimed calls."""
     for _ in range(warmup):
         fn()
     times = []
     for _ in range(repeats):
-        t = time.perf_counter()
+        t = clock()
         fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
+        times.append(clock() - t)
+    return times
+
+
+def median_time(fn: Callable[[], object], repeats: int = 5, warmup: int = 2) -> float:
+    """Median wall time of fn() in seconds after `warmup` untimed calls."""
+    return statistics.median(timed_calls(fn, repeats, warmup))
+
+
+def interleaved_medians(fns: list[Callable[[], object]], repeats: int = 7, warmup: int = 1,
+                        clock: Callable[[], float] = time.perf_counter) -> list[float]:
+    """Median wall time of each fn in seconds, the fns timed in turn (a, b, a, b, ...) so that a
+    drift of the machine (another process, a clock change) falls on all of them alike rather than
+    on whichever ran second. `warmup` untimed rounds come first."""
+    if repeats < 1:
+        raise ValueError(f"repeats must be at least 1, got {repeats}.")
+    for _ in range(warmup):
+        for fn in fns:
+            fn()
+    times: list[list[float]] = [[] for _ in fns]
+    for _ in range(repeats):
+        for fn, out in zip(fns, times):
+            t = clock()
+            fn()
+            out.append(clock() - t)
+    return [statistics.median(t) for t in times]
+
+
+@contextlib.contextmanager
+def torch_threads(n: int | None) -> Iterator[None]:
+    """Run a block with `n` torch CPU threads (None: leave them), restoring the count after."""
+    previous = torch.get_num_threads()
+    if n is not None:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 @dataclass
@@ -41,10 +81,27 @@ class Goal:
 
 
 @dataclass
+class NotMeasured:
+    """A figure that could not be measured here, with the reason: a row that says so instead of
+    a made-up number (e.g. the code it times does not exist yet)."""
+
+    name: str
+    goal: str
+    reason: str
+
+    @property
+    def met(self) -> bool:
+        return False
+
+    def row(self) -> str:
+        return f"| {self.name} | — | {self.goal} | not measured | {self.reason} |"
+
+
+@dataclass
 class Report:
-    goals: list[Goal] = field(default_factory=list)
+    goals: list[Goal | NotMeasured] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
-    def add(self, goal: Goal) -> None:
+    def add(self, goal: Goal | NotMeasured) -> None:
         self.goals.append(goal)
         print(goal.row(), flush=True)

@@ -1,6 +1,7 @@
-"""Speed against references measured in the same process: training tokens/s vs HF,
-run_with_cache vs TransformerLens, hook overhead, batched ablation sweep vs per-head loop,
-KV-cache generation vs recomputation, and training FLOP/s against this machine's matmul peak."""
+"""Speed against references measured in the same process: training tokens/s vs HF and vs
+nanoGPT's model.py (bench/nanogpt_ref.py), run_with_cache vs TransformerLens and vs a plain
+forward, hook overhead, batched ablation sweep vs per-head loop, KV-cache generation vs
+recomputation, and training FLOP/s against this machine's matmul peak."""
 from __future__ import annotations
 
 import copy
@@ -9,7 +10,7 @@ import torch
 import torch.nn as nn
 
 from model import GPT, GPTConfig
-from .common import Goal, Report, median_time
+from .common import Goal, Report, interleaved_medians, median_time
 
 
 def matmul_peak_flops(n: int = 2048, dtype: torch.dtype = torch.float32, device: str = "cpu") -> float:
@@ -34,7 +35,7 @@ def train_flops_per_token(cfg: GPTConfig) -> float:
 
 def train_step_fn(model: nn.Module, tokens: torch.Tensor, hf: bool):
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=False)
-    x, y = tokens[:, :-1], tokens[:, 1:]
+    x, y = tokens[:, :-1].contiguous(), tokens[:, 1:].contiguous()  # as a data loader hands them over
 
     def step():
         if hf:
@@ -67,6 +68,51 @@ def bench_training(report: Report, preset: str, batch: int, ctx: int, vocab: int
         mfu = train_flops_per_token(cfg) * n_tok / t_ours / peak
         report.add(Goal("training MFU, `tiny` (fraction of measured fp32 matmul peak)", 100 * mfu, 40, unit="%",
                         detail=f"peak {peak / 1e9:,.0f} GFLOP/s, model {train_flops_per_token(cfg) * n_tok / t_ours / 1e9:,.0f} GFLOP/s"))
+
+
+NANOGPT_GOAL = 0.95
+
+
+def bench_nanogpt(report: Report, preset: str, batch: int, ctx: int, vocab: int | None, repeats: int = 5) -> None:
+    """Our training step (forward, backward, AdamW) against nanoGPT's model.py at the same shape,
+    the same optimizer for both, steps interleaved so drift falls on both. Ours is the model
+    training builds (tanh GELU); nanoGPT's is its own (exact GELU)."""
+    from .nanogpt_ref import NanoGPT, config_like
+
+    over = dict(n_ctx=ctx) if vocab is None else dict(n_ctx=ctx, vocab_size=vocab)
+    cfg = GPTConfig.preset(preset, **over)
+    torch.manual_seed(0)
+    ours = GPT(cfg).train()
+    torch.manual_seed(0)
+    ref = NanoGPT(config_like(cfg)).train()
+    tokens = torch.randint(0, cfg.vocab_size, (batch, ctx + 1))
+    t_ours, t_ref = interleaved_medians([train_step_fn(ours, tokens, hf=False), train_step_fn(ref, tokens, hf=False)],
+                                        repeats=repeats, warmup=2)
+    n_tok = batch * ctx
+    report.add(Goal(f"training tokens/s, `{preset}` (V={cfg.vocab_size}, {batch}x{ctx}) vs nanoGPT model.py",
+                    t_ref / t_ours, NANOGPT_GOAL,
+                    detail=f"ours {n_tok / t_ours:,.0f} tok/s, nanoGPT {n_tok / t_ref:,.0f} tok/s "
+                           f"({torch.get_num_threads()} threads)"))
+
+
+CACHE_GOAL = 1.15
+
+
+def bench_cache_overhead(report: Report, batch: int = 4, repeats: int = 9) -> None:
+    """`run_with_cache` with every hook against a plain forward of the same model (tiny, n_ctx 512),
+    interleaved. Caching every hook turns on the explicit attention pattern, the per-head results
+    and the spelled-out LayerNorm, so this is the whole price of looking at everything."""
+    cfg = GPTConfig.preset("tiny")
+    torch.manual_seed(0)
+    model = GPT(cfg).eval()
+    tokens = torch.randint(0, cfg.vocab_size, (batch, cfg.n_ctx))
+    with torch.no_grad():
+        n_hooks = len(model.run_with_cache(tokens)[1])
+        t_cache, t_plain = interleaved_medians([lambda: model.run_with_cache(tokens), lambda: model(tokens)],
+                                               repeats=repeats, warmup=1)
+    report.add(Goal(f"`run_with_cache` (all {n_hooks} hooks) vs plain forward, `tiny` ({batch}x{cfg.n_ctx})",
+                    t_cache / t_plain, CACHE_GOAL, higher_is_better=False,
+                    detail=f"{t_cache * 1e3:.0f} ms vs {t_plain * 1e3:.0f} ms"))
 
 
 def strip_hooks(model: GPT) -> GPT:
@@ -146,10 +192,12 @@ def bench_generate(report: Report) -> None:
                     detail=f"{t_cache:.2f} s vs {t_full:.2f} s (tiny, n_ctx 512)"))
 
 
-def run(report: Report) -> None:
-    torch.manual_seed(0)
+def run_training(report: Report) -> None:
     bench_training(report, "tiny", batch=8, ctx=256, vocab=None)
     bench_training(report, "nano", batch=16, ctx=128, vocab=4096)
-    bench_hooks(report)
-    bench_sweep(report)
-    bench_generate(report)
+
+
+def run_nanogpt(report: Report) -> None:
+    bench_nanogpt(report, "tiny", batch=8, ctx=512, vocab=None)
+    bench_nanogpt(report, "nano", batch=16, ctx=128, vocab=4096)
+

@@ -18,8 +18,10 @@ What is verified on load (any damage raises CheckpointError naming the damaged f
                      sequences a step had seen, and the batches a resumed run draws): their sha256
                      at save time (null: the file did not exist) is in meta.json and latest.json
                      ("run_files"), checked whenever the checkpoint lies in <run>/checkpoints/.
-  latest.json        sealed like meta.json; names the state file and holds its sha256.
-  state_NNNNNN.pt    its sha256 is in latest.json.
+  latest.json        sealed like meta.json; names the latest state file and holds its sha256.
+  state_NNNNNN.json  the same sealed record for each kept state (every checkpoint's, unless a run
+                     keeps only the latest), so --fill-in can start from any of them.
+  state_NNNNNN.pt    its sha256 is in latest.json and in state_NNNNNN.json.
   run.json "model"   a resumed run builds its model from run.json's config before loading the
                      state into it: latest.json records that config, and load_state compares them.
 
@@ -49,8 +51,9 @@ from safetensors.torch import save as st_save
 from .config import GPTConfig
 from .runio import (CheckpointError, RunFileError, as_checkpoint_error, fsync_dir, read_json, sha256_bytes,
                     write_bytes_atomic)
-from .runlayout import (CHECKPOINTS_DIR, META, RUN_FILES, STATE_NAME, STEP_NAME, WEIGHTS, checkpoint_dir, checkpoints_dir,
-                        latest_json, run_json as run_json_path, state_dir, state_name, step_of)
+from .runlayout import (CHECKPOINTS_DIR, META, RUN_FILES, STATE_NAME, STATE_RECORD_NAME, STEP_NAME, WEIGHTS,
+                        checkpoint_dir, checkpoints_dir, latest_json, run_json as run_json_path, state_dir, state_name,
+                        state_record_name, step_of)
 from .gpt import GPT
 
 SEAL = "self_sha256"
@@ -259,26 +262,33 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
     return model.to(device).eval(), meta
 
 
-# -- training state (for --resume) -------------------------------------------------------------
-def save_state(run_dir: str | os.PathLike, step: int, state: dict, model_config: dict | None = None) -> Path:
-    """Write state/state_NNNNNN.pt, then point state/latest.json at it, then drop older files:
-    at every moment latest.json names a complete, hash-checked file. latest.json is sealed and
-    records the run files' hashes and `model_config` (the config the state's weights belong to,
-    which a resumed run reads from run.json)."""
+# -- training state (for --resume and --fill-in) --------------------------------------------------
+def save_state(run_dir: str | os.PathLike, step: int, state: dict, model_config: dict | None = None,
+               keep_older: bool = True) -> Path:
+    """Write state/state_NNNNNN.pt, then its sealed record state_NNNNNN.json, then point
+    state/latest.json (the same record) at it: at every moment latest.json and every record name a
+    complete, hash-checked file. A record holds the file's sha256, the run files' hashes and
+    `model_config` (the config the state's weights belong to, which a resumed run reads from
+    run.json). Older states are kept, so training can be redone from any checkpoint (--fill-in);
+    with keep_older=False they are dropped once latest.json points past them."""
     root = state_dir(run_dir)
     root.mkdir(parents=True, exist_ok=True)
     buf = io.BytesIO()
     torch.save(state, buf)
     data = buf.getvalue()
     name = state_name(step)
-    latest = {"file": name, "step": int(step), "sha256": sha256_bytes(data), "run_files": run_file_hashes(run_dir)}
+    record = {"file": name, "step": int(step), "sha256": sha256_bytes(data), "run_files": run_file_hashes(run_dir)}
     if model_config is not None:
-        latest["model"] = dict(model_config)
+        record["model"] = dict(model_config)
+    sealed = encode_json(seal(record))
     write_bytes_atomic(root / name, data)
-    write_bytes_atomic(latest_json(run_dir), encode_json(seal(latest)))
-    for p in root.iterdir():
-        if p.name != name and STATE_NAME.match(p.name):
-            p.unlink(missing_ok=True)
+    write_bytes_atomic(root / state_record_name(step), sealed)
+    write_bytes_atomic(latest_json(run_dir), sealed)
+    if not keep_older:
+        for p in root.iterdir():
+            if p.name not in (name, state_record_name(step)) and (STATE_NAME.match(p.name)
+                                                                   or STATE_RECORD_NAME.match(p.name)):
+                p.unlink(missing_ok=True)
     return root / name
 
 
@@ -286,14 +296,52 @@ def has_state(run_dir: str | os.PathLike) -> bool:
     return latest_json(run_dir).exists()
 
 
-def read_latest(run_dir: str | os.PathLike) -> dict:
-    """state/latest.json with its seal, fields, run files and recorded model config verified."""
+def kept_state_steps(run_dir: str | os.PathLike) -> list[int]:
+    """Steps whose training state the run keeps (a record state_NNNNNN.json, or latest.json's step
+    for runs written before records existed), sorted. Listed by name only: load_state verifies."""
+    root = state_dir(run_dir)
+    if not root.is_dir():
+        return []
+    steps = {int(m.group(1)) for m in map(STATE_RECORD_NAME.match, (p.name for p in root.iterdir())) if m}
+    if has_state(run_dir):
+        try:
+            step = read_json(latest_json(run_dir)).get("step")
+        except (RunFileError, AttributeError):
+            step = None
+        if isinstance(step, int) and not isinstance(step, bool) and step >= 0:
+            steps.add(step)
+    return sorted(steps)
+
+
+def state_record_path(run_dir: str | os.PathLike, step: int | None) -> Path:
+    """The sealed record of the state at `step` (None: the latest). A run written before records
+    existed has only latest.json, which serves for its own step."""
+    if step is None:
+        return latest_json(run_dir)
+    path = state_dir(run_dir) / state_record_name(step)
+    if not path.exists() and latest_json(run_dir).exists():
+        try:
+            if read_json(latest_json(run_dir)).get("step") == step:
+                return latest_json(run_dir)
+        except (RunFileError, AttributeError):
+            pass
+    return path
+
+
+def read_latest(run_dir: str | os.PathLike, step: int | None = None) -> dict:
+    """state/latest.json (or, for a `step`, the record state_NNNNNN.json) with its seal, fields, run
+    files and recorded model config verified."""
     run_dir = Path(run_dir)
-    path = latest_json(run_dir)
+    path = state_record_path(run_dir, step)
+    if step is not None and not path.exists():
+        raise CheckpointError(path, f"does not exist: the run keeps no training state of step {step}")
     latest = read_sealed_json(path)
-    step, name = latest.get("step"), latest.get("file")
-    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
-        raise CheckpointError(path, f"its step {step!r} is not a non-negative integer")
+    rec_step, name = latest.get("step"), latest.get("file")
+    if isinstance(rec_step, bool) or not isinstance(rec_step, int) or rec_step < 0:
+        raise CheckpointError(path, f"its step {rec_step!r} is not a non-negative integer")
+    if step is not None and rec_step != step:
+        raise CheckpointError(path, f"says step {rec_step}, but is the record of step {step}")
+    step = rec_step
     if name != state_name(step):
         raise CheckpointError(path, f"does not name a state file of its step {step} (it names {name!r})")
     if not isinstance(latest.get("sha256"), str):
@@ -311,16 +359,18 @@ def read_latest(run_dir: str | os.PathLike) -> dict:
     return latest
 
 
-def load_state(run_dir: str | os.PathLike) -> dict:
+def load_state(run_dir: str | os.PathLike, step: int | None = None) -> dict:
+    """The latest training state (or the one kept at `step`), once its record and bytes are
+    verified."""
     root = state_dir(run_dir)
-    latest = read_latest(run_dir)
+    latest = read_latest(run_dir, step)
     path = root / latest["file"]
     try:
         data = path.read_bytes()
     except OSError as e:
         raise CheckpointError(path, f"cannot be read ({e.strerror or e})") from None
     if sha256_bytes(data) != latest["sha256"]:
-        raise CheckpointError(path, "sha256 does not match state/latest.json: the file is truncated or corrupt")
+        raise CheckpointError(path, "sha256 does not match its record in state/: the file is truncated or corrupt")
     try:
         state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as e:  # pickle errors of every kind, including refused globals

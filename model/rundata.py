@@ -100,3 +100,18 @@ def seen_chunk_ids(meta: dict, step: int) -> np.ndarray:
     if stop >= n:
         return np.arange(n, dtype=np.int64)
     return np.unique(sample_chunk_ids(meta["seed"], n, 0, stop))
+
+
+FREQUENT_COUNT_TOKENS = 5_000_000  # training tokens counted to find the frequent ones
+
+
+def frequent_tokens(train: np.ndarray, vocab_size: int, exclude: set[int], n: int, count_tokens: int) -> np.ndarray:
+    """The `n` most frequent token ids of (the start of) the training split, most frequent first, ties
+    by id. The pool both training's planted repeats (train.planting) and the induction probe's random
+    tokens are drawn from, so the probe speaks the vocabulary training used."""
+    counts = np.bincount(np.asarray(train[:count_tokens], dtype=np.int64), minlength=vocab_size)
+    for t in exclude:
+        if 0 <= t < len(counts):
+            counts[t] = 0
+    order = np.lexsort((np.arange(len(counts)), -counts))
+    return order[counts[order] > 0][:n]

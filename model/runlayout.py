@@ -8,7 +8,8 @@
       data.json                the corpus manifest (sizes, chunk length, canaries, seed)
       data/train.bin, val.bin  the tokenized splits (model ids, uint16 or uint32)
       checkpoints/step_000128/ model.safetensors + meta.json
-      state/                   state_000128.pt + latest.json, for --resume and fill-in
+      state/                   state_000128.pt + state_000128.json (its sealed record) at every
+                               checkpoint, and latest.json, for --resume and --fill-in
       probes/step_000128.json  every probe result for that checkpoint
       probes/summary.json      the series across checkpoints and when each phenomenon emerges
     <runs>/.cache/tokens/<hash>/   tokenized corpora shared by runs ($WORKBENCH_CACHE/tokens/ if set)
@@ -46,6 +47,7 @@ RUN_FILES = (VOCAB_JSON, DATA_JSON)
 STEP_NAME = re.compile(r"^step_(\d{6,})$")
 RESULT_NAME = re.compile(r"^step_(\d{6,})\.json$")
 STATE_NAME = re.compile(r"^state_(\d{6,})\.pt$")
+STATE_RECORD_NAME = re.compile(r"^state_(\d{6,})\.json$")
 
 # every entry of a run folder the app may read (it refuses a run whose entries leave the runs folder)
 RUN_ENTRIES = (RUN_JSON, VOCAB_JSON, METRICS_JSONL, SAMPLES_JSONL, DATA_JSON, DATA_DIR,
@@ -110,6 +112,11 @@ def state_dir(run_dir: str | os.PathLike) -> Path:
 
 def state_name(step: int) -> str:
     return f"state_{int(step):06d}.pt"
+
+
+def state_record_name(step: int) -> str:
+    """state_000128.json: the sealed record (hash, run files, model config) of state_000128.pt."""
+    return f"state_{int(step):06d}.json"
 
 
 def latest_json(run_dir: str | os.PathLike) -> Path:

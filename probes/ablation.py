@@ -10,16 +10,27 @@ Three ways to knock a head out, as in the interpretability literature:
 
 Token convention: `tokens` is [B, P+1]; the model reads tokens[:, :-1] and the loss is the mean
 cross-entropy of predicting tokens[:, 1:] (what `probes.heldout_tokens` returns).
+
+The sweep over every head never holds [B, P, V] logits: losses come from the residual stream after
+the last block, read out a chunk of positions at a time (`probes.forward.stats_from_residual`).
+On `model.GPT` the clean pass keeps every layer's input, and the ablations of layer l recompute
+only layers l..L-1 and the readout (`sweep_flops` counts exactly that); on any other hooked model
+(the TransformerLens bridge) the layers below l run again, once per group of heads, on the
+unwidened batch.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Iterable
 
 import numpy as np
 import torch
 
-from .forward import resid_pre_name, rows_for, shape_of, split_tokens, token_losses, z_name
+from model.gpt import GPT
+
+from .forward import (final_residual, forward_rows, loss_chunk_positions, readout, resid_pre_name, shape_of,
+                      split_tokens, stats_from_residual, token_losses, token_stats, z_name)
 from .metrics import gini, top_share
 
 KINDS = ("zero", "mean", "resample")
@@ -28,11 +39,14 @@ TOP_FRACTION = 0.1
 
 @dataclass
 class CleanRun:
-    """The unablated forward pass: its loss, every layer's z [B,P,H,D], and its logits."""
+    """The unablated forward pass: its loss, every layer's z [B,P,H,D], its per-token losses
+    [B,P], and, when asked for, its logits [B,P,V] and every layer's input (`hook_resid_pre`)."""
 
     loss: float
     z: list[torch.Tensor]
-    logits: torch.Tensor
+    logits: torch.Tensor | None = None
+    token_losses: torch.Tensor | None = None
+    resid_pre: list[torch.Tensor] | None = None
 
 
 def check_kind(kind: str) -> None:
@@ -45,20 +59,31 @@ def mean_loss(logits: torch.Tensor, targets: torch.Tensor) -> float:
 
 
 @torch.no_grad()
-def clean_run(model: Any, inputs: torch.Tensor, targets: torch.Tensor, extra_hooks: Iterable = ()) -> CleanRun:
+def clean_run(model: Any, inputs: torch.Tensor, targets: torch.Tensor, extra_hooks: Iterable = (),
+              logits: bool = True) -> CleanRun:
     """One forward pass that keeps every layer's z (for mean and resample ablation); extra hooks
-    (e.g. attention statistics) ride along on the same pass."""
+    (e.g. attention statistics) ride along on the same pass. With `logits` it returns the whole
+    logits (what `ablate` hands back); without, per-token losses from the chunked readout and, on
+    `model.GPT`, every layer's input for the sweep to restart from."""
     n_layers = shape_of(model)[0]
     zs: list[torch.Tensor | None] = [None] * n_layers
+    resid: list[torch.Tensor | None] = [None] * n_layers
 
-    def keep(layer: int):
-        def hook(z: torch.Tensor, hook: Any) -> None:
-            zs[layer] = z.detach().clone()
+    def keep(store: list, layer: int):
+        def hook(x: torch.Tensor, hook: Any) -> None:
+            store[layer] = x.detach().clone()
         return hook
 
-    hooks = [(z_name(l), keep(l)) for l in range(n_layers)] + list(extra_hooks)
-    logits = model.run_with_hooks(inputs, fwd_hooks=hooks)
-    return CleanRun(loss=mean_loss(logits, targets), z=zs, logits=logits)
+    hooks = [(z_name(l), keep(zs, l)) for l in range(n_layers)] + list(extra_hooks)
+    if logits:
+        out = model.run_with_hooks(inputs, fwd_hooks=hooks)
+        return CleanRun(loss=mean_loss(out, targets), z=zs, logits=out, token_losses=token_losses(out, targets))
+    restart = isinstance(model, GPT)
+    if restart:
+        hooks += [(resid_pre_name(l), keep(resid, l)) for l in range(n_layers)]
+    losses = token_stats(model, inputs, targets, hooks).losses
+    return CleanRun(loss=float(losses.double().mean()), z=zs, token_losses=losses,
+                    resid_pre=resid if restart else None)
 
 
 def resample_permutation(batch: int, seed: int = 0) -> torch.Tensor:
@@ -98,18 +123,19 @@ def check_heads(model: Any, heads: Iterable) -> list[tuple[int, int]]:
 
 @torch.no_grad()
 def ablate(model: Any, tokens: Any, heads: Iterable, kind: str = "zero", seed: int = 0,
-           clean: CleanRun | None = None) -> dict:
+           clean: CleanRun | None = None, return_logits: bool = True) -> dict:
     """Ablate any set of (layer, head) pairs at once.
 
     Returns {"loss": ablated mean loss, "delta": loss − clean loss, "logits": ablated logits
-    [B,P,V]}. With no heads the clean pass is returned as is, so delta is exactly 0.
-    """
+    [B,P,V]}. With no heads the clean pass is returned as is, so delta is exactly 0. With
+    `return_logits=False` no [B,P,V] tensor is made (losses come from the chunked readout) and
+    "logits" is None: what a caller wanting only the loss (the app) should ask for."""
     check_kind(kind)
     heads = check_heads(model, heads)
     inputs, targets = split_tokens(model, tokens)
-    clean = clean or clean_run(model, inputs, targets)
+    clean = clean or clean_run(model, inputs, targets, logits=return_logits)
     if not heads:
-        return {"loss": clean.loss, "delta": 0.0, "logits": clean.logits}
+        return {"loss": clean.loss, "delta": 0.0, "logits": clean.logits if return_logits else None}
     perm = resample_permutation(inputs.shape[0], seed) if kind == "resample" else None
 
     def ablate_layer(layer: int, layer_heads: list[int]):
@@ -124,18 +150,31 @@ def ablate(model: Any, tokens: Any, heads: Iterable, kind: str = "zero", seed: i
     for layer, head in heads:
         by_layer.setdefault(layer, []).append(head)
     hooks = [(z_name(l), ablate_layer(l, hs)) for l, hs in by_layer.items()]
-    logits = model.run_with_hooks(inputs, fwd_hooks=hooks)
-    loss = mean_loss(logits, targets)
+    if return_logits:
+        logits = model.run_with_hooks(inputs, fwd_hooks=hooks)
+        loss = mean_loss(logits, targets)
+    else:
+        logits, loss = None, float(token_stats(model, inputs, targets, hooks).losses.double().mean())
     return {"loss": loss, "delta": loss - clean.loss, "logits": logits}
 
 
-@torch.no_grad()
-def ablated_losses(model: Any, inputs: torch.Tensor, targets: torch.Tensor, layer: int, heads: list[int],
-                   kind: str, clean: CleanRun, perm: torch.Tensor | None) -> list[float]:
-    """Losses with each head of `heads` (all in `layer`) ablated alone, in one batched pass.
+def rows_for(model: Any, positions: int) -> int:
+    """The sweep's memory budget: how many rows of `positions` its widened batch (one copy of the
+    batch per head ablated at once) may hold. No logits are held (the readout is chunked), so this
+    is the forward's activations only (`probes.forward.forward_rows`)."""
+    return forward_rows(model, positions)
 
-    The batch is copied once per head at the layer's input (`hook_resid_pre`), so the layers
-    below run once; copy i then has head heads[i] ablated at `hook_z`."""
+
+@torch.no_grad()
+def ablated_token_losses(model: Any, inputs: torch.Tensor, targets: torch.Tensor, layer: int, heads: list[int],
+                         kind: str, clean: CleanRun, perm: torch.Tensor | None) -> torch.Tensor:
+    """Per-token losses [r, B, P] with each head of `heads` (all in `layer`) ablated alone, in one
+    batched pass: copy i of the batch has head heads[i] ablated at `hook_z`.
+
+    On `model.GPT` (when the clean pass kept every layer's input) the copies start from the clean
+    `hook_resid_pre` of `layer` and run only blocks layer..L-1; on any other hooked model the batch
+    is copied at `hook_resid_pre`, so the layers below run once on B rows. Either way the forward
+    stops after the last block and the losses are read out a chunk of positions at a time."""
     r, B = len(heads), inputs.shape[0]
     repl = [replacement(kind, clean.z[layer], h, perm) for h in heads]
 
@@ -148,47 +187,155 @@ def ablated_losses(model: Any, inputs: torch.Tensor, targets: torch.Tensor, laye
             z[i, :, :, h] = repl[i]
         return z.view(r * B, *z.shape[2:])
 
-    logits = model.run_with_hooks(inputs, fwd_hooks=[(resid_pre_name(layer), expand), (z_name(layer), ablate_copies)])
-    if logits.shape[0] != r * B:
-        raise RuntimeError(f"expected {r * B} rows after expanding the batch at layer {layer}, got {logits.shape[0]}.")
-    losses = token_losses(logits, targets.repeat(r, 1)).double().view(r, -1).mean(1)
-    return [float(v) for v in losses]
+    head = readout(model)
+    if head is None:  # a model without a readout to chunk: whole logits, as before
+        logits = model.run_with_hooks(inputs, fwd_hooks=[(resid_pre_name(layer), expand), (z_name(layer), ablate_copies)])
+        return token_losses(logits, targets.repeat(r, 1)).view(r, B, -1)
+    if isinstance(model, GPT) and clean.resid_pre is not None:
+        x = clean.resid_pre[layer].repeat(r, 1, 1)
+        with model.hooks(fwd_hooks=[(z_name(layer), ablate_copies)]):
+            for block in model.blocks[layer:]:
+                x = block(x)
+        resid = x
+    else:
+        resid = final_residual(model, inputs, [(resid_pre_name(layer), expand), (z_name(layer), ablate_copies)])
+    if resid.shape[0] != r * B:
+        raise RuntimeError(f"expected {r * B} rows after expanding the batch at layer {layer}, got {resid.shape[0]}.")
+    return stats_from_residual(resid, targets.repeat(r, 1), head, loss_chunk_positions(model)).losses.view(r, B, -1)
+
+
+@torch.no_grad()
+def ablated_losses(model: Any, inputs: torch.Tensor, targets: torch.Tensor, layer: int, heads: list[int],
+                   kind: str, clean: CleanRun, perm: torch.Tensor | None) -> list[float]:
+    """Mean losses with each head of `heads` (all in `layer`) ablated alone (see `ablated_token_losses`)."""
+    losses = ablated_token_losses(model, inputs, targets, layer, heads, kind, clean, perm)
+    return [float(v) for v in losses.double().flatten(1).mean(1)]
+
+
+@torch.no_grad()
+def sequence_deltas(model: Any, inputs: torch.Tensor, targets: torch.Tensor, kind: str = "zero", seed: int = 0,
+                    clean: CleanRun | None = None) -> np.ndarray:
+    """Per-sequence loss increases [L, H, B]: for each head alone ablated, the mean over the
+    sequence's positions of (ablated − clean) per-token loss. Their mean over B is the sweep's
+    delta (every sequence has the same positions); their spread gives its standard error."""
+    check_kind(kind)
+    clean = clean if clean is not None and clean.token_losses is not None else clean_run(model, inputs, targets, logits=False)
+    n_layers, n_heads, _ = shape_of(model)
+    B, P = inputs.shape
+    perm = resample_permutation(B, seed) if kind == "resample" else None
+    group = max(1, min(n_heads, rows_for(model, P) // B))
+    base = clean.token_losses.double()
+    out = np.zeros((n_layers, n_heads, B))
+    for layer in range(n_layers):
+        for start in range(0, n_heads, group):
+            heads = list(range(start, min(n_heads, start + group)))
+            losses = ablated_token_losses(model, inputs, targets, layer, heads, kind, clean, perm)
+            out[layer, heads] = (losses.double() - base).mean(-1).cpu().numpy()
+    return out
 
 
 @torch.no_grad()
 def head_ablation_sweep(model: Any, tokens: Any, kind: str = "zero", seed: int = 0,
                         clean: CleanRun | None = None) -> np.ndarray:
     """Loss increase [L, H] when each head alone is ablated: the same numbers as one
-    `ablate(model, tokens, [(l, h)], kind)` per head, computed with all heads of a layer in one
-    batched pass and the layers below it run once (see `ablated_losses`)."""
+    `ablate(model, tokens, [(l, h)], kind)` per head, computed with all heads of a layer (as many
+    as `rows_for` allows) in one batched pass that restarts at that layer (see `ablated_token_losses`)."""
     check_kind(kind)
     inputs, targets = split_tokens(model, tokens)
-    clean = clean or clean_run(model, inputs, targets)
-    n_layers, n_heads, _ = shape_of(model)
-    B, P = inputs.shape
-    perm = resample_permutation(B, seed) if kind == "resample" else None
-    group = max(1, min(n_heads, rows_for(model, P) // B))
-    out = np.zeros((n_layers, n_heads))
-    for layer in range(n_layers):
-        for start in range(0, n_heads, group):
-            heads = list(range(start, min(n_heads, start + group)))
-            losses = ablated_losses(model, inputs, targets, layer, heads, kind, clean, perm)
-            out[layer, heads] = np.asarray(losses) - clean.loss
-    return out
+    return sequence_deltas(model, inputs, targets, kind, seed, clean).mean(-1)
 
 
-def head_ablation_probe(model: Any, tokens: Any, clean: CleanRun | None = None) -> dict:
+def standard_errors(per_sequence: np.ndarray) -> np.ndarray:
+    """Standard error of the mean over the last axis (sequences), ddof=1.
+
+    Sequences are the independent units: tokens within a sequence share their context and their
+    losses are correlated, so a standard error over tokens would be too small. (Under resample
+    ablation a sequence also borrows another's z; the sequences are still treated as independent.)"""
+    n = per_sequence.shape[-1]
+    if n < 2:
+        return np.full(per_sequence.shape[:-1], np.nan)
+    return per_sequence.std(axis=-1, ddof=1) / math.sqrt(n)
+
+
+def sweep_flops(cfg: Any, batch: int, positions: int, include_clean: bool = True) -> int:
+    """Matmul FLOPs of one kind's exact sweep (`head_ablation_sweep`) on [batch, positions] inputs.
+
+    Per ablated head of layer l: blocks l..L-1 on the batch (per block, q/k/v 6·P·C², the
+    causal attention scores and mix 2·C·P(P+1), the output projection 2·P·C² and the MLP 16·P·C²
+    per row) and the readout 2·P·C·V per row. With `include_clean` (the sweep runs one itself
+    unless given one) add one clean pass: all L blocks and the readout once. LayerNorms, softmax,
+    GELU and the cross-entropy are not counted: they are O(P·C) or O(P·V) per row, not matmuls.
+    Accepts a `GPTConfig` or a TransformerLens cfg."""
+    L = int(getattr(cfg, "n_layer", None) or cfg.n_layers)
+    H = int(getattr(cfg, "n_head", None) or cfg.n_heads)
+    C = int(getattr(cfg, "n_embd", None) or cfg.d_model)
+    V = int(getattr(cfg, "vocab_size", None) or cfg.d_vocab)
+    B, P = int(batch), int(positions)
+    block = B * (24 * P * C * C + 2 * C * P * (P + 1))
+    unembed = 2 * B * P * C * V
+    total = sum(H * ((L - l) * block + unembed) for l in range(L))
+    if include_clean:
+        total += L * block + unembed
+    return total
+
+
+def head_ablation_probe(model: Any, tokens: Any, clean: CleanRun | None = None, block: int | None = None,
+                        target_se: float | None = None, max_sequences: int | None = None,
+                        attribution: bool = True) -> dict:
     """The `head_ablation` entry of a result file: clean loss, [L][H] loss increases for every
-    kind, and how unequal head importance is (Gini, share held by the top 10% of heads)."""
-    inputs, targets = split_tokens(model, tokens)
-    clean = clean or clean_run(model, inputs, targets)
-    result: dict[str, Any] = {"clean_loss": clean.loss, "n_sequences": int(inputs.shape[0]),
-                              "n_positions": int(inputs.shape[1])}
+    kind with their standard errors (`delta_se`), how unequal head importance is (Gini, share
+    held by the top 10% of heads), and the precision reached.
+
+    Sized by precision: the sweep runs on `block` sequences of `tokens` at a time (the first
+    block is exactly the batch an unsized sweep would use; mean and resample replacements are
+    taken within each block) and adds blocks until the largest standard error over every head
+    and kind is at most `target_se`, `max_sequences` are used, or `tokens` run out. Without
+    `block` all of `tokens` is one block. `clean` applies to the first block only.
+
+    With `attribution` it also stores the first-order estimate of every kind on the first block
+    (`probes.attribution.attribution_result`: one forward and one backward for all kinds) and its
+    agreement with the exact matrices stored here, so the estimate is never shown without it."""
+    tokens = torch.as_tensor(tokens, dtype=torch.long)
+    if tokens.dim() == 1:
+        tokens = tokens[None]
+    total = len(tokens) if max_sequences is None else min(len(tokens), int(max_sequences))
+    block = total if block is None else int(block)
+    if block < 2:
+        raise ValueError(f"head ablation needs blocks of at least 2 sequences (resample swaps z between them), "
+                         f"got {block}.")
+    per_kind: dict[str, list[np.ndarray]] = {k: [] for k in KINDS}
+    clean_losses: list[torch.Tensor] = []
+    n, P, se = 0, None, float("nan")
+    while n < total and total - n >= 2:
+        inputs, targets = split_tokens(model, tokens[n:min(total, n + block)])
+        P = int(inputs.shape[1])
+        if clean is None or n > 0 or clean.token_losses is None:
+            clean = clean_run(model, inputs, targets, logits=False)
+        clean_losses.append(clean.token_losses.double().mean(-1).cpu())
+        for kind in KINDS:
+            per_kind[kind].append(sequence_deltas(model, inputs, targets, kind, clean=clean))
+        n += int(inputs.shape[0])
+        se = max(float(np.nanmax(standard_errors(np.concatenate(per_kind[k], axis=-1)))) for k in KINDS)
+        if target_se is None or se <= target_se:
+            break
+    if n == 0:
+        raise ValueError(f"head ablation needs at least 2 sequences, got {len(tokens)}.")
+    result: dict[str, Any] = {"clean_loss": float(torch.cat(clean_losses).mean()), "n_sequences": n,
+                              "n_positions": P}
+    result["delta_se"] = {}
     for kind in KINDS:
-        result[kind] = head_ablation_sweep(model, tokens, kind, clean=clean).tolist()
+        deltas = np.concatenate(per_kind[kind], axis=-1)
+        result[kind] = deltas.mean(-1).tolist()
+        result["delta_se"][kind] = standard_errors(deltas).tolist()
     result["gini"] = {k: gini(result[k]) for k in KINDS}
     result["top_share"] = {k: top_share(result[k], TOP_FRACTION) for k in KINDS}
     result["top_fraction"] = TOP_FRACTION
+    result["precision"] = {"target_se": None if target_se is None else float(target_se), "achieved_se": se,
+                           "n_sequences": n, "tokens": n * P, "block": block, "max_sequences": total,
+                           "unit": "sequence"}
+    if attribution:
+        from .attribution import attribution_result  # attribution imports this module
+        result.update(attribution_result(model, tokens[:min(total, block)], {k: result[k] for k in KINDS}))
     return result
 
 
@@ -198,7 +345,7 @@ def head_means(model: Any, tokens: Any) -> list[torch.Tensor]:
     substitutes, the same numbers `ablate(..., kind="mean")` uses on these tokens. `tokens` is
     [B, P+1] as everywhere here, so the target column never enters the mean."""
     inputs, targets = split_tokens(model, tokens)
-    return [z.mean(dim=(0, 1)) for z in clean_run(model, inputs, targets).z]
+    return [z.mean(dim=(0, 1)) for z in clean_run(model, inputs, targets, logits=False).z]
 
 
 def resample_source(batch: int, seed: int = 0) -> int:
@@ -229,7 +376,7 @@ def generation_hooks(model: Any, heads: Iterable, kind: str, tokens: Any, seed: 
         source = None
     else:
         inputs, targets = split_tokens(model, tokens)
-        clean = clean_run(model, inputs, targets)
+        clean = clean_run(model, inputs, targets, logits=False)
         if kind == "mean":
             source = [z.mean(dim=(0, 1))[None] for z in clean.z]          # [1, H, D] for every position
         else:

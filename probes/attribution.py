@@ -17,13 +17,15 @@ also runs on a TransformerLens bridge.
 """
 from __future__ import annotations
 
-from typing import Any
+import math
+import time
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .ablation import check_kind, replacement, resample_permutation
+from .ablation import KINDS, check_kind, replacement, resample_permutation
 from .forward import rows_for, shape_of, split_tokens, z_name
 
 TOP_K = 3
@@ -82,21 +84,47 @@ def head_attribution(model: Any, tokens: Any, kind: str = "zero", seed: int = 0)
     The replacement of each head's z is the sweep's own (`replacement`, with the same seeded
     derangement for resample), so the two differ only by the terms of second and higher order.
     Works under torch.no_grad() and leaves no gradients on the model's parameters."""
-    check_kind(kind)
+    return head_attributions(model, tokens, (kind,), seed)[kind]
+
+
+def head_attributions(model: Any, tokens: Any, kinds: Sequence[str] = KINDS, seed: int = 0) -> dict[str, np.ndarray]:
+    """`head_attribution` for several kinds at once: z and its gradient do not depend on the kind,
+    so every kind shares one forward and one backward pass."""
+    for kind in kinds:
+        check_kind(kind)
     inputs, targets = split_tokens(model, tokens)
     n_layers, n_heads, _ = shape_of(model)
-    perm = resample_permutation(inputs.shape[0], seed) if kind == "resample" else None
+    perm = resample_permutation(inputs.shape[0], seed) if "resample" in kinds else None
     zs, grads = z_and_grads(model, inputs, targets)
-    out = np.zeros((n_layers, n_heads))
+    out = {kind: np.zeros((n_layers, n_heads)) for kind in kinds}
     for layer in range(n_layers):
         z, g = zs[layer].double(), grads[layer].double()
         if z.dim() != 4 or z.shape[2] != n_heads:
             raise RuntimeError(f"{z_name(layer)} gave shape {tuple(z.shape)}, expected [batch, positions, "
                                f"{n_heads} heads, d_head].")
-        for head in range(n_heads):
-            change = replacement(kind, z, head, perm) - z[:, :, head]
-            out[layer, head] = float((change * g[:, :, head]).sum())
+        for kind in kinds:
+            for head in range(n_heads):
+                change = replacement(kind, z, head, perm) - z[:, :, head]
+                out[kind][layer, head] = float((change * g[:, :, head]).sum())
     return out
+
+
+def attribution_result(model: Any, tokens: Any, exact: Mapping[str, Any], seed: int = 0) -> dict:
+    """The attribution part of the `head_ablation` result: the estimate [L][H] of every kind in
+    `exact` on `tokens` (the sweep's first block), and its agreement with the exact matrix stored
+    next to it, so the app can show the estimate with how far it can be trusted at this checkpoint.
+
+    A Spearman correlation that is undefined (a constant matrix) is stored as None: the result
+    files are strict JSON."""
+    start = time.perf_counter()
+    estimates = head_attributions(model, tokens, tuple(exact), seed)
+    agree = {}
+    for kind, est in estimates.items():
+        a = agreement(est, exact[kind])
+        agree[kind] = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in a.items()}
+    return {"attribution": {k: v.tolist() for k, v in estimates.items()}, "attribution_agreement": agree,
+            "attribution_sequences": int(split_tokens(model, tokens)[0].shape[0]),
+            "seconds": {"attribution": time.perf_counter() - start}}  # "seconds", as the result's timings
 
 
 def ranks(x: np.ndarray) -> np.ndarray:

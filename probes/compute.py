@@ -4,7 +4,7 @@ of probes/step_NNNNNN.json.
 Passes are shared between probes: one pass with pattern hooks over held-out text gives the
 attention statistics of both the attention_entropy and the induction probe (in-context copying);
 one plain pass over the held-out memorization set gives per-position losses (loss gap, ICL
-score) and argmax predictions (rep/wrep).
+score, the per-token losses of the loss trajectory) and argmax predictions (rep/wrep).
 """
 from __future__ import annotations
 
@@ -15,14 +15,18 @@ import torch
 
 from .ablation import head_ablation_probe
 from .attention import HeldoutPatternStats, attention_entropy_result
-from .forward import forward_in_chunks, model_device, rows_for, shape_of, split_tokens, token_losses
+from .forward import forward_rows, model_device, shape_of, split_tokens, token_stats
 from .induction import induction_result
 from .inputs import ProbeInputs
 from .memorization import memorization_result
 from .repetition import repetition_result
 
 PROBES = ("head_ablation", "attention_entropy", "memorization", "repetition", "induction")
-RESULT_VERSION = 2  # 2: exposure against the canary's randomness space (a version-1 result is recomputed)
+# Bumped whenever a result's meaning or keys change, so an older result is recomputed:
+# 2: exposure against the canary's randomness space; 3: induction over several periods with its
+# positional control, per-token losses; 4: head-ablation standard errors and precision, the
+# attribution estimate, the repeated held-out text loss.
+RESULT_VERSION = 4
 
 
 def check_only(only: Iterable[str] | str | None) -> tuple[str, ...]:
@@ -49,14 +53,11 @@ class HeldoutSet:
 
     def _compute(self) -> None:
         rows = self.tokens.to(model_device(self.model))
-        preds = torch.zeros(rows.shape[0], rows.shape[1] - 1, dtype=torch.long, device=rows.device)
-        losses = torch.zeros(rows.shape[0], rows.shape[1] - 1, dtype=torch.float32, device=rows.device)
-        def keep(logits: torch.Tensor, sl: slice) -> None:
-            preds[sl] = logits.argmax(-1)
-            losses[sl] = token_losses(logits, rows[sl, 1:])
-
-        forward_in_chunks(self.model, rows[:, :-1], rows_for(self.model, rows.shape[1]), keep)
-        self._losses, self._preds = losses, preds
+        step = forward_rows(self.model, rows.shape[1])  # no [B, P, V] logits: the readout is chunked
+        parts = [token_stats(self.model, rows[i:i + step, :-1], rows[i:i + step, 1:], argmax=True)
+                 for i in range(0, len(rows), step)]
+        self._losses = torch.cat([p.losses for p in parts])
+        self._preds = torch.cat([p.argmax for p in parts])
 
     @property
     def losses(self) -> torch.Tensor:
@@ -89,7 +90,6 @@ def compute_probes(model: Any, tokenizer: Any, inputs: ProbeInputs, step: int,
     n_layers, _, n_ctx = shape_of(model)
     result: dict[str, Any] = {"step": int(step), "tokens": inputs.tokens_seen(step), "version": RESULT_VERSION,
                               "seconds": {}}
-    ablation_tokens = fit_context(inputs.ablation_tokens, n_ctx)
     attention_tokens = fit_context(inputs.attention_tokens, n_ctx)
     heldout = HeldoutSet(model, fit_context(inputs.memorization_heldout, n_ctx))
 
@@ -98,13 +98,15 @@ def compute_probes(model: Any, tokenizer: Any, inputs: ProbeInputs, step: int,
                                 copying="induction" in want)
     if stats.hooks():
         x, y = split_tokens(model, attention_tokens)
-        stats.record_losses(token_losses(model.run_with_hooks(x, fwd_hooks=stats.hooks()), y))
+        stats.record_losses(token_stats(model, x, y, stats.hooks()).losses)
     result["seconds"]["pattern_pass"] = time.perf_counter() - t
 
     for name in want:
         t = time.perf_counter()
         if name == "head_ablation":
-            result[name] = head_ablation_probe(model, ablation_tokens)
+            s = inputs.sizes
+            result[name] = head_ablation_probe(model, fit_context(inputs.ablation_pool, n_ctx), block=s.n_ablation,
+                                               target_se=s.ablation_target_se, max_sequences=s.n_ablation_max)
         elif name == "attention_entropy":
             result[name] = attention_entropy_result(stats, attention_tokens.shape[0])
         elif name == "memorization":
@@ -112,7 +114,9 @@ def compute_probes(model: Any, tokenizer: Any, inputs: ProbeInputs, step: int,
         elif name == "repetition":
             result[name] = repetition_result(model, tokenizer, inputs, heldout.predictions, heldout.tokens)
         elif name == "induction":
-            result[name] = induction_result(model, fit_context(inputs.random_tokens, n_ctx), inputs.random_period,
-                                            stats, heldout.losses)
+            result[name] = induction_result(model, inputs.random_sets, stats, heldout.losses, inputs.training_periods,
+                                            heldout=attention_tokens)
         result["seconds"][name] = time.perf_counter() - t
+        for part, seconds in (result[name].pop("seconds", None) or {}).items():  # e.g. the attribution estimate
+            result["seconds"][f"{name}.{part}"] = seconds
     return result

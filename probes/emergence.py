@@ -121,7 +121,8 @@ def _transition(pairs: list[tuple[int, float]], c: dict, band: float) -> tuple[i
 
 def largest_sustained_rise(steps: Sequence[int], values: Sequence[float | None], min_rise: float,
                            sustain_share: float = 0.75, noise_z: float = 6.0,
-                           abrupt_max_intervals: int = 2, band: float = 0.2) -> dict | None:
+                           abrupt_max_intervals: int = 2, band: float = 0.2,
+                           abrupt_max_share: float = 0.25) -> dict | None:
     """The rise from one level to a higher one that best describes a series over checkpoints.
 
     Every split between two consecutive checkpoints (by index, so uneven spacing in steps favours
@@ -142,7 +143,9 @@ def largest_sustained_rise(steps: Sequence[int], values: Sequence[float | None],
     jump (value change across the pair), rate (jump per unit of log(1 + step), for reference),
     detected, reason, sustained, kept_share, noise, n_before, n_after, kind ("abrupt" when the climb
     from within `band` of the before-level to within `band` of the after-level takes at most
-    `abrupt_max_intervals` checkpoint intervals, else "gradual"), abrupt, transition_from_step,
+    `abrupt_max_intervals` checkpoint intervals, or at most `abrupt_max_share` of the training
+    steps up to its end: with checkpoints made dense around a change (--ckpt-window, --fill-in) a
+    count of intervals alone would call every change gradual; else "gradual"), abrupt, transition_from_step,
     transition_to_step, transition_intervals, note}, or None with fewer than two values or no
     split at which the level rises at all."""
     _check_rise_settings(min_rise, sustain_share, noise_z, abrupt_max_intervals, band)
@@ -164,7 +167,7 @@ def largest_sustained_rise(steps: Sequence[int], values: Sequence[float | None],
         return (round(c["fit"], 9), -round(c["rise"], 9), -round(jump, 9), c["k"])
 
     best = min(qualified or rising, key=rank)
-    return _describe(pairs, best, noise, abrupt_max_intervals, band)
+    return _describe(pairs, best, noise, abrupt_max_intervals, band, abrupt_max_share)
 
 
 def _check_rise_settings(min_rise: float, sustain_share: float, noise_z: float, abrupt_max_intervals: int,
@@ -194,12 +197,13 @@ def _why_not(c: dict, min_rise: float, sustain_share: float, noise_z: float) -> 
 
 
 def _describe(pairs: list[tuple[int, float]], c: dict, noise: float, abrupt_max_intervals: int,
-              band: float) -> dict:
+              band: float, abrupt_max_share: float) -> dict:
     k = c["k"]
     (s0, v0), (s1, v1) = pairs[k - 1], pairs[k]
     dlog = math.log1p(s1) - math.log1p(s0)
     first, last = _transition(pairs, c, band)
-    abrupt = last - first <= abrupt_max_intervals
+    climb = pairs[last][0] - pairs[first][0]
+    abrupt = last - first <= abrupt_max_intervals or climb <= abrupt_max_share * pairs[last][0]
     notes = [f"the {side} level rests on one checkpoint" for side, n in (("before", c["n_before"]),
                                                                        ("after", c["n_after"])) if n == 1]
     return {"step": s1, "from_step": s0, "before": c["before"], "after": c["after"], "rise": c["rise"],
@@ -209,7 +213,7 @@ def _describe(pairs: list[tuple[int, float]], c: dict, noise: float, abrupt_max_
             "n_before": c["n_before"], "n_after": c["n_after"],
             "kind": "abrupt" if abrupt else "gradual", "abrupt": abrupt,
             "transition_from_step": pairs[first][0], "transition_to_step": pairs[last][0],
-            "transition_intervals": last - first, "note": "; ".join(notes) or None}
+            "transition_intervals": last - first, "transition_steps": climb, "note": "; ".join(notes) or None}
 
 
 def first_at_or_above(steps: Sequence[int], values: Sequence[float | None], threshold: float) -> int | None:

@@ -2,16 +2,21 @@
 random tokens (out of distribution: the only way to predict the second half is to copy), the
 in-context copying score on spans repeated inside held-out text (in distribution: a model can
 copy through a corpus's structure without any general induction head, so the two are reported
-side by side and never merged), and the in-context-learning score of Olsson et al. (2022).
+side by side and never merged), the in-context-learning score of Olsson et al. (2022), and the
+per-token held-out losses the summary's loss trajectory is built from.
+
+The random-token scores are means over several repeat periods (probes.random_tokens.random_periods),
+with a control on fresh tokens beside them, so that a head attending to q - period + 1 by position
+alone cannot pass for an induction head.
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 
 from .attention import HeldoutPatternStats
-from .forward import model_device, pattern_name, shape_of, token_losses
+from .forward import model_device, pattern_name, shape_of, token_stats
 from .metrics import duplicate_token_score, induction_score, previous_token_score
 
 ICL_EARLY, ICL_LATE = 50, 500  # Olsson et al.: loss at token 500 minus loss at token 50 ...
@@ -21,6 +26,24 @@ ICL_WINDOW = 10  # ... here a mean over this many positions at each end (a few d
 @torch.no_grad()
 def random_token_scores(model: Any, tokens: torch.Tensor, period: int) -> dict:
     """Scores per head on [BOS, r_1..r_T, r_1..r_T] rows, plus the loss on each half."""
+    scores, losses = _scores_and_losses(model, tokens, period)
+    # Targets 1..T-1 are fresh random tokens (the first half); targets T+1..2T repeat them.
+    first, second = losses[:, 1:period], losses[:, period + 1:2 * period]
+    out = {key: [[float(v) for v in layer[key]] for layer in scores]
+           for key in ("induction", "previous_token", "duplicate_token")}
+    out["random_repeat_loss"] = {"first_half": float(first.mean()), "second_half": float(second.mean())}
+    return out
+
+
+@torch.no_grad()
+def control_scores(model: Any, tokens: torch.Tensor, period: int) -> list[list[float]]:
+    """Per head, mean attention from the induction score's query positions to q - period + 1 on
+    rows of fresh random tokens that never repeat: what a head attends there by position alone."""
+    scores, _ = _scores_and_losses(model, tokens, period)
+    return [[float(v) for v in layer["induction"]] for layer in scores]
+
+
+def _scores_and_losses(model: Any, tokens: torch.Tensor, period: int) -> tuple[list[dict], torch.Tensor]:
     n_layers = shape_of(model)[0]
     scores: list[dict[str, torch.Tensor]] = [{} for _ in range(n_layers)]
 
@@ -33,13 +56,44 @@ def random_token_scores(model: Any, tokens: torch.Tensor, period: int) -> dict:
 
     tokens = tokens.to(model_device(model))
     inputs, targets = tokens[:, :-1], tokens[:, 1:]
-    logits = model.run_with_hooks(inputs, fwd_hooks=[(pattern_name(l), hook_for(l)) for l in range(n_layers)])
-    losses = token_losses(logits, targets).double()
-    # Targets 1..T-1 are fresh random tokens (the first half); targets T+1..2T repeat them.
-    first, second = losses[:, 1:period], losses[:, period + 1:2 * period]
-    out = {key: [[float(v) for v in scores[l][key]] for l in range(n_layers)]
+    hooks = [(pattern_name(l), hook_for(l)) for l in range(n_layers)]
+    return scores, token_stats(model, inputs, targets, hooks).losses.double()
+
+
+def _mean_matrix(matrices: list[list[list[float]]]) -> list[list[float]]:
+    """Element-wise mean of equally shaped [L][H] matrices."""
+    return [[sum(m[l][h] for m in matrices) / len(matrices) for h in range(len(matrices[0][l]))]
+            for l in range(len(matrices[0]))]
+
+
+def multi_period_scores(model: Any, sets: Sequence[Any], n_ctx: int,
+                        training_periods: tuple[int, int] | None = None) -> dict:
+    """Induction, previous-token and duplicate-token scores per head, each the mean over several
+    repeat periods, with the positional-shortcut control beside them.
+
+    `sets` hold `period`, `repeated` and `control` rows (probes.random_tokens.RandomTokenSet); a set whose
+    rows do not fit the model's context is left out. One period can be aced by a head that attends
+    to q - period + 1 by position alone (a model trained on repeats at one fixed offset learns
+    exactly that); averaged over periods that training did not use, such a head scores near 0,
+    and on fresh tokens (`induction_control`) it scores as high as on the repeat, while a real
+    induction head scores near 0 there."""
+    usable = [s for s in sets if 2 * s.period <= n_ctx]
+    if not usable:
+        raise ValueError(f"no repeat period fits the model's context of {n_ctx} positions.")
+    by_period = {s.period: random_token_scores(model, s.repeated, s.period) for s in usable}
+    control = {s.period: control_scores(model, s.control, s.period) for s in usable}
+    periods = sorted(by_period)
+    out = {key: _mean_matrix([by_period[t][key] for t in periods])
            for key in ("induction", "previous_token", "duplicate_token")}
-    out["random_repeat_loss"] = {"first_half": float(first.mean()), "second_half": float(second.mean())}
+    out["induction_control"] = _mean_matrix([control[t] for t in periods])
+    out["induction_by_period"] = {str(t): by_period[t]["induction"] for t in periods}
+    out["induction_control_by_period"] = {str(t): control[t] for t in periods}
+    out["random_repeat_loss"] = {half: sum(by_period[t]["random_repeat_loss"][half] for t in periods) / len(periods)
+                                 for half in ("first_half", "second_half")}
+    out["random_periods"] = periods
+    out["training_repeat_periods"] = list(training_periods) if training_periods else None
+    out["unseen_periods"] = [t for t in periods
+                             if training_periods is None or not training_periods[0] <= t <= training_periods[1]]
     return out
 
 
@@ -83,16 +137,54 @@ def icl_definition(early_range: tuple[int, int], late_range: tuple[int, int]) ->
             f"{early_range[0]}-{early_range[1] - 1} (position i predicts token i+1)")
 
 
-def induction_result(model: Any, random_tokens: torch.Tensor, period: int, stats: HeldoutPatternStats,
-                     position_losses: torch.Tensor) -> dict:
-    result = random_token_scores(model, random_tokens, period)
+@torch.no_grad()
+def repeated_text_loss(model: Any, heldout: torch.Tensor) -> dict:
+    """Loss on held-out text seen for the first time and on the same text repeated right after it.
+
+    Each row is a held-out span of `span` tokens followed by the same span again (2*span - 1 inputs
+    fit the context). The first copy's targets 1..span-1 and the repeat's are the same tokens, so
+    `gap` = second_copy - first_copy is what having seen the span is worth: near 0 for a model
+    that predicts text from its statistics alone, clearly negative once an induction head copies
+    inside natural text (the in-distribution counterpart of the random-token repeat loss)."""
+    n_ctx = shape_of(model)[2]
+    span = min((n_ctx + 1) // 2, heldout.shape[1])
+    rows = torch.cat([heldout[:, :span], heldout[:, :span]], dim=1).to(model_device(model))
+    losses = token_stats(model, rows[:, :-1], rows[:, 1:]).losses.double()
+    first = float(losses[:, :span - 1].mean())        # predicting span tokens 1..span-1 the first time
+    second = float(losses[:, span:2 * span - 1].mean())  # ... and the same tokens in the repeat
+    return {"first_copy": first, "second_copy": second, "gap": second - first, "span": int(span),
+            "n_sequences": int(rows.shape[0]),
+            "definition": f"mean held-out loss on tokens 1-{span - 1} of a {span}-token span repeated right "
+                          "after itself, second copy minus first copy"}
+
+
+TRAJECTORY_TOKENS = 4096  # held-out target tokens whose losses every checkpoint stores (loss trajectory)
+
+
+def trajectory_losses(position_losses: torch.Tensor, n_tokens: int = TRAJECTORY_TOKENS) -> dict:
+    """The per-token losses of the first `n_tokens` held-out target tokens (row by row, rounded to
+    4 decimals) and the mean loss per position: the same tokens at every checkpoint of a run, so
+    probes.summary can follow the whole loss vector through training (Olsson et al. 2022)."""
+    flat = position_losses.double().reshape(-1)[:n_tokens]
+    return {"token_losses": {"values": [round(float(v), 4) for v in flat], "n_tokens": int(flat.numel())},
+            "position_loss": [round(float(v), 4) for v in position_losses.double().mean(0)]}
+
+
+def induction_result(model: Any, random_sets: Sequence[Any], stats: HeldoutPatternStats,
+                     position_losses: torch.Tensor, training_periods: tuple[int, int] | None = None,
+                     heldout: torch.Tensor | None = None) -> dict:
+    n_ctx = shape_of(model)[2]
+    result = multi_period_scores(model, random_sets, n_ctx, training_periods)
+    if heldout is not None:
+        result["repeated_text_loss"] = repeated_text_loss(model, heldout)
     result["in_context_copying"] = stats.matrix("copying")
     result["in_context_copying_positions"] = int(stats.layers[0].get("copy_positions", 0))
     result["in_context_copying_loss"] = dict(stats.copy_loss)
-    result["random_period"] = int(period)
-    result["n_random"] = int(random_tokens.shape[0])
+    result["n_random"] = int(random_sets[0].repeated.shape[0])
     flat = [(v, l, h) for l, row in enumerate(result["induction"]) for h, v in enumerate(row)]
     best = max(flat)
-    result["best_induction"] = {"score": best[0], "layer": best[1], "head": best[2]}
+    result["best_induction"] = {"score": best[0], "layer": best[1], "head": best[2],
+                                "control": result["induction_control"][best[1]][best[2]]}
     result["icl_score"] = icl_score(position_losses)
+    result.update(trajectory_losses(position_losses))
     return result

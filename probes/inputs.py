@@ -22,8 +22,13 @@ import torch
 
 from model.runio import RunFileError, read_json
 from model.runlayout import data_json, run_json
-from model.rundata import get_chunks, load_tokens, n_chunks, read_data_meta, seen_chunk_ids, training_data_known
+from model.rundata import (FREQUENT_COUNT_TOKENS, frequent_tokens, get_chunks, load_tokens, n_chunks, read_data_meta, seen_chunk_ids,
+                           training_data_known)
 from model.tokenizer import Tokenizer, load_tokenizer
+
+from .random_tokens import (RANDOM_STREAM, RandomTokenSet, fresh_random_tokens, random_periods,
+                            random_stream, random_token_sets, repeated_random_tokens,
+                            training_repeat_periods)  # re-exported: the probe inputs' public names
 
 # Fixed prompts for the repetition probe. Each is 6 GPT-2 tokens (and so 6 compact-vocab tokens),
 # so with the <|endoftext|> that starts a document they batch without padding.
@@ -35,7 +40,7 @@ REPETITION_PROMPTS = (
 )
 
 # Sub-seeds mixed with the run seed, one per input, so that adding an input never changes another.
-HELDOUT_STREAM, SEEN_STREAM, RANDOM_STREAM, SAMPLING_STREAM, CANARY_STREAM = 1, 2, 3, 4, 5
+HELDOUT_STREAM, SEEN_STREAM, SAMPLING_STREAM, CANARY_STREAM = 1, 2, 4, 5  # 3 is RANDOM_STREAM, in probes.random_tokens
 
 
 # Candidates per canary for exposure: the canary and 31 draws from its randomness space R. Scoring
@@ -52,17 +57,21 @@ class ProbeSizes:
     """How much data each probe looks at. The defaults keep all probes of one `nano` checkpoint
     to a few seconds on a 2-core CPU (see the README for the measured times)."""
 
-    n_ablation: int = 16          # held-out sequences for head ablation (3 kinds x every head)
+    n_ablation: int = 16          # held-out sequences per head-ablation block (3 kinds x every head) ...
+    # ... blocks are added until every delta's standard error is <= this (nats). 0.005 needed 48 sequences
+    # (3x the sweep time) at step 150 of a nano run, where 16 gave at most 0.0073 (resample, the noisiest).
+    ablation_target_se: float = 0.01
+    n_ablation_max: int = 64      # ... or this many sequences are used (see probes.ablation.head_ablation_probe)
     n_attention: int = 16         # held-out sequences for attention entropy and in-context copying
     n_memorization: int = 64      # seen and held-out sequences for the Pythia score and loss gap
     prefix_len: int = 32          # Pythia memorization: 32-token prefix ...
     suffix_len: int = 32          # ... and 32 greedy tokens compared with the truth
     n_random: int = 8             # repeated-random-token sequences for induction scores
-    random_period: int = 63       # length of each random half (1 + 2*63 = 127 tokens)
+    n_periods: int = 4            # repeat periods (lengths of each random half), see random_periods
     n_frequent: int = 1000        # random tokens are drawn from this many most frequent tokens
     max_new_tokens: int = 128     # repetition continuations (capped so prompt + it fit n_ctx)
     exposure_candidates: int = EXPOSURE_CANDIDATES  # every canary and this many - 1 draws from its R
-    count_tokens: int = 5_000_000  # training tokens counted to find the frequent ones
+    count_tokens: int = FREQUENT_COUNT_TOKENS  # training tokens counted to find the frequent ones
     top_p: float = 0.9            # sampled continuations: nucleus sampling ...
     temperature: float = 1.0      # ... at temperature 1
 
@@ -109,30 +118,6 @@ def heldout_tokens(run_dir: str | os.PathLike, n: int = 16, seed: int | None = N
         raise ValueError(f"{run_dir} has no held-out sequences: the held-out split is shorter than one chunk.")
     val = load_tokens(run_dir, "val", meta)
     return torch.from_numpy(get_chunks(val, order[:n], int(meta["chunk_len"])))
-
-
-def frequent_tokens(train: np.ndarray, vocab_size: int, exclude: set[int], n: int, count_tokens: int) -> np.ndarray:
-    """The `n` most frequent token ids of (the start of) the training split, most frequent first."""
-    counts = np.bincount(np.asarray(train[:count_tokens], dtype=np.int64), minlength=vocab_size)
-    for t in exclude:
-        if 0 <= t < len(counts):
-            counts[t] = 0
-    order = np.lexsort((np.arange(len(counts)), -counts))
-    return order[counts[order] > 0][:n]
-
-
-def repeated_random_tokens(frequent: np.ndarray, n_rows: int, period: int, bos: int, seed: int) -> torch.LongTensor:
-    """[n_rows, 1 + 2*period]: a BOS token, `period` random tokens, and the same tokens again.
-
-    Tokens within a half are distinct when there are enough frequent tokens, so every query in
-    the second half has exactly one earlier occurrence and one induction target."""
-    rng = sub_seed(seed, RANDOM_STREAM)
-    replace = len(frequent) < period
-    rows = []
-    for _ in range(n_rows):
-        half = rng.choice(frequent, size=period, replace=replace)
-        rows.append(np.concatenate([[bos], half, half]))
-    return torch.tensor(np.stack(rows), dtype=torch.long)
 
 
 @dataclass(frozen=True)
@@ -275,8 +260,7 @@ class ProbeInputs:
     sizes: ProbeSizes
     n_ctx: int
     heldout: torch.LongTensor            # [n, chunk_len + 1]; every held-out input is a prefix of it
-    random_tokens: torch.LongTensor      # [n_random, 1 + 2*period]
-    random_period: int
+    random_sets: list[RandomTokenSet]    # one per repeat period, shortest first
     prompt_texts: list[str]
     prompt_tokens: torch.LongTensor      # [n_prompts, P0], each starting with <|endoftext|>
     canaries: list[Canary]
@@ -284,13 +268,35 @@ class ProbeInputs:
     _train: np.ndarray | None = field(default=None, repr=False)
     _seen_rank: np.ndarray | None = field(default=None, repr=False)
 
+    training_periods: tuple[int, int] | None = None  # (MIN, MAX) of the repeats training planted
+
     @property
     def chunk_len(self) -> int:
         return int(self.data_meta["chunk_len"])
 
     @property
+    def random_periods(self) -> list[int]:
+        return [s.period for s in self.random_sets]
+
+    @property
+    def random_tokens(self) -> torch.LongTensor:
+        """The first (shortest) period's repeated rows [n_random, 1 + 2*period]."""
+        return self.random_sets[0].repeated
+
+    @property
+    def random_period(self) -> int:
+        return self.random_sets[0].period
+
+    @property
     def ablation_tokens(self) -> torch.LongTensor:
+        """The first block of head-ablation sequences (what an unsized sweep runs on)."""
         return self.heldout[: self.sizes.n_ablation]
+
+    @property
+    def ablation_pool(self) -> torch.LongTensor:
+        """Every sequence head ablation may use when sized by precision: the first
+        max(n_ablation, n_ablation_max) held-out sequences, taken block by block."""
+        return self.heldout[: max(self.sizes.n_ablation, self.sizes.n_ablation_max)]
 
     @property
     def attention_tokens(self) -> torch.LongTensor:
@@ -306,12 +312,14 @@ class ProbeInputs:
         return training_data_known(self.data_meta)
 
     def tokens_seen(self, step: int) -> int | None:
-        """Training tokens consumed by `step`; None when the run does not know (an imported run,
-        whose checkpoint meta may still say, see probes.runner)."""
+        """Training tokens consumed by `step`, planted repeats included (as the checkpoint's meta
+        counts them); None when the run does not know (an imported run, whose checkpoint meta may
+        still say, see probes.runner)."""
         batch = self.data_meta.get("global_batch")
         if not self.training_data_known or batch is None:
             return None
-        return int(step) * int(batch) * self.chunk_len
+        planted = (self.data_meta.get("planted_repeats") or {}).get("rows_per_step", 0)
+        return int(step) * (int(batch) + int(planted)) * self.chunk_len
 
     def seen(self, step: int) -> torch.LongTensor:
         """Up to n_memorization training sequences that training had consumed by `step`,
@@ -368,7 +376,7 @@ def probe_inputs(run_dir: str | os.PathLike, sizes: ProbeSizes | None = None,
     if len(order) == 0:
         raise ValueError(f"{run_dir} has no held-out sequences: the held-out split is shorter than one chunk.")
     val = load_tokens(run_dir, "val", meta)
-    n_heldout = max(sizes.n_ablation, sizes.n_attention, sizes.n_memorization)
+    n_heldout = max(sizes.n_ablation, sizes.n_ablation_max, sizes.n_attention, sizes.n_memorization)
     heldout = torch.from_numpy(get_chunks(val, order[:n_heldout], chunk_len))
     if len(heldout) < 2:
         raise ValueError(f"{run_dir} has only {len(heldout)} held-out sequence; probes need at least 2.")
@@ -380,10 +388,11 @@ def probe_inputs(run_dir: str | os.PathLike, sizes: ProbeSizes | None = None,
     if len(frequent) == 0:
         split = "training" if source is train else "held-out"
         raise ValueError(f"{run_dir} has an empty {split} split; nothing to draw random tokens from.")
-    period = max(2, min(sizes.random_period, (min(n_ctx, chunk_len) - 1) // 2))
+    training_periods = training_repeat_periods(run.get("train") or {})
+    periods = random_periods(min(n_ctx, chunk_len), sizes.n_periods, training_periods)
     return ProbeInputs(
         run_dir=run_dir, seed=seed, data_meta=meta, sizes=sizes, n_ctx=n_ctx, heldout=heldout,
-        random_tokens=repeated_random_tokens(frequent, sizes.n_random, period, tokenizer.eot_id, seed),
-        random_period=period, prompt_texts=list(REPETITION_PROMPTS), prompt_tokens=prompt_batch(tokenizer),
+        random_sets=random_token_sets(frequent, sizes.n_random, periods, tokenizer.eot_id, seed),
+        training_periods=training_periods, prompt_texts=list(REPETITION_PROMPTS), prompt_tokens=prompt_batch(tokenizer),
         canaries=tokenize_canaries(meta, tokenizer, sizes, n_ctx, seed), eot_id=tokenizer.eot_id, _train=train,
     )

@@ -22,7 +22,7 @@ import torch
 
 from model.gpt import GPT, GenerationCache
 
-from .forward import forward_in_chunks, generate, model_device, rows_for, token_losses
+from .forward import forward_rows, generate, model_device, rows_for, token_stats
 from .inputs import Canary, ProbeInputs
 from .metrics import exposure, extrapolated_exposure, extrapolation_fit, memorization_score
 
@@ -53,15 +53,14 @@ def greedy_scores(model: Any, rows: torch.Tensor, prefix: int, suffix: int) -> t
 
 @torch.no_grad()
 def sequence_losses(model: Any, rows: torch.Tensor) -> torch.Tensor:
-    """Per-position teacher-forced losses [N, P] of [N, P+1] rows."""
+    """Per-position teacher-forced losses [N, P] of [N, P+1] rows, never holding [N, P, V] logits
+    (`probes.forward.token_stats`)."""
     rows = rows.to(model_device(model))
-    out = torch.zeros(rows.shape[0], rows.shape[1] - 1, dtype=torch.float32, device=rows.device)
-
-    def keep(logits: torch.Tensor, sl: slice) -> None:
-        out[sl] = token_losses(logits, rows[sl, 1:])
-
-    forward_in_chunks(model, rows[:, :-1], rows_for(model, rows.shape[1]), keep)
-    return out
+    if len(rows) == 0:
+        return torch.zeros(0, rows.shape[1] - 1, dtype=torch.float32, device=rows.device)
+    step = forward_rows(model, rows.shape[1])
+    return torch.cat([token_stats(model, rows[i:i + step, :-1], rows[i:i + step, 1:]).losses
+                      for i in range(0, len(rows), step)])
 
 
 def score_summary(scores: list[float]) -> dict:
@@ -132,8 +131,8 @@ def continuation_nll(model: Any, head: list[int], tails: list[list[int]]) -> lis
         step = rows_for(model, rows.shape[1] - 1)
         for start in range(0, len(rows), step):
             sl = slice(start, start + step)
-            logits = model(rows[sl, :-1], cache=_expanded(cache, len(rows[sl])))
-            out[sl] = token_losses(logits, rows[sl, 1:]).double()
+            stats = token_stats(model, rows[sl, :-1], rows[sl, 1:], cache=_expanded(cache, len(rows[sl])))
+            out[sl] = stats.losses.double()
         total = total + (out * mask[:, 1:]).sum(-1)
     return [float(v) for v in total]
 

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .forward import entropy_of_logits, generate, model_device, shape_of
+from .forward import generate, model_device, shape_of, token_stats
 from .inputs import SAMPLING_STREAM, ProbeInputs, sub_seed
 from .metrics import distinct_n, find_loop, rep_wrep, seq_rep_n
 
@@ -25,9 +25,9 @@ def sampling_seed(seed: int) -> int:
 def continuation_stats(model: Any, full: torch.Tensor, prompt_len: int) -> tuple[dict, list[dict]]:
     """Metrics of the continuations full[:, prompt_len:], and per-row details."""
     cont = full[:, prompt_len:]
-    # The distribution each continuation token was drawn from (before any top-p truncation).
-    logits = model(full[:, :-1])
-    ent = entropy_of_logits(logits[:, prompt_len - 1:]).double()
+    # The distribution each continuation token was drawn from (before any top-p truncation), its
+    # entropy read out a chunk of positions at a time (no [B, P, V] logits).
+    ent = token_stats(model, full[:, :-1], full[:, 1:], entropy=True).entropy[:, prompt_len - 1:].double()
     rows = []
     for i, row in enumerate(cont.tolist()):
         loop = find_loop(row)

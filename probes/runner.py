@@ -27,12 +27,12 @@ from model.checkpoint import list_checkpoints, load_checkpoint, read_checkpoint_
 from model.runio import RunFileError, read_json
 from model.config import GPTConfig
 from model.device import MAX_THREADS, pick_device
-from model.memory import MARGIN, check_fits, device_available_bytes, forward_bytes, model_bytes
+from model.memory import FORWARD_LOGIT_COPIES, MARGIN, check_fits, device_available_bytes, forward_bytes, model_bytes
 from model.runlayout import result_path, run_json, step_of, summary_path
 from model.tokenizer import load_tokenizer
 
 from .compute import check_only, compute_probes
-from .forward import rows_for
+from .forward import LOSS_CHUNK_BYTES, forward_rows, rows_for
 from .inputs import ProbeSizes, probe_inputs, read_run
 from .results import is_done, read_result, read_results, remove_stale_temp_files, write_result
 from .summary import write_summary
@@ -166,15 +166,25 @@ def run_probes(run_dir: str | os.PathLike, only: Iterable[str] | str | None = No
 
 
 def probe_bytes(cfg: GPTConfig, sizes: ProbeSizes | None) -> int:
-    """Estimated memory of one process probing a checkpoint of `cfg`: the weights plus the largest
-    forward, with explicit attention patterns (the attention and induction probes hook them).
-    Its rows: the largest probe batch, or the logit-budget chunk (probes.forward.rows_for) that
-    the memorization and exposure forwards and the widened head-ablation sweep are split into."""
+    """Estimated memory of one process probing a checkpoint of `cfg`: the weights, the widest
+    forward's activations with explicit attention patterns (the attention and induction probes
+    hook them), and the largest logits any probe holds at once.
+
+    No probe holds [B, P, V] logits for a whole batch any more: teacher-forced losses are read out
+    a chunk of positions at a time (probes.forward.LOSS_CHUNK_BYTES), the widened head-ablation
+    sweep and the memorization forwards are split into `forward_rows` rows, and only greedy
+    generation and canary exposure still hold whole logits, within the logit budget of
+    probes.forward.rows_for (a prompt's forward). The sweep also keeps every layer's input."""
     s = sizes or ProbeSizes()
-    chunk = rows_for(SimpleNamespace(cfg=cfg), cfg.n_ctx + 1)  # rows_for reads only model.cfg
-    chunked = max(s.n_memorization, s.exposure_candidates, s.n_ablation * cfg.n_head)
-    rows = max(s.n_ablation, s.n_attention, s.n_random, min(chunked, chunk))
-    return model_bytes(cfg) + forward_bytes(cfg, rows, cfg.n_ctx, explicit_attention=True)
+    fake = SimpleNamespace(cfg=cfg)  # forward_rows and rows_for read only model.cfg
+    P = cfg.n_ctx
+    chunked = max(s.n_memorization, s.n_ablation * cfg.n_head)
+    rows = max(s.n_ablation, s.n_attention, s.n_random, min(chunked, forward_rows(fake, P)))
+    with_logits = forward_bytes(cfg, rows, P, explicit_attention=True)
+    activations = with_logits - 4 * rows * P * FORWARD_LOGIT_COPIES * cfg.vocab_size
+    logits = FORWARD_LOGIT_COPIES * max(LOSS_CHUNK_BYTES, 4 * rows_for(fake, P) * P * cfg.vocab_size)
+    cached = 2 * 4 * cfg.n_layer * s.n_ablation * P * cfg.n_embd  # the clean pass's input and z of every layer
+    return model_bytes(cfg) + activations + logits + cached
 
 
 def jobs_that_fit(todo: list[Path], sizes: ProbeSizes | None, device: str, jobs: int) -> int:

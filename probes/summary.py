@@ -4,7 +4,6 @@ thresholds written into summary.json itself so a reader never has to guess how i
 """
 from __future__ import annotations
 
-import math
 import os
 from typing import Any
 
@@ -13,6 +12,8 @@ from model.runlayout import summary_path
 
 from .results import read_results
 from .emergence import first_at_or_above, largest_sustained_rise, sustained_crossing, sustained_fall, sustained_rise
+from .trajectory import (TRAJECTORY_RULE, induction_circuit, is_number, loss_trajectory,
+                         oriented, principal_trajectory, value_at)  # re-exported: summary's public names
 
 SUMMARY_VERSION = 1
 
@@ -25,7 +26,8 @@ THRESHOLDS = {
     "concentration_min_rise": 0.1,   # head-importance concentration needs the Gini level to rise this much
     "rise_sustain_share": 0.75,      # ... and this share of the later checkpoints to keep half the rise
     "rise_noise_z": 6,               # ... and the rise to be this many noise levels (scaled to the split)
-    "abrupt_max_intervals": 2,       # abrupt = the climb takes at most this many checkpoint intervals
+    "abrupt_max_intervals": 2,       # abrupt = the climb takes at most this many checkpoint intervals ...
+    "abrupt_max_share": 0.25,        # ... or at most this share of the training steps up to its end
     "transition_band": 0.2,          # the climb runs from within this share of the rise of one level to the other
     "head_importance_min": 0.02,     # heads "matter" once the top head's zero-ablation loss increase is this (nats)
 }
@@ -42,7 +44,9 @@ RULES = {
         "the emergence step where it stays below the threshold for {persist} checkpoints."),
     "induction": (
         "Metric induction.induction.max (best head's diagonal induction score on repeated random "
-        "tokens). Phase change = a rise of level, found as follows. Each split between two "
+        "tokens, each head's score the mean over the repeat periods induction.random_periods, taken "
+        "outside the periods training planted repeats at; induction.induction_control beside it is the "
+        "same attention on fresh tokens, high for a head that attends by position alone). Phase change = a rise of level, found as follows. Each split between two "
         "consecutive checkpoints (by index, so uneven spacing favours none) describes the series by "
         "two levels: the median of the values up to the split (before) and after it (after); rise = "
         "after - before. A split qualifies when rise >= {induction_min_rise}, the rise is sustained "
@@ -58,12 +62,16 @@ RULES = {
         "climb, from the last checkpoint within {transition_band:.0%} of the rise of the before level "
         "to the first within "
         "{transition_band:.0%} of the after level, takes at most {abrupt_max_intervals} checkpoint "
-        "intervals (transition_from_step, transition_to_step), gradual otherwise; a slow ramp whose "
+        "intervals or at most {abrupt_max_share:.0%} of the training steps up to its end (so "
+        "checkpoints made dense around a change do not make it gradual) (transition_from_step, "
+        "transition_to_step, transition_steps), gradual otherwise; a slow ramp whose "
         "levels differ by at least the minimum is detected and called gradual. note says when a "
         "level rests on one checkpoint (a jump at the last pair). The ICL score "
         "(induction.icl_score.value: mean held-out loss over late positions minus over early ones; "
         "each result names them in early_positions and late_positions, [start, end)) is given beside "
-        "it as medians over the same checkpoints before and after. The same rule is applied "
+        "it as medians over the same checkpoints before and after, and so is the repeated-text gap "
+        "(induction.repeated_text_loss.gap: held-out loss on a span's repeat minus on its first "
+        "occurrence, the same tokens). The same rule is applied "
         "separately to the in-distribution copying score (induction.in_context_copying.max); the two "
         "are never merged."),
     "memorization": (
@@ -81,11 +89,8 @@ RULES = {
 }
 
 SKIP_KEYS = {"continuations", "seconds", "items", "seen_examples", "sampling", "note", "version", "step",
-             "tokens", "best_induction"}
-
-
-def is_number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v))
+             "tokens", "best_induction", "token_losses", "position_loss", "random_periods", "unseen_periods",
+             "training_repeat_periods"}
 
 
 def is_matrix(v: Any) -> bool:
@@ -122,12 +127,6 @@ def canary_copies(series: dict[str, list]) -> list[int]:
         if key.startswith("memorization.canaries.copies_") and key.endswith(".extracted_fraction"):
             out.add(int(key.split("copies_")[1].split(".")[0]))
     return sorted(out)
-
-
-def value_at(steps: list[int], values: list | None, step: int | None) -> float | None:
-    if values is None or step is None or step not in steps:
-        return None
-    return values[steps.index(step)]
 
 
 def learning_started(steps: list[int], series: dict[str, list]) -> int | None:
@@ -178,7 +177,7 @@ def best_head(heads: dict[str, list], key: str, steps: list[int], step: int | No
 
 
 RISE_KEYS = ("step", "from_step", "rise", "rate", "detected", "before", "after", "jump", "reason", "sustained",
-             "kept_share", "noise", "n_before", "n_after", "kind", "abrupt", "transition_from_step",
+             "kept_share", "noise", "n_before", "n_after", "kind", "abrupt", "transition_from_step", "transition_steps",
              "transition_to_step", "transition_intervals", "note")
 
 
@@ -190,7 +189,8 @@ def rise_emergence(steps: list[int], series: dict[str, list], key: str, min_rise
     out["detected"] = False
     found = largest_sustained_rise(
         steps, values, min_rise, sustain_share=THRESHOLDS["rise_sustain_share"], noise_z=THRESHOLDS["rise_noise_z"],
-        abrupt_max_intervals=THRESHOLDS["abrupt_max_intervals"], band=THRESHOLDS["transition_band"]) if values else None
+        abrupt_max_intervals=THRESHOLDS["abrupt_max_intervals"], band=THRESHOLDS["transition_band"],
+        abrupt_max_share=THRESHOLDS["abrupt_max_share"]) if values else None
     if found:
         out.update(found)
     else:
@@ -218,6 +218,13 @@ def induction_emergence(steps: list[int], series: dict[str, list], heads: dict[s
     out["icl_after"] = level(steps, icl, out["step"], None) if found else None
     out["icl_change"] = (None if out["icl_before"] is None or out["icl_after"] is None
                          else out["icl_after"] - out["icl_before"])
+    gap = series.get("induction.repeated_text_loss.gap")
+    out["repeated_text_metric"] = "induction.repeated_text_loss.gap"
+    out["repeated_text_gap_before"] = level(steps, gap, None, out["from_step"]) if found else None
+    out["repeated_text_gap_after"] = level(steps, gap, out["step"], None) if found else None
+    out["repeated_text_gap_change"] = (None if out["repeated_text_gap_before"] is None
+                                       or out["repeated_text_gap_after"] is None
+                                       else out["repeated_text_gap_after"] - out["repeated_text_gap_before"])
     out["best_head"] = best_head(heads, "induction.induction", steps, out["step"])
     values = series.get("induction.induction.max") or []
     known = [v for v in values if v is not None]
@@ -285,13 +292,16 @@ def summarize(results: dict[int, dict]) -> dict:
     head_keys = sorted({k for _, hd in per_step for k in hd})
     series = {k: [sc.get(k) for sc, _ in per_step] for k in scalar_keys}
     heads = {k: [hd.get(k) for _, hd in per_step] for k in head_keys}
+    found = emergence(steps, series, heads)
     return {
         "version": SUMMARY_VERSION,
         "steps": steps,
         "tokens": [results[s].get("tokens") for s in steps],
         "series": series,
         "heads": heads,
-        "emergence": emergence(steps, series, heads),
+        "emergence": found,
+        "induction_circuit": induction_circuit(steps, heads, found["induction"]),
+        "trajectory": loss_trajectory(results),
         "thresholds": dict(THRESHOLDS),
         "rules": rules(),
     }

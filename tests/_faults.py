@@ -175,3 +175,24 @@ def finish(p: subprocess.Popen, timeout: float = 300) -> str:
         p.kill()
         p.communicate()
         raise AssertionError(f"processes {left} of the killed child were still running {timeout} s later") from None
+
+
+# `python -c KILL_AT_FSYNC N ARGS...`: `python -m train ARGS...` that SIGKILLs itself at its N-th
+# directory fsync, i.e. in the middle of a checkpoint, state or run.json write (atomic writes
+# fsync the folder last), so a test can kill training or a fill-in at any write it chooses.
+KILL_AT_FSYNC = """
+import os, signal, sys
+import model.checkpoint as ck, model.runio as runio
+n_calls, die_at = 0, int(sys.argv[1])
+real = runio.fsync_dir
+def fsync_then_maybe_die(path):
+    global n_calls
+    n_calls += 1
+    if n_calls == die_at:
+        os.kill(os.getpid(), signal.SIGKILL)
+    real(path)
+ck.fsync_dir = runio.fsync_dir = fsync_then_maybe_die
+from train import main
+sys.exit(main(sys.argv[2:]))
+"""
+

@@ -78,7 +78,7 @@ PAGE_CHARTS = {
     "attention": {"entropy", "sink", "entropy_map", "sink_map", "pattern"},
     "memorization": {"memorization", "canaries_at_step", "canaries_over_training"},
     "repetition": {"seq_rep", "panel0", "panel1", "panel2", "panel3"},
-    "induction": {"induction_overview", "per_head", "induction_map"},
+    "induction": {"induction_overview", "per_head", "induction_map", "trajectory", "position_loss"},
 }
 
 
@@ -139,6 +139,36 @@ def test_interactive_ablation_changes_the_loss_only_when_heads_are_ablated(roots
 
     at.multiselect(key="ablate_heads").set_value([]).run()
     assert float(metric(at, "Loss with ablation").value) == clean
+
+
+def test_heads_page_shows_the_attribution_estimate_with_its_agreement(roots, monkeypatch):
+    """Exact ablation stays the default; the estimate, once chosen, is drawn from the stored
+    matrix and always captioned as a first-order estimate with its Spearman and top-3 agreement
+    with the exact sweep at that checkpoint."""
+    run = roots["computed"] / "small"
+    results = probes.read_results(run)
+    steps = sorted(results)
+    at = open_app(roots["computed"], monkeypatch, "heads")
+    assert at.radio(key="heatmap_source").value == "exact ablation"
+    chart_titled(at, "Loss increase when one head is zero-ablated")
+    at.radio(key="heatmap_source").set_value("attribution estimate").run()
+    for step, kind in ((steps[-1], "zero"), (steps[-1], "resample"), (steps[1], "mean")):
+        at.select_slider(key="step").set_value(step).run()
+        at.radio(key="kind").set_value(kind).run()
+        assert_no_exception(at, f"heads, estimate, {kind}, step {step}")
+        stored = results[step]["head_ablation"]
+        heat = chart_titled(at, f"Estimated loss increase (first order) when one head is {kind}-ablated")
+        assert close(heat["data"][0]["z"], stored["attribution"][kind])
+        assert f"step {step}" in heat["layout"]["title"]["text"]
+        agree = stored["attribution_agreement"][kind]
+        (caption,) = [c.value for c in at.caption if "First-order estimate" in c.value]
+        assert f"step {step}" in caption and kind in caption
+        assert f"Spearman rank correlation {agree['spearman']:.2f}" in caption, caption
+        assert f"top-3 overlap {agree['top3_overlap']:.2f}" in caption, caption
+    at.radio(key="heatmap_source").set_value("exact ablation").run()
+    heat = chart_titled(at, "Loss increase when one head is mean-ablated")
+    assert close(heat["data"][0]["z"], results[steps[1]]["head_ablation"]["mean"])
+    assert not [c for c in at.caption if "First-order estimate" in c.value]
 
 
 @pytest.mark.parametrize("kind", ["zero", "mean", "resample"])
@@ -319,3 +349,25 @@ def test_failed_run_and_unreadable_or_partial_probe_files_still_draw(tmp_path, m
         assert len(charts(at)) >= 1, page
     at.switch_page("views/heads.py").run()
     assert [int(s) for s in at.select_slider(key="step").options] == [0, 1]  # step 4 has no ablation data
+
+
+def test_induction_page_shows_each_heads_scores_the_circuit_and_the_trajectory(roots, monkeypatch):
+    run = roots["computed"] / "small"
+    results = probes.read_results(run)
+    summary = read_json(run / "probes" / "summary.json")
+    steps = sorted(results)
+    at = open_app(roots["computed"], monkeypatch, "induction")
+    assert_no_exception(at, "induction")
+    drawn = chart_keys(at)
+    panels = drawn["per_head"]
+    for trace in panels["data"]:
+        key = {"induction": "induction", "previous token": "previous_token", "in-context copying": "in_context_copying",
+               "induction control (fresh tokens)": "induction_control"}[trace["meta"]["score"]]
+        layer, head = trace["meta"]["layer"], trace["meta"]["head"]
+        assert close(trace["y"], [results[s]["induction"][key][layer][head] for s in steps])
+    l, h = summary["induction_circuit"]["induction_head"]
+    assert f"Induction head: L{l}H{h}" in texts(at.caption)
+    assert "repeat periods " + ", ".join(map(str, results[steps[-1]]["induction"]["random_periods"])) in texts(at.caption)
+    path = drawn["trajectory"]["data"][0]
+    assert close(path["x"], summary["trajectory"]["pc1"]) and close(path["y"], summary["trajectory"]["pc2"])
+    assert len(drawn["position_loss"]["data"]) == len(steps)

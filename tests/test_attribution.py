@@ -18,13 +18,7 @@ KINDS = ("zero", "mean", "resample")
 SEED = 3  # weights and tokens of the tiny models below
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small ops on a shared 2-core machine run far faster on one thread than on two."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_model(dtype: torch.dtype) -> GPT:
@@ -207,3 +201,52 @@ def test_agreement_refuses_mismatched_shapes():
 
 def test_exported_from_probes():
     assert probes.head_attribution is head_attribution
+
+
+# -- stored with the exact sweep in the head_ablation result ---------------------------------
+def test_probe_stores_the_first_block_estimate_and_its_agreement_with_the_stored_sweep():
+    """Three blocks of 4 sequences: the estimate is the one of the first block (the batch an
+    unsized sweep would use), the agreement is against the exact matrices stored beside it."""
+    from probes.ablation import head_ablation_probe
+
+    model, tokens = tiny_model(torch.float64), tiny_tokens(batch=12)
+    res = head_ablation_probe(model, tokens, block=4, target_se=1e-12, max_sequences=12)
+    assert res["n_sequences"] == 12 and res["attribution_sequences"] == 4
+    for kind in KINDS:
+        est = np.array(res["attribution"][kind])
+        assert np.allclose(est, head_attribution(model, tokens[:4], kind), rtol=1e-12, atol=0), kind
+        assert not np.allclose(est, head_attribution(model, tokens, kind)), kind  # not all 12 sequences
+        want = agreement(est, np.array(res[kind]))
+        assert res["attribution_agreement"][kind] == pytest.approx(want), kind
+    assert res["seconds"]["attribution"] >= 0
+    assert "attribution" not in head_ablation_probe(model, tokens[:4], attribution=False)
+
+
+def test_agreement_in_the_runners_result_files_equals_agreement_of_the_stored_matrices():
+    """Through the real probes runner and its JSON files: what the app shows next to the
+    estimate is exactly `agreement` of the two matrices the file holds."""
+    from app_fixtures import probe_result
+
+    for step in (0, 4, 16):
+        res = probe_result(step)["head_ablation"]
+        for kind in KINDS:
+            est, exact = np.array(res["attribution"][kind]), np.array(res[kind])
+            assert est.shape == exact.shape == (2, 2)
+            want = agreement(est, exact)
+            got = res["attribution_agreement"][kind]
+            assert set(got) == {"spearman", "top3_overlap"}
+            assert got["top3_overlap"] == pytest.approx(want["top3_overlap"]), (step, kind)
+            if np.isnan(want["spearman"]):
+                assert got["spearman"] is None, (step, kind)
+            else:
+                assert got["spearman"] == pytest.approx(want["spearman"]), (step, kind)
+
+
+def test_an_undefined_spearman_is_stored_as_none_for_strict_json():
+    import json
+    from probes.attribution import attribution_result
+
+    model, tokens = tiny_model(torch.float32), tiny_tokens()
+    out = attribution_result(model, tokens, {"zero": np.ones((2, 4))})
+    assert out["attribution_agreement"]["zero"]["spearman"] is None
+    json.dumps(out, allow_nan=False)

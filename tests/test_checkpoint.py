@@ -361,14 +361,81 @@ STATE = {"step": 7, "optimizer": {"state": {0: {"exp_avg": torch.randn(3, 4)}}, 
 def test_state_round_trip_and_only_latest_kept(tmp_path):
     run = tmp_path / "run"
     assert not ck.has_state(run)
-    save_state(run, 5, {"step": 5})
-    save_state(run, 7, STATE)
+    save_state(run, 5, {"step": 5}, keep_older=False)
+    save_state(run, 7, STATE, keep_older=False)
     assert ck.has_state(run)
     loaded = load_state(run)
     assert loaded["step"] == 7 and loaded["data_position"] == 1234 and loaded["rng"]["python"] == [3, (1, 2), None]
     assert torch.equal(loaded["optimizer"]["state"][0]["exp_avg"], STATE["optimizer"]["state"][0]["exp_avg"])
     assert torch.equal(loaded["rng"]["torch"], STATE["rng"]["torch"])
-    assert sorted(p.name for p in (run / "state").iterdir()) == ["latest.json", "state_000007.pt"]
+    assert sorted(p.name for p in (run / "state").iterdir()) == ["latest.json", "state_000007.json", "state_000007.pt"]
+    assert ck.kept_state_steps(run) == [7]
+    with pytest.raises(CheckpointError, match="keeps no training state of step 5"):
+        load_state(run, 5)
+
+
+def test_every_state_is_kept_and_loads_by_step(tmp_path):
+    run = tmp_path / "run"
+    for step in (0, 5, 7):
+        save_state(run, step, {"step": step, "x": torch.full((3,), float(step))})
+    assert sorted(p.name for p in (run / "state").iterdir()) == [
+        "latest.json", "state_000000.json", "state_000000.pt", "state_000005.json", "state_000005.pt",
+        "state_000007.json", "state_000007.pt"]
+    assert ck.kept_state_steps(run) == [0, 5, 7]
+    for step in (0, 5, 7):
+        loaded = load_state(run, step)
+        assert loaded["step"] == step and torch.equal(loaded["x"], torch.full((3,), float(step)))
+    assert load_state(run)["step"] == 7  # the latest, as --resume reads it
+    assert (run / "state" / "latest.json").read_bytes() == (run / "state" / "state_000007.json").read_bytes()
+    # keep_older=False drops every older state and record once latest.json points past them
+    save_state(run, 9, {"step": 9}, keep_older=False)
+    assert ck.kept_state_steps(run) == [9]
+    assert sorted(p.name for p in (run / "state").iterdir()) == ["latest.json", "state_000009.json", "state_000009.pt"]
+
+
+def test_a_run_from_before_state_records_loads_its_latest_by_step(tmp_path):
+    run = tmp_path / "run"
+    save_state(run, 7, STATE)
+    (run / "state" / "state_000007.json").unlink()  # only latest.json, as older runs have
+    assert ck.kept_state_steps(run) == [7]
+    assert load_state(run, 7)["step"] == 7
+
+
+STATE_RECORD_EDITS = {
+    "step": lambda x: x.update(step=7),
+    "sha256": lambda x: x.update(sha256="0" * 64),
+    "seal removed": lambda x: x.pop(ck.SEAL),
+}
+
+
+@pytest.mark.parametrize("edit", sorted(STATE_RECORD_EDITS))
+def test_every_edit_of_a_kept_state_record_is_refused_naming_it(tmp_path, edit):
+    run = tmp_path / "run"
+    save_state(run, 5, {"step": 5})
+    save_state(run, 7, STATE)
+    record = run / "state" / "state_000005.json"
+    edit_json(record, STATE_RECORD_EDITS[edit])
+    with pytest.raises(CheckpointError, match="edited or is corrupt|written before state_000005.json carried") as e:
+        load_state(run, 5)
+    assert e.value.path == record
+    assert load_state(run)["step"] == 7  # the others are unaffected
+
+
+def test_a_kept_state_is_verified_like_the_latest(tmp_path):
+    run = tmp_path / "run"
+    save_state(run, 5, {"step": 5})
+    save_state(run, 7, STATE)
+    path = run / "state" / "state_000005.pt"
+    b = bytearray(path.read_bytes())
+    b[len(b) // 2] ^= 0x10
+    path.write_bytes(bytes(b))
+    with pytest.raises(CheckpointError, match="sha256 does not match") as e:
+        load_state(run, 5)
+    assert e.value.path == path
+    # a record resealed to claim another step is refused: it says 7 but lies under step 5's name
+    (run / "state" / "state_000005.json").write_bytes((run / "state" / "state_000007.json").read_bytes())
+    with pytest.raises(CheckpointError, match="says step 7, but is the record of step 5"):
+        load_state(run, 5)
 
 
 def corrupt_state(run: Path, how: str) -> Path:

@@ -171,3 +171,45 @@ def test_training_batches_are_the_seen_chunks(small_run):
     for step in range(1, 5):
         used += sample_chunk_ids(meta["seed"], n, (step - 1) * 8, step * 8).tolist()
     assert np.array_equal(seen_chunk_ids(meta, 4), np.unique(used))
+
+
+def test_text_corpus_plants_canaries_that_the_probes_measure(tmp_path):
+    """text:PATH gets the canaries stories gets (same generator, same record in data.json), each
+    copy its own training document, none held out; the memorization probe has exposure rows."""
+    from model.runlayout import result_path
+    from probes.results import read_result
+    from probes.runner import run_probes
+    from train.stories import make_canaries
+
+    corpus_file = tmp_path / "stories.txt"
+    corpus_file.write_text("\n\n".join(generate_stories(5, "train", 60_000)))
+    run = tmp_path / "runs" / "text"
+    assert main(["--out", str(run), "--data", f"text:{corpus_file}", "--steps", "2", "--batch-size", "2",
+                 "--n-layer", "1", "--n-embd", "32", "--n-head", "2", "--n-ctx", "64", "--vocab-size", "2000",
+                 "--eval-batches", "1", "--sample-tokens", "2", "--device", "cpu", "--threads", "1", "--seed", "9",
+                 "--canary-copies", "1,4", "--canaries-per-count", "2"]) == 0
+    meta = read_data_meta(run)
+    assert meta["canaries"] == make_canaries(9, (1, 4), 2)  # recorded exactly as stories records them
+    assert [c["copies"] for c in meta["canaries"]] == [1, 1, 4, 4]
+    tok = load_tokenizer(run)
+    train = np.asarray(load_tokens(run, "train", meta), dtype=np.int64)
+    val = np.asarray(load_tokens(run, "val", meta), dtype=np.int64)
+    for c in meta["canaries"]:
+        ids = tok.encode(c["text"])
+        assert tok.unk_id not in ids
+        assert count_occurrences(train, ids) == c["copies"]
+        assert count_occurrences(val, ids[:40]) == 0
+    # each copy is its own document: followed by <|endoftext|> and preceded by one (or the start)
+    ids = tok.encode(meta["canaries"][2]["text"])
+    windows = np.lib.stride_tricks.sliding_window_view(train, len(ids))
+    for start in np.flatnonzero(np.all(windows == np.asarray(ids), axis=1)):
+        assert train[start + len(ids)] == tok.eot_id and (start == 0 or train[start - 1] == tok.eot_id)
+
+    assert run_probes(run, only="memorization", steps=[2]) == [2]
+    groups = read_result(result_path(run, 2))["memorization"]["canaries"]
+    assert [g["copies"] for g in groups] == [1, 4]
+    items = [it for g in groups for it in g["items"]]
+    assert sorted(it["id"] for it in items) == sorted(c["id"] for c in meta["canaries"])
+    for it in items:
+        assert it["exposure"] is not None and it["n_candidates"] > 1
+        assert it["randomness_space_log2"] and it["randomness_space_log2"] > 0  # drawn from R, |R| known

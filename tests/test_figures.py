@@ -34,6 +34,42 @@ def test_head_heatmap_puts_layers_on_y_and_heads_on_x():
     assert (box.x0, box.x1, box.y0, box.y1) == (1.5, 2.5, 0.5, 1.5)
 
 
+def test_head_heatmap_hover_reads_value_plus_minus_its_standard_error():
+    m = [[0.1, 0.2, 0.3], [1.1, 1.2, 1.3]]
+    se = [[0.01, 0.02, 0.03], [0.11, 0.12, 0.13]]
+    fig = figures.head_heatmap(m, "t", "Δ loss", clickable=True, errors=se)
+    hm, cells = fig.data
+    assert [list(r) for r in hm.customdata] == se and "± %{customdata:.4f}" in hm.hovertemplate
+    # the click targets carry (value, SE) for the cell they sit on: layer 1, head 2 is the last one
+    assert list(cells.customdata[-1]) == [1.3, 0.13] and (cells.x[-1], cells.y[-1]) == (2, 1)
+    assert "± %{customdata[1]:.4f}" in cells.hovertemplate
+    plain = figures.head_heatmap(m, "t", "Δ loss")
+    assert plain.data[0].customdata is None and "±" not in plain.data[0].hovertemplate
+    with pytest.raises(ValueError, match="shape 2 x 3"):
+        figures.head_heatmap(m, "t", "Δ loss", errors=[[0.1, 0.2]])
+
+
+def test_ablation_precision_note_states_n_tokens_se_and_target():
+    note = figures.ablation_precision_note({"target_se": 0.005, "achieved_se": 0.0031, "n_sequences": 32,
+                                            "tokens": 16384})
+    assert "32 held-out sequences (16,384 tokens)" in note and "0.0031 nats" in note and "met" in note
+    missed = figures.ablation_precision_note({"target_se": 0.001, "achieved_se": 0.0031, "n_sequences": 64,
+                                              "tokens": 32768})
+    assert "not met" in missed
+    assert figures.ablation_precision_note(None) is None and figures.ablation_precision_note({}) is None
+
+
+def test_small_multiples_draw_standard_errors_as_error_bars():
+    steps, mats = R.matrices(RESULTS, "head_ablation.zero")
+    errors = [[[0.001 * (s + 1) * (l + 1) + h for h in range(4)] for l in range(3)] for s in range(len(steps))]
+    errors[0] = None  # a step computed before standard errors were recorded
+    fig = figures.head_small_multiples(steps, mats, "t", "Δ", log_x=False, errors=errors)
+    for tr in fig.data:
+        l, h = tr.meta["layer"], tr.meta["head"]
+        assert list(tr.error_y.array) == [None] + [pytest.approx(errors[i][l][h]) for i in range(1, len(steps))]
+    assert figures.head_small_multiples(steps, mats, "t", "Δ", log_x=False).data[0].error_y.array is None
+
+
 def test_small_multiples_one_line_per_head_per_layer_with_values_over_steps():
     steps, mats = R.matrices(RESULTS, "head_ablation.zero")
     assert steps == STEPS
@@ -327,3 +363,75 @@ def test_icl_wording_names_the_averaged_positions():
     assert R.icl_definition(old) == "held-out loss near position 30 minus near position 5"
     assert R.icl_label(old) == "ICL score (loss late − early)"
     assert R.icl_definition(0.5) is None and R.icl_definition({"value": 1.0}) is None
+
+
+# -- induction page: heads forming, loss trajectory, loss by position ---------------------------
+def test_induction_head_panels_one_panel_per_head_with_each_score_and_the_control():
+    series = {name: R.matrices(RESULTS, f"induction.{key}") for name, key in
+              (("induction", "induction"), ("previous token", "previous_token"),
+               ("in-context copying", "in_context_copying"))}
+    control = R.matrices(RESULTS, "induction.induction_control")
+    assert control[0] == STEPS
+    fig = figures.induction_head_panels(series, control, "t", log_x=False, marks={"phase change": 4},
+                                        highlight={"induction head": [2, 3], "previous-token head": [1, 0]})
+    assert len(fig.data) == 4 * 3 * 4  # 3 scores + the control, for each of 3 layers x 4 heads
+    for trace in fig.data:
+        layer, head, name = trace.meta["layer"], trace.meta["head"], trace.meta["score"]
+        key = {"induction": "induction", "previous token": "previous_token", "in-context copying": "in_context_copying",
+               "induction control (fresh tokens)": "induction_control"}[name]
+        assert list(trace.x) == STEPS
+        assert list(trace.y) == [RESULTS[s]["induction"][key][layer][head] for s in STEPS]
+        assert (trace.line.dash == "dash") == trace.meta["control"] == (key == "induction_control")
+        # every head sits in its own panel: layer as the row, head as the column
+        suffix = figures._axis_suffix(layer + 1, head + 1, 4)
+        assert trace.xaxis == f"x{suffix}" and trace.yaxis == f"y{suffix}"
+    titles = [a.text for a in fig.layout.annotations]
+    assert "L2H3 · induction head" in titles and "L1H0 · previous-token head" in titles and "L0H0" in titles
+    boxes = {(s.xref, s.name) for s in fig.layout.shapes if s.type == "rect"}
+    assert boxes == {(f"x{figures._axis_suffix(3, 4, 4)} domain", "induction head"),
+                     (f"x{figures._axis_suffix(2, 1, 4)} domain", "previous-token head")}
+    assert any(a.text == "phase change: step 4" for a in fig.layout.annotations)
+
+
+def test_loss_trajectory_draws_the_checkpoints_in_order_and_stars_the_change():
+    fig = figures.loss_trajectory([0, 10, 20], [-1.0, 0.5, 0.5], [0.2, -0.4, 0.2], [0.7, 0.2], mark_step=10)
+    path, star = fig.data
+    assert list(path.x) == [-1.0, 0.5, 0.5] and list(path.y) == [0.2, -0.4, 0.2]
+    assert list(path.text) == ["0", "10", "20"] and "lines" in path.mode
+    assert star.marker.symbol == "star" and (star.x[0], star.y[0]) == (0.5, -0.4) and "step 10" in star.name
+    assert fig.layout.xaxis.title.text == "PC1 (70% of variance)" and fig.layout.yaxis.title.text == "PC2 (20% of variance)"
+    assert len(figures.loss_trajectory([0, 10], [0, 1], [0, 0], [1.0, 0.0], mark_step=None).data) == 1
+
+
+def test_position_loss_one_line_per_checkpoint_coloured_by_step():
+    steps, curves = R.position_losses(RESULTS)
+    assert steps == STEPS and all(len(c) == 64 for c in curves)  # the fixture run's context
+    assert curves[2] == RESULTS[2]["induction"]["position_loss"]
+    fig = figures.position_loss_curves(steps, curves)
+    assert [t.meta["step"] for t in fig.data] == STEPS and [list(t.y) for t in fig.data] == curves
+    colours = [t.line.color for t in fig.data]
+    assert len(set(colours)) == len(STEPS) and colours[0] == "rgb(68, 1, 84)"  # Viridis starts dark
+
+
+def test_circuit_caption_and_trajectory_helpers():
+    circuit = {"induction_head": [1, 2], "previous_token_head": [0, 3], "step": 200, "at_step": 800,
+               "induction_score": 0.61, "control": 0.02, "previous_token_score": 0.9}
+    text = R.circuit_caption(circuit)
+    assert text == ("Induction head: L1H2 (score 0.610, control on fresh tokens 0.020); previous-token head in an "
+                    "earlier layer: L0H3 (score 0.900), at step 800. Phase change at step 200.")
+    assert "No induction phase change" in R.circuit_caption(dict(circuit, step=None))
+    assert R.circuit_caption({"induction_head": None}) is None and R.circuit_caption(None) is None
+    assert R.trajectory({"trajectory": {"steps": [0], "pc1": [0.0], "pc2": [0.0]}}) is None
+    good = {"steps": [0, 1], "pc1": [0.0, 1.0], "pc2": [0.0, 0.0]}
+    assert R.trajectory({"trajectory": good}) == good and R.trajectory(None) is None
+
+
+def test_change_caption_says_what_moved_at_the_phase_change_and_which_way():
+    from app.results import change_caption
+    entry = {"step": 725, "icl_before": -0.0105, "icl_after": 0.0634,
+             "repeated_text_gap_before": 0.0388, "repeated_text_gap_after": -0.0914}
+    text = change_caption(entry)
+    assert "ICL score -0.011 → +0.063 nats (did not improve" in text
+    assert "repeat minus first copy +0.039 → -0.091 nats (improved" in text
+    assert change_caption({"step": None, "icl_before": 1.0, "icl_after": 0.0}) is None
+    assert change_caption({"step": 5}) is None

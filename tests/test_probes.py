@@ -29,6 +29,9 @@ REQUIRED_KEYS = [
     "head_ablation.clean_loss", "head_ablation.zero", "head_ablation.mean", "head_ablation.resample",
     "head_ablation.gini.zero", "head_ablation.gini.mean", "head_ablation.gini.resample",
     "head_ablation.top_share.zero", "head_ablation.top_share.mean", "head_ablation.top_share.resample",
+    "head_ablation.delta_se.zero", "head_ablation.delta_se.mean", "head_ablation.delta_se.resample",
+    "head_ablation.precision.target_se", "head_ablation.precision.achieved_se",
+    "head_ablation.precision.n_sequences", "head_ablation.precision.tokens",
     "attention_entropy.raw", "attention_entropy.normalized", "attention_entropy.sink_mass",
     "memorization.seen.mean_score", "memorization.seen.memorized_fraction", "memorization.seen.n",
     "memorization.held_out.mean_score", "memorization.held_out.memorized_fraction", "memorization.held_out.n",
@@ -47,13 +50,7 @@ def get(d: dict, path: str):
     return d
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small ops on a shared 2-core machine run far faster on one thread than on two."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -377,9 +374,17 @@ def test_compute_probes_returns_every_result_key_with_finite_values(run):
     for key in REQUIRED_KEYS:
         get(result, key)
     L, H = model.cfg.n_layer, model.cfg.n_head
-    for key in ("head_ablation.zero", "attention_entropy.normalized", "induction.induction"):
+    for key in ("head_ablation.zero", "head_ablation.delta_se.resample", "attention_entropy.normalized",
+                "induction.induction"):
         m = np.asarray(get(result, key))
         assert m.shape == (L, H) and np.isfinite(m).all()
+    precision = result["head_ablation"]["precision"]
+    assert precision["target_se"] == SMALL.ablation_target_se
+    assert precision["achieved_se"] == pytest.approx(max(np.max(v) for v in result["head_ablation"]["delta_se"].values()))
+    assert precision["n_sequences"] == result["head_ablation"]["n_sequences"] >= SMALL.n_ablation
+    assert precision["tokens"] == precision["n_sequences"] * result["head_ablation"]["n_positions"]
+    # blocks stop once the target is met, or at the cap (or when the held-out sequences run out)
+    assert precision["achieved_se"] <= SMALL.ablation_target_se or precision["n_sequences"] > SMALL.n_ablation
     assert {g["copies"] for g in result["memorization"]["canaries"]} == {1, 8}
     assert {c["decoding"] for c in result["repetition"]["continuations"]} == {"greedy", "sampled"}
     assert result["memorization"]["seen"]["n"] == 6 and result["memorization"]["held_out"]["n"] == 6

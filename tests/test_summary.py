@@ -323,3 +323,80 @@ def test_summarize_without_enough_checkpoints_says_why():
     assert em["step"] is None and em["detected"] is False and em["reason"] == "fewer than two values"
     em = summarize(demo_results([0.3, 0.2, 0.1]))["emergence"]["induction"]
     assert em["step"] is None and em["reason"] == "the level never rises"
+
+
+# -- per-token loss trajectory and the induction circuit ----------------------------------------
+def known_trajectory(a: list[float], b: list[float]) -> list[list[float]]:
+    """[checkpoints, 3 tokens]: per-token offsets + a[i] x v1 + b[i] x v2 with v1, v2 orthonormal,
+    a and b centred and orthogonal, so the principal coordinates are a and b (up to sign)."""
+    v1, v2, offset = (0.6, 0.8, 0.0), (0.8, -0.6, 0.0), (5.0, 4.0, 3.0)
+    return [[o + ai * x + bi * y for o, x, y in zip(offset, v1, v2)] for ai, bi in zip(a, b)]
+
+
+def test_principal_trajectory_recovers_known_components_with_the_documented_sign():
+    from probes.summary import principal_trajectory
+    out = principal_trajectory(known_trajectory([-3, -1, 1, 3], [1, -1, -1, 1]))
+    assert out["pc1"] == pytest.approx([-3, -1, 1, 3]) and out["pc2"] == pytest.approx([1, -1, -1, 1])
+    assert out["explained"] == pytest.approx([20 / 24, 4 / 24])
+    # a falling first component is flipped so that it rises from the first to the last checkpoint;
+    out = principal_trajectory(known_trajectory([3, 1, -1, -3], [0.5, -1.5, 1.5, -0.5]))
+    assert out["pc1"] == pytest.approx([-3, -1, 1, 3]) and out["pc2"] == pytest.approx([-0.5, 1.5, -1.5, 0.5])
+    assert out["explained"] == pytest.approx([20 / 25, 5 / 25])
+    # a component equal at both ends (the first case's pc2, whatever sign SVD gave) starts positive
+    out = principal_trajectory(known_trajectory([-3, -1, 1, 3], [-1, 1, 1, -1]))
+    assert out["pc2"] == pytest.approx([1, -1, -1, 1])
+    flat = principal_trajectory([[1.0, 2.0], [1.0, 2.0]])  # nothing moves: zeros, no variance explained
+    assert flat["pc1"] == [0.0, 0.0] and flat["explained"] == [0.0, 0.0]
+
+
+def with_token_losses(results: dict[int, dict], n_tokens: int = 6) -> dict[int, dict]:
+    """Per-token losses that move along one direction with the checkpoint index."""
+    for i, step in enumerate(sorted(results)):
+        results[step]["induction"]["token_losses"] = {
+            "values": [4.0 - 0.1 * i * (t % 3) for t in range(n_tokens)], "n_tokens": n_tokens}
+        results[step]["induction"]["position_loss"] = [4.0, 3.0]
+    return results
+
+
+def test_summarize_writes_the_trajectory_and_names_the_circuit():
+    results = with_token_losses(demo_results(issue_series()))
+    for s in DEMO_STEPS:  # previous-token heads: (0, 1) best in layer 0, but (1, 3) best overall
+        prev = [[0.1, 0.7, 0.1, 0.1], [0.1, 0.1, 0.1, 0.9]]
+        results[s]["induction"]["previous_token"] = prev
+        results[s]["induction"]["induction_control"] = matrix(0.02, 0.01)
+    results[DEMO_STEPS[0]]["induction"]["token_losses"]["values"] = [1.0]  # another token count: left out
+    summary = summarize(results)
+    t = summary["trajectory"]
+    assert t["steps"] == DEMO_STEPS[1:] and t["n_tokens"] == 6 and t["reason"] is None
+    # the losses move along one line: one component explains everything and rises with the index
+    assert t["explained"] == pytest.approx([1.0, 0.0], abs=1e-9)
+    assert t["pc1"] == sorted(t["pc1"]) and t["pc1"][0] < t["pc1"][-1]
+    assert "token_losses" not in str(summary["series"].keys()) and "position_loss" not in str(summary["series"].keys())
+    c = summary["induction_circuit"]
+    assert c["induction_head"] == [1, 2] and c["previous_token_head"] == [0, 1]
+    assert c["step"] == summary["emergence"]["induction"]["step"] == 200 and c["at_step"] == DEMO_STEPS[-1]
+    assert c["control"] == pytest.approx(0.02) and c["previous_token_score"] == pytest.approx(0.7)
+
+
+def test_no_trajectory_or_circuit_from_too_little_says_why():
+    summary = summarize(demo_results([0.01]))
+    assert summary["trajectory"]["pc1"] == [] and "needs two" in summary["trajectory"]["reason"]
+    c = summarize(demo_results([0.01, 0.01, 0.01]))["induction_circuit"]
+    assert c["induction_head"] == [1, 2] and c["step"] is None
+
+
+def test_a_climb_over_dense_checkpoints_is_abrupt_when_short_in_steps():
+    """Checkpoints every 25 steps around a change (--ckpt-window) split a climb from 650 to 800 into
+    six intervals; it still takes under a quarter of the steps trained, so it is abrupt. The same
+    climb counted by intervals alone would be gradual, and a ramp over most of training stays gradual."""
+    from probes.emergence import largest_sustained_rise
+    steps = list(range(0, 1601, 25))
+    values = [0.01 if s <= 650 else 0.55 if s >= 800 else 0.01 + 0.54 * (s - 650) / 150 for s in steps]
+    got = largest_sustained_rise(steps, values, 0.1)
+    assert got["detected"] and got["abrupt"] and got["transition_intervals"] > 2
+    # the climb counts from the last checkpoint within 20% of the rise above the before level
+    # (675: 0.10 < 0.118) to the first within 20% of the after level (775: 0.46 >= 0.442)
+    assert (got["transition_from_step"], got["transition_to_step"], got["transition_steps"]) == (675, 775, 100)
+    assert not largest_sustained_rise(steps, values, 0.1, abrupt_max_share=0.0)["abrupt"]
+    ramp = [0.01 + 0.54 * s / 1600 for s in steps]
+    assert not largest_sustained_rise(steps, ramp, 0.1)["abrupt"]

@@ -26,6 +26,7 @@ from train.stories import SAMPLE_PROMPTS
 from train.testing import make_small_run
 
 from _ddp import assert_same_training, failure_report, launch_ddp
+from _faults import KILL_AT_FSYNC
 
 # A very small run for subprocess tests: many checkpoints, so a kill often lands in a write.
 TINY = ["--steps", "24", "--batch-size", "4", "--warmup", "4", "--ckpt-every", "4", "--eval-every", "4",
@@ -135,21 +136,6 @@ def test_grad_accumulation_matches_a_bigger_batch(tmp_path):
 
 
 # -- resume ----------------------------------------------------------------------------------
-KILLER = """
-import os, signal, sys
-import model.checkpoint as ck, model.runio as runio
-n_calls, die_at = 0, int(sys.argv[1])
-real = runio.fsync_dir
-def fsync_then_maybe_die(path):
-    global n_calls
-    n_calls += 1
-    if n_calls == die_at:
-        os.kill(os.getpid(), signal.SIGKILL)  # in the middle of a checkpoint or state write
-    real(path)
-ck.fsync_dir = runio.fsync_dir = fsync_then_maybe_die
-from train import main
-sys.exit(main(sys.argv[2:]))
-"""
 
 
 def kill_when_step(proc: subprocess.Popen, metrics: Path, step: int, timeout: float = 120) -> None:
@@ -173,7 +159,7 @@ def test_sigkill_anywhere_then_resume_is_bit_identical(tmp_path):
     # 1) die inside a write: at the N-th directory fsync of the run (run.json, data.json, then ~4
     #    per checkpoint: checkpoint folder, state file, latest.json; 40 in all with this config)
     die_at = rng.randint(1, 36)
-    p = subprocess.run([sys.executable, "-c", KILLER, str(die_at), "--out", str(cut)] + TINY, env=env(),
+    p = subprocess.run([sys.executable, "-c", KILL_AT_FSYNC, str(die_at), "--out", str(cut)] + TINY, env=env(),
                        capture_output=True, text=True)
     assert p.returncode == -signal.SIGKILL, (p.returncode, p.stderr[-500:], seed_note)
     assert read_json(cut / "run.json")["status"] == "training"

@@ -3,7 +3,7 @@ import math
 
 import pytest
 
-from train.schedule import checkpoint_steps, learning_rate
+from train.schedule import checkpoint_steps, learning_rate, parse_windows, window_count, window_steps
 
 
 def test_schedule_log_spaced_through_warmup_then_every_ckpt_every():
@@ -46,3 +46,29 @@ def test_learning_rate_warmup_and_cosine():
     assert all(a >= b for a, b in zip(steps, steps[1:]))  # monotone decay after warm-up
     assert learning_rate(35, lr, w, n) == pytest.approx(
         1e-3 * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 25 / 100))))
+
+
+# -- --ckpt-window ------------------------------------------------------------------------------
+def test_window_adds_its_steps_to_the_schedule():
+    # hand-listed: the regular schedule of test_schedule_final_step_not_a_multiple plus 13, 16, 19
+    # (22 > 21 is not reached) and 41..45 every 2, capped by --steps
+    assert checkpoint_steps(45, 8, 10, [(13, 21, 3), (41, 50, 2)]) == [0, 1, 2, 4, 8, 10, 13, 16, 19, 20, 30, 40,
+                                                                         41, 43, 45]
+
+
+def test_parse_windows():
+    assert parse_windows("") == []
+    assert parse_windows("300:600:10") == [(300, 600, 10)]
+    assert parse_windows(" 300:600:10 , 900:1000:20") == [(300, 600, 10), (900, 1000, 20)]
+    assert window_steps(parse_windows("0:4:2,3:6:3")) == [0, 2, 3, 4, 6]
+    assert window_count([(0, 10 ** 15, 1)]) == 10 ** 15 + 1  # counted, never listed
+
+
+@pytest.mark.parametrize("text, needle", [
+    ("300:600", "START:END:EVERY"), ("a:b:c", "START:END:EVERY"), ("1:2:3:4", "START:END:EVERY"),
+    ("300:600:0", "EVERY 0"), ("300:600:-5", "EVERY -5"), ("600:300:10", "START < END"),
+    ("300:300:10", "START < END"), ("-10:300:10", "0 <= START"), (",", "START:END:EVERY"),
+])
+def test_parse_windows_rejects(text, needle):
+    with pytest.raises(ValueError, match=needle):
+        parse_windows(text)

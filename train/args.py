@@ -17,6 +17,9 @@ from model.config import PRESETS, attention_kinds
 from model.device import MAX_THREADS
 from model.gpt import MAX_NEW_TOKENS
 
+from .planting import parse_period
+from .schedule import Window, parse_windows, window_count
+
 
 class BadInput(UsageError):
     """A user error: the CLI prints its one-sentence message and exits with status 2."""
@@ -34,6 +37,8 @@ class TrainArgs:
     warmup: int = 100
     eval_every: int = 100
     ckpt_every: int = 100
+    ckpt_window: str = ""  # extra checkpoints: "START:END:EVERY[,START:END:EVERY...]" (train.schedule)
+    keep_states: str = "all"  # training state kept at every checkpoint ("all", for --fill-in) or "latest"
     seed: int = 1337
     device: str = "auto"
     compile: bool = False
@@ -53,6 +58,10 @@ class TrainArgs:
     canary_copies: str = "1,2,4,8,16,32,64"
     canaries_per_count: int = 4
     copy_weight: float = 1.0
+    # planted repeats (train.planting): share of each micro-batch, period range, token pool size
+    repeat_fraction: float = 0.0
+    repeat_period: str = "8:32"
+    repeat_pool: int = 1000
     # optimization
     weight_decay: float = 0.1
     grad_clip: float = 1.0
@@ -74,11 +83,15 @@ class TrainArgs:
     def copies(self) -> tuple[int, ...]:
         return parse_copies(self.canary_copies)
 
+    def windows(self) -> list[Window]:
+        return parse_window_option("--ckpt-window", self.ckpt_window)
+
 
 MAX_CHECKPOINTS = 100_000  # the planned schedule is listed in run.json
 
 # Arguments that do not change the numbers a run produces, so a resumed run may set them afresh.
-RUNTIME_ONLY = {"device", "compile", "out", "threads"}
+RUNTIME_ONLY = {"device", "compile", "out", "threads", "keep_states"}
+KEEP_STATES = ("all", "latest")
 FIELD_TYPES = {f.name: f.type for f in fields(TrainArgs)}
 
 
@@ -93,6 +106,14 @@ def parse_copies(text: str) -> tuple[int, ...]:
     if any(n <= 0 for n in out):
         raise BadInput(f"--canary-copies must be comma-separated positive integers, got {text!r}.")
     return out
+
+
+def parse_window_option(flag: str, text: str) -> list[Window]:
+    """The windows of --ckpt-window or --fill-in, or BadInput naming the option and the bad part."""
+    try:
+        return parse_windows(text)
+    except ValueError as e:
+        raise BadInput(f"{flag}: {e} (e.g. 300:600:10, or several: 300:600:10,900:1000:20).") from None
 
 
 class Parser(ArgumentParser):
@@ -121,6 +142,13 @@ def build_parser() -> Parser:
     add("--warmup", type=int, help=f"warm-up steps (default {d.warmup})")
     add("--eval-every", type=int, help=f"held-out loss every N steps (default {d.eval_every})")
     add("--ckpt-every", type=int, help=f"checkpoint every N steps after warm-up (default {d.ckpt_every})")
+    add("--ckpt-window", help="extra checkpoints at START, START+EVERY, ... <= END: START:END:EVERY, "
+                              "comma-separated for several (default none)")
+    add("--keep-states", choices=list(KEEP_STATES),
+        help="training state kept at every checkpoint (all, the default: --fill-in can start anywhere) or "
+             "only the latest")
+    add("--fill-in", help="add checkpoints START:END:EVERY to the finished run in --out, retraining from its "
+                          "kept state at or before START (comma-separated for several windows)")
     add("--seed", type=int, help=f"seed of data, canaries, init and batch order (default {d.seed})")
     add("--device", choices=["auto", "cpu", "cuda"], help="default auto")
     add("--compile", action="store_const", const=True, help="torch.compile the model")
@@ -136,9 +164,15 @@ def build_parser() -> Parser:
     add("--vocab-size", help="compact vocabulary size, or gpt2 (default 4096 for nano, gpt2 otherwise)")
     add("--corpus-mb", type=float, help=f"stories: training text size in MB; tinystories: cap (default {d.corpus_mb})")
     add("--val-fraction", type=float, help=f"held-out share of the corpus (default {d.val_fraction})")
-    add("--canary-copies", help=f"stories: copy counts of the canaries (default {d.canary_copies})")
-    add("--canaries-per-count", type=int, help=f"stories: canaries per copy count (default {d.canaries_per_count})")
+    add("--canary-copies", help=f"stories, text:PATH: copy counts of the canaries, none = no canaries (default {d.canary_copies})")
+    add("--canaries-per-count", type=int, help=f"stories, text:PATH: canaries per copy count (default {d.canaries_per_count})")
     add("--copy-weight", type=float, help=f"stories: weight of the copy plots (default {d.copy_weight})")
+    add("--repeat-fraction", type=float,
+        help="share of each micro-batch's rows that are planted repeats: a random span of the corpus's "
+             "frequent tokens repeated back to back at a period drawn per row (default 0 = none; any --data)")
+    add("--repeat-period", help=f"MIN:MAX period range of the planted repeats (default {d.repeat_period})")
+    add("--repeat-pool", type=int, help=f"planted spans draw from this many most frequent training tokens "
+                                        f"(default {d.repeat_pool})")
     add("--weight-decay", type=float, help=f"AdamW decay on 2-D weights (default {d.weight_decay})")
     add("--grad-clip", type=float, help=f"gradient norm clip, 0 = off (default {d.grad_clip})")
     add("--min-lr-ratio", type=float, help=f"final LR as a share of --lr (default {d.min_lr_ratio})")
@@ -208,16 +242,20 @@ def coerce(name: str, value: Any) -> Any:
         raise BadInput(f"option {name} must be of type {kind.split(' ')[0]}, got {value!r}.") from None
 
 
-def requested(argv: list[str]) -> tuple[dict[str, Any], bool]:
-    """(options given explicitly on the command line or in --config, --resume flag)."""
+def requested(argv: list[str]) -> tuple[dict[str, Any], bool, str | None]:
+    """(options given explicitly on the command line or in --config, --resume flag, --fill-in
+    windows or None)."""
     ns = vars(build_parser().parse_args(argv))
     resume = bool(ns.pop("resume"))
+    fill_in = ns.pop("fill_in")
     config = ns.pop("config")
     explicit = {k: coerce(k, v) for k, v in read_config_file(config).items()} if config else {}
     explicit.update({k: v for k, v in ns.items() if v is not None})
     if "vocab_size" in explicit:
         explicit["vocab_size"] = coerce("vocab_size", explicit["vocab_size"])
-    return explicit, resume
+    if fill_in is not None and resume:
+        raise BadInput("--fill-in and --resume cannot be combined: finish the run with --resume first, then fill in.")
+    return explicit, resume, fill_in
 
 
 def validate(a: TrainArgs) -> None:
@@ -255,6 +293,8 @@ def validate(a: TrainArgs) -> None:
     if a.steps // a.ckpt_every > MAX_CHECKPOINTS:
         raise BadInput(f"--steps {a.steps} with --ckpt-every {a.ckpt_every} would plan more than {MAX_CHECKPOINTS} "
                        "checkpoints; raise --ckpt-every.")
+    check_windows(a)
+    check_repeats(a)
     if not a.lr > 0 or a.lr != a.lr:
         raise BadInput(f"--lr must be a positive number, got {a.lr}.")
     if not 0 < a.corpus_mb < 1e6:
@@ -275,6 +315,44 @@ def validate(a: TrainArgs) -> None:
         raise BadInput(f"unknown data source {a.data!r}; use stories, tinystories or text:PATH.")
     if kind == "text" and not a.data[5:]:
         raise BadInput("--data text:PATH needs a path after 'text:'.")
+
+
+def check_windows(a: TrainArgs) -> None:
+    """--ckpt-window inside [0, --steps], and not so dense that the schedule would exceed
+    MAX_CHECKPOINTS (run.json lists every planned step); --keep-states one of KEEP_STATES."""
+    if a.keep_states not in KEEP_STATES:
+        raise BadInput(f"--keep-states must be all or latest, got {a.keep_states!r}.")
+    windows = a.windows()
+    for start, end, every in windows:
+        if end > a.steps:
+            raise BadInput(f"--ckpt-window {start}:{end}:{every} ends after the last step ({a.steps}); "
+                           f"keep END <= --steps.")
+    if window_count(windows) + a.steps // a.ckpt_every > MAX_CHECKPOINTS:
+        raise BadInput(f"--ckpt-window {a.ckpt_window} would plan more than {MAX_CHECKPOINTS} checkpoints; "
+                       "raise its EVERY.")
+
+
+def check_repeats(a: TrainArgs) -> None:
+    """--repeat-fraction in [0, 1), and when repeats are planted: a period range whose longest
+    period still repeats once within a sequence, room for a corpus row beside the planted ones,
+    and a pool of at least two tokens."""
+    if not 0 <= a.repeat_fraction < 1:
+        raise BadInput(f"--repeat-fraction must lie in [0, 1), got {a.repeat_fraction}.")
+    if a.repeat_fraction == 0:
+        return
+    try:
+        lo, hi = parse_period(a.repeat_period)
+    except ValueError as e:
+        raise BadInput(str(e)) from None
+    n_ctx = a.n_ctx or PRESETS.get(a.preset, {}).get("n_ctx", 0)
+    if 2 * hi > n_ctx + 1:
+        raise BadInput(f"--repeat-period {a.repeat_period}: a period of {hi} does not repeat within a sequence of "
+                       f"n_ctx {n_ctx}; keep MAX <= {(n_ctx + 1) // 2}.")
+    if a.batch_size < 2:
+        raise BadInput("--repeat-fraction needs --batch-size >= 2: each micro-batch keeps at least one corpus row "
+                       "beside the planted ones.")
+    if a.repeat_pool < 2:
+        raise BadInput(f"--repeat-pool must be at least 2, got {a.repeat_pool}.")
 
 
 def make_args(values: dict[str, Any]) -> TrainArgs:

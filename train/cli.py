@@ -26,9 +26,11 @@ from model.runlayout import RUN_JSON, metrics_jsonl, samples_jsonl
 
 from .args import BadInput, TrainArgs, requested, resolve
 from .corpora import check_source
+from .fillin import check_fill_in, run_fill_in, tidy_after_a_kill
 from .loop import Dist, Trainer
 from .rundir import (check_chunks, check_out_dir, clean_temporaries, data_installed, data_record,
-                     install_data, keep_rows_through, model_config, prepare_tokens, run_record, set_status)
+                     install_data, keep_rows_through, model_config, prepare_tokens, run_record, set_status,
+                     warn_unknown_canary_words)
 
 
 def dist_from_env() -> Dist:
@@ -156,6 +158,7 @@ def setup_run(out: Path, args: TrainArgs, stored: dict | None, d: Dist) -> GPTCo
         tok, canaries, source = prepare_tokens(args)
         cfg = model_config(args, tok.info["vocab_size"])
         check_chunks(cfg, tok)
+        warn_unknown_canary_words(tok, canaries, source)
         out.mkdir(parents=True, exist_ok=True)
         clean_temporaries(out)  # a first run.json write that was killed may have left its temp file
         write_json_atomic(out / RUN_JSON, run_record(args, cfg, tok, d.world))
@@ -238,6 +241,26 @@ def train_started(out: Path, args: TrainArgs, stored: dict | None, d: Dist, devi
     return 0
 
 
+def fill_in(explicit: dict, windows: str, d: Dist) -> int:
+    """--fill-in: every check first (nothing written on bad input), then the retraining on the
+    run's device with its recorded CPU thread count, so the added checkpoints are the ones the run
+    would have saved."""
+    out, args, run, plan = check_fill_in(explicit, windows, d)
+    tidy_after_a_kill(out)
+    if plan is None:
+        print(f"{out}: every checkpoint of --fill-in {windows} exists already; nothing to do.", file=sys.stderr)
+        return 0
+    device = device_for(args.device, d)
+    check_memory(args, d, device)
+    recorded = run.get("cpu_threads")
+    set_threads(args, d, device, recorded if isinstance(recorded, int) else None)
+    t0 = time.time()
+    steps = run_fill_in(out, args, plan, device)
+    print(f"{out}: added {len(steps)} checkpoint(s), steps {steps[0]}..{steps[-1]}, retrained from the state of "
+          f"step {plan.start} in {time.time() - t0:.0f} s", file=sys.stderr)
+    return 0
+
+
 def report(out: Path, seconds: float) -> None:
     vals = [r for r in read_jsonl(metrics_jsonl(out)) if "val_loss" in r]
     if vals:
@@ -247,12 +270,14 @@ def report(out: Path, seconds: float) -> None:
 
 def write_failure(argv: list[str], e: OSError) -> str:
     """One sentence for an OSError that stopped training, saying what survives and what to do."""
+    filling = None
     try:
-        out = Path(requested(argv)[0].get("out") or ".")
+        explicit, _, filling = requested(argv)
+        out = Path(explicit.get("out") or ".")
     except BadInput:
         out = Path(".")
     what = f"{e.strerror or e}" + (f" ({e.filename})" if e.filename else "")
-    then = "continue with --resume" if (out / RUN_JSON).exists() else "run the same command again"
+    then = ("continue with --resume" if (out / RUN_JSON).exists() and not filling else "run the same command again")
     return (f"training in {out} stopped: {what}; everything written before is intact; "
             f"fix that (e.g. free disk space), then {then}.")
 
@@ -263,13 +288,15 @@ def main(argv: list[str] | None = None) -> int:
     d = dist_from_env()
     threads = torch.get_num_threads()
     try:
-        explicit, resume = requested(argv)
+        explicit, resume, windows = requested(argv)
+        if windows is not None:
+            return fill_in(explicit, windows, d)
         return train(explicit, resume, d)
     except BadInput as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except RunFileError as e:  # e.g. --resume of a run whose state or run.json was damaged or edited
-        print(f"error: {e.path}: {e.problem}; the run cannot be resumed from it.", file=sys.stderr)
+        print(f"error: {e.path}: {e.problem}; the run cannot be resumed or filled in from it.", file=sys.stderr)
         return 2
     except SystemExit as e:  # --help
         return int(e.code or 0) if isinstance(e.code, int) or e.code is None else 2

@@ -1,6 +1,6 @@
 """Data sources: the built-in stories, a text file or folder, or TinyStories. Each becomes a list
-of training documents, a list of held-out documents and (stories only) the canaries planted in
-training. Documents are split here, so the token pipeline never needs to know where text came from.
+of training documents, a list of held-out documents and the canaries planted in training (the
+built-in stories and text:PATH; train.stories makes and plants them, the same way for both). Documents are split here, so the token pipeline never needs to know where text came from.
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import numpy as np
 from model.tokenizer import EOT
 
 from .args import BadInput, TrainArgs
-from .stories import build_stories
+from .stories import build_stories, make_canaries, plant
 
 
 @dataclass
@@ -34,7 +34,7 @@ def load_corpus(args: TrainArgs) -> Corpus:
     if args.data == "tinystories":
         return tinystories_corpus(args)
     if args.data.startswith("text:"):
-        return text_corpus(args.data[5:], args.seed, args.val_fraction)
+        return text_corpus(args.data[5:], args.seed, args.val_fraction, args.copies(), args.canaries_per_count)
     raise BadInput(f"unknown data source {args.data!r}; use stories, tinystories or text:PATH.")
 
 
@@ -78,7 +78,10 @@ def split_held_out(docs: list[str], seed: int, fraction: float) -> tuple[list[st
     return [d for i, d in enumerate(docs) if i not in held], [d for i, d in enumerate(docs) if i in held]
 
 
-def text_corpus(path: str, seed: int, fraction: float) -> Corpus:
+def text_corpus(path: str, seed: int, fraction: float, copies: tuple[int, ...] = (), per_count: int = 4) -> Corpus:
+    """The documents of a text file or folder, a seeded held-out share, and the canaries of
+    `copies` (per_count for each count; none by default) planted among the training documents at
+    seeded places, each copy its own document, after the split, so none is held out."""
     docs: list[str] = []
     for f in text_files(path):
         try:
@@ -91,7 +94,8 @@ def text_corpus(path: str, seed: int, fraction: float) -> Corpus:
         raise BadInput(f"the corpus at {path} holds a single document; a held-out split needs at least two "
                        "(separate stories with blank lines or <|endoftext|>).")
     train, val = split_held_out(docs, seed, fraction)
-    return Corpus(f"text:{path}", train, val)
+    canaries = make_canaries(seed, tuple(copies), per_count) if copies else []
+    return Corpus(f"text:{path}", plant(train, canaries, seed) if canaries else train, val, canaries)
 
 
 # -- tinystories -----------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 """The training loop: AdamW + warm-up/cosine, grad accumulation and clipping, bf16 autocast on CUDA,
 optional torch.compile, DDP under torchrun, periodic held-out loss, samples and checkpoints on the
-schedule, and a training state that makes --resume bit-exact on CPU.
+schedule, and a training state at every checkpoint that makes --resume (from the latest) and
+--fill-in (from any) bit-exact on CPU.
 
 Batches are never drawn from a stateful sampler: optimizer step s consumes global samples
 [(s-1)*G, s*G) of the seeded chunk order in model.rundata, split over micro-steps and ranks. So the
@@ -14,6 +15,7 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -25,11 +27,13 @@ from model.checkpoint import load_state, save_checkpoint, save_state
 from model.runio import append_jsonl
 from model.config import GPTConfig
 from model.gpt import GPT
-from model.rundata import get_chunks, load_tokens, n_chunks, read_data_meta, sample_chunk_ids
+from model.rundata import (FREQUENT_COUNT_TOKENS, frequent_tokens, get_chunks, load_tokens, n_chunks,
+                           read_data_meta, sample_chunk_ids)
 from model.runlayout import metrics_jsonl, samples_jsonl
-from model.tokenizer import load_tokenizer
+from model.tokenizer import Tokenizer, load_tokenizer
 
 from .args import TrainArgs
+from .planting import RepeatPlan, parse_period, planted_count, planted_rows
 from .schedule import checkpoint_steps, learning_rate
 from .stories import SAMPLE_PROMPTS
 
@@ -73,6 +77,18 @@ def one_thread(device: torch.device):
         torch.set_num_threads(n)
 
 
+def repeat_plan(args: TrainArgs, train_tokens: np.ndarray, vocab_size: int, tokenizer: Tokenizer) -> RepeatPlan | None:
+    """The planted-repeat plan of --repeat-fraction (None when nothing is planted): spans drawn from
+    the training split's most frequent tokens, end-of-text and unknown excluded, as the induction
+    probe draws its random tokens."""
+    if planted_count(args.batch_size, args.repeat_fraction) == 0:
+        return None
+    lo, hi = parse_period(args.repeat_period)
+    special = {tokenizer.eot_id} | ({tokenizer.unk_id} if tokenizer.unk_id is not None else set())
+    pool = frequent_tokens(train_tokens, vocab_size, special, args.repeat_pool, FREQUENT_COUNT_TOKENS)
+    return RepeatPlan(args.repeat_fraction, lo, hi, pool)
+
+
 class Trainer:
     def __init__(self, run_dir: Path, args: TrainArgs, cfg: GPTConfig, device: torch.device, d: Dist):
         self.run_dir, self.args, self.cfg, self.device, self.d = run_dir, args, cfg, device, d
@@ -80,10 +96,13 @@ class Trainer:
         self.train_tokens = load_tokens(run_dir, "train", self.meta)
         self.val_tokens = load_tokens(run_dir, "val", self.meta)
         self.L = cfg.n_ctx
-        self.G = int(self.meta["global_batch"])
+        self.G = int(self.meta["global_batch"])  # corpus rows per step (planted repeats come on top)
         self.n_train = n_chunks(len(self.train_tokens), self.L)
-        self.schedule = set(checkpoint_steps(args.steps, args.warmup, args.ckpt_every))
+        self.schedule = set(checkpoint_steps(args.steps, args.warmup, args.ckpt_every, args.windows()))
         self.tokenizer = load_tokenizer(run_dir)
+        self.plan = repeat_plan(args, self.train_tokens, cfg.vocab_size, self.tokenizer)
+        self.n_plant = planted_count(args.batch_size, args.repeat_fraction) if self.plan else 0
+        self.rows_per_step = (self.G // (args.grad_accum * d.world) + self.n_plant) * args.grad_accum * d.world
         torch.manual_seed(args.seed)
         self.raw = GPT(cfg).to(device)
         self.opt = configure_optimizer(self.raw, args, device)
@@ -110,12 +129,16 @@ class Trainer:
     def step_batches(self, step: int) -> list[torch.Tensor]:
         """This rank's micro-batches [B, L+1] for optimizer step `step` (1-based). Micro-step k of
         rank r takes rows [(k*world + r)*B, ... + B) of the step's global batch."""
-        B, K, W = self.args.batch_size, self.args.grad_accum, self.d.world
+        K, W = self.args.grad_accum, self.d.world
+        B = self.args.batch_size - self.n_plant  # corpus rows per micro-batch
         ids = sample_chunk_ids(self.meta["seed"], self.n_train, (step - 1) * self.G, step * self.G)
         out = []
         for k in range(K):
-            lo = (k * W + self.d.rank) * B
-            rows = get_chunks(self.train_tokens, ids[lo:lo + B], self.L)
+            slot = k * W + self.d.rank
+            rows = get_chunks(self.train_tokens, ids[slot * B:(slot + 1) * B], self.L)
+            if self.n_plant:
+                planted = planted_rows(self.plan, self.meta["seed"], step, slot * self.n_plant, self.n_plant, self.L + 1)
+                rows = np.concatenate([rows, planted])
             out.append(torch.from_numpy(rows).to(self.device, non_blocking=True))
         return out
 
@@ -128,8 +151,9 @@ class Trainer:
             "train_loss": self.last_loss, "global_batch": self.G,
         }
 
-    def load(self) -> None:
-        s = load_state(self.run_dir)
+    def load(self, step: int | None = None) -> None:
+        """Continue from the latest kept training state, or from the one kept at `step`."""
+        s = load_state(self.run_dir, step)
         self.raw.load_state_dict(s["model"])
         self.opt.load_state_dict(s["optimizer"])
         torch.set_rng_state(s["torch_rng"])
@@ -184,10 +208,15 @@ class Trainer:
         self.flush()
         for s in self.samples():
             append_jsonl(samples_jsonl(self.run_dir), s)
+        self.save_weights(row.get("loss"), row["val_loss"])
+        save_state(self.run_dir, self.step, self.state_dict(), model_config=self.cfg.to_dict(),
+                   keep_older=self.args.keep_states == "all")
+
+    def save_weights(self, train_loss: float | None, val_loss: float) -> None:
+        """The checkpoint of the current step (weights and meta.json) and nothing else."""
         save_checkpoint(self.run_dir, self.step, self.raw, {
-            "tokens": self.step * self.G * self.L, "train_loss": row.get("loss"), "val_loss": row["val_loss"],
+            "tokens": self.step * self.rows_per_step * self.L, "train_loss": train_loss, "val_loss": val_loss,
             "time": time.time()})
-        save_state(self.run_dir, self.step, self.state_dict(), model_config=self.cfg.to_dict())
 
     def begin(self) -> None:
         """Step 0: losses of the initial weights, its samples and checkpoint."""
@@ -226,8 +255,19 @@ class Trainer:
             loss = loss / self.d.world
         self.last_loss = float(loss)
         dt = time.perf_counter() - t0
-        return {"step": self.step, "tokens": self.step * self.G * self.L, "loss": self.last_loss, "lr": lr,
-                "grad_norm": grad_norm, "tok_per_s": round(self.G * self.L / dt, 1)}
+        return {"step": self.step, "tokens": self.step * self.rows_per_step * self.L, "loss": self.last_loss, "lr": lr,
+                "grad_norm": grad_norm, "tok_per_s": round(self.rows_per_step * self.L / dt, 1)}
+
+    def replay(self, end: int) -> Iterator[dict]:
+        """Train from the loaded state up to step `end`, yielding each step's metrics row and
+        writing nothing (--fill-in decides what to keep). The same steps as the original run, so
+        on the same device and thread count the same numbers, bit for bit."""
+        while self.step < end:
+            row = self.train_step()
+            if not math.isfinite(row["loss"]):
+                raise FloatingPointError(f"the training loss became {row['loss']} at step {self.step}; "
+                                         "try a lower --lr.")
+            yield row
 
     def run(self, fresh: bool) -> None:
         if fresh:

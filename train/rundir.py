@@ -8,6 +8,7 @@ plain invocation refuses to touch it.
 from __future__ import annotations
 
 import json
+import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -15,10 +16,12 @@ from model.checkpoint import has_state
 from model.runio import RunFileError, read_json, read_jsonl, write_bytes_atomic, write_json_atomic
 from model.config import GPTConfig
 from model.rundata import n_chunks
+from model.tokenizer import Tokenizer
 from model.runlayout import DATA_JSON, RUN_JSON, SPLITS, VOCAB_JSON, data_dir, split_file, state_dir
 
 from .args import BadInput, TrainArgs
 from .corpora import load_corpus
+from .planting import parse_period, planted_count
 from .schedule import checkpoint_steps
 from .tokens import Tokenized, link_or_copy, tokenize
 
@@ -73,12 +76,28 @@ def prepare_tokens(args: TrainArgs) -> tuple[Tokenized, list[dict], str]:
     return tokenize(corpus, args.resolved_vocab(), runs_root), corpus.canaries, corpus.source
 
 
+def warn_unknown_canary_words(tok: Tokenized, canaries: list[dict], source: str) -> None:
+    """A compact vocabulary is built from the corpus; on a text corpus (whose words are not the
+    stories' own) it may lack words of the canaries' secret alphabet, which then read as <|unk|>
+    and blur their exposure. Say so, once the run is known to start."""
+    vocab = tok.vocab
+    if vocab is None or not canaries or not source.startswith("text:"):
+        return
+    t = Tokenizer(vocab)
+    alphabet = {w for c in canaries for w in c.get("secret_alphabet") or []}
+    unknown = sorted(w for w in alphabet if t.unk_id in t.encode(" " + w))
+    if unknown:
+        print(f"warning: {len(unknown)} of the {len(alphabet)} canary secret words (e.g. {unknown[0]!r}) are not in "
+              f"the {vocab.size}-id vocabulary; their exposure is measured less sharply (raise --vocab-size).",
+              file=sys.stderr)
+
+
 def run_record(args: TrainArgs, cfg: GPTConfig, tok: Tokenized, world: int) -> dict:
     return {
         "name": Path(args.out).name, "status": "training", "model": cfg.to_dict(), "train": args.train_dict(),
         "tokenizer": dict(tok.info["tokenizer"]), "seed": args.seed, "data_source": args.data,
         "world_size": world, "global_batch": args.batch_size * args.grad_accum * world,
-        "checkpoint_steps": checkpoint_steps(args.steps, args.warmup, args.ckpt_every),
+        "checkpoint_steps": checkpoint_steps(args.steps, args.warmup, args.ckpt_every, args.windows()),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
 
@@ -89,12 +108,30 @@ def data_record(args: TrainArgs, cfg: GPTConfig, tok: Tokenized, canaries: list[
     return {
         "source": source, "seed": args.seed, "dtype": info["dtype"],
         "n_train_tokens": info["n_train_tokens"], "n_val_tokens": info["n_val_tokens"],
-        "chunk_len": cfg.n_ctx, "global_batch": args.batch_size * args.grad_accum * world,
+        "chunk_len": cfg.n_ctx, "global_batch": corpus_rows_per_step(args, world),
+        "planted_repeats": planted_record(args, world),
         "n_train_chunks": n_chunks(info["n_train_tokens"], cfg.n_ctx),
         "n_val_chunks": n_chunks(info["n_val_tokens"], cfg.n_ctx),
         "canaries": canaries, "cache_key": info["key"],
         "stats": {k: v for k, v in info.items() if k not in ("key", "dtype", "tokenizer")},
     }
+
+
+def corpus_rows_per_step(args: TrainArgs, world: int) -> int:
+    """Corpus samples one optimizer step consumes (data.json["global_batch"], which model.rundata
+    counts seen sequences by): every row of every micro-batch but the planted repeats."""
+    return (args.batch_size - planted_count(args.batch_size, args.repeat_fraction)) * args.grad_accum * world
+
+
+def planted_record(args: TrainArgs, world: int) -> dict | None:
+    """What data.json says about planted repeats (train.planting), None when there are none."""
+    k = planted_count(args.batch_size, args.repeat_fraction)
+    if k == 0:
+        return None
+    lo, hi = parse_period(args.repeat_period)
+    return {"fraction": args.repeat_fraction, "period": [lo, hi], "pool": args.repeat_pool,
+            "per_micro_batch": k, "rows_per_step": k * args.grad_accum * world,
+            "tokens": "random spans of the training split's most frequent tokens (model.rundata.frequent_tokens)"}
 
 
 def check_chunks(cfg: GPTConfig, tok: Tokenized) -> None:
@@ -131,6 +168,31 @@ def set_status(run_dir: Path, status: str, **extra) -> None:
         run.pop("error", None)
     run["updated"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
     write_json_atomic(run_dir / RUN_JSON, run)
+
+
+def record_fill_in(run_dir: Path, entry: dict) -> None:
+    """Put `entry` (a --fill-in: its windows, the state it started from, the steps it "planned" to
+    add and the "steps" it added) into run.json["filled_in"], replacing an entry with the same "id".
+    Written before the first checkpoint and after each, so a fill-in killed at any moment leaves a
+    run.json that names every checkpoint it may have made (among "planned")."""
+    run = read_json(run_dir / RUN_JSON)
+    entries = [e for e in run.get("filled_in") or [] if isinstance(e, dict) and e.get("id") != entry["id"]]
+    run["filled_in"] = entries + [entry]
+    write_json_atomic(run_dir / RUN_JSON, run)
+
+
+def reconcile_fill_ins(run_dir: Path, existing: set[int]) -> None:
+    """Make each earlier fill-in's "steps" the checkpoints of its "planned" that exist: a fill-in
+    killed between writing a checkpoint and recording it leaves that checkpoint unlisted."""
+    run = read_json(run_dir / RUN_JSON)
+    changed = False
+    for e in run.get("filled_in") or []:
+        if isinstance(e, dict) and isinstance(e.get("planned"), list):
+            steps = sorted(set(e["planned"]) & existing)
+            if e.get("steps") != steps:
+                e["steps"], changed = steps, True
+    if changed:
+        write_json_atomic(run_dir / RUN_JSON, run)
 
 
 def keep_rows_through(path: Path, step: int) -> None:

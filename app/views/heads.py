@@ -34,18 +34,57 @@ def add_clicked_heads() -> None:
     st.session_state[HEADS_KEY] = chosen
 
 
+SOURCES = ("exact ablation", "attribution estimate")
+
+
+def agreement_caption(res, kind: str, step: int) -> str | None:
+    """The sentence that must accompany the attribution estimate: what it is and how well it
+    agreed with the exact sweep at this checkpoint. None when the result holds no agreement."""
+    agree = R.get(res, f"head_ablation.attribution_agreement.{kind}")
+    if not isinstance(agree, dict):
+        return None
+    rho, overlap = agree.get("spearman"), agree.get("top3_overlap")
+    rho_text = f"{rho:.2f}" if isinstance(rho, (int, float)) else "undefined (a constant matrix)"
+    overlap_text = f"{overlap:.2f}" if isinstance(overlap, (int, float)) else "unknown"
+    n = R.get(res, "head_ablation.attribution_sequences")
+    on = f" on the first {n} held-out sequences" if isinstance(n, int) else ""
+    return (f"First-order estimate (attribution patching: one forward and one backward pass{on}), not a "
+            f"measured ablation. Agreement with the exact {kind}-ablation sweep at step {step}: Spearman "
+            f"rank correlation {rho_text}, top-3 overlap {overlap_text}.")
+
+
 def heatmap_section(results, steps, kind, step) -> None:
     res = results[step]
     clean = R.get(res, "head_ablation.clean_loss")
     selected = [parse_label(h) for h in st.session_state.get(HEADS_KEY, [])]
+    source = st.radio("Heatmap shows", list(SOURCES), horizontal=True, key="heatmap_source")
+    if source == SOURCES[1]:
+        estimate, caption = R.get(res, f"head_ablation.attribution.{kind}"), agreement_caption(res, kind, step)
+        if not R.is_matrix(estimate) or caption is None:
+            st.info("This result predates the attribution estimate: recompute the probes to see it.")
+            return
+        fig = figures.head_heatmap(estimate, f"Estimated loss increase (first order) when one head is "
+                                   f"{kind}-ablated · step {step}", "Δ loss (estimate)", selected=selected,
+                                   clickable=True)
+        st.plotly_chart(fig, key="ablation_heatmap", on_select=add_clicked_heads, selection_mode="points")
+        st.caption(caption)
+        return
+    errors = R.get(res, f"head_ablation.delta_se.{kind}")
     fig = figures.head_heatmap(R.get(res, f"head_ablation.{kind}"), f"Loss increase when one head is "
-                               f"{kind}-ablated · step {step}", "Δ loss", selected=selected, clickable=True)
+                               f"{kind}-ablated · step {step}", "Δ loss", selected=selected, clickable=True,
+                               errors=errors if R.is_matrix(errors) else None)
     st.plotly_chart(fig, key="ablation_heatmap", on_select=add_clicked_heads, selection_mode="points")
     if isinstance(clean, (int, float)):
         st.caption(f"Clean held-out loss at step {step}: {clean:.4f} nats. Click cells to add heads to the ablation.")
+    note = figures.ablation_precision_note(R.get(res, "head_ablation.precision"))
+    st.caption(note or "This result predates standard errors: recompute the probes to see them.")
 
 
-def interactive_section(run, step, n_layer, n_head, clean_loss) -> None:
+def interactive_section(run, step, n_layer, n_head, clean_loss, n_sequences=None) -> None:
+    """Ablate any heads on the held-out sequences the probe used at this step (its first
+    `n_sequences`: precision sizing may have used more than the first block), so the loss change
+    of one zero-ablated head is the heatmap's number."""
+    n = n_sequences if isinstance(n_sequences, int) and n_sequences >= 2 else 16
     st.subheader("Interactive ablation")
     options = [head_label(l, h) for l in range(n_layer) for h in range(n_head)]
     st.session_state[HEADS_KEY] = [h for h in st.session_state.get(HEADS_KEY, []) if h in options]
@@ -54,10 +93,10 @@ def interactive_section(run, step, n_layer, n_head, clean_loss) -> None:
     prompt = st.text_input("Prompt for the greedy generation", "Once upon a time", key="ablate_prompt")
     heads = [parse_label(h) for h in labels]
     if heads:
-        ablated = cache.ablation(run, step, heads, kind)
+        ablated = cache.ablation(run, step, heads, kind, n=n)
         clean = ablated["loss"] - ablated["delta"]
     else:  # nothing ablated: the probe's clean loss on the same held-out batch, no forward pass
-        clean = clean_loss if isinstance(clean_loss, (int, float)) else cache.ablation(run, step, [], kind)["loss"]
+        clean = clean_loss if isinstance(clean_loss, (int, float)) else cache.ablation(run, step, [], kind, n=n)["loss"]
         ablated = {"loss": clean, "delta": 0.0}
     cols = st.columns(3)
     cols[0].metric("Clean held-out loss", f"{clean:.4f}")
@@ -91,8 +130,12 @@ def evolution_section(run, results, kind, log_x) -> None:
         st.info("The evolution over training needs probe results for at least two checkpoints.")
         return
     summary = cache.probe_summary(run)
-    st.plotly_chart(figures.head_small_multiples(steps, mats, f"Per-head loss increase ({kind}) over training",
-                                                 "Δ loss", log_x=log_x), key="evolution")
+    errors = [R.get(results[s], f"head_ablation.delta_se.{kind}") for s in steps]
+    errors = [e if R.is_matrix(e) else None for e in errors]
+    st.plotly_chart(figures.head_small_multiples(steps, mats, f"Per-head loss increase ({kind}) over training, ± SE",
+                                                 "Δ loss", log_x=log_x,
+                                                 errors=errors if any(e is not None for e in errors) else None),
+                    key="evolution")
     gini = R.scalar(results, f"head_ablation.gini.{kind}")
     top = R.scalar(results, f"head_ablation.top_share.{kind}")
     series = {k: v for k, v in {"Gini": gini, "top-10% share": top}.items() if v[0]}
@@ -128,7 +171,8 @@ def render() -> None:
         ui.guarded(lambda: heatmap_section(results, steps, kind, step))
     with right:
         ui.guarded(lambda: interactive_section(run, step, n_layer, n_head,
-                                               R.get(results[step], "head_ablation.clean_loss")))
+                                               R.get(results[step], "head_ablation.clean_loss"),
+                                               R.get(results[step], "head_ablation.n_sequences")))
     ui.guarded(lambda: evolution_section(run, results, kind, log_x))
 
 

@@ -1,12 +1,14 @@
 """Induction: induction, previous-token and duplicate-token scores per head over training (on
-repeated random tokens), the in-distribution copying score beside them, and the in-context
-learning score, with the phase change marked."""
+repeated random tokens, averaged over several repeat periods), the positional-shortcut control
+beside them, the in-distribution copying score, the in-context learning score with the phase
+change marked, the heads of the circuit as they form, and the per-token loss trajectory."""
 import streamlit as st
 
-from app import cache, figures, results as R, ui
+from app import cache, figures, figures_induction as FI, results as R, ui
 
 SCORES = {
     "induction": "induction (repeated random tokens)",
+    "induction_control": "induction control (fresh random tokens)",
     "previous_token": "previous token",
     "duplicate_token": "duplicate token",
     "in_context_copying": "in-context copying (spans repeated in held-out text)",
@@ -38,6 +40,9 @@ def overview_section(run, results, log_x) -> None:
         best_reached = found.get("best_score_reached") if found else None
         st.caption(caption + (f" Best score reached: {best_reached:.3f}." if isinstance(best_reached, (int, float))
                               and found.get("detected") is False else ""))
+    change = R.change_caption(found)
+    if change:
+        st.caption(change)
     copying = R.rise_caption(found.get("in_context_copying") if found else None, "rise of the in-context copying score")
     if copying:
         st.caption(copying)
@@ -46,15 +51,73 @@ def overview_section(run, results, log_x) -> None:
         st.caption(f"Phase-change rule: {rule}")
 
 
-def per_head_section(results, log_x) -> None:
+def periods_caption(last: dict) -> str | None:
+    """Which repeat periods the scores average over, and which ones training could have used."""
+    periods = R.get(last, "induction.random_periods")
+    if not periods:
+        return None
+    text = f"Induction scores are means over repeat periods {', '.join(map(str, periods))}"
+    planted = R.get(last, "induction.training_repeat_periods")
+    if planted:
+        unseen = R.get(last, "induction.unseen_periods") or []
+        text += (f"; training planted repeats with periods {planted[0]}–{planted[1]}, so "
+                 + (f"{len(unseen)} of them are unseen in training" if unseen else "none of them is unseen in training"))
+    return text + (". The control is the same attention (query to q − period + 1) on fresh random tokens that never "
+                   "repeat: a real induction head scores ≈ 0 there, a head attending by position alone scores as "
+                   "high as on the repeat.")
+
+
+def heads_forming_section(run, results, log_x) -> None:
+    summary = cache.probe_summary(run)
+    series = {name: R.matrices(results, f"induction.{key}") for name, key in
+              (("induction", "induction"), ("previous token", "previous_token"),
+               ("in-context copying", "in_context_copying"))}
+    series = {k: v for k, v in series.items() if v[0]}
+    if not series:
+        st.info("The probe results hold no per-head induction scores.")
+        return
+    control = R.matrices(results, "induction.induction_control")
+    circuit = R.get(summary, "induction_circuit") if summary else None
+    highlight = {"induction head": circuit.get("induction_head"),
+                 "previous-token head": circuit.get("previous_token_head")} if isinstance(circuit, dict) else {}
+    st.plotly_chart(FI.induction_head_panels(
+        series, control if control[0] else None, "Heads forming: each head's scores over training", log_x=log_x,
+        marks=R.emergence_mark(summary, "induction", "phase change"), highlight=highlight), key="per_head")
+    caption = R.circuit_caption(circuit)
+    if caption:
+        st.caption(caption + " Boxed panels: the circuit's heads.")
+    periods = periods_caption(results[max(results)])
+    if periods:
+        st.caption(periods)
+
+
+def trajectory_section(run, results) -> None:
+    summary = cache.probe_summary(run)
+    path = R.trajectory(summary)
+    steps, curves = R.position_losses(results)
+    left, right = st.columns(2)
+    with left:
+        if path is None:
+            reason = R.get(summary, "trajectory.reason") if summary else None
+            st.info(f"No loss trajectory: {reason}." if reason else "No loss trajectory in the probe summary.")
+        else:
+            st.plotly_chart(FI.loss_trajectory(path["steps"], path["pc1"], path["pc2"], path.get("explained") or [],
+                                               mark_step=R.emergence_step(summary, "induction")), key="trajectory")
+            st.caption(f"{path.get('n_tokens')} held-out tokens, the same at every checkpoint. {path.get('rule', '')}")
+    with right:
+        if steps:
+            st.plotly_chart(FI.position_loss_curves(steps, curves), key="position_loss")
+        else:
+            st.info("The probe results hold no loss by token position.")
+
+
+def per_head_section(results) -> None:
     cols = st.columns([2, 2])
     key = cols[0].selectbox("Score per head", list(SCORES), format_func=SCORES.get, key="score")
     steps, mats = R.matrices(results, f"induction.{key}")
     if not steps:
         st.info(f"No {SCORES[key]} scores in the probe results.")
         return
-    st.plotly_chart(figures.head_small_multiples(steps, mats, f"{SCORES[key]} per head over training", "score",
-                                                 log_x=log_x), key="per_head")
     with cols[1]:
         step = ui.step_picker(steps, key="induction_step")
     st.plotly_chart(figures.head_heatmap(mats[steps.index(step)], f"{SCORES[key]} · step {step}", "score"),
@@ -70,7 +133,9 @@ def render() -> None:
         return
     log_x = ui.log_x_toggle("log_x", True)
     ui.guarded(lambda: overview_section(run, results, log_x))
-    ui.guarded(lambda: per_head_section(results, log_x))
+    ui.guarded(lambda: heads_forming_section(run, results, log_x))
+    ui.guarded(lambda: trajectory_section(run, results))
+    ui.guarded(lambda: per_head_section(results))
 
 
 ui.guarded(render)

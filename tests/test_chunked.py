@@ -1,0 +1,224 @@
+"""Chunked readout and the restarting head-ablation sweep: per-token losses from the residual
+stream equal those of whole logits, the sweep that restarts at the ablated layer equals one
+run_with_hooks per head, its standard errors equal a hand computation over sequences, precision
+sizing adds blocks as it says, and sweep_flops counts the matmuls a FLOP counter sees."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import probes.ablation as ablation
+import probes.forward as forward
+from model.config import GPTConfig
+from model.gpt import GPT
+from probes.ablation import (clean_run, head_ablation_probe, head_ablation_sweep, resample_permutation,
+                             sequence_deltas, standard_errors, sweep_flops)
+from probes.forward import final_residual, readout, stats_from_residual, token_stats
+
+SEED = 20240611
+V = 211
+
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def model() -> GPT:
+    torch.manual_seed(SEED)
+    m = GPT(GPTConfig(n_layer=3, n_head=4, n_embd=32, n_ctx=24, vocab_size=V)).eval()
+    with torch.no_grad():  # biases and LayerNorms away from init, so every parameter matters
+        for p in m.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    return m
+
+
+@pytest.fixture(scope="module")
+def tokens() -> torch.Tensor:
+    return torch.randint(0, V, (6, 22), generator=torch.Generator().manual_seed(SEED))
+
+
+@torch.no_grad()
+def naive_token_losses(model: GPT, tokens: torch.Tensor, hooks=()) -> torch.Tensor:
+    """Per-token cross-entropy [B, P] from whole logits: the reference."""
+    logits = model.run_with_hooks(tokens[:, :-1], fwd_hooks=list(hooks))
+    return F.cross_entropy(logits.reshape(-1, V).float(), tokens[:, 1:].reshape(-1), reduction="none").view(
+        len(tokens), -1)
+
+
+# -- chunked readout --------------------------------------------------------------------------
+@pytest.mark.parametrize("chunk", [1, 7, 21, 22, 64, 6 * 21, 1000])
+@torch.no_grad()
+def test_chunked_losses_equal_whole_logits_for_any_chunk_size(model, tokens, chunk):
+    """Chunks of 7 and 64 do not divide the 6 x 21 = 126 positions; 21 and 126 do; 1000 is one chunk."""
+    logits = model(tokens[:, :-1])
+    want_loss = F.cross_entropy(logits.reshape(-1, V), tokens[:, 1:].reshape(-1), reduction="none").view(6, 21)
+    logp = torch.log_softmax(logits, -1)
+    want_entropy = -(logp.exp() * logp).sum(-1)
+    seen: list[int] = []
+    head = readout(model)
+
+    def counting_head(x: torch.Tensor) -> torch.Tensor:
+        seen.append(x.shape[1])
+        return head(x)
+
+    resid = final_residual(model, tokens[:, :-1])
+    assert resid.shape == (6, 21, 32)
+    got = stats_from_residual(resid, tokens[:, 1:], counting_head, chunk, argmax=True, entropy=True)
+    assert (got.losses - want_loss).abs().max().item() <= 1e-5, f"seed {SEED}"
+    assert (got.entropy - want_entropy).abs().max().item() <= 1e-5, f"seed {SEED}"
+    assert torch.equal(got.argmax, logits.argmax(-1))
+    assert max(seen) == min(chunk, 126) and sum(seen) == 126  # never more than one chunk of logits at once
+
+
+def test_token_stats_stops_before_the_unembedding(model, tokens, monkeypatch):
+    """The forward ends at the last block: no [B, P, V] logits are ever made by the model."""
+    calls = []
+    original = F.linear
+
+    def spy(x, w, b=None):
+        if w.shape[0] == V:
+            calls.append(tuple(x.shape))
+        return original(x, w, b)
+
+    monkeypatch.setattr(forward.F, "linear", spy)
+    stats = token_stats(model, tokens[:, :-1], tokens[:, 1:])
+    assert all(shape[1] <= forward.loss_chunk_positions(model) for shape in calls) and calls
+    assert (stats.losses - naive_token_losses(model, tokens)).abs().max().item() <= 1e-5
+
+
+class LogitsOnly(torch.nn.Module):
+    """A model that offers only model(tokens) (no hooks, no readout): token_stats falls back to whole
+    logits row by row."""
+
+    def __init__(self, gpt: GPT):
+        super().__init__()
+        self.gpt, self.cfg = gpt, gpt.cfg
+
+    def forward(self, tokens):
+        return self.gpt(tokens)
+
+
+def test_token_stats_falls_back_to_logits_row_by_row(model, tokens, monkeypatch):
+    monkeypatch.setattr(forward, "rows_for", lambda model, positions: 4)  # 6 rows: parts of 4 and 2
+    got = token_stats(LogitsOnly(model), tokens[:, :-1], tokens[:, 1:], argmax=True)
+    assert (got.losses - naive_token_losses(model, tokens)).abs().max().item() <= 1e-5
+    assert torch.equal(got.argmax, model(tokens[:, :-1]).argmax(-1))
+
+
+# -- the restarting sweep ---------------------------------------------------------------------
+def naive_per_sequence(model: GPT, tokens: torch.Tensor, kind: str) -> np.ndarray:
+    """[L, H, B] per-sequence mean of (ablated − clean) per-token loss, one run_with_hooks per head."""
+    L, H, B = 3, 4, len(tokens)
+    clean_z = {}
+    clean = naive_token_losses(model, tokens, [
+        (f"blocks.{l}.attn.hook_z", lambda z, hook: clean_z.__setitem__(hook.name, z.clone())) for l in range(L)])
+    perm = resample_permutation(B, 0)
+    out = np.zeros((L, H, B))
+    for l in range(L):
+        for h in range(H):
+            src = clean_z[f"blocks.{l}.attn.hook_z"][:, :, h]
+            new = {"zero": torch.zeros_like(src), "mean": src.mean((0, 1)).expand_as(src), "resample": src[perm]}[kind]
+
+            def hook(z, hook, h=h, new=new):
+                z = z.clone()
+                z[:, :, h] = new
+                return z
+            ablated = naive_token_losses(model, tokens, [(f"blocks.{l}.attn.hook_z", hook)])
+            out[l, h] = (ablated.double() - clean.double()).mean(-1).numpy()
+    return out
+
+
+@pytest.mark.parametrize("kind", ["zero", "mean", "resample"])
+def test_restarting_sweep_equals_one_run_per_head_per_sequence(model, tokens, kind, monkeypatch):
+    naive = naive_per_sequence(model, tokens, kind)
+    assert np.abs(naive.mean(-1)).max() > 1e-3, f"seed {SEED}"  # the heads matter
+    inputs, targets = tokens[:, :-1], tokens[:, 1:]
+    clean = clean_run(model, inputs, targets, logits=False)
+    assert clean.resid_pre is not None and len(clean.resid_pre) == 3  # the GPT path restarts at the layer
+    for rows in (6 * 4, 6 * 3, 6):  # all heads of a layer at once; groups of 3 + 1; one at a time
+        monkeypatch.setattr(ablation, "rows_for", lambda model, positions, rows=rows: rows)
+        got = sequence_deltas(model, inputs, targets, kind, clean=clean)
+        assert np.abs(got - naive).max() <= 1e-5, (rows, f"seed {SEED}")
+    # the other path (as on the TransformerLens bridge): the batch is widened at hook_resid_pre
+    clean.resid_pre = None
+    got = sequence_deltas(model, inputs, targets, kind, clean=clean)
+    assert np.abs(got - naive).max() <= 1e-5, f"seed {SEED}"
+    assert np.abs(head_ablation_sweep(model, tokens, kind) - naive.mean(-1)).max() <= 1e-5
+
+
+def test_the_restart_runs_only_the_layers_from_the_ablated_one(model, tokens):
+    """Blocks below the ablated layer never run during the ablations of a layer."""
+    inputs, targets = tokens[:, :-1], tokens[:, 1:]
+    clean = clean_run(model, inputs, targets, logits=False)
+    runs = [0, 0, 0]
+    handles = [model.blocks[l].register_forward_hook(lambda *a, l=l: runs.__setitem__(l, runs[l] + 1))
+               for l in range(3)]
+    try:
+        ablation.ablated_token_losses(model, inputs, targets, 2, [0, 1, 2, 3], "zero", clean, None)
+    finally:
+        for h in handles:
+            h.remove()
+    assert runs == [0, 0, 1]
+
+
+# -- standard errors and precision ------------------------------------------------------------
+def test_standard_error_is_the_spread_over_sequences():
+    x = np.array([[[0.1, 0.3, 0.2, 0.6]]])
+    mean = 0.3
+    sd = math.sqrt(((0.1 - mean) ** 2 + 0 + (0.2 - mean) ** 2 + (0.6 - mean) ** 2) / 3)
+    assert standard_errors(x)[0, 0] == pytest.approx(sd / 2)
+    assert np.isnan(standard_errors(np.ones((2, 2, 1)))).all()
+
+
+def test_probe_records_se_and_precision_and_its_first_block_is_the_plain_sweep(model, tokens):
+    naive = {k: naive_per_sequence(model, tokens, k) for k in ablation.KINDS}
+    result = head_ablation_probe(model, tokens)  # one block of all 6 sequences
+    for kind in ablation.KINDS:
+        assert np.abs(np.asarray(result[kind]) - naive[kind].mean(-1)).max() <= 1e-5
+        se = naive[kind].std(-1, ddof=1) / math.sqrt(6)
+        assert np.abs(np.asarray(result["delta_se"][kind]) - se).max() <= 1e-5
+    p = result["precision"]
+    assert p["n_sequences"] == 6 and p["tokens"] == 6 * 21 and p["target_se"] is None
+    assert p["achieved_se"] == pytest.approx(max(np.max(result["delta_se"][k]) for k in ablation.KINDS))
+
+
+def test_blocks_are_added_until_the_target_or_the_cap(model, tokens):
+    """Blocks of 2 sequences: a target no head misses stops after the first block; an unreachable
+    one uses every allowed sequence, and the deltas are the means of the blocks' own sweeps."""
+    easy = head_ablation_probe(model, tokens, block=2, target_se=10.0, max_sequences=6)
+    assert easy["precision"]["n_sequences"] == 2 and easy["n_sequences"] == 2
+    assert np.abs(np.asarray(easy["zero"]) - head_ablation_sweep(model, tokens[:2], "zero")).max() <= 1e-5
+    hard = head_ablation_probe(model, tokens, block=2, target_se=1e-12, max_sequences=5)
+    assert hard["precision"]["n_sequences"] == 4  # 2 + 2; one sequence left is too few for a block
+    assert hard["precision"]["achieved_se"] > 1e-12 and hard["precision"]["target_se"] == 1e-12
+    for kind in ablation.KINDS:
+        blocks = [head_ablation_sweep(model, tokens[i:i + 2], kind) for i in (0, 2)]
+        assert np.abs(np.asarray(hard[kind]) - (blocks[0] + blocks[1]) / 2).max() <= 1e-5
+    with pytest.raises(ValueError, match="at least 2 sequences"):
+        head_ablation_probe(model, tokens, block=1)
+
+
+# -- FLOPs ------------------------------------------------------------------------------------
+def test_sweep_flops_by_hand_and_against_a_flop_counter(model, tokens):
+    cfg = GPTConfig(n_layer=2, n_head=3, n_embd=12, n_ctx=16, vocab_size=50)
+    B, P, C = 2, 5, 12
+    block = B * (24 * P * C * C + 2 * C * P * (P + 1))
+    unembed = 2 * B * P * C * 50
+    by_hand = 3 * (2 * block + unembed) + 3 * (1 * block + unembed)
+    assert sweep_flops(cfg, B, P, include_clean=False) == by_hand
+    assert sweep_flops(cfg, B, P) == by_hand + 2 * block + unembed
+    # torch's FLOP counter sees every matmul of the real sweep except CPU attention (SDPA's CPU kernel
+    # is not among the ops it counts), so it must see exactly sweep_flops less the attention terms
+    from torch.utils.flop_counter import FlopCounterMode
+    counter = FlopCounterMode(display=False)
+    with counter:
+        head_ablation_sweep(model, tokens, "zero")
+    mc = model.cfg
+    Bt, Pt = tokens.shape[0], tokens.shape[1] - 1
+    attention = 2 * mc.n_embd * Bt * Pt * (Pt + 1)
+    blocks_run = sum(mc.n_head * (mc.n_layer - l) for l in range(mc.n_layer)) + mc.n_layer  # ablations + clean
+    assert counter.get_total_flops() == sweep_flops(mc, Bt, Pt) - blocks_run * attention
