@@ -58,9 +58,10 @@ class ProbeSizes:
     to a few seconds on a 2-core CPU (see the README for the measured times)."""
 
     n_ablation: int = 16          # held-out sequences per head-ablation block (3 kinds x every head) ...
-    # ... blocks are added until every delta's standard error is <= this (nats). 0.005 needed 48 sequences
-    # (3x the sweep time) at step 150 of a nano run, where 16 gave at most 0.0073 (resample, the noisiest).
-    ablation_target_se: float = 0.01
+    # ... blocks are added until every delta's standard error is <= this (nats). 0.02 keeps heads whose
+    # deltas differ by a tenth of a nat apart; 0.01 took the demo's late checkpoints to 48 sequences (its
+    # probes from 84 s to about 145 s), 0.005 needed 48 already at step 150 of a nano run.
+    ablation_target_se: float = 0.02
     n_ablation_max: int = 64      # ... or this many sequences are used (see probes.ablation.head_ablation_probe)
     n_attention: int = 16         # held-out sequences for attention entropy and in-context copying
     n_memorization: int = 64      # seen and held-out sequences for the Pythia score and loss gap
