@@ -24,6 +24,7 @@ from unittest.mock import patch
 
 import pytest
 from streamlit.runtime import Runtime
+from streamlit.runtime.scriptrunner.script_cache import ScriptCache
 from streamlit.testing.v1 import AppTest
 from streamlit.testing.v1.util import patch_config_options
 
@@ -165,6 +166,15 @@ def one_server() -> Iterator[None]:
     has one Runtime for all its sessions: so the option stays on for the whole batch, and the
     first mock Runtime serves every session until the batch ends."""
     first: list = []
+    compiling = threading.Lock()
+    real_bytecode = ScriptCache.get_bytecode
+
+    def get_bytecode(self, script_path):
+        # A server has one ScriptCache, whose lock makes every session compile a page in turn; each
+        # AppTest has its own, so their compiles overlap, and CPython 3.11's AST constructor is not
+        # safe across threads ("AST constructor recursion depth mismatch"). One lock, as a server.
+        with compiling:
+            return real_bytecode(self, script_path)
 
     def instance(cls):
         if not first and cls._instance is not None:
@@ -175,7 +185,8 @@ def one_server() -> Iterator[None]:
 
     with patch_config_options({"global.appTest": True}), \
             patch.object(Runtime, "instance", classmethod(instance)), \
-            patch.object(Runtime, "exists", classmethod(lambda cls: bool(first) or cls._instance is not None)):
+            patch.object(Runtime, "exists", classmethod(lambda cls: bool(first) or cls._instance is not None)), \
+            patch.object(ScriptCache, "get_bytecode", get_bytecode):
         yield
 
 
