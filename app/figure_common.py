@@ -43,10 +43,11 @@ def _mark_steps(fig: go.Figure, marks: Mapping[str, int | None], log_x: bool) ->
         if step is None:
             continue
         x = x_of([int(step)], log_x)[0]
-        fig.add_vline(x=x, line_dash="dash", line_color="crimson")
-        fig.add_annotation(x=math.log10(x) if log_x else x, xref="x", y=1.0, yref="y domain",
-                           text=f"{label}: step {int(step)}", showarrow=False, xanchor="left",
-                           yanchor="top", font={"color": "crimson"}, name="mark")
+        colour = "dimgray" if label.startswith("predicted") else "crimson"  # a prediction is not evidence
+        fig.add_vline(x=x, line_dash="dot" if colour == "dimgray" else "dash", line_color=colour)
+        fig.add_annotation(x=math.log10(x) if log_x else x, xref="x", y=0.92 if colour == "dimgray" else 1.0,
+                           yref="y domain", text=f"{label}: step {int(step)}", showarrow=False, xanchor="left",
+                           yanchor="top", font={"color": colour}, name="mark")
 
 
 def _num(v: float | None) -> float | None:

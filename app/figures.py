@@ -18,9 +18,10 @@ from .figures_induction import (INDUCTION_COLOURS, _axis_suffix, induction_head_
 
 
 def loss_curves(runs: Mapping[str, Mapping[str, Series]], checkpoints: Mapping[str, Sequence[int]],
-                log_x: bool = False) -> go.Figure:
+                log_x: bool = False, marks: Mapping[str, int | None] | None = None) -> go.Figure:
     """Train and held-out loss per run, with the steps that have a checkpoint marked on the train
-    curve, so one sees where along training each saved model sits.
+    curve, so one sees where along training each saved model sits, and `marks` (e.g. the
+    loss-generation mismatch and the overfitting onset) as dashed lines.
 
     `runs[name]` holds "train" and optionally "val" as (steps, losses); `checkpoints[name]` lists
     checkpoint steps."""
@@ -46,6 +47,7 @@ def loss_curves(runs: Mapping[str, Mapping[str, Series]], checkpoints: Mapping[s
     fig.update_layout(title="Loss over training", xaxis_title="step", yaxis_title="cross-entropy (nats)",
                       height=HEIGHT + 40, hovermode="x unified")
     _log_x(fig, log_x, all_steps)
+    _mark_steps(fig, marks or {}, log_x)
     return fig
 
 

@@ -102,6 +102,9 @@ def run_header(run: RunFiles) -> None:
         cols[0].info("This run is still training: the pages show the checkpoints written so far. "
                      "Refresh to pick up new ones.")
         cols[1].button("Refresh", key="refresh", help="Re-read the run folder")
+    elif run.status == "stopped":
+        st.info(f"Training of this run was stopped by the user at step {run.info.get('stopped_at_step')}; "
+                "`python -m train --out RUN --resume` continues it. The checkpoints it wrote are shown.")
     elif run.status == "failed":
         st.warning(f"Training of this run failed: {run.info.get('error') or run.info.get('message') or 'see its log'}. "
                    "The checkpoints it wrote are shown.")

@@ -162,9 +162,10 @@ BLOCK_NAMES = {"ln1": "ln_1", "ln2": "ln_2", "attn.c_attn": "attn.c_attn", "attn
 def from_workbench(gpt) -> NanoGPT:
     """A NanoGPT holding a copy of a workbench GPT's weights (standard attention, tied embeddings)."""
     cfg = gpt.cfg
-    if cfg.attention != "standard" or not cfg.tie_embeddings:
-        raise ValueError("from_workbench needs a GPT with standard attention and tied embeddings, "
-                         f"got attention={cfg.attention!r}, tie_embeddings={cfg.tie_embeddings}.")
+    if cfg.attention != "standard" or not cfg.tie_embeddings or getattr(cfg, "attn_only", False):
+        raise ValueError("from_workbench needs a GPT with standard attention, MLPs and tied embeddings, "
+                         f"got attention={cfg.attention!r}, attn_only={getattr(cfg, 'attn_only', False)}, "
+                         f"tie_embeddings={cfg.tie_embeddings}.")
     ref = NanoGPT(config_like(cfg))
     sd = gpt.state_dict()
     theirs = {"transformer.wte.weight": sd["wte.weight"], "transformer.wpe.weight": sd["wpe.weight"],

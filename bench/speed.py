@@ -29,7 +29,8 @@ def matmul_peak_flops(n: int = 2048, dtype: torch.dtype = torch.float32, device:
 def train_flops_per_token(cfg: GPTConfig) -> float:
     """6 x (matmul parameters incl. the unembedding) + attention scores/mixing (PaLM appendix B)."""
     L, M, T, V = cfg.n_layer, cfg.n_embd, cfg.n_ctx, cfg.vocab_size
-    matmul_params = L * (12 * M * M) + V * M
+    per_layer = 4 * M * M if getattr(cfg, "attn_only", False) else 12 * M * M  # attention 4 M², MLP 8 M²
+    matmul_params = L * per_layer + V * M
     return 6 * matmul_params + 12 * L * M * T
 
 

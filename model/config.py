@@ -51,6 +51,9 @@ class GPTConfig:
     ln_eps: float = 1e-5
     tie_embeddings: bool = True
     activation: str = "gelu_new"
+    # Attention-only blocks (Olsson et al. 2022; Hoogland et al. 2024): no MLP and no ln2, so a
+    # block is resid_post = resid_pre + attn(ln1(resid_pre)).
+    attn_only: bool = False
 
     def __post_init__(self) -> None:
         self.validate()
@@ -76,7 +79,7 @@ class GPTConfig:
             raise ValueError(f"GPTConfig.activation must be one of {', '.join(ACTIVATIONS)}, got {self.activation!r}.")
         if isinstance(self.ln_eps, bool) or not isinstance(self.ln_eps, (int, float)) or not (0 < self.ln_eps < float("inf")):
             raise ValueError(f"GPTConfig.ln_eps must be a positive finite number, got {self.ln_eps!r}.")
-        for name in ("bias", "tie_embeddings"):
+        for name in ("bias", "tie_embeddings", "attn_only"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"GPTConfig.{name} must be true or false, got {getattr(self, name)!r}.")
 
@@ -122,7 +125,13 @@ class GPTConfig:
         return cls(**d)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The fields as a JSON-ready dict. `attn_only` is written only when true, so the config
+        of every other model (run.json, meta.json and the hashes sealed over them) is the same
+        as before attention-only models existed, and a run made then still resumes."""
+        d = asdict(self)
+        if not d["attn_only"]:
+            del d["attn_only"]
+        return d
 
     def misfit(self, shapes: dict[str, tuple[int, ...]]) -> str | None:
         """Why this config cannot describe weights of these shapes (name -> shape), checked on the
@@ -135,4 +144,9 @@ class GPTConfig:
                 return f"{name} has shape {shapes.get(name)}, the config needs {shape}"
         if len(blocks) != self.n_layer:
             return f"the file holds {len(blocks)} blocks, the config needs {self.n_layer}"
+        has_mlp = any(re.match(r"blocks\.\d+\.(mlp|ln2)\.", k) for k in shapes)
+        if self.attn_only and has_mlp:
+            return "the file holds MLP weights, the config is attention-only (attn_only true)"
+        if not self.attn_only and blocks and not has_mlp:
+            return "the file holds no MLP weights (an attention-only model), the config has MLPs (attn_only false)"
         return None

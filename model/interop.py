@@ -8,6 +8,12 @@ HF's GPT-2 keeps its projections in `Conv1D` modules whose weights are [in, out]
 `nn.Linear` weights are [out, in], so every projection is transposed on the way across.
 Nothing here downloads anything: the HF model is built from a config, the bridge from the HF
 model.
+
+An attention-only model (`attn_only`) goes out as a GPT-2 whose MLPs compute exactly zero: every
+MLP weight and bias is 0 (so the pre-activation is 0, GELU(0) = 0, and the output is 0) and ln_2
+is the identity LayerNorm (weight 1, bias 0). The logits are the same; the HF model and the bridge
+merely have MLP tensors and hooks (`hook_resid_mid` = `hook_resid_post`, `hook_mlp_out` = 0) that
+ours lacks. `from_hf` always gives a model with MLPs.
 """
 from __future__ import annotations
 
@@ -106,7 +112,8 @@ def hf_config_for(cfg: GPTConfig) -> Any:
 def to_hf(gpt: GPT) -> Any:
     """An HF `GPT2LMHeadModel` (eval mode, float32) with our weights; logits agree within 1e-5.
 
-    A model trained with bias=False gets zero biases, which computes the same function."""
+    A model trained with bias=False gets zero biases, and an attention-only model zero MLPs (and
+    an identity ln_2), which compute the same function."""
     from transformers import GPT2LMHeadModel
 
     require_standard(gpt, "to_hf")
@@ -125,9 +132,12 @@ def to_hf(gpt: GPT) -> Any:
         for mine, hf_name, transpose in BLOCK_PARAMS:
             key = f"transformer.h.{layer}.{hf_name}"
             w = sd.get(f"blocks.{layer}.{mine}")
-            if w is None:  # bias=False: a zero bias is the same function
-                w = torch.zeros_like(target[key])
-            theirs[key] = w.t().contiguous() if transpose else w
+            if w is None and cfg.attn_only and mine == "ln2.weight":  # the identity LayerNorm
+                theirs[key] = torch.ones_like(target[key])
+            elif w is None:  # bias=False, or attn_only's MLP: a zero tensor is the same function
+                theirs[key] = torch.zeros_like(target[key])
+            else:
+                theirs[key] = w.t().contiguous() if transpose else w
     missing = [k for k in target if k not in theirs]
     if missing:  # a transformers version with extra tensors we do not know how to fill
         raise ValueError(f"to_hf does not know how to fill HF GPT-2 tensor {missing[0]!r}.")

@@ -76,23 +76,32 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    """Pre-LN transformer block: resid_pre -> +attn -> resid_mid -> +mlp -> resid_post."""
+    """Pre-LN transformer block: resid_pre -> +attn -> resid_mid -> +mlp -> resid_post.
+
+    With `cfg.attn_only` (Olsson et al. 2022) the block has no ln2 and no MLP, and so, as
+    TransformerLens' attn-only HookedTransformer, no hook_resid_mid, hook_mlp_out, ln2.* or mlp.*
+    hooks: resid_pre -> +attn -> resid_post."""
 
     def __init__(self, cfg: GPTConfig, attention_cls: type[nn.Module]):
         super().__init__()
+        self.attn_only = cfg.attn_only
         self.ln1 = LayerNorm(cfg)
         self.attn = attention_cls(cfg)
-        self.ln2 = LayerNorm(cfg)
-        self.mlp = MLP(cfg)
+        if not self.attn_only:
+            self.ln2 = LayerNorm(cfg)
+            self.mlp = MLP(cfg)
         self.hook_resid_pre = HookPoint()
         self.hook_attn_out = HookPoint()
-        self.hook_resid_mid = HookPoint()
-        self.hook_mlp_out = HookPoint()
+        if not self.attn_only:
+            self.hook_resid_mid = HookPoint()
+            self.hook_mlp_out = HookPoint()
         self.hook_resid_post = HookPoint()
 
     def forward(self, x: torch.Tensor, layer_cache: dict | None = None, offset: int = 0) -> torch.Tensor:
         resid_pre = self.hook_resid_pre(x)
         attn_out = self.hook_attn_out(self.attn(self.ln1(resid_pre), layer_cache, offset))
+        if self.attn_only:
+            return self.hook_resid_post(resid_pre + attn_out)
         resid_mid = self.hook_resid_mid(resid_pre + attn_out)
         mlp_out = self.hook_mlp_out(self.mlp(self.ln2(resid_mid)))
         return self.hook_resid_post(resid_mid + mlp_out)

@@ -24,9 +24,13 @@ MARGIN = 0.9
 # LayerNorm inputs and outputs, q/k/v, the attention output, the residual sums (about 10 C) and the
 # MLP's pre- and post-GELU activations and their gradients' buffers (4 C each, plus scratch).
 TRAIN_PER_LAYER = 24
+# The same without the MLP and its LayerNorm (attention-only blocks, GPTConfig.attn_only): ln1's
+# input and output, q/k/v, the attention output and the residual sum, plus scratch.
+TRAIN_PER_LAYER_ATTN_ONLY = 10
 # Values alive at once per position during an inference forward (no graph kept): the residual
 # stream, one layer's q/k/v and the MLP's 4 C pre- and post-activation.
 FORWARD_PER_POSITION = 14
+FORWARD_PER_POSITION_ATTN_ONLY = 6  # the same without the MLP's 4 C pre- and post-activation
 # Copies of the [B,P,V] logits alive at the peak: in training the logits, their log-softmax (kept
 # by cross_entropy) and the two gradients of the backward pass; in inference the logits plus the
 # log-softmax / softmax a probe takes of them.
@@ -117,16 +121,30 @@ def device_available_bytes(device: Any) -> int:
 def param_count(cfg: Any) -> int:
     """Parameters of model.GPT(cfg), exactly: embeddings V*C + T*C; per block two LayerNorms,
     the attention's qkv 3C*C and output C*C projections (plus the gate's C*C + C for `gated`),
-    and the MLP's 4C*C twice; a final LayerNorm; an untied unembedding V*C."""
+    and the MLP's 4C*C twice (one LayerNorm and no MLP for `attn_only`); a final LayerNorm; an
+    untied unembedding V*C."""
     C, bias = cfg.n_embd, int(cfg.bias)
     norm = C * (1 + bias)
     attn = 3 * C * C + 3 * C * bias + C * C + C * bias
     if cfg.attention == "gated":
         attn += C * C + C
     mlp = 4 * C * C + 4 * C * bias + 4 * C * C + C * bias
-    block = 2 * norm + attn + mlp
+    block = norm + attn if attn_only(cfg) else 2 * norm + attn + mlp
     unembed = 0 if cfg.tie_embeddings else cfg.vocab_size * C
     return cfg.vocab_size * C + cfg.n_ctx * C + cfg.n_layer * block + norm + unembed
+
+
+def attn_only(cfg: Any) -> bool:
+    """Whether the blocks are attention-only (a config from before the option is not)."""
+    return bool(getattr(cfg, "attn_only", False))
+
+
+def train_per_layer(cfg: Any) -> int:
+    return TRAIN_PER_LAYER_ATTN_ONLY if attn_only(cfg) else TRAIN_PER_LAYER
+
+
+def forward_per_position(cfg: Any) -> int:
+    return FORWARD_PER_POSITION_ATTN_ONLY if attn_only(cfg) else FORWARD_PER_POSITION
 
 
 def model_bytes(cfg: Any) -> int:
@@ -147,13 +165,13 @@ def forward_bytes(cfg: Any, rows: int, positions: int, explicit_attention: bool 
 
         4 * (B*P*(14*C + 3*V) + 3*B*H*P*K)  +  16 MiB
 
-    The residual stream and one layer's intermediates (14 C per position), the logits with the
-    (log-)softmax a caller takes of them (3 V), and with an explicit attention pattern its scores,
-    mask and softmax (K = P keys; 64 for linear attention's chunks; 0 for fused SDPA); plus the
+    The residual stream and one layer's intermediates (14 C per position; 6 C for attention-only
+    blocks), the logits with the (log-)softmax a caller takes of them (3 V), and with an explicit
+    attention pattern its scores, mask and softmax (K = P keys; 64 for linear attention's chunks; 0 for fused SDPA); plus the
     kernels' fixed cost (FORWARD_OVERHEAD)."""
     B, P = int(rows), int(positions)
     keys = _attention_keys(cfg, P, explicit_attention)
-    per_row = P * (FORWARD_PER_POSITION * cfg.n_embd + FORWARD_LOGIT_COPIES * cfg.vocab_size)
+    per_row = P * (forward_per_position(cfg) * cfg.n_embd + FORWARD_LOGIT_COPIES * cfg.vocab_size)
     per_row += SCORE_COPIES * cfg.n_head * P * keys
     return FLOAT * B * per_row + FORWARD_OVERHEAD
 
@@ -170,15 +188,16 @@ def train_bytes(cfg: Any, micro_batch: int, seq_len: int | None = None, explicit
         4 * (4 N  +  B*P*(24*L*C + 4*V)  +  3*L*B*H*P*K)  +  100 MiB
 
     Weights, gradients and AdamW's two states (4 N floats); the activations autograd keeps for
-    the backward pass (24 C per position and layer); the logits, their log-softmax and the two
-    gradients of the backward (4 V per position); and, when attention is materialised, each
-    layer's [B,H,P,K] scores (K as in forward_bytes: 0 for fused SDPA, which keeps only
-    the output and a log-sum-exp); plus autograd's fixed cost (TRAIN_OVERHEAD)."""
+    the backward pass (24 C per position and layer; 10 C for attention-only blocks); the logits,
+    their log-softmax and the two gradients of the backward (4 V per position); and, when
+    attention is materialised, each layer's [B,H,P,K] scores (K as in forward_bytes: 0 for fused
+    SDPA, which keeps only the output and a log-sum-exp); plus autograd's fixed cost
+    (TRAIN_OVERHEAD)."""
     B = int(micro_batch)
     P = int(seq_len if seq_len is not None else cfg.n_ctx)
     state = 4 * param_count(cfg)
     keys = _attention_keys(cfg, P, explicit_attention)
-    acts = B * P * (TRAIN_PER_LAYER * cfg.n_layer * cfg.n_embd + TRAIN_LOGIT_COPIES * cfg.vocab_size)
+    acts = B * P * (train_per_layer(cfg) * cfg.n_layer * cfg.n_embd + TRAIN_LOGIT_COPIES * cfg.vocab_size)
     acts += SCORE_COPIES * cfg.n_layer * B * cfg.n_head * P * keys
     return FLOAT * (state + acts) + TRAIN_OVERHEAD
 

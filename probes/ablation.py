@@ -262,8 +262,8 @@ def sweep_flops(cfg: Any, batch: int, positions: int, include_clean: bool = True
 
     Per ablated head of layer l: blocks l..L-1 on the batch (per block, q/k/v 6·P·C², the
     causal attention scores and mix 2·C·P(P+1), the output projection 2·P·C² and the MLP 16·P·C²
-    per row) and the readout 2·P·C·V per row. With `include_clean` (the sweep runs one itself
-    unless given one) add one clean pass: all L blocks and the readout once. LayerNorms, softmax,
+    (none for attention-only blocks) per row) and the readout 2·P·C·V per row. With
+    `include_clean` (the sweep runs one itself unless given one) add one clean pass: all L blocks and the readout once. LayerNorms, softmax,
     GELU and the cross-entropy are not counted: they are O(P·C) or O(P·V) per row, not matmuls.
     Accepts a `GPTConfig` or a TransformerLens cfg."""
     L = int(getattr(cfg, "n_layer", None) or cfg.n_layers)
@@ -271,7 +271,8 @@ def sweep_flops(cfg: Any, batch: int, positions: int, include_clean: bool = True
     C = int(getattr(cfg, "n_embd", None) or cfg.d_model)
     V = int(getattr(cfg, "vocab_size", None) or cfg.d_vocab)
     B, P = int(batch), int(positions)
-    block = B * (24 * P * C * C + 2 * C * P * (P + 1))
+    mlp = 0 if getattr(cfg, "attn_only", False) else 16
+    block = B * ((8 + mlp) * P * C * C + 2 * C * P * (P + 1))
     unembed = 2 * B * P * C * V
     total = sum(H * ((L - l) * block + unembed) for l in range(L))
     if include_clean:

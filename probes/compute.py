@@ -114,8 +114,12 @@ def compute_probes(model: Any, tokenizer: Any, inputs: ProbeInputs, step: int,
         elif name == "repetition":
             result[name] = repetition_result(model, tokenizer, inputs, heldout.predictions, heldout.tokens)
         elif name == "induction":
+            documents = None
+            if inputs.documents is not None:
+                rows = fit_context(inputs.documents[0], n_ctx)
+                documents = (HeldoutSet(model, rows).losses, inputs.documents[1].clamp(max=rows.shape[1] - 1))
             result[name] = induction_result(model, inputs.random_sets, stats, heldout.losses, inputs.training_periods,
-                                            heldout=attention_tokens)
+                                            heldout=attention_tokens, documents=documents)
         result["seconds"][name] = time.perf_counter() - t
         for part, seconds in (result[name].pop("seconds", None) or {}).items():  # e.g. the attribution estimate
             result["seconds"][f"{name}.{part}"] = seconds

@@ -97,15 +97,28 @@ def multi_period_scores(model: Any, sets: Sequence[Any], n_ctx: int,
     return out
 
 
-def icl_positions(n_positions: int) -> tuple[int, int]:
-    """(early, late) input positions for the ICL score: 50 and 500 when the context allows,
-    otherwise the latest position available and 50 (or half of it, for very short contexts)."""
-    late = min(ICL_LATE, n_positions - 1)
+ICL_MIN_LATE = 200  # below this late position the score says little (Olsson et al. compare token 500 with 50)
+ICL_MIN_ROWS = 4   # document-aligned rows needed to put the late window where they reach
+
+
+def icl_positions(n_positions: int, reach: int | None = None) -> tuple[int, int]:
+    """(early, late) input positions for the ICL score: 50 and 500 when the context (and, for
+    document-aligned rows, `reach`, the last position the documents typically still cover)
+    allows, otherwise the latest position available and 50 (or half of it, for short contexts)."""
+    late = min(ICL_LATE, n_positions - 1, reach if reach is not None else n_positions - 1)
     early = min(ICL_EARLY, late // 2)
     return early, late
 
 
-def icl_score(position_losses: torch.Tensor, window: int = ICL_WINDOW) -> dict:
+def document_reach(valid: torch.Tensor) -> int:
+    """The last position the document-aligned rows typically cover: at least half of them, and at
+    least ICL_MIN_ROWS, still predict tokens of their own document there."""
+    v = torch.sort(valid.long(), descending=True).values
+    k = min(len(v), max(ICL_MIN_ROWS, (len(v) + 1) // 2))
+    return int(v[k - 1]) - 1
+
+
+def icl_score(position_losses: torch.Tensor, valid: torch.Tensor | None = None, window: int = ICL_WINDOW) -> dict:
     """The in-context-learning score after Olsson et al. (2022), from [N, P] per-position held-out
     losses (position i predicts token i+1 from tokens 0..i): the mean loss over the late window
     minus the mean over the early one, all sequences pooled. Negative when later tokens are
@@ -115,20 +128,38 @@ def icl_score(position_losses: torch.Tensor, window: int = ICL_WINDOW) -> dict:
     single position is too noisy, so each end averages `window` positions: the early window is
     centred on `early_position`, the late one ends at `late_position`. The windows are returned
     as [start, end) in early_positions / late_positions, and `definition` says it in words, so no
-    reader mistakes the score for "position 127 minus position 50"."""
+    reader mistakes the score for "position 127 minus position 50".
+
+    With `valid` ([N]: how many leading positions of each row predict tokens of the document the
+    row starts with) the rows are document-aligned: positions count from the start of a story,
+    the late window ends where the documents still reach, and only rows whose document covers it
+    count, so the score never measures the step into the next, unrelated document. `meaningful`
+    is False when the late window ends before ICL_MIN_LATE: the late tokens then have too little
+    more context than the early ones for the score to say much."""
     P = position_losses.shape[1]
-    early, late = icl_positions(P)
+    reach = document_reach(valid) if valid is not None else None
+    early, late = icl_positions(P, reach)
+    rows = position_losses if valid is None else position_losses[valid.to(position_losses.device) > late]
     w = max(1, min(window, late - early))
     e0 = max(0, early - w // 2)
     early_range, late_range = (e0, e0 + w), (late - w + 1, late + 1)
-    e = float(position_losses[:, early_range[0]:early_range[1]].double().mean())
-    l = float(position_losses[:, late_range[0]:late_range[1]].double().mean())
+    e = float(rows[:, early_range[0]:early_range[1]].double().mean())
+    l = float(rows[:, late_range[0]:late_range[1]].double().mean())
+    notes = []
+    if late < ICL_LATE:
+        why = (f"the documents (half of the sampled ones) end by position {reach + 1}" if reach is not None and reach < P - 1
+               else f"the context has {P} positions")
+        notes.append(f"{why}, so the late window ends at position {late} instead of {ICL_LATE}")
+    if late < ICL_MIN_LATE:
+        notes.append(f"below position {ICL_MIN_LATE} the late tokens have too little more context than the early "
+                     "ones for the score to mean much")
     return {"value": l - e, "definition": icl_definition(early_range, late_range),
             "early_position": early, "late_position": late,
             "early_positions": list(early_range), "late_positions": list(late_range),
-            "early_loss": e, "late_loss": l, "n_sequences": int(position_losses.shape[0]),
-            "note": None if late == ICL_LATE else f"the context has {P} positions, so the late window ends at "
-                                                   f"position {late} instead of {ICL_LATE}"}
+            "early_loss": e, "late_loss": l, "n_sequences": int(rows.shape[0]),
+            "aligned": "document start" if valid is not None else "held-out chunk",
+            "meaningful": late >= ICL_MIN_LATE,
+            "note": "; ".join(notes) or None}
 
 
 def icl_definition(early_range: tuple[int, int], late_range: tuple[int, int]) -> str:
@@ -172,7 +203,11 @@ def trajectory_losses(position_losses: torch.Tensor, n_tokens: int = TRAJECTORY_
 
 def induction_result(model: Any, random_sets: Sequence[Any], stats: HeldoutPatternStats,
                      position_losses: torch.Tensor, training_periods: tuple[int, int] | None = None,
-                     heldout: torch.Tensor | None = None) -> dict:
+                     heldout: torch.Tensor | None = None,
+                     documents: tuple[torch.Tensor, torch.Tensor] | None = None) -> dict:
+    """Every induction measure of one checkpoint. `documents` = (per-position losses on held-out
+    rows that start at a document start, positions of each row inside its document): the ICL
+    score is taken on them when given, else on the held-out chunks."""
     n_ctx = shape_of(model)[2]
     result = multi_period_scores(model, random_sets, n_ctx, training_periods)
     if heldout is not None:
@@ -185,6 +220,6 @@ def induction_result(model: Any, random_sets: Sequence[Any], stats: HeldoutPatte
     best = max(flat)
     result["best_induction"] = {"score": best[0], "layer": best[1], "head": best[2],
                                 "control": result["induction_control"][best[1]][best[2]]}
-    result["icl_score"] = icl_score(position_losses)
+    result["icl_score"] = icl_score(*documents) if documents is not None else icl_score(position_losses)
     result.update(trajectory_losses(position_losses))
     return result

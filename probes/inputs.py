@@ -41,6 +41,7 @@ REPETITION_PROMPTS = (
 
 # Sub-seeds mixed with the run seed, one per input, so that adding an input never changes another.
 HELDOUT_STREAM, SEEN_STREAM, SAMPLING_STREAM, CANARY_STREAM = 1, 2, 4, 5  # 3 is RANDOM_STREAM, in probes.random_tokens
+DOCUMENT_STREAM = 6
 
 
 # Candidates per canary for exposure: the canary and 31 draws from its randomness space R. Scoring
@@ -65,6 +66,7 @@ class ProbeSizes:
     n_ablation_max: int = 64      # ... or this many sequences are used (see probes.ablation.head_ablation_probe)
     n_attention: int = 16         # held-out sequences for attention entropy and in-context copying
     n_memorization: int = 64      # seen and held-out sequences for the Pythia score and loss gap
+    n_documents: int = 64         # held-out rows starting at a document start, for the ICL score
     prefix_len: int = 32          # Pythia memorization: 32-token prefix ...
     suffix_len: int = 32          # ... and 32 greedy tokens compared with the truth
     n_random: int = 8             # repeated-random-token sequences for induction scores
@@ -270,6 +272,9 @@ class ProbeInputs:
     _seen_rank: np.ndarray | None = field(default=None, repr=False)
 
     training_periods: tuple[int, int] | None = None  # (MIN, MAX) of the repeats training planted
+    # held-out rows [n, chunk_len + 1] that start at a document's <|endoftext|>, and how many leading
+    # positions of each predict tokens of that document (probes.induction.icl_score); None: no documents
+    documents: tuple[torch.LongTensor, torch.LongTensor] | None = None
 
     @property
     def chunk_len(self) -> int:
@@ -345,6 +350,25 @@ class ProbeInputs:
         return torch.from_numpy(get_chunks(self._train, chosen, self.chunk_len))
 
 
+def document_rows(val: np.ndarray, eot: int, length: int, n: int, seed: int
+                  ) -> tuple[torch.LongTensor, torch.LongTensor] | None:
+    """Up to `n` held-out rows of `length` tokens that each begin with the <|endoftext|> opening a
+    document (seeded choice among those that fit), and per row how many leading positions predict
+    tokens of that document (its closing <|endoftext|> included). None when no row fits: then the
+    ICL score falls back to held-out chunks. Positions in these rows count from the story start,
+    which is what the in-context-learning score needs: in a chunk of a token stream, the late
+    window may fall into the next, unrelated story."""
+    val = np.asarray(val)
+    starts = np.flatnonzero(val[: max(0, len(val) - length + 1)] == eot)
+    if len(starts) == 0:
+        return None
+    chosen = np.sort(starts[sub_seed(seed, DOCUMENT_STREAM).permutation(len(starts))[:n]])
+    rows = np.stack([val[s:s + length] for s in chosen]).astype(np.int64)
+    ends = rows[:, 1:] == eot
+    valid = np.where(ends.any(1), ends.argmax(1) + 1, length - 1)
+    return torch.from_numpy(rows), torch.from_numpy(valid.astype(np.int64))
+
+
 def model_context(run: dict, data_meta: dict) -> int:
     cfg = run.get("model") or {}
     return int(cfg.get("n_ctx") or data_meta["chunk_len"])
@@ -396,4 +420,5 @@ def probe_inputs(run_dir: str | os.PathLike, sizes: ProbeSizes | None = None,
         random_sets=random_token_sets(frequent, sizes.n_random, periods, tokenizer.eot_id, seed),
         training_periods=training_periods, prompt_texts=list(REPETITION_PROMPTS), prompt_tokens=prompt_batch(tokenizer),
         canaries=tokenize_canaries(meta, tokenizer, sizes, n_ctx, seed), eot_id=tokenizer.eot_id, _train=train,
+        documents=document_rows(val, tokenizer.eot_id, chunk_len + 1, sizes.n_documents, seed),
     )

@@ -1,7 +1,9 @@
 """Repetition probe: continuations of fixed prompts, greedy and sampled (nucleus, fixed seed),
 scored for repeated n-grams, diversity, loops and predictive entropy; plus the teacher-forced
 rep/wrep of Welleck et al. (2019) on held-out text, which measures the same tendency without
-letting the model feed on its own output.
+letting the model feed on its own output; and the "tone" of the sampled continuations: how far
+their token distribution lies from held-out text's (`tone_result`), a generation-quality measure
+the training loss does not see.
 """
 from __future__ import annotations
 
@@ -12,9 +14,18 @@ import torch
 
 from .forward import generate, model_device, shape_of, token_stats
 from .inputs import SAMPLING_STREAM, ProbeInputs, sub_seed
-from .metrics import distinct_n, find_loop, rep_wrep, seq_rep_n
+from .metrics import distinct_n, find_loop, jensen_shannon, ngram_counts, rep_wrep, seq_rep_n, tone_distance
 
 REP_WINDOW = 128
+TONE_DEFINITION = (
+    "Jensen-Shannon divergence (bits: 0 = the same distribution, 1 = disjoint) between the n-gram "
+    "distribution of the checkpoint's sampled continuations (the repetition probe's own nucleus samples, "
+    "not sampled again) and that of held-out text (the memorization held-out sequences); floor (and "
+    "floor_*_sd) = the mean (and standard deviation) of the same for held-out sequences taken k at a time "
+    "(k = the number of prompts), cut to the continuations' length and scored against the other held-out "
+    "sequences: what text written exactly like the held-out text scores at this sample size. A "
+    "distribution distance between model and human text in the family of MAUVE (Pillutla et al. 2021), "
+    "on plain token n-grams.")
 
 
 def sampling_seed(seed: int) -> int:
@@ -42,6 +53,41 @@ def continuation_stats(model: Any, full: torch.Tensor, prompt_len: int) -> tuple
     return stats, rows
 
 
+def _minus(a: dict, b: dict) -> dict:
+    """Counts a minus counts b (b a part of a), zeros dropped."""
+    out = dict(a)
+    for key, v in b.items():
+        out[key] -= v
+        if not out[key]:
+            del out[key]
+    return out
+
+
+def tone_result(samples: torch.Tensor, heldout_tokens: torch.Tensor) -> dict:
+    """The `tone` entry: `tone_distance` of the sampled continuations [K, T] from the held-out rows
+    [N, P+1], for unigrams and bigrams, beside the floor: the held-out rows taken K at a time and cut
+    to T tokens, each group scored against the other held-out rows, mean and standard deviation over
+    the groups (what text written exactly like the held-out text scores at this sample size, and how
+    much that number varies from one sample to the next). None where there is too little text."""
+    rows = [r for r in samples.tolist() if r]
+    held = heldout_tokens.tolist()
+    k, width = len(rows), max((len(r) for r in rows), default=0)
+    groups = [list(range(i, i + k)) for i in range(0, len(held) - k + 1, k)] if k else []
+    groups = groups if len(groups) >= 2 else []
+    out: dict[str, Any] = {"decoding": "sampled", "sample_tokens": sum(len(r) for r in rows),
+                           "reference_tokens": sum(len(r) for r in held), "floor_groups": len(groups),
+                           "definition": TONE_DEFINITION}
+    for n, name in ((1, "unigram"), (2, "bigram")):
+        ok = bool(rows) and bool(held) and width >= n
+        out[f"jsd_{name}"] = tone_distance(rows, held, n) if ok else None
+        whole = ngram_counts(held, n)
+        floors = [jensen_shannon(ngram_counts([held[i][:width] for i in g], n),
+                                 _minus(whole, ngram_counts([held[i] for i in g], n))) for g in groups] if ok else []
+        out[f"floor_{name}"] = float(np.mean(floors)) if floors else None
+        out[f"floor_{name}_sd"] = float(np.std(floors, ddof=1)) if len(floors) > 1 else None
+    return out
+
+
 def repetition_result(model: Any, tokenizer: Any, inputs: ProbeInputs, heldout_predictions: torch.Tensor,
                       heldout_tokens: torch.Tensor) -> dict:
     """The `repetition` entry of a result file. `heldout_predictions` [N, P] are the argmax
@@ -65,6 +111,10 @@ def repetition_result(model: Any, tokenizer: Any, inputs: ProbeInputs, heldout_p
     rep, wrep = rep_wrep(heldout_predictions.cpu(), heldout_tokens.cpu(), REP_WINDOW)
     result[f"rep_{REP_WINDOW}"] = rep
     result[f"wrep_{REP_WINDOW}"] = wrep
+    result["tone"] = tone_result(decodings["sampled"][:, prompt_len:].cpu(), heldout_tokens.cpu())
+    # the level real text shows: seq-rep-4 of the held-out rows cut to the continuations' length
+    result["heldout_seq_rep_4"] = float(np.mean([seq_rep_n(r[:n_new], 4) for r in heldout_tokens.tolist()])) \
+        if len(heldout_tokens) else None
     result["sampling"] = {"temperature": inputs.sizes.temperature, "top_p": inputs.sizes.top_p,
                           "seed": sampling_seed(inputs.seed)}
     return result

@@ -249,14 +249,14 @@ def run_status(run_dir: Path) -> str:
 
 
 def watch(run_dir: str | os.PathLike, poll: float = 5.0, **kwargs) -> list[int]:
-    """run_probes repeatedly until run.json says complete or failed, then one last pass."""
+    """run_probes repeatedly until run.json says complete, failed or stopped, then one last pass."""
     run_dir = Path(run_dir)
     done: list[int] = []
     skip: set[int] = set()
     while True:
         status = run_status(run_dir)  # read before the pass: checkpoints made before it are all listed
         done += run_probes(run_dir, skip=skip, **kwargs)
-        if status in ("complete", "failed"):
+        if status in ("complete", "failed", "stopped"):
             return done
         time.sleep(poll)
 

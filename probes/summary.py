@@ -7,11 +7,14 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from model.runio import write_json_atomic
-from model.runlayout import summary_path
+from model.runio import read_jsonl, write_json_atomic
+from model.runlayout import metrics_jsonl, summary_path
 
+from .induction import ICL_MIN_LATE
 from .results import read_results
-from .emergence import first_at_or_above, largest_sustained_rise, sustained_crossing, sustained_fall, sustained_rise
+from .emergence import (SMALL_SAMPLE, excess_stretches, first_at_or_above, largest_sustained_rise, sustained_crossing,
+                        sustained_fall, sustained_rise)
+from .metrics import EQUAL_HEADS_DRAWS, EQUAL_HEADS_QUANTILE, EQUAL_HEADS_SEED, head_inequality
 from .trajectory import (TRAJECTORY_RULE, induction_circuit, is_number, loss_trajectory,
                          oriented, principal_trajectory, value_at)  # re-exported: summary's public names
 
@@ -30,6 +33,19 @@ THRESHOLDS = {
     "abrupt_max_share": 0.25,        # ... or at most this share of the training steps up to its end
     "transition_band": 0.2,          # the climb runs from within this share of the rise of one level to the other
     "head_importance_min": 0.02,     # heads "matter" once the top head's zero-ablation loss increase is this (nats)
+    # the excess rule (probes.emergence.excess_stretches) of the loss-generation mismatch and overfitting:
+    "excess_window": 3,              # the reference: the lowest median of this many consecutive earlier checkpoints
+    "excess_noise_z": 6,             # a checkpoint stands out when this many noise levels (x the widening) above it
+    "excess_small_sample": SMALL_SAMPLE,  # ... widened by (1 + this / m^2), m = differences the noise rests on
+    "excess_min_points": 8,          # fewer checkpoints give no answer
+    "mismatch_min_tone": 0.02,       # the smallest worsening of tone that counts (bits of Jensen-Shannon divergence)
+    "mismatch_min_seq_rep": 0.1,     # the smallest worsening of seq-rep-4 (above the held-out text's) that counts
+    "overfit_min_gap": 0.02,         # the smallest growth of the held-out minus training loss gap that counts (nats)
+    "overfit_min_memorized": 0.05,   # the smallest rise of the memorized share of seen text that counts
+    "overfit_train_fit": 20,         # metrics.jsonl fallback: training loss = a line through this many logged steps
+    "equal_heads_quantile": EQUAL_HEADS_QUANTILE,  # the equal-heads bound on the Gini: this quantile ...
+    "equal_heads_draws": EQUAL_HEADS_DRAWS,        # ... of this many simulated measurements (also the SE draws)
+    "equal_heads_seed": EQUAL_HEADS_SEED,
 }
 
 RULES = {
@@ -85,7 +101,67 @@ RULES = {
         "loss increase head_ablation.zero.max >= {head_importance_min} nats; below that the Gini of "
         "near-zero numbers is noise); heads_matter_step is the first of them. Among them, the rise "
         "of level found by the induction rule (two medians per split, sustained, clear of noise, "
-        "best fit, abrupt or gradual), with a minimum rise of {concentration_min_rise}."),
+        "best fit, abrupt or gradual), with a minimum rise of {concentration_min_rise}. The level itself, at every "
+        "checkpoint with ablation results (level_steps): gini and top_share of head_ablation.zero with standard "
+        "errors gini_se and top_share_se (parametric bootstrap over the measurement errors: {equal_heads_draws} "
+        "draws each adding to every head's delta a Gaussian error of its own standard error "
+        "head_ablation.delta_se.zero; the heads are fixed, their measured effects are not). The equal-heads bound "
+        "equal_heads_gini: the {equal_heads_quantile:.1%} quantile of the Gini when every head has the same true "
+        "effect (the mean of the measured deltas) and each is measured with its own standard error "
+        "({equal_heads_draws} simulated measurements, seed {equal_heads_seed}); noise alone makes equal heads look "
+        "unequal, the more so the smaller the effects are against their errors. exceeds (per checkpoint) says "
+        "the Gini lies above its bound. exceeds_equal_heads_step = the first checkpoint where heads matter "
+        "(as above) whose Gini is above its bound and stays above it at the next checkpoint ({persist} in a row; "
+        "a crossing at the last checkpoint is not counted yet); exceeds_from_step is the checkpoint before it; "
+        "unequal says whether there is one, exceeds_reason why not. last_* give the level at the last "
+        "checkpoint."),
+    "loss_generation_mismatch": (
+        "Generation quality, measured apart from the loss on every checkpoint's own continuations of the fixed "
+        "prompts, each measure oriented so that higher is worse (measure): tone, |repetition.tone.jsd_unigram - "
+        "repetition.tone.floor_unigram| (the Jensen-Shannon divergence in bits between the unigram distribution "
+        "of the sampled continuations, top-p 0.9 at temperature 1, and that of held-out text, taken as its "
+        "distance from the floor, what held-out text of the same size scores: a model that over-uses the "
+        "commonest words scores below the floor, so the JSD alone is not worse when higher); and the sampled "
+        "and greedy seq-rep-4 above the held-out text's own at the same length (max(0, "
+        "repetition.*.seq_rep_4 - repetition.heldout_seq_rep_4)); results without these references give the "
+        "raw values. Held-out loss "
+        "(loss_metric): memorization.held_out.loss, else head_ablation.clean_loss, else metrics.jsonl val_loss "
+        "at the checkpoint. Only checkpoints where learning has begun count (held-out loss at least "
+        "{learning_started_loss_drop:.0%} below the first checkpoint's; learning_started_step): a random init's "
+        "text is not a quality to fall from. For each measure and checkpoint j, the reference is the lowest "
+        "median of {excess_window} consecutive checkpoints before j (the best quality so far; ties: the latest). "
+        "j is worse beyond noise when its value is at least reference + threshold, threshold = max(the measure's "
+        "minimum, {mismatch_min_tone} bits for tone and {mismatch_min_seq_rep} for seq-rep-4; {excess_noise_z} x "
+        "noise x sqrt(1/{excess_window} + 1) x widening), and its held-out loss is below the median held-out "
+        "loss of the reference window. The tone's noise is its own sampling noise, measured on held-out text "
+        "(the median of repetition.tone.floor_unigram_sd: the spread of the tone of held-out samples of the same "
+        "size), with no widening; for the other measures noise = the mean absolute deviation of the second "
+        "differences (x[i+1] - 2 x[i] + x[i-1]) from their median, the largest left out, x sqrt(pi/12) (so "
+        "neither a trend nor a change of slope reads as noise), widened by (1 + {excess_small_sample:g}/m^2), m = "
+        "the number of second differences, because with few checkpoints that estimate is itself uncertain "
+        "(on pure Gaussian noise this gives false detections in about 2 of 10^5 series of 8 checkpoints, 1.3 of "
+        "10 and fewer with more; fewer than {excess_min_points} checkpoints give no answer). A mismatch stretch "
+        "is a run of at least {persist} consecutive such checkpoints (one cut short by the last checkpoint is not counted yet). detected when "
+        "any measure has one; the earliest is reported (ties: in the order above): from_step and step bracket "
+        "its start, to_step is its last checkpoint, reference_step the last checkpoint of the reference window, "
+        "before the reference level and after the median over the stretch (rise = after - before), loss_before "
+        "and loss_after the held-out loss there. stretches lists every stretch of every measure; by_metric "
+        "gives each measure's noise, threshold and reason."),
+    "overfitting": (
+        "The generalization gap (metric): memorization.loss_gap (held-out minus seen loss, the memorization "
+        "probe's two sets of the same size, scored alike) where measured, else from metrics.jsonl: val_loss "
+        "minus the training loss at the same step (a least-squares line through the last {overfit_train_fit} "
+        "logged training losses, read at that step). Onset = the first stretch of the excess rule of "
+        "loss_generation_mismatch applied to the gap over all its checkpoints (at least {persist} consecutive "
+        "checkpoints whose gap exceeds the lowest earlier median of {excess_window} consecutive checkpoints by "
+        "max({overfit_min_gap} nats, {excess_noise_z} x noise x sqrt(1/{excess_window} + 1) x (1 + "
+        "{excess_small_sample:g}/m^2)), noise from the gap's second differences): the held-out loss has "
+        "stopped following the training loss. from_step and "
+        "step bracket it, before and after are the gap's levels (reference and stretch), heldout_loss_* and "
+        "train_loss_* the two losses there. The memorized share of seen text (memorization.seen.memorized_fraction "
+        "minus the held-out control memorization.held_out.memorized_fraction) must rise by the same rule, "
+        "minimum {overfit_min_memorized}, at some checkpoint (memorized_step). detected when both hold; when "
+        "memorization was not measured, the gap alone, and note says so."),
 }
 
 SKIP_KEYS = {"continuations", "seconds", "items", "seen_examples", "sampling", "note", "version", "step",
@@ -218,6 +294,12 @@ def induction_emergence(steps: list[int], series: dict[str, list], heads: dict[s
     out["icl_after"] = level(steps, icl, out["step"], None) if found else None
     out["icl_change"] = (None if out["icl_before"] is None or out["icl_after"] is None
                          else out["icl_after"] - out["icl_before"])
+    late = [v for v in series.get("induction.icl_score.late_position") or [] if v is not None]
+    out["icl_late_position"] = int(late[-1]) if late else None
+    out["icl_meaningful"] = bool(late) and late[-1] >= ICL_MIN_LATE
+    out["icl_note"] = (None if out["icl_meaningful"] or not late else
+                       f"the ICL score's late window ends at position {int(late[-1])}, before {ICL_MIN_LATE}: the context "
+                       "or the documents are too short for it to mean much (Olsson et al. compare token 500 with 50)")
     gap = series.get("induction.repeated_text_loss.gap")
     out["repeated_text_metric"] = "induction.repeated_text_loss.gap"
     out["repeated_text_gap_before"] = level(steps, gap, None, out["from_step"]) if found else None
@@ -247,7 +329,26 @@ def memorization_emergence(steps: list[int], series: dict[str, list]) -> dict:
             "by_copies": by_copies}
 
 
-def concentration_emergence(steps: list[int], series: dict[str, list]) -> dict:
+def _flat(m: Any) -> list[float] | None:
+    return [float(x) for r in m for x in r] if is_matrix(m) else None
+
+
+def _sustained_true(steps: list[int], flags: list[bool | None], persist: int) -> tuple[int | None, int | None]:
+    """(first step whose flag is True and stays True for `persist` consecutive entries, the step before
+    it); a run cut short by the end does not count."""
+    for i in range(len(flags) - persist + 1):
+        if all(flags[i:i + persist]):
+            return steps[i], steps[i - 1] if i > 0 else None
+    return None, None
+
+
+CONCENTRATION_LEVEL_KEYS = ("level_steps", "gini", "gini_se", "top_share", "top_share_se", "equal_heads_gini",
+                            "equal_heads_top_share", "exceeds", "exceeds_equal_heads_step", "exceeds_from_step",
+                            "unequal", "exceeds_reason", "last_step", "last_gini", "last_gini_se", "last_top_share",
+                            "last_top_share_se", "last_equal_heads_gini", "se_method", "baseline")
+
+
+def concentration_emergence(steps: list[int], series: dict[str, list], heads: dict[str, list] | None = None) -> dict:
     key = "head_ablation.gini.zero"
     top = series.get("head_ablation.zero.max") or [None] * len(steps)
     gini = series.get(key) or [None] * len(steps)
@@ -258,6 +359,271 @@ def concentration_emergence(steps: list[int], series: dict[str, list]) -> dict:
     out["first"] = kept[0][1] if kept else None
     out["last"] = kept[-1][1] if kept else None
     out["max_step"], out["max"] = max(kept, key=lambda p: p[1]) if kept else (None, None)
+    out.update(concentration_levels(steps, series, heads or {}))
+    return out
+
+
+def concentration_levels(steps: list[int], series: dict[str, list], heads: dict[str, list]) -> dict:
+    """The head-inequality level per checkpoint with standard errors, and the first checkpoint whose
+    Gini exceeds what equal heads would show (see RULES["head_concentration"])."""
+    out: dict[str, Any] = {k: None for k in CONCENTRATION_LEVEL_KEYS}
+    out["se_method"] = ("parametric bootstrap over the per-head measurement errors (head_ablation.delta_se.zero), "
+                        f"{THRESHOLDS['equal_heads_draws']} draws")
+    out["baseline"] = (f"the {THRESHOLDS['equal_heads_quantile']:.1%} quantile of the Gini of equal heads (each the "
+                       "mean measured delta) measured with their own standard errors")
+    fractions = [v for v in series.get("head_ablation.top_fraction") or [] if v is not None]
+    fraction = fractions[-1] if fractions else 0.1
+    zero = heads.get("head_ablation.zero") or [None] * len(steps)
+    errors = heads.get("head_ablation.delta_se.zero") or [None] * len(steps)
+    rows = []
+    for s, m, e in zip(steps, zero, errors):
+        deltas = _flat(m)
+        if deltas is None:
+            continue
+        ses = _flat(e)
+        rows.append((s, head_inequality(deltas, ses if ses and len(ses) == len(deltas) else None, fraction=fraction,
+                                        draws=THRESHOLDS["equal_heads_draws"], seed=THRESHOLDS["equal_heads_seed"],
+                                        quantile=THRESHOLDS["equal_heads_quantile"])))
+    out["level_steps"] = [s for s, _ in rows]
+    for k in ("gini", "gini_se", "top_share", "top_share_se", "equal_heads_gini", "equal_heads_top_share", "exceeds"):
+        out[k] = [r[k] for _, r in rows]
+    out["unequal"] = False
+    if not rows:
+        out["exceeds_reason"] = "no checkpoint has head-ablation results"
+        return out
+    last_step, last = rows[-1]
+    out.update({"last_step": last_step, "last_gini": last["gini"], "last_gini_se": last["gini_se"],
+                "last_top_share": last["top_share"], "last_top_share_se": last["top_share_se"],
+                "last_equal_heads_gini": last["equal_heads_gini"]})
+    persist = THRESHOLDS["persist"]
+    top = dict(zip(steps, series.get("head_ablation.zero.max") or [None] * len(steps)))
+    matter = [top.get(s) is not None and top[s] >= THRESHOLDS["head_importance_min"] for s in out["level_steps"]]
+    flags = [bool(x) and m for x, m in zip(out["exceeds"], matter)]
+    step, before = _sustained_true(out["level_steps"], flags, persist)
+    out["exceeds_equal_heads_step"], out["exceeds_from_step"] = step, before
+    out["unequal"] = step is not None
+    if step is None:
+        n = sum(flags)
+        if all(x is None for x in out["exceeds"]):
+            out["exceeds_reason"] = "no standard errors (results computed before head_ablation.delta_se)"
+        elif not any(matter):
+            out["exceeds_reason"] = (f"heads do not matter yet at any checkpoint (top head below "
+                                     f"{THRESHOLDS['head_importance_min']} nats)")
+        elif n == 0:
+            out["exceeds_reason"] = "the Gini never exceeds the equal-heads bound where heads matter"
+        elif flags[-1] and n == 1:
+            out["exceeds_reason"] = (f"the Gini exceeds the equal-heads bound at the last checkpoint only (step "
+                                     f"{out['level_steps'][-1]}): not yet sustained for {persist}")
+        else:
+            out["exceeds_reason"] = (f"the Gini exceeds the equal-heads bound at {n} checkpoint(s) where heads "
+                                     f"matter, never {persist} in a row")
+    return out
+
+
+def heldout_loss(steps: list[int], series: dict[str, list], metrics: list[dict] | None) -> tuple[str | None, list]:
+    """(name, values at `steps`) of the held-out loss: the memorization probe's, else the clean loss of
+    head ablation, else metrics.jsonl's val_loss logged at the checkpoint's step."""
+    for key in ("memorization.held_out.loss", "head_ablation.clean_loss"):
+        values = series.get(key)
+        if values and any(v is not None for v in values):
+            return key, list(values)
+    val = {int(r["step"]): float(r["val_loss"]) for r in metrics or []
+           if isinstance(r, dict) and is_number(r.get("step")) and is_number(r.get("val_loss"))}
+    values = [val.get(s) for s in steps]
+    return ("metrics.val_loss", values) if any(v is not None for v in values) else (None, [None] * len(steps))
+
+
+def _excess(steps: list[int], values: list | None, min_excess: float, below: list | None = None,
+            known_noise: float | None = None) -> dict:
+    return excess_stretches(steps, values or [], min_excess, THRESHOLDS["excess_noise_z"],
+                            persist=THRESHOLDS["persist"], window=THRESHOLDS["excess_window"], below=below,
+                            min_points=THRESHOLDS["excess_min_points"], known_noise=known_noise,
+                            below_label="the held-out loss")
+
+
+def loss_learning_started(steps: list[int], loss: list) -> int | None:
+    """First step whose loss is `learning_started_loss_drop` below the first known one's."""
+    known = [(s, v) for s, v in zip(steps, loss) if v is not None]
+    if not known:
+        return None
+    limit = known[0][1] * (1 - THRESHOLDS["learning_started_loss_drop"])
+    return next((s for s, v in known if v <= limit), None)
+
+
+MISMATCH_METRICS = (("repetition.tone.jsd_unigram", "mismatch_min_tone", "tone"),
+                    ("repetition.sampled.seq_rep_4", "mismatch_min_seq_rep", "sampled seq-rep-4"),
+                    ("repetition.greedy.seq_rep_4", "mismatch_min_seq_rep", "greedy seq-rep-4"))
+TONE_FLOOR, TEXT_SEQ_REP = "repetition.tone.floor_unigram", "repetition.heldout_seq_rep_4"
+
+
+def quality_measure(key: str, series: dict[str, list]) -> tuple[list, str]:
+    """(values, what they are) of a generation-quality measure as the mismatch rule reads it, higher =
+    worse. Tone: the distance of the JSD from its floor (held-out text of the same size), both ways: a
+    small sample of real text scores the floor, and a model that over-uses the commonest words scores
+    below it, so a JSD climbing towards the floor is text getting more like real text, not worse.
+    Seq-rep-4: the excess over the held-out text's own seq-rep-4 at the same length, 0 at or below it
+    (stories repeat phrases; learning to repeat as much as they do is not a fault). Without the
+    reference (older results) the raw value."""
+    values = list(series.get(key) or [])
+    ref_key = TONE_FLOOR if "tone" in key else TEXT_SEQ_REP
+    refs = series.get(ref_key) or []
+    if not values or not any(r is not None for r in refs):
+        return values, key
+    out = []
+    for v, r in zip(values, refs):
+        if v is None or r is None:
+            out.append(None)
+        else:
+            out.append(abs(v - r) if "tone" in key else max(0.0, v - r))
+    return out, (f"|{key} - {ref_key}|" if "tone" in key else f"max(0, {key} - {ref_key})")
+STRETCH_KEYS = ("step", "from_step", "to_step", "reference_step", "before", "after", "rise")
+MISMATCH_KEYS = ("metric", "measure", "metrics", "loss_metric", "learning_started_step", "detected", *STRETCH_KEYS,
+                 "noise", "noise_source", "threshold", "loss_before", "loss_after", "loss_change", "stretches", "by_metric",
+                 "reason", "note")
+TONE_NOISE = "repetition.tone.floor_unigram_sd"
+
+
+def mismatch_emergence(steps: list[int], series: dict[str, list], metrics: list[dict] | None = None) -> dict:
+    """Stretches of checkpoints where the held-out loss falls while a generation-quality measure gets
+    worse beyond noise (RULES["loss_generation_mismatch"]); every key always present."""
+    out: dict[str, Any] = {k: None for k in MISMATCH_KEYS}
+    out.update(metrics=[m for m, _, _ in MISMATCH_METRICS], detected=False, stretches=[], by_metric={})
+    loss_key, loss = heldout_loss(steps, series, metrics)
+    begun = loss_learning_started(steps, loss)
+    out["loss_metric"], out["learning_started_step"] = loss_key, begun
+    keep = [i for i, s in enumerate(steps) if begun is not None and s >= begun]
+    reasons = []
+    for key, min_key, label in MISMATCH_METRICS:
+        values, measure = quality_measure(key, series)
+        entry: dict[str, Any] = {"label": label, "measure": measure, "min_excess": THRESHOLDS[min_key],
+                                 "detected": False, "noise": None, "noise_source": None, "threshold": None, "n": 0,
+                                 "stretches": [], "reason": None}
+        floor = [v for v in series.get(TONE_NOISE) or [] if v is not None] if "tone" in key else []
+        known = level(list(range(len(floor))), floor, None, None) if floor else None
+        if not values or all(v is None for v in values):
+            entry["reason"] = "not measured" + (" (results computed before the tone measure: rerun the probes with "
+                                                "--only repetition --force)" if "tone" in key else "")
+        elif loss_key is None:
+            entry["reason"] = "no held-out loss to compare with"
+        elif begun is None:
+            entry["reason"] = "learning has not begun (the held-out loss never falls 10% below the first checkpoint's)"
+        else:
+            found = _excess([steps[i] for i in keep], [values[i] for i in keep], THRESHOLDS[min_key],
+                            below=[loss[i] for i in keep], known_noise=known)
+            entry.update(noise=found["noise"], threshold=found["threshold"], n=found["n"], reason=found["reason"],
+                         noise_source=(f"{TONE_NOISE} (median): the tone's sampling noise, measured on held-out text"
+                                       if known is not None else "the successive differences of the series"))
+            entry["stretches"] = [{"metric": key, "measure": measure, **{k: st[k] for k in STRETCH_KEYS}, "n": st["n"],
+                                   "loss_before": st["below_before"], "loss_after": st["below_after"]}
+                                  for st in found["stretches"]]
+            entry["detected"] = bool(entry["stretches"])
+        out["by_metric"][key] = entry
+        out["stretches"] += entry["stretches"]
+        if entry["reason"]:
+            reasons.append(f"{label}: {entry['reason']}")
+    order = {m: i for i, (m, _, _) in enumerate(MISMATCH_METRICS)}
+    out["stretches"].sort(key=lambda st: (st["step"], order[st["metric"]]))
+    if out["stretches"]:
+        first = out["stretches"][0]
+        out.update({k: first[k] for k in STRETCH_KEYS}, metric=first["metric"], measure=first["measure"], detected=True,
+                   loss_before=first["loss_before"], loss_after=first["loss_after"],
+                   loss_change=first["loss_after"] - first["loss_before"],
+                   noise=out["by_metric"][first["metric"]]["noise"],
+                   noise_source=out["by_metric"][first["metric"]]["noise_source"],
+                   threshold=out["by_metric"][first["metric"]]["threshold"])
+    else:
+        out["reason"] = "; ".join(reasons) or "no stretch found"
+    if not out["by_metric"][MISMATCH_METRICS[0][0]]["n"] and loss_key is not None:
+        out["note"] = "tone not measured: only the repetition measures were compared"
+    return out
+
+
+def train_loss_at(train: list[tuple[int, float]], step: int, n: int) -> float | None:
+    """The training loss at `step` from the logged per-step losses: a least-squares line through the
+    last `n` logged steps at or before it, read at `step` (a mean would lag behind a falling loss)."""
+    pts = [p for p in train if p[0] <= step][-n:]
+    if len(pts) < 3:
+        return None
+    xs, ys = [p[0] for p in pts], [p[1] for p in pts]
+    mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+    sxx = sum((x - mx) ** 2 for x in xs)
+    slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sxx if sxx else 0.0
+    return my + slope * (step - mx)
+
+
+def metrics_gap(metrics: list[dict] | None, n: int) -> tuple[list[int], list[float], list[float], list[float]]:
+    """(steps, val_loss - training loss, val_loss, training loss) at every logged evaluation of
+    metrics.jsonl that has enough training losses before it."""
+    rows = [r for r in metrics or [] if isinstance(r, dict) and is_number(r.get("step"))]
+    train = sorted((int(r["step"]), float(r["loss"])) for r in rows if is_number(r.get("loss")))
+    out: tuple[list, list, list, list] = ([], [], [], [])
+    for r in sorted(rows, key=lambda r: r["step"]):
+        if not is_number(r.get("val_loss")):
+            continue
+        t = train_loss_at(train, int(r["step"]), n)
+        if t is not None:
+            for lst, v in zip(out, (int(r["step"]), float(r["val_loss"]) - t, float(r["val_loss"]), t)):
+                lst.append(v)
+    return out
+
+
+OVERFIT_KEYS = ("metric", "gap_source", "detected", *STRETCH_KEYS, "noise", "threshold", "n", "heldout_loss_before",
+                "heldout_loss_after", "train_loss_before", "train_loss_after", "gap_detected", "reason", "note",
+                "memorized_metric", "memorized_detected", "memorized_step", "memorized_from_step", "memorized_before",
+                "memorized_after", "memorized_rise", "memorized_noise", "memorized_threshold", "memorized_reason",
+                "seen_memorized_last", "held_out_memorized_last")
+
+
+def overfitting_emergence(steps: list[int], series: dict[str, list], metrics: list[dict] | None = None) -> dict:
+    """The overfitting onset (RULES["overfitting"]): where the held-out minus training loss gap grows
+    beyond noise and the memorized share of seen text rises; every key always present."""
+    out: dict[str, Any] = {k: None for k in OVERFIT_KEYS}
+    out.update(detected=False, gap_detected=False, memorized_detected=False,
+               memorized_metric="memorization.seen.memorized_fraction - memorization.held_out.memorized_fraction")
+    gap = series.get("memorization.loss_gap")
+    if gap and any(v is not None for v in gap):
+        gap_steps, held, train = steps, series.get("memorization.held_out.loss"), series.get("memorization.seen.loss")
+        out["metric"] = "memorization.loss_gap"
+        out["gap_source"] = "memorization probe: held-out minus seen loss on sets of the same size"
+    else:
+        gap_steps, gap, held, train = metrics_gap(metrics, THRESHOLDS["overfit_train_fit"])
+        out["metric"] = "metrics.val_loss - train loss"
+        out["gap_source"] = (f"metrics.jsonl: val_loss minus a line through the last {THRESHOLDS['overfit_train_fit']} "
+                             "logged training losses")
+    found = _excess(gap_steps, gap, THRESHOLDS["overfit_min_gap"])
+    out.update(noise=found["noise"], threshold=found["threshold"], n=found["n"])
+    if found["stretches"]:
+        first = found["stretches"][0]
+        out.update({k: first[k] for k in STRETCH_KEYS}, gap_detected=True)
+        ref_lo = gap_steps[max(0, gap_steps.index(first["reference_step"]) - THRESHOLDS["excess_window"] + 1)]
+        out["heldout_loss_before"] = level(gap_steps, held, ref_lo, first["reference_step"])
+        out["heldout_loss_after"] = level(gap_steps, held, first["step"], first["to_step"])
+        out["train_loss_before"] = level(gap_steps, train, ref_lo, first["reference_step"])
+        out["train_loss_after"] = level(gap_steps, train, first["step"], first["to_step"])
+    seen = series.get("memorization.seen.memorized_fraction")
+    ctrl = series.get("memorization.held_out.memorized_fraction")
+    excess = [None if a is None or b is None else a - b for a, b in zip(seen or [], ctrl or [])]
+    measured = any(v is not None for v in excess)
+    if measured:
+        mem = _excess(steps, excess, THRESHOLDS["overfit_min_memorized"])
+        out.update(memorized_noise=mem["noise"], memorized_threshold=mem["threshold"], memorized_reason=mem["reason"])
+        if mem["stretches"]:
+            m = mem["stretches"][0]
+            out.update(memorized_detected=True, memorized_step=m["step"], memorized_from_step=m["from_step"],
+                       memorized_before=m["before"], memorized_after=m["after"], memorized_rise=m["rise"])
+        known = [(a, b) for a, b in zip(seen, ctrl) if a is not None and b is not None]
+        out["seen_memorized_last"], out["held_out_memorized_last"] = known[-1]
+    else:
+        out["memorized_reason"] = "memorization not measured"
+        out["note"] = "the memorized share of seen text was not measured: the gap alone decides"
+    out["detected"] = out["gap_detected"] and (out["memorized_detected"] or not measured)
+    if not out["detected"]:
+        if not out["gap_detected"]:
+            out["reason"] = f"the gap does not grow beyond noise: {found['reason']}" if found["reason"] else \
+                "no gap series (neither the memorization probe nor metrics.jsonl has one)"
+        else:
+            out["reason"] = (f"the gap grows from step {out['step']}, but the memorized share of seen text does not "
+                             f"rise: {out['memorized_reason']}")
     return out
 
 
@@ -265,13 +631,17 @@ def rules() -> dict[str, str]:
     return {k: v.format(**THRESHOLDS) for k, v in RULES.items()}
 
 
-def emergence(steps: list[int], series: dict[str, list], heads: dict[str, list]) -> dict:
-    """Each phenomenon's detection, with its rule in words beside it (the app shows it)."""
+def emergence(steps: list[int], series: dict[str, list], heads: dict[str, list],
+              metrics: list[dict] | None = None) -> dict:
+    """Each phenomenon's detection, with its rule in words beside it (the app shows it). `metrics` are
+    the rows of metrics.jsonl (for the loss-based rules where the probes measured no loss)."""
     found = {
         "repetition": repetition_emergence(steps, series),
         "induction": induction_emergence(steps, series, heads),
         "memorization": memorization_emergence(steps, series),
-        "head_concentration": concentration_emergence(steps, series),
+        "head_concentration": concentration_emergence(steps, series, heads),
+        "loss_generation_mismatch": mismatch_emergence(steps, series, metrics),
+        "overfitting": overfitting_emergence(steps, series, metrics),
     }
     text = rules()
     for name, entry in found.items():
@@ -279,8 +649,9 @@ def emergence(steps: list[int], series: dict[str, list], heads: dict[str, list])
     return found
 
 
-def summarize(results: dict[int, dict]) -> dict:
-    """summary.json content from {step: result} (see RULES for the emergence detection)."""
+def summarize(results: dict[int, dict], metrics: list[dict] | None = None) -> dict:
+    """summary.json content from {step: result} and optionally the rows of the run's metrics.jsonl
+    (see RULES for the emergence detection)."""
     steps = sorted(int(s) for s in results)
     per_step = []
     for s in steps:
@@ -292,7 +663,7 @@ def summarize(results: dict[int, dict]) -> dict:
     head_keys = sorted({k for _, hd in per_step for k in hd})
     series = {k: [sc.get(k) for sc, _ in per_step] for k in scalar_keys}
     heads = {k: [hd.get(k) for _, hd in per_step] for k in head_keys}
-    found = emergence(steps, series, heads)
+    found = emergence(steps, series, heads, metrics)
     return {
         "version": SUMMARY_VERSION,
         "steps": steps,
@@ -309,6 +680,6 @@ def summarize(results: dict[int, dict]) -> dict:
 
 def write_summary(run_dir: str | os.PathLike) -> dict:
     """Summarize every result file of a run into probes/summary.json (atomically) and return it."""
-    summary = summarize(read_results(run_dir))
+    summary = summarize(read_results(run_dir), read_jsonl(metrics_jsonl(run_dir)))
     write_json_atomic(summary_path(run_dir), summary)
     return summary

@@ -20,7 +20,14 @@ TRAJECTORY_RULE = (
     "explained their shares of the total variance. Sign convention: each component is oriented so "
     "that its coordinate at the last checkpoint is >= its coordinate at the first (ties, within "
     "1e-9 of the component's scale: its first non-zero coordinate is positive). Checkpoints whose token count differs from the "
-    "last checkpoint's are left out.")
+    "last checkpoint's are left out. turn: where the path turns most in the (pc1, pc2) plane: for each "
+    "checkpoint k with {window} checkpoints on each side, the angle between its direction of travel "
+    "before (p_k - p_(k-{window})) and after (p_(k+{window}) - p_k), counted only where both moves are at "
+    "least {min_share:.0%} of the path's extent (the largest distance between two of its points), so "
+    "late jitter in a path that has come to rest cannot win; turn_step is the checkpoint of the "
+    "largest angle, angle_deg that angle.")
+TURN_WINDOW, TURN_MIN_SHARE = 3, 0.05
+TRAJECTORY_RULE = TRAJECTORY_RULE.format(window=TURN_WINDOW, min_share=TURN_MIN_SHARE)
 
 
 def is_number(v: Any) -> bool:
@@ -66,6 +73,32 @@ def principal_trajectory(matrix: Any) -> dict:
     return {"pc1": [float(v) for v in pcs[0]], "pc2": [float(v) for v in pcs[1]], "explained": explained}
 
 
+def trajectory_turn(steps: list[int], pc1: list[float], pc2: list[float], window: int = TURN_WINDOW,
+                    min_share: float = TURN_MIN_SHARE) -> dict:
+    """Where the checkpoints' path in the (pc1, pc2) plane turns most (TRAJECTORY_RULE): Olsson et
+    al. see the per-token-loss path turn at the induction phase change. Every key is present;
+    turn_step is None (with a reason) when no checkpoint qualifies."""
+    out: dict[str, Any] = {"turn_step": None, "angle_deg": None, "window": window, "min_share": min_share,
+                           "angles": {}, "reason": None}
+    p = np.column_stack([np.asarray(pc1, dtype=float), np.asarray(pc2, dtype=float)]) if len(pc1) else np.zeros((0, 2))
+    if len(p) < 2 * window + 1:
+        out["reason"] = f"{len(p)} checkpoints; a turn needs {2 * window + 1}"
+        return out
+    extent = float(np.max(np.linalg.norm(p[:, None, :] - p[None, :, :], axis=-1)))
+    for k in range(window, len(p) - window):
+        a, b = p[k] - p[k - window], p[k + window] - p[k]
+        na, nb = float(np.linalg.norm(a)), float(np.linalg.norm(b))
+        if extent > 0 and na >= min_share * extent and nb >= min_share * extent:
+            cos = float(np.clip(a @ b / (na * nb), -1.0, 1.0))
+            out["angles"][str(steps[k])] = math.degrees(math.acos(cos))
+    if not out["angles"]:
+        out["reason"] = "no checkpoint moves enough on both sides"
+        return out
+    step, angle = max(out["angles"].items(), key=lambda kv: (kv[1], -int(kv[0])))
+    out["turn_step"], out["angle_deg"] = int(step), angle
+    return out
+
+
 def loss_trajectory(results: dict[int, dict]) -> dict:
     """summary["trajectory"]: the checkpoints' path through per-token-loss space (TRAJECTORY_RULE).
     Every key is present; pc1 and pc2 are empty with a reason when fewer than two checkpoints have
@@ -79,11 +112,12 @@ def loss_trajectory(results: dict[int, dict]) -> dict:
     n = len(rows[-1][1]) if rows else 0
     rows = [(s, v) for s, v in rows if len(v) == n]
     out: dict[str, Any] = {"steps": [s for s, _ in rows], "pc1": [], "pc2": [], "explained": [],
-                           "n_tokens": n, "reason": None, "rule": TRAJECTORY_RULE}
+                           "n_tokens": n, "reason": None, "rule": TRAJECTORY_RULE, "turn": None}
     if len(rows) < 2:
         out["reason"] = f"{len(rows)} checkpoint(s) with per-token losses; the trajectory needs two"
         return out
     out.update(principal_trajectory([v for _, v in rows]))
+    out["turn"] = trajectory_turn(out["steps"], out["pc1"], out["pc2"])
     return out
 
 

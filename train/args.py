@@ -43,6 +43,7 @@ class TrainArgs:
     device: str = "auto"
     compile: bool = False
     attention: str = "standard"
+    attn_only: bool = False  # attention-only blocks: no MLP, no ln2 (model.config.GPTConfig.attn_only)
     threads: int = 0  # CPU threads for PyTorch; 0 = auto (see cli.set_threads)
     # model shape overrides (None = the preset's value)
     n_layer: int | None = None
@@ -58,6 +59,8 @@ class TrainArgs:
     canary_copies: str = "1,2,4,8,16,32,64"
     canaries_per_count: int = 4
     copy_weight: float = 1.0
+    burstiness: float = 0.0  # stories: chance of a made-up multi-token name per character and object
+    story_episodes: int = 1  # stories: plots per story, with the same characters
     # planted repeats (train.planting): share of each micro-batch, period range, token pool size
     repeat_fraction: float = 0.0
     repeat_period: str = "8:32"
@@ -93,6 +96,9 @@ MAX_CHECKPOINTS = 100_000  # the planned schedule is listed in run.json
 RUNTIME_ONLY = {"device", "compile", "out", "threads", "keep_states"}
 KEEP_STATES = ("all", "latest")
 FIELD_TYPES = {f.name: f.type for f in fields(TrainArgs)}
+# Options that change the run but that run.json files written before them lack; such a run was made
+# with the default, so resuming it with another value is another run.
+ADDED_LATER = {"attn_only": False, "burstiness": 0.0, "story_episodes": 1}
 
 
 def parse_copies(text: str) -> tuple[int, ...]:
@@ -153,9 +159,15 @@ def build_parser() -> Parser:
     add("--device", choices=["auto", "cpu", "cuda"], help="default auto")
     add("--compile", action="store_const", const=True, help="torch.compile the model")
     add("--attention", help=f"attention kind: {', '.join(attention_kinds())} (default standard)")
-    add("--threads", type=int, help="CPU threads (default 0 = auto: 1 for models up to 128 wide, else all cores)")
+    add("--attn-only", action="store_const", const=True,
+        help="attention-only blocks: no MLP and no ln2 (Olsson et al. 2022)")
+    add("--threads", type=int, help="CPU threads (default 0 = auto: the cores not busy with other work when training starts, "
+                                         "measured over half a second; a resumed run keeps its recorded count)")
     add("--config", help="a .toml or .yaml file of these options (underscored names)")
     add("--resume", action="store_const", const=True, help="continue the run in --out from its state/")
+    add("--plan", action="store_const", const=True,
+        help="train nothing: print the corpus's bigram repetition, the predicted induction-head formation point "
+             "for this batch and context (Aoyama et al.) and how long it takes at this machine's speed")
     add("--n-layer", type=int, help="override the preset's layer count")
     add("--n-head", type=int, help="override the preset's head count")
     add("--n-embd", type=int, help="override the preset's width")
@@ -167,6 +179,11 @@ def build_parser() -> Parser:
     add("--canary-copies", help=f"stories, text:PATH: copy counts of the canaries, none = no canaries (default {d.canary_copies})")
     add("--canaries-per-count", type=int, help=f"stories, text:PATH: canaries per copy count (default {d.canaries_per_count})")
     add("--copy-weight", type=float, help=f"stories: weight of the copy plots (default {d.copy_weight})")
+    add("--burstiness", type=float,
+        help="stories: chance in [0, 1] that each character and a story's object gets a made-up name of several "
+             "tokens, new in every story and repeated within it (Chan et al. 2022; default 0)")
+    add("--story-episodes", type=int,
+        help="stories: plots per story, told with the same characters: longer stories (default 1)")
     add("--repeat-fraction", type=float,
         help="share of each micro-batch's rows that are planted repeats: a random span of the corpus's "
              "frequent tokens repeated back to back at a period drawn per row (default 0 = none; any --data)")
@@ -247,6 +264,7 @@ def requested(argv: list[str]) -> tuple[dict[str, Any], bool, str | None]:
     windows or None)."""
     ns = vars(build_parser().parse_args(argv))
     resume = bool(ns.pop("resume"))
+    ns.pop("plan")  # read by train.cli before anything else
     fill_in = ns.pop("fill_in")
     config = ns.pop("config")
     explicit = {k: coerce(k, v) for k, v in read_config_file(config).items()} if config else {}
@@ -286,6 +304,10 @@ def validate(a: TrainArgs) -> None:
             raise BadInput(f"--{name.replace('_', '-')} must be a finite number, got {v}.")
     if a.seed < 0:
         raise BadInput(f"--seed must not be negative, got {a.seed}.")
+    if not 0 <= a.burstiness <= 1:
+        raise BadInput(f"--burstiness must lie in [0, 1], got {a.burstiness}.")
+    if not 1 <= a.story_episodes <= 50:
+        raise BadInput(f"--story-episodes must be an integer from 1 to 50, got {a.story_episodes}.")
     if a.copy_weight > 1e6:  # the plot weights are normalized: beyond this only overflow changes
         raise BadInput(f"--copy-weight must be at most 1e6, got {a.copy_weight}.")
     if a.threads > MAX_THREADS:
@@ -367,6 +389,8 @@ def resolve(explicit: dict[str, Any], stored: dict[str, Any] | None, run_dir: st
     if stored is None:
         return make_args(explicit)
     base = {k: coerce(k, v) for k, v in stored.items() if k in FIELD_TYPES}
+    for k, v in ADDED_LATER.items():  # a run made before the option existed was made with its default
+        base.setdefault(k, v)
     for k, v in explicit.items():
         if k in RUNTIME_ONLY:
             continue

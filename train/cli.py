@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import gc
 import os
+import signal
 import sys
+import threading
 import time
 from datetime import timedelta
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -199,6 +202,25 @@ def train(explicit: dict, resume: bool, d: Dist) -> int:
         stop_distributed(device, ok)
 
 
+class Stopped(Exception):
+    """Training stopped by the user (Ctrl-C): main() says where it stopped and how to continue."""
+
+    def __init__(self, out: Path, step: int | None):
+        super().__init__(f"{out}: stopped by the user" + (f" at step {step} (the last saved state)" if step is not None
+                                                          else " before its first saved state")
+                         + f"; the same command with --resume continues it: python -m train --out {out} --resume.")
+
+
+def last_saved_step(out: Path) -> int | None:
+    """The step of the newest training state (what --resume continues from), None when there is none."""
+    from model.checkpoint import kept_state_steps
+    try:
+        steps = kept_state_steps(out)
+    except (OSError, ValueError):
+        return None
+    return max(steps) if steps else None
+
+
 def train_started(out: Path, args: TrainArgs, stored: dict | None, d: Dist, device: torch.device,
                   threads: int) -> int:
     """Everything after the process group is up: setup on rank 0 (recording the CPU thread count
@@ -226,6 +248,14 @@ def train_started(out: Path, args: TrainArgs, stored: dict | None, d: Dist, devi
             keep_rows_through(metrics_jsonl(out), last)
             keep_rows_through(samples_jsonl(out), last)
         trainer.run(fresh)
+    except KeyboardInterrupt:  # the user's stop, not a failure: the run is stopped at its last state
+        step = last_saved_step(out)
+        if d.main:
+            try:
+                set_status(out, "stopped", stopped_at_step=step)
+            except OSError:
+                pass
+        raise Stopped(out, step) from None
     except BaseException as e:
         if d.main:
             try:
@@ -282,6 +312,45 @@ def write_failure(argv: list[str], e: OSError) -> str:
             f"fix that (e.g. free disk space), then {then}.")
 
 
+PLAN_CORPUS_MB = 2.0  # text enough for the bigram statistics: --plan answers in seconds whatever --corpus-mb
+
+
+def plan(explicit: dict, d: Dist) -> int:
+    """--plan: the corpus's bigram repetition, the predicted formation point and its duration at
+    this machine's measured speed (train.plan); nothing is written."""
+    from model.tokenizer import gpt2_encoding
+    from .corpora import load_corpus
+    from .plan import bigram_repetition, describe, measure_speed, prediction
+    args = resolve({"out": "runs/plan", **explicit}, None, explicit.get("out") or "runs/plan")
+    device = device_for(args.device, d)
+    check_memory(args, d, device)
+    check_source(args)
+    set_threads(args, d, device, None)
+    sample = resolve({**explicit, "out": args.out, "corpus_mb": min(args.corpus_mb, PLAN_CORPUS_MB)}, None, args.out)
+    docs = load_corpus(sample).train
+    enc, ids, n = gpt2_encoding(), [], 0
+    cfg = model_config(args, args.resolved_vocab() or GPT2_VOCAB)
+    for doc in docs:  # a prefix of the training documents, as the token pipeline lays them out
+        ids += enc.encode(doc, disallowed_special=()) + [enc.eot_token]
+        if len(ids) > 300 * cfg.n_ctx:
+            break
+    repetition = bigram_repetition(np.asarray(ids), cfg.n_ctx)
+    speed = measure_speed(cfg, args.batch_size) if device.type == "cpu" else None
+    batch = args.batch_size * args.grad_accum * d.world
+    print(describe(prediction(batch, cfg.n_ctx, args.steps, repetition, speed)))
+    return 0
+
+
+def stop_on_signals() -> None:
+    """SIGINT and SIGTERM (Ctrl-C, `kill`, a process manager's or a parent's stop) end training
+    cleanly: stopped, not failed. SIGINT is set too because a process started from a background
+    job (`nohup ... &`) inherits SIGINT ignored, and `kill -INT` would then do nothing. Only the
+    main thread may set handlers; main() run from another thread keeps Python's."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGTERM, signal.default_int_handler)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI in-process; returns the exit status (2 with one sentence on stderr for bad input)."""
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -289,12 +358,20 @@ def main(argv: list[str] | None = None) -> int:
     threads = torch.get_num_threads()
     try:
         explicit, resume, windows = requested(argv)
+        if "--plan" in argv:
+            return plan(explicit, d)
         if windows is not None:
             return fill_in(explicit, windows, d)
         return train(explicit, resume, d)
     except BadInput as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except Stopped as e:
+        print(str(e), file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:  # before training began (setup, tokenizing): nothing of the run is half-written
+        print("stopped by the user before training began.", file=sys.stderr)
+        return 130
     except RunFileError as e:  # e.g. --resume of a run whose state or run.json was damaged or edited
         print(f"error: {e.path}: {e.problem}; the run cannot be resumed or filled in from it.", file=sys.stderr)
         return 2

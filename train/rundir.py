@@ -12,6 +12,8 @@ import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
+import numpy as np
+
 from model.checkpoint import has_state
 from model.runio import RunFileError, read_json, read_jsonl, write_bytes_atomic, write_json_atomic
 from model.config import GPTConfig
@@ -21,6 +23,7 @@ from model.runlayout import DATA_JSON, RUN_JSON, SPLITS, VOCAB_JSON, data_dir, s
 
 from .args import BadInput, TrainArgs
 from .corpora import load_corpus
+from .plan import bigram_repetition, prediction
 from .planting import parse_period, planted_count
 from .schedule import checkpoint_steps
 from .tokens import Tokenized, link_or_copy, tokenize
@@ -61,7 +64,8 @@ def model_config(args: TrainArgs, vocab_size: int) -> GPTConfig:
     overrides = {k: getattr(args, k) for k in ("n_layer", "n_head", "n_embd", "n_ctx", "dropout")
                  if getattr(args, k) is not None}
     try:
-        return GPTConfig.preset(args.preset, vocab_size=vocab_size, attention=args.attention, **overrides)
+        return GPTConfig.preset(args.preset, vocab_size=vocab_size, attention=args.attention,
+                                attn_only=args.attn_only, **overrides)
     except ValueError as e:
         raise BadInput(str(e)) from None
 
@@ -98,8 +102,18 @@ def run_record(args: TrainArgs, cfg: GPTConfig, tok: Tokenized, world: int) -> d
         "tokenizer": dict(tok.info["tokenizer"]), "seed": args.seed, "data_source": args.data,
         "world_size": world, "global_batch": args.batch_size * args.grad_accum * world,
         "checkpoint_steps": checkpoint_steps(args.steps, args.warmup, args.ckpt_every, args.windows()),
+        "induction_prediction": induction_prediction(args, cfg, tok, world),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
+
+
+def induction_prediction(args: TrainArgs, cfg: GPTConfig, tok: Tokenized, world: int) -> dict:
+    """The formation point Aoyama et al.'s law predicts for this run's global batch (all rows, planted
+    repeats included) and context, with the training split's bigram repetition (train.plan), so
+    the app can show predicted beside observed."""
+    train = np.memmap(tok.dir / "train.bin", dtype=np.dtype(tok.info["dtype"]), mode="r")
+    repetition = bigram_repetition(train, cfg.n_ctx) if len(train) > cfg.n_ctx else None
+    return prediction(args.batch_size * args.grad_accum * world, cfg.n_ctx, args.steps, repetition)
 
 
 def data_record(args: TrainArgs, cfg: GPTConfig, tok: Tokenized, canaries: list[dict], source: str,
@@ -110,6 +124,8 @@ def data_record(args: TrainArgs, cfg: GPTConfig, tok: Tokenized, canaries: list[
         "n_train_tokens": info["n_train_tokens"], "n_val_tokens": info["n_val_tokens"],
         "chunk_len": cfg.n_ctx, "global_batch": corpus_rows_per_step(args, world),
         "planted_repeats": planted_record(args, world),
+        "stories": ({"copy_weight": args.copy_weight, "burstiness": args.burstiness,
+                     "story_episodes": args.story_episodes} if args.data == "stories" else None),
         "n_train_chunks": n_chunks(info["n_train_tokens"], cfg.n_ctx),
         "n_val_chunks": n_chunks(info["n_val_tokens"], cfg.n_ctx),
         "canaries": canaries, "cache_key": info["key"],

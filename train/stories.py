@@ -35,28 +35,71 @@ SAMPLE_PROMPTS = ("Once upon a time", "They wave to each other", "Lily and Tom w
            "The little rabbit was scared of the dark.")
 
 
-def story(pen: Pen, copy_weight: float = 1.0) -> str:
+MADE_UP_ONSETS = ("b", "d", "f", "g", "k", "l", "m", "n", "p", "r", "s", "t", "v", "z", "ch", "sh", "br", "gl")
+MADE_UP_VOWELS = ("a", "e", "i", "o", "u", "oo", "ee")
+MADE_UP_CODAS = ("", "", "", "n", "r", "l", "m", "s", "k")
+
+
+def made_up_word(pen: Pen, capital: bool, taken: set[str] | None = None) -> str:
+    """A pronounceable made-up word of 2-4 syllables ("Pigdaruzo", "glimbet") that GPT-2's BPE splits
+    into at least two tokens: after its first token, the rest can only be predicted by copying it
+    from where it occurred earlier in the story, which is what an induction head does."""
+    enc = gpt2_encoding()
+    taken = taken if taken is not None else set()
+    for _ in range(100):
+        word = "".join(pen.pick(MADE_UP_ONSETS) + pen.pick(MADE_UP_VOWELS) + pen.pick(MADE_UP_CODAS)
+                       for _ in range(pen.count(2, 4)))
+        word = word.capitalize() if capital else word
+        if word not in taken and len(enc.encode(" " + word)) >= 2:
+            taken.add(word)
+            return word
+    raise RuntimeError("could not make a made-up word")  # never happens with these syllables
+
+
+EPISODE_LINKS = ("The next day,", "A few days later,", "Later that week,", "One morning after that,",
+                 "The week after,", "Some days later,")
+
+
+def story(pen: Pen, copy_weight: float = 1.0, burstiness: float = 0.0, episodes: int = 1) -> str:
     """One story: an introduction, a plot, an ending and sometimes a moral. `copy_weight` is how
-    much likelier each copy plot (memory game, password, song, packing list) is than the others."""
+    much likelier each copy plot (memory game, password, song, packing list) is than the others.
+
+    `burstiness` (Chan et al. 2022) is the chance that each character and the story's object gets a
+    made-up name of several tokens instead of a word from the lists: new in every story, the same
+    throughout it, so it recurs within a context and nowhere else. `episodes` tells that many plots
+    with the same characters and object, so names recur many times and a story fills a long
+    context. At 0 and 1 (the defaults) no extra random draw is made: the corpus is the same as
+    before these options existed."""
     weights = np.array([copy_weight if p in COPY_PLOTS else 1.0 for p in PLOTS])
     plot = PLOTS[int(pen.rng.choice(len(PLOTS), p=weights / weights.sum()))]
     taken: set[str] = set()
     c, f = new_character(pen, taken), new_character(pen, taken)
     place, obj = pen.pick(W.PLACES), pen.pick(W.OBJECTS)
+    if burstiness > 0:
+        for who in (c, f):
+            if pen.chance(burstiness):
+                who.name = made_up_word(pen, capital=True, taken=taken)
+        if pen.chance(burstiness):
+            obj = made_up_word(pen, capital=False)
     lines = [intro(pen, c, place)]
     if pen.chance(0.5):
         lines.append(f"{c.name} had a friend named {f.name}, {a(f.kind)}.")
     lines += plot(pen, c, f, place, obj)
+    for _ in range(episodes - 1):
+        plot = PLOTS[int(pen.rng.choice(len(PLOTS), p=weights / weights.sum()))]
+        lines.append(f"{pen.pick(EPISODE_LINKS)} {c.name} and {f.name} met again.")
+        lines += plot(pen, c, f, pen.pick(W.PLACES), obj)
     lines += ending(pen, c, f)
     return " ".join(lines)
 
 
-def generate_stories(seed: int, stream: str, n_chars: int, copy_weight: float = 1.0) -> list[str]:
+def generate_stories(seed: int, stream: str, n_chars: int, copy_weight: float = 1.0, burstiness: float = 0.0,
+                     episodes: int = 1) -> list[str]:
     """Stories from the seeded stream `stream` ("train", "val", ...) until n_chars characters."""
     pen = Pen(np.random.default_rng([int(seed), zlib.crc32(stream.encode())]))
     out, total = [], 0
     while total < n_chars:
-        s = story(pen, copy_weight)
+        s = story(pen, copy_weight, burstiness, episodes)
         out.append(s)
         total += len(s) + 1
     return out
@@ -131,11 +174,12 @@ class StoriesCorpus:
 
 
 def build_stories(seed: int, train_chars: int, val_chars: int, copies: tuple[int, ...] = DEFAULT_COPIES,
-                  per_count: int = 4, copy_weight: float = 1.0) -> StoriesCorpus:
+                  per_count: int = 4, copy_weight: float = 1.0, burstiness: float = 0.0,
+                  episodes: int = 1) -> StoriesCorpus:
     """The whole corpus. The held-out split comes from its own stream of the same generator, with
     any story that also occurs in training removed, and never holds a canary."""
-    train = generate_stories(seed, "train", train_chars, copy_weight)
+    train = generate_stories(seed, "train", train_chars, copy_weight, burstiness, episodes)
     seen = set(train)
-    val = [s for s in generate_stories(seed, "val", val_chars, copy_weight) if s not in seen]
+    val = [s for s in generate_stories(seed, "val", val_chars, copy_weight, burstiness, episodes) if s not in seen]
     canaries = make_canaries(seed, tuple(copies), per_count) if copies else []
     return StoriesCorpus(plant(train, canaries, seed), val, canaries)

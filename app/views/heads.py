@@ -140,9 +140,22 @@ def evolution_section(run, results, kind, log_x) -> None:
     top = R.scalar(results, f"head_ablation.top_share.{kind}")
     series = {k: v for k, v in {"Gini": gini, "top-10% share": top}.items() if v[0]}
     if series:
+        entry = R.emergence_entry(summary, "head_concentration") or {}
+        if kind == "zero" and entry.get("level_steps") and entry.get("equal_heads_gini"):
+            bound = [(s, b) for s, b in zip(entry["level_steps"], entry["equal_heads_gini"]) if b is not None]
+            if bound:
+                series["Gini equal heads would show (bound)"] = ([s for s, _ in bound], [b for _, b in bound])
         st.plotly_chart(figures.scalar_series(
             series, "Head-importance concentration over training", "share / coefficient", log_x=log_x,
-            marks={"concentration": R.emergence_step(summary, "head_concentration")}), key="gini")
+            marks={"concentration": R.emergence_step(summary, "head_concentration"),
+                   **(R.inequality_mark(summary) if kind == "zero" else {})}), key="gini")
+        caption = R.concentration_caption(entry) if entry else None
+        if caption:
+            st.caption(("" if kind == "zero" else "Zero ablation: ") + caption)
+        rule = R.emergence_rule(summary, "head_concentration")
+        if rule:
+            with st.expander("How head inequality is measured and tested"):
+                st.caption(rule)
 
 
 def render() -> None:

@@ -17,7 +17,7 @@ SCORES = {
 
 def overview_section(run, results, log_x) -> None:
     summary = cache.probe_summary(run)
-    marks = R.emergence_mark(summary, "induction", "phase change")
+    marks = {**R.emergence_mark(summary, "induction", "phase change"), **R.prediction_mark(run.info)}
     best = {f"best head · {SCORES[k].split(' (')[0]}": R.best_head(results, f"induction.{k}")
             for k in ("induction", "in_context_copying", "previous_token")}
     best = {k: v for k, v in best.items() if v[0]}
@@ -40,6 +40,11 @@ def overview_section(run, results, log_x) -> None:
         best_reached = found.get("best_score_reached") if found else None
         st.caption(caption + (f" Best score reached: {best_reached:.3f}." if isinstance(best_reached, (int, float))
                               and found.get("detected") is False else ""))
+    predicted = R.prediction_caption(run.info, summary)
+    if predicted:
+        st.caption(predicted)
+    if isinstance(found, dict) and found.get("icl_note"):
+        st.caption(f"ICL: {found['icl_note']}.")
     change = R.change_caption(found)
     if change:
         st.caption(change)
@@ -103,7 +108,11 @@ def trajectory_section(run, results) -> None:
         else:
             st.plotly_chart(FI.loss_trajectory(path["steps"], path["pc1"], path["pc2"], path.get("explained") or [],
                                                mark_step=R.emergence_step(summary, "induction")), key="trajectory")
-            st.caption(f"{path.get('n_tokens')} held-out tokens, the same at every checkpoint. {path.get('rule', '')}")
+            turn = path.get("turn") if isinstance(path.get("turn"), dict) else {}
+            turned = (f" The path turns most at step {turn['turn_step']} ({turn['angle_deg']:.0f}°)."
+                      if turn.get("turn_step") is not None else "")
+            st.caption(f"{path.get('n_tokens')} held-out tokens, the same at every checkpoint.{turned} "
+                       f"{path.get('rule', '')}")
     with right:
         if steps:
             st.plotly_chart(FI.position_loss_curves(steps, curves), key="position_loss")

@@ -8,7 +8,8 @@ from app import cache, figures, results as R, ui
 
 def scores_section(run, results, log_x) -> None:
     summary = cache.probe_summary(run)
-    onset = {"memorization onset": R.emergence_step(summary, "memorization")}
+    onset = {"memorization onset": R.emergence_step(summary, "memorization"),
+             **R.emergence_mark(summary, "overfitting", "overfitting onset")}
     series = {
         "seen · mean score": R.scalar(results, "memorization.seen.mean_score"),
         "held-out · mean score": R.scalar(results, "memorization.held_out.mean_score"),
@@ -24,6 +25,13 @@ def scores_section(run, results, log_x) -> None:
         series, "Pythia memorization score (32-token prefix → 32 greedy tokens)", "score / fraction",
         log_x=log_x, marks=onset, secondary={"held-out − seen loss": gap} if gap[0] else None,
         secondary_title="loss gap (nats)"), key="memorization")
+    caption = R.overfitting_caption(R.emergence_entry(summary, "overfitting"))
+    if caption:
+        st.caption(caption)
+    rule = R.emergence_rule(summary, "overfitting")
+    if rule:
+        with st.expander("How the overfitting onset is found"):
+            st.caption(rule)
 
 
 def training_data_unknown(results) -> str | None:

@@ -1,8 +1,9 @@
-"""Runs: config, train and held-out loss with checkpoint markers (several runs comparable), and
-the fixed-prompt generations at a chosen checkpoint with repeated n-grams highlighted."""
+"""Runs: config, train and held-out loss with checkpoint markers (several runs comparable) and the
+loss-generation mismatch and overfitting onset marked on it, generation quality beside the held-out
+loss, and the fixed-prompt generations at a chosen checkpoint with repeated n-grams highlighted."""
 import streamlit as st
 
-from app import cache, figures, ui
+from app import cache, figures, results as R, ui
 from app.runfolder import metrics_series, read_run, run_names, runs_root, sample_steps, samples_at
 
 
@@ -19,7 +20,49 @@ def loss_section(run) -> None:
     if not any(c["train"][0] for c in curves.values()):
         st.info("No training metrics have been logged yet." + (" Refresh in a moment." if run.training else ""))
         return
-    st.plotly_chart(figures.loss_curves(curves, checkpoints, log_x=log_x), key="loss_chart")
+    summary = cache.probe_summary(run)
+    st.plotly_chart(figures.loss_curves(curves, checkpoints, log_x=log_x, marks=failure_marks(summary)),
+                    key="loss_chart")
+    for name in ("loss_generation_mismatch", "overfitting"):
+        caption = (R.mismatch_caption if name == "loss_generation_mismatch" else R.overfitting_caption)(
+            R.emergence_entry(summary, name))
+        if caption:
+            st.caption(caption)
+
+
+def failure_marks(summary) -> dict:
+    """The loss-generation mismatch and the overfitting onset, as the summary found them."""
+    return {**R.emergence_mark(summary, "loss_generation_mismatch", "loss–generation mismatch"),
+            **R.emergence_mark(summary, "overfitting", "overfitting onset")}
+
+
+def quality_section(run, log_x: bool) -> None:
+    """Generation quality measured apart from the loss (tone and repetition of the checkpoint's own
+    continuations), beside the held-out loss, with the mismatch marked; nothing without probe results."""
+    results, _ = cache.probe_results(run)
+    series = {"tone: JSD from held-out unigrams (bits)": R.scalar(results, "repetition.tone.jsd_unigram"),
+              "sampled seq-rep-4": R.scalar(results, "repetition.sampled.seq_rep_4"),
+              "greedy seq-rep-4": R.scalar(results, "repetition.greedy.seq_rep_4")}
+    series = {k: v for k, v in series.items() if v[0]}
+    if not series:
+        return
+    summary = cache.probe_summary(run)
+    val = metrics_series(run.path)["val"]
+    floor = R.scalar(results, "repetition.tone.floor_unigram")
+    if floor[0]:
+        series["tone of held-out text of the same size (floor)"] = floor
+    st.plotly_chart(figures.scalar_series(
+        series, "Generation quality (higher is worse) vs held-out loss", "bits / fraction", log_x=log_x,
+        marks=R.emergence_mark(summary, "loss_generation_mismatch", "loss–generation mismatch"),
+        secondary={"held-out loss": val} if val[0] else None, secondary_title="held-out loss (nats)"),
+        key="quality_chart")
+    rule = R.emergence_rule(summary, "loss_generation_mismatch")
+    if rule:
+        with st.expander("How the mismatch and the overfitting onset are found"):
+            st.caption(f"Loss–generation mismatch: {rule}")
+            over = R.emergence_rule(summary, "overfitting")
+            if over:
+                st.caption(f"Overfitting onset: {over}")
 
 
 def config_section(run) -> None:
@@ -45,6 +88,11 @@ def samples_section(run) -> None:
     with left:
         step = ui.step_picker(steps, key="sample_step")
     n = right.number_input("Highlight repeated n-grams of length", 2, 8, 4, key="ngram")
+    stretch = R.mismatch_stretch_at(cache.probe_summary(run), step)
+    if stretch is not None:
+        st.info(f"Step {step} lies in a loss–generation mismatch stretch (steps {stretch['step']}–"
+                f"{stretch['to_step']}): {R.MISMATCH_LABELS.get(str(stretch.get('metric')), stretch.get('metric'))} is worse than at step "
+                f"{stretch.get('reference_step')} while the held-out loss is lower. Compare with that checkpoint.")
     for row in samples_at(run.path, step):
         st.markdown(f"**{row.get('prompt', '')!s}** · _{row.get('decoding', '')}_")
         ui.highlighted_text(str(row.get("text", "")), n=int(n))
@@ -55,6 +103,7 @@ def render() -> None:
     if run is None:
         return
     ui.guarded(lambda: loss_section(run))
+    ui.guarded(lambda: quality_section(run, bool(st.session_state.get("log_x", False))))
     ui.guarded(lambda: config_section(run))
     ui.guarded(lambda: samples_section(run))
 
