@@ -31,9 +31,10 @@ from model.gpt import GPT
 
 from .forward import (final_residual, forward_rows, loss_chunk_positions, readout, resid_pre_name, shape_of,
                       split_tokens, stats_from_residual, token_losses, token_stats, z_name)
+from .attribution import attribution_result
+from .head_replacement import KINDS, check_kind, replacement, resample_permutation
 from .metrics import gini, top_share
 
-KINDS = ("zero", "mean", "resample")
 TOP_FRACTION = 0.1
 
 
@@ -47,11 +48,6 @@ class CleanRun:
     logits: torch.Tensor | None = None
     token_losses: torch.Tensor | None = None
     resid_pre: list[torch.Tensor] | None = None
-
-
-def check_kind(kind: str) -> None:
-    if kind not in KINDS:
-        raise ValueError(f"ablation kind must be one of {', '.join(KINDS)}, got {kind!r}.")
 
 
 def mean_loss(logits: torch.Tensor, targets: torch.Tensor) -> float:
@@ -84,27 +80,6 @@ def clean_run(model: Any, inputs: torch.Tensor, targets: torch.Tensor, extra_hoo
     losses = token_stats(model, inputs, targets, hooks).losses
     return CleanRun(loss=float(losses.double().mean()), z=zs, token_losses=losses,
                     resid_pre=resid if restart else None)
-
-
-def resample_permutation(batch: int, seed: int = 0) -> torch.Tensor:
-    """A seeded derangement of the batch: row b takes its replacement from row perm[b] != b."""
-    if batch < 2:
-        raise ValueError("resample ablation needs at least 2 sequences in the batch, to take each "
-                         "head's activation from a different one.")
-    order = np.random.default_rng(seed).permutation(batch)
-    perm = np.empty(batch, dtype=np.int64)
-    perm[order] = np.roll(order, -1)  # each row points at the next one in a random cycle
-    return torch.from_numpy(perm)
-
-
-def replacement(kind: str, z: torch.Tensor, head: int, perm: torch.Tensor | None) -> torch.Tensor:
-    """What head `head`'s z [B,P,D] becomes under ablation `kind`, given the clean z [B,P,H,D]."""
-    zh = z[:, :, head]
-    if kind == "zero":
-        return torch.zeros_like(zh)
-    if kind == "mean":
-        return zh.mean(dim=(0, 1)).expand_as(zh)
-    return zh[perm.to(zh.device)]
 
 
 def check_heads(model: Any, heads: Iterable) -> list[tuple[int, int]]:
@@ -335,7 +310,6 @@ def head_ablation_probe(model: Any, tokens: Any, clean: CleanRun | None = None, 
                            "n_sequences": n, "tokens": n * P, "block": block, "max_sequences": total,
                            "unit": "sequence"}
     if attribution:
-        from .attribution import attribution_result  # attribution imports this module
         result.update(attribution_result(model, tokens[:min(total, block)], {k: result[k] for k in KINDS}))
     return result
 

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .ablation import KINDS, check_kind, replacement, resample_permutation
+from .head_replacement import KINDS, check_kind, replacement, resample_permutation
 from .forward import rows_for, shape_of, split_tokens, z_name
 
 TOP_K = 3

@@ -26,6 +26,7 @@ from model.rundata import (FREQUENT_COUNT_TOKENS, frequent_tokens, get_chunks, l
                            training_data_known)
 from model.tokenizer import Tokenizer, load_tokenizer
 
+from .documents import document_rows
 from .random_tokens import (RANDOM_STREAM, RandomTokenSet, fresh_random_tokens, random_periods,
                             random_stream, random_token_sets, repeated_random_tokens,
                             training_repeat_periods)  # re-exported: the probe inputs' public names
@@ -40,8 +41,7 @@ REPETITION_PROMPTS = (
 )
 
 # Sub-seeds mixed with the run seed, one per input, so that adding an input never changes another.
-HELDOUT_STREAM, SEEN_STREAM, SAMPLING_STREAM, CANARY_STREAM = 1, 2, 4, 5  # 3 is RANDOM_STREAM, in probes.random_tokens
-DOCUMENT_STREAM = 6
+HELDOUT_STREAM, SEEN_STREAM, SAMPLING_STREAM, CANARY_STREAM = 1, 2, 4, 5  # 3 is RANDOM_STREAM, 6 DOCUMENT_STREAM
 
 
 # Candidates per canary for exposure: the canary and 31 draws from its randomness space R. Scoring
@@ -348,25 +348,6 @@ class ProbeInputs:
         if self._train is None:
             self._train = load_tokens(self.run_dir, "train", self.data_meta)
         return torch.from_numpy(get_chunks(self._train, chosen, self.chunk_len))
-
-
-def document_rows(val: np.ndarray, eot: int, length: int, n: int, seed: int
-                  ) -> tuple[torch.LongTensor, torch.LongTensor] | None:
-    """Up to `n` held-out rows of `length` tokens that each begin with the <|endoftext|> opening a
-    document (seeded choice among those that fit), and per row how many leading positions predict
-    tokens of that document (its closing <|endoftext|> included). None when no row fits: then the
-    ICL score falls back to held-out chunks. Positions in these rows count from the story start,
-    which is what the in-context-learning score needs: in a chunk of a token stream, the late
-    window may fall into the next, unrelated story."""
-    val = np.asarray(val)
-    starts = np.flatnonzero(val[: max(0, len(val) - length + 1)] == eot)
-    if len(starts) == 0:
-        return None
-    chosen = np.sort(starts[sub_seed(seed, DOCUMENT_STREAM).permutation(len(starts))[:n]])
-    rows = np.stack([val[s:s + length] for s in chosen]).astype(np.int64)
-    ends = rows[:, 1:] == eot
-    valid = np.where(ends.any(1), ends.argmax(1) + 1, length - 1)
-    return torch.from_numpy(rows), torch.from_numpy(valid.astype(np.int64))
 
 
 def model_context(run: dict, data_meta: dict) -> int:

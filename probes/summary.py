@@ -14,7 +14,7 @@ from .induction import ICL_MIN_LATE
 from .results import read_results
 from .emergence import (SMALL_SAMPLE, excess_stretches, first_at_or_above, largest_sustained_rise, sustained_crossing,
                         sustained_fall, sustained_rise)
-from .metrics import EQUAL_HEADS_DRAWS, EQUAL_HEADS_QUANTILE, EQUAL_HEADS_SEED, head_inequality
+from .head_inequality import EQUAL_HEADS_DRAWS, EQUAL_HEADS_QUANTILE, EQUAL_HEADS_SEED, head_inequality
 from .trajectory import (TRAJECTORY_RULE, induction_circuit, is_number, loss_trajectory,
                          oriented, principal_trajectory, value_at)  # re-exported: summary's public names
 

@@ -20,7 +20,8 @@ import torch
 from app import figures, results as R
 from probes import summarize, write_summary
 from probes.emergence import SMALL_SAMPLE, curvature_noise, excess_stretches
-from probes.metrics import gini, head_inequality, jensen_shannon, ngram_counts, tone_distance, top_share
+from probes.head_inequality import head_inequality
+from probes.metrics import gini, jensen_shannon, ngram_counts, tone_distance, top_share
 from probes.repetition import tone_result
 from probes.summary import (CONCENTRATION_LEVEL_KEYS, MISMATCH_KEYS, OVERFIT_KEYS, RISE_KEYS, THRESHOLDS, rules)
 

@@ -14,7 +14,7 @@ import torch
 
 from model.tokenizer import gpt2_encoding
 from probes.induction import ICL_MIN_LATE, icl_score
-from probes.inputs import document_rows
+from probes.documents import document_rows
 from train.plan import (FORMATION_T, bigram_repetition, formation_step, formation_tokens, prediction,
                         window_repetition)
 from train.stories import generate_stories, made_up_word
@@ -97,6 +97,8 @@ def test_bigram_repetition_pools_the_windows_training_reads():
     assert rep.n_windows == 2
     assert rep.frequency == pytest.approx(7 / 14)
     assert rep.reliability == pytest.approx(5 / 7)
+    one = bigram_repetition(toks, 1)  # --n-ctx 1: windows without a bigram
+    assert (one.frequency, one.reliability) == (0.0, 0.0)
     with pytest.raises(ValueError, match="shorter than one context"):
         bigram_repetition(np.arange(5), 8)
 

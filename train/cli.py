@@ -15,11 +15,10 @@ import time
 from datetime import timedelta
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.distributed as dist
 
-from model.checkpoint import has_state, remove_partial_checkpoints
+from model.checkpoint import has_state, kept_state_steps, remove_partial_checkpoints
 from model.runio import RunFileError, read_json, read_jsonl, write_json_atomic
 from model.config import GPTConfig
 from model.device import free_cores, pick_device
@@ -28,9 +27,11 @@ from model.memory import (GPT2_VOCAB, TooLarge, available_bytes, check_fits, cor
 from model.runlayout import RUN_JSON, metrics_jsonl, samples_jsonl
 
 from .args import BadInput, TrainArgs, requested, resolve
-from .corpora import check_source
+from .corpora import check_source, load_corpus
 from .fillin import check_fill_in, run_fill_in, tidy_after_a_kill
 from .loop import Dist, Trainer
+from .plan import bigram_repetition, describe, measure_speed, prediction
+from .tokens import encode_docs
 from .rundir import (check_chunks, check_out_dir, clean_temporaries, data_installed, data_record,
                      install_data, keep_rows_through, model_config, prepare_tokens, run_record, set_status,
                      warn_unknown_canary_words)
@@ -213,7 +214,6 @@ class Stopped(Exception):
 
 def last_saved_step(out: Path) -> int | None:
     """The step of the newest training state (what --resume continues from), None when there is none."""
-    from model.checkpoint import kept_state_steps
     try:
         steps = kept_state_steps(out)
     except (OSError, ValueError):
@@ -313,28 +313,21 @@ def write_failure(argv: list[str], e: OSError) -> str:
 
 
 PLAN_CORPUS_MB = 2.0  # text enough for the bigram statistics: --plan answers in seconds whatever --corpus-mb
+PLAN_CONTEXTS = 300   # ... counted over this many training contexts
 
 
 def plan(explicit: dict, d: Dist) -> int:
     """--plan: the corpus's bigram repetition, the predicted formation point and its duration at
     this machine's measured speed (train.plan); nothing is written."""
-    from model.tokenizer import gpt2_encoding
-    from .corpora import load_corpus
-    from .plan import bigram_repetition, describe, measure_speed, prediction
     args = resolve({"out": "runs/plan", **explicit}, None, explicit.get("out") or "runs/plan")
     device = device_for(args.device, d)
     check_memory(args, d, device)
     check_source(args)
     set_threads(args, d, device, None)
     sample = resolve({**explicit, "out": args.out, "corpus_mb": min(args.corpus_mb, PLAN_CORPUS_MB)}, None, args.out)
-    docs = load_corpus(sample).train
-    enc, ids, n = gpt2_encoding(), [], 0
     cfg = model_config(args, args.resolved_vocab() or GPT2_VOCAB)
-    for doc in docs:  # a prefix of the training documents, as the token pipeline lays them out
-        ids += enc.encode(doc, disallowed_special=()) + [enc.eot_token]
-        if len(ids) > 300 * cfg.n_ctx:
-            break
-    repetition = bigram_repetition(np.asarray(ids), cfg.n_ctx)
+    ids = encode_docs(load_corpus(sample).train, "plan")  # as the token pipeline lays the documents out
+    repetition = bigram_repetition(ids[: PLAN_CONTEXTS * cfg.n_ctx + 1], cfg.n_ctx)
     speed = measure_speed(cfg, args.batch_size) if device.type == "cpu" else None
     batch = args.batch_size * args.grad_accum * d.world
     print(describe(prediction(batch, cfg.n_ctx, args.steps, repetition, speed)))

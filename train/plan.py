@@ -86,7 +86,8 @@ def bigram_repetition(tokens: np.ndarray, context: int, n_windows: int = PLAN_WI
     for i in np.sort(ids):
         p, e, r = window_repetition(np.asarray(tokens[i * context:(i + 1) * context]))
         positions, events, reliable = positions + p, events + e, reliable + r
-    return Repetition(events / positions, reliable / events if events else 0.0, len(ids), context)
+    # a context of one token has no bigram in it (--n-ctx 1): nothing repeats
+    return Repetition(events / positions if positions else 0.0, reliable / events if events else 0.0, len(ids), context)
 
 
 def measure_speed(cfg: GPTConfig, batch: int, steps: int = 4, warmup: int = 2) -> float:
