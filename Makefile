@@ -10,7 +10,7 @@ PORT ?= 8501
 ADDRESS ?= 127.0.0.1
 STREAMLIT := $(VENV)/bin/streamlit run app --server.address $(ADDRESS) --server.port $(PORT) --server.headless true --browser.gatherUsageStats false --client.toolbarMode minimal
 
-.PHONY: install test demo induction induction-text burstiness-study bench stress app study clean
+.PHONY: install test demo induction induction-text burstiness-study lr-study bench stress app study clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml
 	else \
 		$(PY) -m pip install torch==2.13.0 || $(PY) -m pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu; \
 	fi
-	$(PY) -m pip install -e '.[dev]'
+	$(PY) -m pip install -e '.[dev,ray,llc]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -85,6 +85,21 @@ burstiness-study: $(STAMP)
 				$$( [ -d $(RUNS)/bursty-$$b/state ] && echo --resume ) || exit 1; \
 		fi; \
 		$(PY) -m probes $(RUNS)/bursty-$$b --only induction || exit 1; \
+	done
+
+# The learning-rate study: sibling runs of the demo (same data, seed and schedule shape) at several
+# peak learning rates, runs/lr-RATE, all probes. The Compare page says, for each pair, whether their
+# generations or their held-out losses part first. See the README's "The learning-rate study".
+LR_STUDY ?= 5e-4 2e-3 8e-3 3.2e-2
+lr-study: $(STAMP)
+	@for lr in $(LR_STUDY); do \
+		if [ -f $(RUNS)/lr-$$lr/run.json ] && grep -q '"status": "complete"' $(RUNS)/lr-$$lr/run.json; then \
+			echo "$(RUNS)/lr-$$lr is complete"; \
+		else \
+			$(PY) -m train --preset nano --data stories --lr $$lr --out $(RUNS)/lr-$$lr \
+				$$( [ -d $(RUNS)/lr-$$lr/state ] && echo --resume ) || exit 1; \
+		fi; \
+		$(PY) -m probes $(RUNS)/lr-$$lr || exit 1; \
 	done
 
 app: $(STAMP)

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any, Mapping, Sequence
 
 from probes.loss_spikes import SPIKE_RATIO, loss_spikes
+from probes.run_pairs import pair_verdict
 
 from . import results as R
 
@@ -54,16 +55,25 @@ def probe_series(results: R.Results) -> dict[str, Series]:
     return {name: get(results) for name, get in PROBE_SERIES.items()}
 
 
-EMERGENCE = ("repetition", "induction", "memorization", "head_concentration")
+EMERGENCE = ("repetition", "induction", "memorization", "head_concentration", "loss_generation_mismatch",
+             "overfitting")
+
+
+def peak_lr(info: Mapping[str, Any]) -> float | None:
+    """run.json["train"]["lr"]: the peak learning rate (None for an imported run)."""
+    train = info.get("train") if isinstance(info, Mapping) else None
+    lr = train.get("lr") if isinstance(train, Mapping) else None
+    return float(lr) if isinstance(lr, (int, float)) and not isinstance(lr, bool) else None
 
 
 def summary_row(name: str, kind: str, status: str, metrics: Mapping[str, Series],
-                summary: Mapping[str, Any] | None, n_probed: int, spike_ratio: float = SPIKE_RATIO) -> dict[str, Any]:
+                summary: Mapping[str, Any] | None, n_probed: int, spike_ratio: float = SPIKE_RATIO,
+                lr: float | None = None) -> dict[str, Any]:
     """One run's line in the comparison table. Emergence steps come from probes/summary.json;
     None where the run has no summary or the phenomenon was not detected."""
     train, val, grad = metrics.get("train", ([], [])), metrics.get("val", ([], [])), metrics.get("grad_norm", ([], []))
     row: dict[str, Any] = {
-        "run": name, "attention": kind, "status": status,
+        "run": name, "attention": kind, "peak lr": lr, "status": status,
         "last step": train[0][-1] if train[0] else None,
         "final held-out loss": round(val[1][-1], 4) if val[1] else None,
         "best held-out loss": round(min(val[1]), 4) if val[1] else None,
@@ -74,3 +84,25 @@ def summary_row(name: str, kind: str, status: str, metrics: Mapping[str, Series]
     for phenomenon in EMERGENCE:
         row[f"{phenomenon.replace('_', ' ')} step"] = R.emergence_step(summary, phenomenon)
     return row
+
+
+def pair_rows(runs: Sequence[tuple[str, R.Results]]) -> list[dict[str, Any]]:
+    """One row per pair of runs (in the order given): the first shared checkpoint where their
+    generations differ beyond noise and the first where their held-out losses do, and which came
+    first (probes/run_pairs.py holds the rule)."""
+    rows = []
+    for i, (name_a, res_a) in enumerate(runs):
+        for name_b, res_b in runs[i + 1:]:
+            v = pair_verdict(res_a, res_b)
+            gen, loss = v["generation"], v["loss"]
+            rows.append({
+                "pair": f"{name_a} vs {name_b}",
+                "generations differ at": gen["step"], "generations: from": gen["from_step"],
+                "tone difference (bits)": None if gen["difference"] is None else round(gen["difference"], 4),
+                "held-out losses differ at": loss["step"], "losses: from": loss["from_step"],
+                "loss difference (nats)": None if loss["difference"] is None else round(loss["difference"], 4),
+                "first": v["first"] or "neither",
+                "why none": "; ".join(f"{k}: {p['reason']}" for k, p in (("generations", gen), ("losses", loss))
+                                      if p["reason"]) or None,
+            })
+    return rows

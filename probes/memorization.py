@@ -232,6 +232,13 @@ def canary_results(model: Any, tokenizer: Any, canaries: list[Canary]) -> list[d
     return groups
 
 
+def row_losses(heldout_losses: torch.Tensor) -> list[float]:
+    """Each held-out row's mean loss. Two runs on the same data share these rows, so the standard
+    error of the difference of their held-out losses is the paired one (probes/run_pairs.py), far
+    smaller than either loss's own spread across rows."""
+    return [float(v) for v in heldout_losses.double().mean(-1)]
+
+
 def memorization_result(model: Any, tokenizer: Any, inputs: ProbeInputs, step: int,
                         heldout_losses: torch.Tensor) -> dict:
     """The `memorization` entry of a result file. `heldout_losses` [N, P] are the per-position
@@ -252,7 +259,7 @@ def memorization_result(model: Any, tokenizer: Any, inputs: ProbeInputs, step: i
                              "generated": tokenizer.decode(generated[i].tolist()), "score": seen_scores[i]})
     return {
         "seen": {**score_summary(seen_scores), "loss": seen_loss},
-        "held_out": {**score_summary(held_scores), "loss": held_loss},
+        "held_out": {**score_summary(held_scores), "loss": held_loss, "row_losses": row_losses(heldout_losses)},
         "loss_gap": None if seen_loss is None else held_loss - seen_loss,
         "prefix_len": prefix, "suffix_len": suffix,
         "canaries": canary_results(model, tokenizer, inputs.canaries),
@@ -269,7 +276,8 @@ def unknown_training_result(model: Any, inputs: ProbeInputs, heldout_losses: tor
     held_scores, _ = greedy_scores(model, held, prefix, suffix)
     return {
         "seen": {"mean_score": None, "memorized_fraction": None, "n": None, "loss": None},
-        "held_out": {**score_summary(held_scores), "loss": float(heldout_losses.double().mean())},
+        "held_out": {**score_summary(held_scores), "loss": float(heldout_losses.double().mean()),
+                     "row_losses": row_losses(heldout_losses)},
         "loss_gap": None,
         "prefix_len": prefix, "suffix_len": suffix,
         "canaries": [],  # none measured; "training_data" says whether any were planted is unknown

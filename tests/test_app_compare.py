@@ -89,6 +89,11 @@ def test_two_runs_overlaid_with_their_own_numbers(study, monkeypatch):
     val = column(read_jsonl(study / "attn-standard" / "metrics.jsonl"), "val_loss")
     assert table.loc["attn-standard", "final held-out loss"] == pytest.approx(val[1][-1], abs=1e-4)
     assert table.loc["attn-standard", "checkpoints probed"] == len(probes.read_results(study / "attn-standard"))
+    assert table.loc["attn-standard", "peak lr"] == json.loads((study / "attn-standard" / "run.json").read_text())["train"]["lr"]
+    assert at.subheader[0].value == "When do they part: the text or the loss?"
+    pairs = at.dataframe[1].value  # the same probe results: they never part
+    assert list(pairs["pair"]) == ["attn-linear vs attn-standard"] and list(pairs["first"]) == ["neither"]
+    assert pairs["held-out losses differ at"].isna().all() and pairs["generations differ at"].isna().all()
 
     figs = charts(at)
     loss = figs["Train and held-out loss"]

@@ -388,6 +388,10 @@ def test_compute_probes_returns_every_result_key_with_finite_values(run):
     assert {g["copies"] for g in result["memorization"]["canaries"]} == {1, 8}
     assert {c["decoding"] for c in result["repetition"]["continuations"]} == {"greedy", "sampled"}
     assert result["memorization"]["seen"]["n"] == 6 and result["memorization"]["held_out"]["n"] == 6
+    held = result["memorization"]["held_out"]  # every held-out row's mean loss; their mean is the loss
+    assert len(held["row_losses"]) == len(inputs.memorization_heldout)
+    assert np.mean(held["row_losses"]) == pytest.approx(held["loss"], rel=1e-12)
+    assert np.std(held["row_losses"]) > 0
     induction = result["induction"]
     assert induction["in_context_copying_positions"] > 0  # templated stories repeat spans
     assert all(math.isfinite(v) for v in induction["in_context_copying_loss"].values())

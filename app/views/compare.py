@@ -12,9 +12,11 @@ import streamlit as st
 
 from app import cache, compare as C, figures, ui
 from probes import loss_spikes as S
+from probes.run_pairs import RULE as PAIRS_RULE
 from app.runfolder import RunFiles, read_run, run_names, runs_root
 
 STUDY_COMMAND = "make study"
+LR_STUDY_COMMAND = "make lr-study"
 PICK_KEY = "compare_runs"
 
 
@@ -34,10 +36,11 @@ class Compared:
 
 
 def default_runs(names: list[str], current: str | None) -> list[str]:
-    """The study's runs when there are any (attn-*), else the run chosen in the sidebar."""
-    study = [n for n in names if n.startswith("attn-")]
-    if study:
-        return study
+    """A study's runs when there are any (attn-*, else lr-*), else the run chosen in the sidebar."""
+    for prefix in ("attn-", "lr-"):
+        study = [n for n in names if n.startswith(prefix)]
+        if study:
+            return study
     return [current] if current in names else names[-1:]
 
 
@@ -81,8 +84,8 @@ def spike_ratio() -> float:
 
 
 def summary_section(runs: list[Compared], ratio: float) -> None:
-    rows = [C.summary_row(c.run.name, c.kind, c.run.status, c.metrics, c.summary, len(c.results), ratio)
-            for c in runs]
+    rows = [C.summary_row(c.run.name, c.kind, c.run.status, c.metrics, c.summary, len(c.results), ratio,
+                          lr=C.peak_lr(c.run.info)) for c in runs]
     table = pd.DataFrame(rows)
     for col in table.columns:  # steps and counts stay integers even where some runs have none
         if col.endswith("step") or col in ("loss spikes", "checkpoints probed"):
@@ -90,6 +93,22 @@ def summary_section(runs: list[Compared], ratio: float) -> None:
     st.dataframe(table, hide_index=True, key="compare_table")
     st.caption("Emergence steps come from each run's probes/summary.json (empty: not detected, or no "
                "probe results); the rules are on the Repetition, Induction and Memorization pages.")
+
+
+def pairs_section(runs: list[Compared]) -> None:
+    """Which parts first, the text or the loss? For each pair of runs, the first checkpoint where
+    their generations differ beyond noise and the first where their held-out losses do."""
+    probed = [c for c in runs if c.results]
+    if len(probed) < 2:
+        return
+    st.subheader("When do they part: the text or the loss?")
+    table = pd.DataFrame(C.pair_rows([(c.run.name, c.results) for c in probed]))
+    for col in table.columns:
+        if col.endswith(" at") or col.endswith("from"):
+            table[col] = table[col].astype("Int64")
+    st.dataframe(table, hide_index=True, key="compare_pairs")
+    st.caption("For sibling runs on the same data and seed, e.g. the learning-rate study made by "
+               f"`{LR_STUDY_COMMAND}`. Rule: {PAIRS_RULE}")
 
 
 def training_section(runs: list[Compared], ratio: float) -> None:
@@ -164,7 +183,8 @@ def render() -> None:
         st.code(STUDY_COMMAND, language="bash")
         return
     st.caption(f"Overlay runs trained on the same data and seed — e.g. the attention-variants study made by "
-               f"`{STUDY_COMMAND}` (runs/attn-standard, runs/attn-linear, runs/attn-gated).")
+               f"`{STUDY_COMMAND}` (runs/attn-standard, runs/attn-linear, runs/attn-gated) or the learning-rate "
+               f"study made by `{LR_STUDY_COMMAND}` (runs/lr-*).")
     chosen = pick_runs(names)
     if not chosen:
         st.info("Pick one or more runs to compare.")
@@ -174,6 +194,7 @@ def render() -> None:
         return
     ratio = spike_ratio()
     ui.guarded(lambda: summary_section(runs, ratio))
+    ui.guarded(lambda: pairs_section(runs))
     ui.guarded(lambda: training_section(runs, ratio))
     ui.guarded(lambda: probes_section(runs))
 
