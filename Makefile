@@ -32,15 +32,10 @@ test: $(STAMP)
 stress: $(STAMP)
 	$(PY) -m pytest tests -m stress
 
+# The demo, live: the app answers within seconds while the nano run trains and its probes follow it
+# (app/launch.py); Ctrl-C stops everything, the run marked stopped, and `make demo` again continues it.
 demo: $(STAMP)
-	@if [ -f $(RUNS)/demo/run.json ] && grep -q '"status": "complete"' $(RUNS)/demo/run.json; then \
-		echo "runs/demo is complete: skipping training"; \
-	else \
-		$(PY) -m train --preset nano --data stories --out $(RUNS)/demo $$( [ -d $(RUNS)/demo/state ] && echo --resume ); \
-	fi
-	$(PY) -m probes $(RUNS)/demo
-	@echo "Starting the app: open http://$(if $(filter 127.0.0.1,$(ADDRESS)),localhost,$(ADDRESS)):$(PORT)"
-	$(STREAMLIT)
+	$(PY) -m app.launch $(RUNS)/demo --serve $(PORT) --address $(ADDRESS) -- --preset nano --data stories
 
 # The phase change: a 2-layer nano model on the stories with planted repeats (a random span of the
 # corpus's frequent tokens repeated at a period drawn from 8..32 per row, in half of each batch's rows).

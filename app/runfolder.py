@@ -45,6 +45,15 @@ def inside(root: Path, path: Path) -> bool:
 
 def safe_run_dir(root: Path, name: str) -> Path:
     """The folder of run `name` inside `root`, or ValueError saying why the name is refused."""
+    path = run_dir_for(root, name)
+    if not path.is_dir():
+        raise ValueError(f"There is no run named {name!r} in {root}.")
+    return path
+
+
+def run_dir_for(root: Path, name: str) -> Path:
+    """Where run `name` lives (or will live) inside `root`, or ValueError saying why the name is
+    refused; the folder need not exist yet (the New-run form names runs before they are made)."""
     if not isinstance(name, str) or not name.strip():
         raise ValueError("A run name must be a non-empty folder name.")
     if os.path.isabs(name) or name.startswith("~"):
@@ -57,8 +66,6 @@ def safe_run_dir(root: Path, name: str) -> Path:
     path = root / name
     if not inside(root, path):
         raise ValueError(f"Run {name!r} is refused: it is a symlink that points outside {root}.")
-    if not path.is_dir():
-        raise ValueError(f"There is no run named {name!r} in {root}.")
     return path
 
 

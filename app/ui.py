@@ -13,7 +13,7 @@ import streamlit as st
 from model.runio import RunFileError
 from model.tokenizer import gpt2_encoding
 
-from . import cache, jobs
+from . import cache, jobs, launch, live
 from probes.metrics import repeated_ngram_mask
 
 from .results import highlight_html
@@ -22,6 +22,7 @@ from .runfolder import (DEMO_COMMAND, DEMO_TRAIN_COMMAND, RunFiles, read_run, ru
 
 log = logging.getLogger("workbench.app")
 RUN_KEY = "run"
+PENDING_RUN_KEY = "_pending_run"  # a run started from the New-run form, chosen once it is listed
 
 
 def one_sentence(e: BaseException) -> str:
@@ -44,9 +45,11 @@ def guarded(render: Callable[[], None]) -> None:
 
 
 # -- run choice -------------------------------------------------------------------------------
-def sidebar_run_picker() -> None:
+def sidebar_run_picker(follow: bool = True) -> None:
     """The run selector in the sidebar, kept across pages (it lives in the entry script).
-    A ?run=NAME query parameter preselects a run, after the same safety checks as any name."""
+    A ?run=NAME query parameter preselects a run, after the same safety checks as any name.
+    With `follow`, a run that is training or being probed is followed (see `follow`); the New-run
+    page does not follow, so a redraw never interrupts a form being filled in."""
     root = runs_root()
     names = run_names(root)
     st.sidebar.caption(f"Runs folder: `{root}`")
@@ -64,11 +67,34 @@ def sidebar_run_picker() -> None:
                 st.sidebar.error(f"There is no run named {wanted!r} with a run.json in {root}.")
         except ValueError as e:
             st.session_state["_refused"] = str(e)
+    if st.session_state.get(PENDING_RUN_KEY) in names:
+        st.session_state[RUN_KEY] = st.session_state.pop(PENDING_RUN_KEY)
     if st.session_state.get(RUN_KEY) not in names:
         st.session_state[RUN_KEY] = "demo" if "demo" in names else names[-1]
     st.sidebar.selectbox("Run", names, key=RUN_KEY)
     if st.session_state.get("_refused"):
         st.sidebar.error(st.session_state["_refused"])
+    run_dir = safe_run_dir(root, st.session_state[RUN_KEY])
+    if live.progress(run_dir).live:
+        with st.sidebar:
+            (follow_run if follow else lambda d: st.caption(live.caption(live.progress(d))))(str(run_dir))
+
+
+LIVE_EVERY = 5.0  # seconds between looks at a run that is training or being probed
+
+
+@st.fragment(run_every=LIVE_EVERY)
+def follow_run(run_dir: str) -> None:
+    """While the chosen run trains or its probes follow it: where it stands, in the sidebar of every
+    page, and the whole page redrawn whenever the run folder changes (a logged step, a checkpoint,
+    a probe result), so curves grow and emergence marks move without a click."""
+    p = live.progress(run_dir)
+    st.caption(live.caption(p))
+    seen = (run_dir, live.fingerprint(run_dir))
+    previous = st.session_state.get("_live_seen")
+    st.session_state["_live_seen"] = seen
+    if previous is not None and previous[0] == run_dir and previous != seen:
+        st.rerun()
 
 
 def current_run(title: str) -> RunFiles | None:
@@ -97,10 +123,11 @@ def run_header(run: RunFiles) -> None:
     n = len(run.checkpoint_steps)
     st.caption(f"Run **{run.name}** · status **{run.status}** · {n} checkpoint{'s' * (n != 1)} · "
                f"{len(run.probe_files)} with probe results")
+    background = launch.supervisor_of(run.path.resolve())
     if run.training:
         cols = st.columns([4, 1])
-        cols[0].info("This run is still training: the pages show the checkpoints written so far. "
-                     "Refresh to pick up new ones.")
+        cols[0].info("This run is still training: the pages show the checkpoints written so far and follow it, "
+                     f"redrawn within {LIVE_EVERY:g} s of each new step, checkpoint or probe result.")
         cols[1].button("Refresh", key="refresh", help="Re-read the run folder")
     elif run.status == "stopped":
         st.info(f"Training of this run was stopped by the user at step {run.info.get('stopped_at_step')}; "
@@ -108,10 +135,21 @@ def run_header(run: RunFiles) -> None:
     elif run.status == "failed":
         st.warning(f"Training of this run failed: {run.info.get('error') or run.info.get('message') or 'see its log'}. "
                    "The checkpoints it wrote are shown.")
+    if background is not None:
+        stop_button(run)
     for problem in run.problems:
         st.warning(problem)
     for step, problem in cache.corrupt_checkpoints(run, run.missing_probes).items():
         st.warning(f"Checkpoint step {step} is corrupt and was skipped: {problem}")
+
+
+def stop_button(run: RunFiles) -> None:
+    """Stop the background training and probes of a run started by `make demo` or the New-run form
+    (the run is marked stopped at its last saved state; starting it again continues it)."""
+    if st.button("Stop training and probes", key="stop_run", help="Training stops at its last saved state; "
+                 "results written so far stay, and starting the run again continues it."):
+        if launch.stop_background(run.path):
+            st.info("Stopping: training saves its state and the probes finish the checkpoint they are on.")
 
 
 def needs_checkpoints(run: RunFiles) -> bool:
@@ -148,6 +186,10 @@ def offer_probes(run: RunFiles, steps: Sequence[int], key: str) -> None:
     whichever session asks (app/jobs.py); every session then watches its progress bar, which a
     fragment refreshes each second until the page reloads with the new results."""
     job = jobs.running(run.path)
+    if job is None and launch.supervisor_of(run.path.resolve()) is not None:
+        st.info(f"{len(steps)} checkpoint{'s' * (len(steps) != 1)} of this run still wait for probe results: the "
+                "probes follow the run in the background and this page redraws as each one lands.")
+        return
     if job is None:
         shown = ", ".join(map(str, steps[:12])) + (" …" if len(steps) > 12 else "")
         st.info(f"{len(steps)} checkpoint{'s' * (len(steps) != 1)} of this run ha{'ve' if len(steps) != 1 else 's'} "

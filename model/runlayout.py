@@ -147,3 +147,19 @@ def token_cache_root(runs_root: str | os.PathLike) -> Path:
     the run folders (so runs on the same corpus and vocabulary tokenize it once)."""
     env = os.environ.get(CACHE_ENV)
     return Path(env) / "tokens" if env else Path(runs_root) / CACHE_DIR / "tokens"
+
+
+LAUNCH_DIR = ".launch"
+
+
+def launch_record(run_dir: str | os.PathLike) -> Path:
+    """<runs>/.launch/NAME.json: the supervisor working on run NAME in the background (app/launch.py),
+    beside the run folder rather than in it, because training refuses a fresh --out that holds files."""
+    run_dir = Path(run_dir)
+    return run_dir.parent / LAUNCH_DIR / f"{run_dir.name}.json"
+
+
+def launch_log(run_dir: str | os.PathLike) -> Path:
+    """<runs>/.launch/NAME.log: what the background training and probes of run NAME printed."""
+    run_dir = Path(run_dir)
+    return run_dir.parent / LAUNCH_DIR / f"{run_dir.name}.log"

@@ -1,5 +1,6 @@
-"""`python -m probes RUN [--watch] [--only PROBE,...] [--steps S,...] [--force] [--jobs N]`: the
-command line of the runner (probes/runner.py), with a progress bar."""
+"""`python -m probes RUN [--watch] [--only PROBE,...] [--steps S,...] [--force] [--jobs N]
+[--ray ADDRESS [--ship]]`: the command line of the runner (probes/runner.py; with --ray,
+probes/ray_runner.py), with a progress bar."""
 from __future__ import annotations
 
 import argparse
@@ -10,11 +11,11 @@ from tqdm import tqdm
 
 from model.runio import RunFileError
 from model.cliargs import ArgumentParser, UsageError
-from model.device import free_cores, pick_device
+from model.device import MAX_THREADS, free_cores, pick_device
 from model.runlayout import probes_dir
 
 from .compute import PROBES as PROBE_NAMES
-from .runner import Progress, run_probes, watch
+from .runner import MAX_JOBS, Progress, run_probes, watch
 
 
 def parse_steps(text: str) -> list[int]:
@@ -37,8 +38,18 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--device", default="cpu", help="auto, cpu or cuda (default cpu)")
     p.add_argument("--poll", type=float, default=5.0, help="seconds between checks with --watch")
     p.add_argument("--threads", type=int, default=None,
-                   help="torch CPU threads (default: the free cores, or 1 per worker process with --jobs > 1)")
-    p.add_argument("--jobs", type=int, help="worker processes (default: up to 2 on CPU, 1 with --watch or on CUDA)")
+                   help="torch CPU threads (default: the free cores, or 1 per worker process with --jobs > 1 "
+                        "and 1 per task with --ray)")
+    p.add_argument("--jobs", type=int, help="worker processes (default: up to 2 on CPU, 1 with --watch or on CUDA); "
+                                            "with --ray local, the private instance's task slots")
+    p.add_argument("--ray", metavar="ADDRESS",
+                   help="compute as Ray tasks: local (a private instance on this machine), auto (the cluster "
+                        "`ray start` set up) or ray://HOST:PORT. Each task uses --threads CPUs and torch threads "
+                        "(default 1), and results equal the local runner's at the same thread count "
+                        "(e.g. --jobs 2 --threads 1), not across thread counts")
+    p.add_argument("--ship", action="store_true",
+                   help="with --ray: send the run's data and each checkpoint through Ray's object store, for "
+                        "nodes that do not share the run's filesystem")
     return p
 
 
@@ -77,6 +88,24 @@ def tqdm_progress() -> tuple[Progress, Callable[[], None]]:
     return progress, close
 
 
+def run_on_ray(args: argparse.Namespace, progress: Progress) -> list[int]:
+    """The run through probes.ray_runner: tasks of --threads CPUs (default 1); with --ray local a
+    private instance of --jobs (default as the local runner's) such tasks, shut down on exit."""
+    from .ray_runner import RayCluster
+
+    threads = args.threads if args.threads is not None else 1
+    jobs = args.jobs
+    if jobs is None and args.ray.strip() == "local":
+        jobs = default_jobs(args.watch, "cpu")
+    for name, value, most in (("threads", threads, MAX_THREADS), ("jobs", jobs, MAX_JOBS)):
+        if value is not None and not 1 <= value <= most:  # checked before a private instance is started
+            raise ValueError(f"{name} must be a positive integer, at most {most}, got {value!r}.")
+    with RayCluster(args.ray, jobs=jobs, threads=threads, ship=args.ship) as cluster:
+        kwargs = dict(only=args.only, steps=args.steps, force=args.force, progress=progress, device=args.device,
+                      threads=threads, cluster=cluster)
+        return watch(args.run, poll=args.poll, **kwargs) if args.watch else run_probes(args.run, **kwargs)
+
+
 def main(argv: list[str] | None = None) -> int:
     """The CLI; returns the exit status (2 with one sentence on stderr for bad input)."""
     try:
@@ -90,12 +119,17 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if not 0 < args.poll <= 86400:  # NaN, inf or 1e300 would crash time.sleep after a whole pass
             raise ValueError(f"--poll must be a positive number of seconds, at most 86400, got {args.poll}.")
-        device = pick_device(args.device)
-        jobs = args.jobs if args.jobs is not None else default_jobs(args.watch, device)
-        threads = args.threads if args.threads is not None else default_threads(jobs, args.watch)
-        kwargs = dict(only=args.only, steps=args.steps, force=args.force, progress=progress, device=device,
-                      threads=threads, jobs=jobs)
-        done = watch(args.run, poll=args.poll, **kwargs) if args.watch else run_probes(args.run, **kwargs)
+        if args.ray is not None:
+            done = run_on_ray(args, progress)
+        else:
+            if args.ship:
+                raise ValueError("--ship sends checkpoints through Ray's object store; it needs --ray ADDRESS.")
+            device = pick_device(args.device)
+            jobs = args.jobs if args.jobs is not None else default_jobs(args.watch, device)
+            threads = args.threads if args.threads is not None else default_threads(jobs, args.watch)
+            kwargs = dict(only=args.only, steps=args.steps, force=args.force, progress=progress, device=device,
+                          threads=threads, jobs=jobs)
+            done = watch(args.run, poll=args.poll, **kwargs) if args.watch else run_probes(args.run, **kwargs)
     except (ValueError, RunFileError) as e:
         close()
         print(f"probes: {e}" if isinstance(e, ValueError) else f"probes: {e.path}: {e.problem}.", file=sys.stderr)

@@ -17,11 +17,15 @@ from .ablation import head_ablation_probe
 from .attention import HeldoutPatternStats, attention_entropy_result
 from .forward import forward_rows, model_device, shape_of, split_tokens, token_stats
 from .induction import induction_result
+from .llc import llc_result
 from .inputs import ProbeInputs
 from .memorization import memorization_result
 from .repetition import repetition_result
 
 PROBES = ("head_ablation", "attention_entropy", "memorization", "repetition", "induction")
+# Computed only when asked for by name (--only llc): the LLC (probes/llc.py) samples SGLD chains,
+# some 15 s per nano checkpoint, more than all the default probes together.
+OPTIONAL_PROBES = ("llc",)
 # Bumped whenever a result's meaning or keys change, so an older result is recomputed:
 # 2: exposure against the canary's randomness space; 3: induction over several periods with its
 # positional control, per-token losses; 4: head-ablation standard errors and precision, the
@@ -30,16 +34,19 @@ RESULT_VERSION = 4
 
 
 def check_only(only: Iterable[str] | str | None) -> tuple[str, ...]:
-    """The probes to compute, in canonical order; ValueError naming an unknown one."""
+    """The probes to compute, in canonical order; ValueError naming an unknown one. None gives the
+    default set, PROBES; an optional probe (OPTIONAL_PROBES) is computed only when named."""
     if only is None:
         return PROBES
     names = [s.strip() for s in (only.split(",") if isinstance(only, str) else only) if s and s.strip()]
-    unknown = [n for n in names if n not in PROBES]
+    known = PROBES + OPTIONAL_PROBES
+    unknown = [n for n in names if n not in known]
+    listing = f"the probes are {', '.join(PROBES)}, and {', '.join(OPTIONAL_PROBES)} when named"
     if unknown:
-        raise ValueError(f"unknown probe {unknown[0]!r}; the probes are {', '.join(PROBES)}.")
+        raise ValueError(f"unknown probe {unknown[0]!r}; {listing}.")
     if not names:
-        raise ValueError(f"no probe named; the probes are {', '.join(PROBES)}.")
-    return tuple(p for p in PROBES if p in names)
+        raise ValueError(f"no probe named; {listing}.")
+    return tuple(p for p in known if p in names)
 
 
 class HeldoutSet:
@@ -120,6 +127,9 @@ def compute_probes(model: Any, tokenizer: Any, inputs: ProbeInputs, step: int,
                 documents = (HeldoutSet(model, rows).losses, inputs.documents[1].clamp(max=rows.shape[1] - 1))
             result[name] = induction_result(model, inputs.random_sets, stats, heldout.losses, inputs.training_periods,
                                             heldout=attention_tokens, documents=documents)
+        elif name == "llc":
+            with torch.enable_grad():  # SGLD steps on the loss's gradient
+                result[name] = llc_result(model, tokenizer, inputs)
         result["seconds"][name] = time.perf_counter() - t
         for part, seconds in (result[name].pop("seconds", None) or {}).items():  # e.g. the attribution estimate
             result["seconds"][f"{name}.{part}"] = seconds

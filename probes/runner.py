@@ -19,7 +19,7 @@ import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Callable, Iterable
+from typing import TYPE_CHECKING, Callable, Iterable
 
 import torch
 
@@ -36,6 +36,9 @@ from .forward import LOSS_CHUNK_BYTES, forward_rows, rows_for
 from .inputs import ProbeSizes, probe_inputs, read_run
 from .results import is_done, read_result, read_results, remove_stale_temp_files, write_result
 from .summary import write_summary
+
+if TYPE_CHECKING:
+    from .ray_runner import RayCluster
 
 MAX_JOBS = 256      # one process each: a typo must not start thousands
 
@@ -61,15 +64,22 @@ def pending_checkpoints(run_dir: Path, want: tuple[str, ...], steps: Iterable[in
     return [p for p in ckpts if force or not is_done(read_result(result_path(run_dir, step_of(p))), want)]
 
 
-def probe_checkpoint(run_dir: Path, path: Path, tokenizer, inputs, want: tuple[str, ...], device: str) -> int:
-    """Compute one checkpoint's probes and write its result file atomically (merged into an
-    existing result when only some probes were asked for). Raises CheckpointError for a bad
-    checkpoint. Returns the step."""
+def checkpoint_result(path: Path, tokenizer, inputs, want: tuple[str, ...], device: str) -> tuple[int, dict]:
+    """(step, result) of one checkpoint's probes, written nowhere: the Ray runner's tasks return
+    it to the driver, which writes it. Raises CheckpointError for a bad checkpoint."""
     step = step_of(path)
     model, meta = load_checkpoint(path, device=device)
     result = compute_probes(model, tokenizer, inputs, step, want)
     if isinstance(meta.get("tokens"), int):
         result["tokens"] = meta["tokens"]
+    return step, result
+
+
+def probe_checkpoint(run_dir: Path, path: Path, tokenizer, inputs, want: tuple[str, ...], device: str) -> int:
+    """Compute one checkpoint's probes and write its result file atomically (merged into an
+    existing result when only some probes were asked for). Raises CheckpointError for a bad
+    checkpoint. Returns the step."""
+    step, result = checkpoint_result(path, tokenizer, inputs, want, device)
     write_result(run_dir, step, result)
     return step
 
@@ -139,7 +149,8 @@ def _probe_in_pool(run_dir: Path, todo: list[Path], want, device, sizes, report,
 def run_probes(run_dir: str | os.PathLike, only: Iterable[str] | str | None = None,
                steps: Iterable[int] | None = None, force: bool = False, progress: Progress | None = None,
                *, device: str = "cpu", sizes: ProbeSizes | None = None, log: Callable[[str], None] = stderr_log,
-               skip: set[int] | None = None, threads: int | None = None, jobs: int = 1) -> list[int]:
+               skip: set[int] | None = None, threads: int | None = None, jobs: int = 1,
+               cluster: RayCluster | None = None) -> list[int]:
     """Compute the requested probes for every checkpoint that lacks them; return the steps done
     (sorted).
 
@@ -148,7 +159,9 @@ def run_probes(run_dir: str | os.PathLike, only: Iterable[str] | str | None = No
     added to `skip`, when given, so a watcher does not retry it). summary.json is rewritten
     whenever something was computed (or is missing). `threads` sets torch's CPU threads for the
     duration (one thread is much faster than two beside a training run on a 2-core machine);
-    `jobs` > 1 spreads checkpoints over that many worker processes of one thread each."""
+    `jobs` > 1 spreads checkpoints over that many worker processes of one thread each. `cluster`
+    (a connected probes.ray_runner.RayCluster) sends them to Ray instead, as tasks of `threads`
+    (default 1) CPUs and torch threads each."""
     for name, value in (("threads", threads), ("jobs", jobs)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
             raise ValueError(f"{name} must be a positive integer, got {value!r}.")
@@ -160,7 +173,8 @@ def run_probes(run_dir: str | os.PathLike, only: Iterable[str] | str | None = No
     if threads is not None:
         torch.set_num_threads(threads)
     try:
-        return _run_probes(Path(run_dir), only, steps, force, progress, device, sizes, log, skip, jobs)
+        return _run_probes(Path(run_dir), only, steps, force, progress, device, sizes, log, skip, jobs,
+                           cluster, threads or 1)
     finally:
         torch.set_num_threads(previous_threads)
 
@@ -187,19 +201,26 @@ def probe_bytes(cfg: GPTConfig, sizes: ProbeSizes | None) -> int:
     return model_bytes(cfg) + activations + logits + cached
 
 
-def jobs_that_fit(todo: list[Path], sizes: ProbeSizes | None, device: str, jobs: int) -> int:
-    """How many worker processes fit in memory (at most `jobs`), from the first readable
-    checkpoint's sealed meta.json config, before any checkpoint is loaded. Raises TooLarge (a
-    ValueError: one sentence, exit 2) when not even one does. A checkpoint whose meta.json cannot
-    be read is left to the loader, which names the problem."""
+def first_config(todo: list[Path]) -> tuple[Path, GPTConfig] | None:
+    """The first readable checkpoint's sealed meta.json config, before any checkpoint is loaded
+    (None when none is readable: a checkpoint whose meta.json cannot be read is left to the
+    loader, which names the problem)."""
     for path in todo:
         try:
-            cfg = GPTConfig.from_dict(read_checkpoint_meta(path)["config"])
-            break
+            return path, GPTConfig.from_dict(read_checkpoint_meta(path)["config"])
         except (RunFileError, ValueError, TypeError):
             continue
-    else:
+    return None
+
+
+def jobs_that_fit(todo: list[Path], sizes: ProbeSizes | None, device: str, jobs: int) -> int:
+    """How many worker processes fit in memory (at most `jobs`), from the first readable
+    checkpoint's config. Raises TooLarge (a ValueError: one sentence, exit 2) when not even one
+    does."""
+    found = first_config(todo)
+    if found is None:
         return jobs
+    path, cfg = found
     need, have = probe_bytes(cfg, sizes), device_available_bytes(device)
     check_fits(f"probing {path} (n_layer {cfg.n_layer}, n_embd {cfg.n_embd}, n_ctx {cfg.n_ctx}, vocab "
                f"{cfg.vocab_size})", need, have, where="this GPU" if device == "cuda" else "this machine",
@@ -207,10 +228,14 @@ def jobs_that_fit(todo: list[Path], sizes: ProbeSizes | None, device: str, jobs:
     return max(1, min(jobs, int(MARGIN * have) // need))
 
 
-def _run_probes(run_dir: Path, only, steps, force, progress, device, sizes, log, skip, jobs) -> list[int]:
+def _run_probes(run_dir: Path, only, steps, force, progress, device, sizes, log, skip, jobs, cluster,
+                threads) -> list[int]:
     read_run(run_dir)
     want = check_only(only)
-    device = pick_device(device).type
+    if cluster is None:
+        device = pick_device(device).type
+    else:  # the cluster's GPUs count, not this machine's
+        device = cluster.device_kind(device)
     remove_stale_temp_files(run_dir)
     todo = [p for p in pending_checkpoints(run_dir, want, steps, force) if not skip or step_of(p) not in skip]
     done: list[int] = []
@@ -228,7 +253,10 @@ def _run_probes(run_dir: Path, only, steps, force, progress, device, sizes, log,
         if progress:
             progress(finished, len(todo), step)
 
-    if todo:
+    if todo and cluster is not None:  # the bar starts once the cluster has said it can run the tasks
+        cluster.probe(run_dir, todo, want, device, sizes, report, threads,
+                      start=lambda: progress and progress(0, len(todo), None))
+    elif todo:
         jobs = jobs_that_fit(todo, sizes, device, min(jobs, len(todo)))
         if progress:
             progress(0, len(todo), None)

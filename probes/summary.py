@@ -14,6 +14,7 @@ from .induction import ICL_MIN_LATE
 from .results import read_results
 from .emergence import (SMALL_SAMPLE, excess_stretches, first_at_or_above, largest_sustained_rise, sustained_crossing,
                         sustained_fall, sustained_rise)
+from .stages import stages
 from .head_inequality import EQUAL_HEADS_DRAWS, EQUAL_HEADS_QUANTILE, EQUAL_HEADS_SEED, head_inequality
 from .trajectory import (TRAJECTORY_RULE, induction_circuit, is_number, loss_trajectory,
                          oriented, principal_trajectory, value_at)  # re-exported: summary's public names
@@ -166,7 +167,7 @@ RULES = {
 
 SKIP_KEYS = {"continuations", "seconds", "items", "seen_examples", "sampling", "note", "version", "step",
              "tokens", "best_induction", "token_losses", "position_loss", "random_periods", "unseen_periods",
-             "training_repeat_periods"}
+             "training_repeat_periods", "trace"}
 
 
 def is_matrix(v: Any) -> bool:
@@ -673,6 +674,7 @@ def summarize(results: dict[int, dict], metrics: list[dict] | None = None) -> di
         "emergence": found,
         "induction_circuit": induction_circuit(steps, heads, found["induction"]),
         "trajectory": loss_trajectory(results),
+        "stages": stages(steps, results),  # the LLC series and its stage boundaries (probes/stages.py)
         "thresholds": dict(THRESHOLDS),
         "rules": rules(),
     }

@@ -158,12 +158,12 @@ def makefile_recipe(target: str) -> list[str]:
 
 def test_demo_row_runs_what_make_demo_runs():
     recipe = " ".join(makefile_recipe("demo"))
-    train = re.search(r"\$\(PY\) (-m train [^$;]*?\$\(RUNS\)/demo)", recipe)
-    probes = re.search(r"\$\(PY\) (-m probes \$\(RUNS\)/demo)", recipe)
-    assert train and probes, recipe
-    assert shlex.split(train.group(1).replace("$(RUNS)/demo", "")) == demo_time.DEMO_TRAIN
-    assert shlex.split(probes.group(1).replace("$(RUNS)/demo", "")) == demo_time.DEMO_PROBES
-    assert demo_time.DEMO_GOAL_MIN == 2.5
+    launch = re.fullmatch(r"\$\(PY\) (-m app\.launch) \$\(RUNS\)/demo --serve \$\(PORT\) --address \$\(ADDRESS\) -- (.*)",
+                          recipe)
+    assert launch, recipe
+    assert shlex.split(launch.group(1)) == demo_time.DEMO_LAUNCH
+    assert shlex.split(launch.group(2)) == demo_time.DEMO_TRAIN
+    assert (demo_time.APP_GOAL_S, demo_time.DEMO_GOAL_MIN) == (20, 3.5)  # the live-demo issue's goals
 
 
 def test_timed_calls_times_each_call_after_the_warmup():

@@ -182,7 +182,9 @@ def setup_run(out: Path, args: TrainArgs, stored: dict | None, d: Dist) -> GPTCo
     return cfg
 
 
-def train(explicit: dict, resume: bool, d: Dist) -> int:
+def prepare(explicit: dict, resume: bool, d: Dist) -> tuple[Path, dict | None, TrainArgs, torch.device]:
+    """Every check made before anything is written (the folder, the values, the device, the memory
+    estimate, the data source): (out, the stored run.json["train"] when resuming, args, device)."""
     if not explicit.get("out"):
         raise BadInput("--out is required (the run folder, e.g. runs/demo).")
     out = Path(explicit["out"])
@@ -191,6 +193,25 @@ def train(explicit: dict, resume: bool, d: Dist) -> int:
     device = device_for(args.device, d)
     check_memory(args, d, device)
     check_source(args)
+    return out, stored, args, device
+
+
+def refusal(argv: list[str]) -> str | None:
+    """The sentence `python -m train ARGV` would refuse to start with (exit 2), or None when it
+    would start: the same checks, made here without writing anything (the app's New-run form asks
+    this before it launches a run)."""
+    try:
+        explicit, resume, windows = requested(list(argv))
+        if windows is not None:
+            return "the app starts training runs only; fill in checkpoints with python -m train --fill-in."
+        prepare(explicit, resume, dist_from_env())
+    except BadInput as e:
+        return str(e)
+    return None
+
+
+def train(explicit: dict, resume: bool, d: Dist) -> int:
+    out, stored, args, device = prepare(explicit, resume, d)
     recorded = read_json(out / RUN_JSON).get("cpu_threads") if stored is not None else None
     threads = set_threads(args, d, device, recorded if isinstance(recorded, int) else None)
     start_distributed(d, device)

@@ -1,0 +1,285 @@
+"""Training and its probes as background work, one supervisor process per run:
+
+    python -m app.launch RUN_DIR [--serve PORT [--address ADDR]] [-- TRAIN_OPTION ...]
+
+`make demo` runs it in the foreground with --serve (the app is up within seconds while the run
+trains and the probes follow it); the app's New-run form starts it in a session of its own, so a
+closed browser tab or a server rerun never touches it. The supervisor
+- trains RUN_DIR (continuing it with --resume when it holds a run, skipping training when the run
+  is complete) and has the probes follow it (`python -m probes RUN_DIR --watch`) from the moment
+  run.json exists;
+- records itself in <runs>/.launch/NAME.json (model.runlayout.launch_record) while it lives, so
+  the app can show that a run is being worked on, offer to stop it, and refuse to start it twice;
+- on SIGINT or SIGTERM stops training first (the trainer marks the run stopped at its last saved
+  state: `make demo` again continues it), then the probes (a result file is whole or absent), then
+  the server, and exits with status 130. Its children live in sessions of their own, so a Ctrl-C
+  in the terminal reaches them once, through the supervisor, in that order.
+"""
+from __future__ import annotations
+
+import argparse
+import fcntl
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import IO
+
+from model.runio import RunFileError, read_json, write_json_atomic
+from model.runlayout import launch_log, launch_record, run_json
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+POLL = 0.5              # seconds between the supervisor's looks at its children
+PROBES_POLL = 2.0       # seconds between the probes watcher's looks for new checkpoints
+STOP_WAIT = {"train": 120.0, "probes": 60.0, "server": 15.0}  # grace before SIGKILL, per child
+SERVER_WAIT = 30.0      # the most training waits for the app to answer
+START_WAIT = 10.0       # how long start_background waits for the supervisor to record itself
+
+
+# -- processes ---------------------------------------------------------------------------------
+def alive(pid: int) -> bool:
+    """True while process `pid` exists and has not exited (a zombie waiting to be reaped has)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def command_line(pid: int) -> list[str] | None:
+    """The process's argv (Linux /proc), None where it cannot be read."""
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+    except OSError:
+        return None
+
+
+def supervisor_of(run_dir: str | os.PathLike) -> dict | None:
+    """The launch record of the live supervisor working on `run_dir`, or None: no record, or a
+    stale one (its process is gone, or the pid now belongs to another program)."""
+    try:
+        record = read_json(launch_record(run_dir))
+    except RunFileError:
+        return None
+    pid = record.get("pid") if isinstance(record, dict) else None
+    if not isinstance(pid, int) or isinstance(pid, bool) or not alive(pid):
+        return None
+    argv = command_line(pid)
+    if argv is not None and "app.launch" not in argv:  # the pid was reused by another program
+        return None
+    return record
+
+
+def run_status(run_dir: Path) -> str | None:
+    """run.json's status, None while there is no readable run.json."""
+    try:
+        info = read_json(run_json(run_dir))
+    except RunFileError:
+        return None
+    return str(info.get("status", "training")) if isinstance(info, dict) else None
+
+
+def python(*args: str) -> list[str]:
+    return [sys.executable, "-m", *args]
+
+
+def train_command(run_dir: Path, train_argv: list[str]) -> list[str] | None:
+    """The training command for `run_dir`: None when the run is complete, with --resume when it
+    holds a run (stopped, failed, or killed) to continue."""
+    status = run_status(run_dir)
+    if status == "complete":
+        return None
+    argv = python("train", *train_argv, "--out", str(run_dir))
+    if run_json(run_dir).exists() and "--resume" not in train_argv:
+        argv.append("--resume")
+    return argv
+
+
+def server_command(port: int, address: str) -> list[str]:
+    return python("streamlit", "run", str(REPO_ROOT / "app"), "--server.address", address, "--server.port", str(port),
+                  "--server.headless", "true", "--browser.gatherUsageStats", "false",
+                  "--client.toolbarMode", "minimal")
+
+
+# -- the supervisor --------------------------------------------------------------------------
+class Supervisor:
+    """Starts, watches and stops one run's training, probes and (optionally) the app server."""
+
+    def __init__(self, run_dir: Path, train_argv: list[str], serve: tuple[int, str] | None = None,
+                 out: IO | None = None):
+        self.run_dir, self.train_argv, self.serve = run_dir.resolve(), list(train_argv), serve
+        self.children: dict[str, subprocess.Popen] = {}
+        self.stopping = False
+        self.log: IO | None = None
+        self.out = out or sys.stderr
+
+    def say(self, message: str) -> None:
+        print(f"launch: {message}", file=self.out, flush=True)
+
+    def on_signal(self, signum: int, frame) -> None:  # noqa: ARG002
+        self.stopping = True
+
+    def start(self, name: str, argv: list[str], quiet: bool, env: dict | None = None) -> None:
+        """A child in a session of its own (a terminal's Ctrl-C reaches the supervisor only)."""
+        out = self.log if quiet else None
+        self.children[name] = subprocess.Popen(argv, cwd=REPO_ROOT, stdout=out, stderr=out, env=env,
+                                               stdin=subprocess.DEVNULL, start_new_session=True)
+        self.record()
+
+    def record(self) -> None:
+        write_json_atomic(launch_record(self.run_dir), {
+            "pid": os.getpid(), "run_dir": str(self.run_dir), "started": self.started, "train_argv": self.train_argv,
+            "children": {k: p.pid for k, p in self.children.items() if p.poll() is None},
+            "serving": None if self.serve is None else {"port": self.serve[0], "address": self.serve[1]},
+            "log": str(launch_log(self.run_dir))})
+
+    def wait_for_server(self) -> None:
+        """Training starts once the app answers (or SERVER_WAIT has passed): on a small machine the
+        two would slow each other's start, and the app is what the user waits for."""
+        url = f"http://127.0.0.1:{self.serve[0]}/_stcore/health" if self.serve[1] in ("127.0.0.1", "0.0.0.0") \
+            else f"http://{self.serve[1]}:{self.serve[0]}/_stcore/health"
+        deadline = time.monotonic() + SERVER_WAIT
+        while time.monotonic() < deadline and not self.stopping and not self.finished("server"):
+            try:
+                with urllib.request.urlopen(url, timeout=1) as r:
+                    if r.read().strip() == b"ok":
+                        return
+            except OSError:
+                time.sleep(0.2)
+
+    def finished(self, name: str) -> bool:
+        p = self.children.get(name)
+        return p is not None and p.poll() is not None
+
+    def run(self) -> int:
+        signal.signal(signal.SIGINT, self.on_signal)
+        signal.signal(signal.SIGTERM, self.on_signal)
+        self.started = time.time()
+        launch_record(self.run_dir).parent.mkdir(parents=True, exist_ok=True)
+        self.log = open(launch_log(self.run_dir), "a", buffering=1)
+        try:
+            return self.supervise()
+        finally:
+            self.stop_all()
+            launch_record(self.run_dir).unlink(missing_ok=True)
+            self.log.close()
+
+    def supervise(self) -> int:
+        if self.serve is not None:
+            env = {**os.environ, "WORKBENCH_RUNS": str(self.run_dir.parent)}
+            self.start("server", server_command(*self.serve), quiet=True, env=env)
+            host = "localhost" if self.serve[1] == "127.0.0.1" else self.serve[1]
+            self.say(f"the app is starting at http://{host}:{self.serve[0]} (Ctrl-C stops everything)")
+            self.wait_for_server()
+        command = train_command(self.run_dir, self.train_argv)
+        if command is None:
+            self.say(f"{self.run_dir.name} is complete: no training")
+        else:
+            self.start("train", command, quiet=self.serve is None)
+        while not self.stopping:
+            trained = command is None or self.finished("train")
+            # The watcher ends at a stopped, failed or complete status, which a resumed run still
+            # shows until its trainer starts: it waits for "training" (or for the trainer's end).
+            if "probes" not in self.children and run_json(self.run_dir).exists() and (
+                    trained or run_status(self.run_dir) == "training"):
+                self.start("probes", python("probes", str(self.run_dir), "--watch", "--poll", str(PROBES_POLL),
+                                            "--threads", "1"), quiet=True)
+                self.say(f"probes follow the run (their output: {launch_log(self.run_dir)})")
+            if trained and "probes" not in self.children:
+                return self.children["train"].returncode if "train" in self.children else 2
+            if trained and run_status(self.run_dir) == "training":  # killed without a word: nothing more will come
+                self.stop("probes", signal.SIGINT)
+            if trained and self.finished("probes"):
+                if self.serve is None:
+                    return self.children["train"].returncode if "train" in self.children else 0
+                if not getattr(self, "_said_done", False):
+                    self._said_done = True
+                    self.say(f"training and probes of {self.run_dir.name} are done; the app keeps running")
+            if self.finished("server"):
+                self.say("the app server ended")
+                break
+            time.sleep(POLL)
+        return 130 if self.stopping else 0
+
+    def stop(self, name: str, sig: int) -> None:
+        """Ask child `name` to stop with `sig`; SIGKILL after its grace period."""
+        p = self.children.get(name)
+        if p is None or p.poll() is not None:
+            return
+        p.send_signal(sig)
+        try:
+            p.wait(STOP_WAIT[name])
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+
+    def stop_all(self) -> None:
+        """Training first (it marks the run stopped), then the probes, then the server."""
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the stop short
+        self.stop("train", signal.SIGTERM)
+        self.stop("probes", signal.SIGINT)
+        self.stop("server", signal.SIGTERM)
+
+
+# -- starting and stopping from the app ----------------------------------------------------------
+def start_background(run_dir: str | os.PathLike, train_argv: list[str]) -> int:
+    """Start a supervisor for `run_dir` in a session of its own and return its pid once it has
+    recorded itself. ValueError (one sentence) when one already works on this run. A lock beside
+    the record makes the check and the start one step, so two sessions cannot both start it."""
+    run_dir = Path(run_dir).resolve()
+    record = launch_record(run_dir)
+    record.parent.mkdir(parents=True, exist_ok=True)
+    with open(record.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        found = supervisor_of(run_dir)
+        if found is not None:
+            raise ValueError(f"Run {run_dir.name!r} is already being trained or probed (process {found['pid']}); "
+                             "stop it first.")
+        record.unlink(missing_ok=True)
+        with open(launch_log(run_dir), "a") as log:
+            proc = subprocess.Popen(python("app.launch", str(run_dir), "--", *train_argv), cwd=REPO_ROOT,
+                                    stdout=log, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True)
+        deadline = time.monotonic() + START_WAIT
+        while time.monotonic() < deadline and proc.poll() is None and supervisor_of(run_dir) is None:
+            time.sleep(0.05)
+        if supervisor_of(run_dir) is None and proc.poll() is not None:
+            raise ValueError(f"Run {run_dir.name!r} could not be started; see {launch_log(run_dir)}.")
+        return proc.pid
+
+
+def stop_background(run_dir: str | os.PathLike) -> bool:
+    """Ask the supervisor working on `run_dir` to stop (SIGTERM); False when none is."""
+    found = supervisor_of(Path(run_dir).resolve())
+    if found is None:
+        return False
+    os.kill(found["pid"], signal.SIGTERM)
+    return True
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    ours, train_argv = (argv[:argv.index("--")], argv[argv.index("--") + 1:]) if "--" in argv else (argv, [])
+    p = argparse.ArgumentParser(prog="python -m app.launch", description=__doc__.split("\n\n")[0])
+    p.add_argument("run", help="the run folder, e.g. runs/demo")
+    p.add_argument("--serve", type=int, metavar="PORT", help="also serve the app on this port until Ctrl-C")
+    p.add_argument("--address", default="127.0.0.1", help="the address the app listens on (default 127.0.0.1)")
+    args = p.parse_args(ours)
+    run_dir = Path(args.run)
+    if supervisor_of(run_dir.resolve()) is not None:
+        print(f"error: {run_dir} is already being trained or probed by another process "
+              f"(see {launch_record(run_dir.resolve())}).", file=sys.stderr)
+        return 2
+    serve = (args.serve, args.address) if args.serve is not None else None
+    return Supervisor(run_dir, train_argv, serve).run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
