@@ -3,8 +3,8 @@
 `python -m bench.llc [RUN] [--steps S,...]` times the llc probe (its calibrated settings: SGLD
 chains with devinterp) on checkpoints of a nano run, one torch thread as the probes runner's
 workers use, and prints seconds per checkpoint with the estimate and whether its diagnostics
-trust it. `make bench` calls `run(report)` on a nano checkpoint it builds (random init,
-perturbed), so the row needs no trained run.
+trust it. `make bench` calls `run(report)` on the last checkpoint of a nano run it trains for 20 steps,
+so the row needs no run of yours.
 
 `python -m bench.llc --calibrate RUN` runs the calibration of probes/llc_settings.py on the run's
 last checkpoint: the estimate at every step size of LR_GRID, and the largest step size whose
@@ -82,12 +82,13 @@ def calibrate(run: Path, grid: tuple[float, ...] = LR_GRID, threads: int = 1) ->
         torch.set_num_threads(previous)
 
 
-def fake_nano_run(root: Path) -> Path:
-    """A nano-shaped run (2 layers, n_ctx 128, the induction recipe's shape) from the test fixtures'
-    fake-run writer: real data files and a perturbed random checkpoint, no training."""
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-    from _runs import write_run
-    return write_run(root, "nano", steps=(0,), n_layer=2, n_head=4, n_embd=128, n_ctx=128)
+def short_nano_run(root: Path, steps: int = 20) -> Path:
+    """A nano-shaped run (2 layers, n_ctx 128, the induction recipe's shape) trained for `steps`
+    steps on the built-in stories: real data (enough training chunks for the LLC's rows) and a
+    real checkpoint, in seconds."""
+    from train.testing import make_small_run
+    return make_small_run(root / "nano", steps=steps, n_layer=2, n_head=4, n_embd=128, n_ctx=128, corpus_mb=0.5,
+                          batch_size=16, ckpt_every=steps)
 
 
 def run(report: Report) -> None:
@@ -95,7 +96,7 @@ def run(report: Report) -> None:
     import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:
-        (row,) = time_checkpoints(fake_nano_run(Path(tmp)))
+        (row,) = time_checkpoints(short_nano_run(Path(tmp)), steps=[20])
     report.add(Goal("llc probe, one nano checkpoint (2 layers, n_ctx 128)", row["seconds"], SECONDS_GOAL, unit=" s",
                     higher_is_better=False,
                     detail=f"2 chains x (24 + 96) SGLD steps of 16 x 128 tokens, one thread, {row['cpu_seconds']:.1f} s of "
@@ -105,7 +106,7 @@ def run(report: Report) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.llc", description=__doc__)
-    ap.add_argument("run", nargs="?", help="a run folder (default: a fake nano run, timing only)")
+    ap.add_argument("run", nargs="?", help="a run folder (default: a nano run trained here for 20 steps)")
     ap.add_argument("--steps", help="comma-separated checkpoint steps to time (default: all)")
     ap.add_argument("--calibrate", action="store_true", help="the step-size calibration on the run's last checkpoint")
     args = ap.parse_args(argv)

@@ -292,6 +292,14 @@ def save_state(run_dir: str | os.PathLike, step: int, state: dict, model_config:
     return root / name
 
 
+def drop_state(run_dir: str | os.PathLike, step: int) -> None:
+    """Remove the kept state of `step` (never latest.json's): its record first, so no record ever
+    names a missing file, then the file."""
+    root = state_dir(run_dir)
+    (root / state_record_name(step)).unlink(missing_ok=True)
+    (root / state_name(step)).unlink(missing_ok=True)
+
+
 def has_state(run_dir: str | os.PathLike) -> bool:
     return latest_json(run_dir).exists()
 

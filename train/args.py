@@ -38,7 +38,8 @@ class TrainArgs:
     eval_every: int = 100
     ckpt_every: int = 100
     ckpt_window: str = ""  # extra checkpoints: "START:END:EVERY[,START:END:EVERY...]" (train.schedule)
-    keep_states: str = "all"  # training state kept at every checkpoint ("all", for --fill-in) or "latest"
+    keep_states: str = "budget"  # training states kept: within --state-budget (train.disk), "all" or "latest"
+    state_budget: float = 2.0  # GB of training states a "budget" run keeps (train.disk.DEFAULT_STATE_BUDGET_GB)
     seed: int = 1337
     device: str = "auto"
     compile: bool = False
@@ -93,8 +94,8 @@ class TrainArgs:
 MAX_CHECKPOINTS = 100_000  # the planned schedule is listed in run.json
 
 # Arguments that do not change the numbers a run produces, so a resumed run may set them afresh.
-RUNTIME_ONLY = {"device", "compile", "out", "threads", "keep_states"}
-KEEP_STATES = ("all", "latest")
+RUNTIME_ONLY = {"device", "compile", "out", "threads", "keep_states", "state_budget"}
+KEEP_STATES = ("budget", "all", "latest")
 FIELD_TYPES = {f.name: f.type for f in fields(TrainArgs)}
 # Options that change the run but that run.json files written before them lack; such a run was made
 # with the default, so resuming it with another value is another run.
@@ -151,8 +152,11 @@ def build_parser() -> Parser:
     add("--ckpt-window", help="extra checkpoints at START, START+EVERY, ... <= END: START:END:EVERY, "
                               "comma-separated for several (default none)")
     add("--keep-states", choices=list(KEEP_STATES),
-        help="training state kept at every checkpoint (all, the default: --fill-in can start anywhere) or "
-             "only the latest")
+        help="training states kept for --resume and --fill-in: budget (default: the latest, then those inside "
+             "--ckpt-windows, then others spread in log step, within --state-budget), all, or latest only")
+    add("--state-budget", type=float, metavar="GB",
+        help=f"disk for training states with --keep-states budget (default {d.state_budget:g} GB; the latest is "
+             "always kept)")
     add("--fill-in", help="add checkpoints START:END:EVERY to the finished run in --out, retraining from its "
                           "kept state at or before START (comma-separated for several windows)")
     add("--seed", type=int, help=f"seed of data, canaries, init and batch order (default {d.seed})")
@@ -343,7 +347,9 @@ def check_windows(a: TrainArgs) -> None:
     """--ckpt-window inside [0, --steps], and not so dense that the schedule would exceed
     MAX_CHECKPOINTS (run.json lists every planned step); --keep-states one of KEEP_STATES."""
     if a.keep_states not in KEEP_STATES:
-        raise BadInput(f"--keep-states must be all or latest, got {a.keep_states!r}.")
+        raise BadInput(f"--keep-states must be budget, all or latest, got {a.keep_states!r}.")
+    if not (isinstance(a.state_budget, (int, float)) and math.isfinite(a.state_budget) and a.state_budget > 0):
+        raise BadInput(f"--state-budget must be a positive number of GB, got {a.state_budget!r}.")
     windows = a.windows()
     for start, end, every in windows:
         if end > a.steps:

@@ -28,6 +28,7 @@ from model.runlayout import RUN_JSON, metrics_jsonl, samples_jsonl
 
 from .args import BadInput, TrainArgs, requested, resolve
 from .corpora import check_source, load_corpus
+from .disk import check_disk
 from .fillin import check_fill_in, run_fill_in, tidy_after_a_kill
 from .loop import Dist, Trainer
 from .plan import bigram_repetition, describe, measure_speed, prediction
@@ -60,8 +61,7 @@ def set_threads(args: TrainArgs, d: Dist, device: torch.device, stored: int | No
     elif stored:
         threads = int(stored)
     elif device.type == "cpu":
-        local = int(os.environ.get("LOCAL_WORLD_SIZE", d.world))
-        threads = max(1, free_cores() // local)
+        threads = max(1, free_cores() // int(os.environ.get("LOCAL_WORLD_SIZE", d.world)))
     else:
         return torch.get_num_threads()
     torch.set_num_threads(threads)
@@ -82,8 +82,7 @@ def check_memory(args: TrainArgs, d: Dist, device: torch.device) -> None:
     what = (f"training with --batch-size {args.batch_size} (n_layer {cfg.n_layer}, n_embd {cfg.n_embd}, "
             f"n_ctx {cfg.n_ctx}, vocab {cfg.vocab_size}" + (f", {local} processes" if local > 1 else "") + ")")
     try:
-        where = "this GPU" if device.type == "cuda" else "this machine"
-        check_fits(what, need, device_available_bytes(device), where=where,
+        check_fits(what, need, device_available_bytes(device), where="this GPU" if device.type == "cuda" else "this machine",
                    advice="use a smaller --batch-size (with --grad-accum for the same global batch), --n-ctx or model")
         if args.data == "stories" and d.main:  # generated in memory by rank 0, whatever the device
             chars = args.corpus_mb * 1_000_000 * (1 + args.val_fraction)
@@ -183,8 +182,8 @@ def setup_run(out: Path, args: TrainArgs, stored: dict | None, d: Dist) -> GPTCo
 
 
 def prepare(explicit: dict, resume: bool, d: Dist) -> tuple[Path, dict | None, TrainArgs, torch.device]:
-    """Every check made before anything is written (the folder, the values, the device, the memory
-    estimate, the data source): (out, the stored run.json["train"] when resuming, args, device)."""
+    """Every check made before anything is written (folder, values, device, memory, disk, data source):
+    (out, the stored run.json["train"] when resuming, args, device)."""
     if not explicit.get("out"):
         raise BadInput("--out is required (the run folder, e.g. runs/demo).")
     out = Path(explicit["out"])
@@ -192,6 +191,7 @@ def prepare(explicit: dict, resume: bool, d: Dist) -> tuple[Path, dict | None, T
     args = resolve(explicit, stored, str(out))
     device = device_for(args.device, d)
     check_memory(args, d, device)
+    check_disk(out, args)
     check_source(args)
     return out, stored, args, device
 

@@ -90,7 +90,7 @@ def plan_fill_in(out: Path, windows_text: str, run: dict) -> FillInPlan | None:
     kept = [s for s in kept_state_steps(out) if s <= missing[0]]
     if not kept:
         raise BadInput(f"{out} keeps no training state at or before step {missing[0]}, so that step cannot be "
-                       "retrained (was the run trained with --keep-states latest?).")
+                       "retrained (--keep-states latest, or a --state-budget of one state, keeps only the newest).")
     return FillInPlan(windows_text, max(kept), missing)
 
 

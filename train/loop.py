@@ -23,7 +23,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
-from model.checkpoint import load_state, save_checkpoint, save_state
+from model.checkpoint import drop_state, kept_state_steps, load_state, save_checkpoint, save_state
 from model.runio import append_jsonl
 from model.config import GPTConfig
 from model.gpt import GPT
@@ -34,7 +34,8 @@ from model.tokenizer import Tokenizer, load_tokenizer
 
 from .args import TrainArgs
 from .planting import RepeatPlan, parse_period, planted_count, planted_rows
-from .schedule import checkpoint_steps, learning_rate
+from .disk import capacity, states_to_keep
+from .schedule import checkpoint_steps, learning_rate, window_steps
 from .stories import SAMPLE_PROMPTS
 
 SAMPLE_TOP_P = 0.9
@@ -209,8 +210,20 @@ class Trainer:
         for s in self.samples():
             append_jsonl(samples_jsonl(self.run_dir), s)
         self.save_weights(row.get("loss"), row["val_loss"])
-        save_state(self.run_dir, self.step, self.state_dict(), model_config=self.cfg.to_dict(),
-                   keep_older=self.args.keep_states == "all")
+        path = save_state(self.run_dir, self.step, self.state_dict(), model_config=self.cfg.to_dict(),
+                          keep_older=self.args.keep_states != "latest")
+        if self.args.keep_states == "budget":
+            self.thin_states(path.stat().st_size)
+
+    def thin_states(self, one_state: int) -> None:
+        """Keep the states train.disk.states_to_keep picks within --state-budget (sized by the
+        state just written) and drop the rest, oldest decisions first never undone."""
+        kept = kept_state_steps(self.run_dir)
+        keep = states_to_keep(kept, window_steps(self.args.windows()),
+                              capacity(self.args.state_budget * 1e9, one_state))
+        for step in kept:
+            if step not in keep:
+                drop_state(self.run_dir, step)
 
     def save_weights(self, train_loss: float | None, val_loss: float) -> None:
         """The checkpoint of the current step (weights and meta.json) and nothing else."""
