@@ -14,7 +14,7 @@ from model.cliargs import ArgumentParser, UsageError
 from model.device import MAX_THREADS, free_cores, pick_device
 from model.runlayout import probes_dir
 
-from .compute import PROBES as PROBE_NAMES
+from .compute import OPTIONAL_PROBES, PROBES as PROBE_NAMES
 from .runner import MAX_JOBS, Progress, run_probes, watch
 
 
@@ -32,7 +32,8 @@ def build_parser() -> ArgumentParser:
     p = ArgumentParser(prog="python -m probes", description="Compute probes for every checkpoint of a run.")
     p.add_argument("run", help="run folder, e.g. runs/demo")
     p.add_argument("--watch", action="store_true", help="keep going while training writes checkpoints")
-    p.add_argument("--only", help=f"comma-separated probes ({','.join(PROBE_NAMES)})")
+    p.add_argument("--only", help=f"comma-separated probes ({','.join(PROBE_NAMES + OPTIONAL_PROBES)}; "
+                                  f"{','.join(OPTIONAL_PROBES)} only when named)")
     p.add_argument("--steps", type=parse_steps, help="comma-separated checkpoint steps")
     p.add_argument("--force", action="store_true", help="recompute results that exist")
     p.add_argument("--device", default="cpu", help="auto, cpu or cuda (default cpu)")

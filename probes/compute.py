@@ -24,7 +24,7 @@ from .repetition import repetition_result
 
 PROBES = ("head_ablation", "attention_entropy", "memorization", "repetition", "induction")
 # Computed only when asked for by name (--only llc): the LLC (probes/llc.py) samples SGLD chains,
-# some 15 s per nano checkpoint, more than all the default probes together.
+# 45 s of CPU per nano checkpoint measured alone (bench/RESULTS.md), more than all the default probes together.
 OPTIONAL_PROBES = ("llc",)
 # Bumped whenever a result's meaning or keys change, so an older result is recomputed:
 # 2: exposure against the canary's randomness space; 3: induction over several periods with its
