@@ -3,6 +3,7 @@ that exists here, or one sentence saying why not (train, probes and generate all
 from __future__ import annotations
 
 import os
+import time
 
 import torch
 
@@ -32,16 +33,57 @@ def pick_device(spec: str, local_rank: int | None = None) -> torch.device:
     return torch.device("cuda", index)
 
 
+BUSY_SAMPLE_S = 0.5  # how long free_cores watches the machine
+
+
+def _cpu_times() -> tuple[int, int] | None:
+    """(busy, total) jiffies of all CPUs from /proc/stat, None where there is no such file."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(x) for x in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    return sum(fields) - idle, sum(fields)
+
+
+def busy_cores(cores: int, seconds: float = BUSY_SAMPLE_S) -> float:
+    """How many cores other work keeps busy right now: the machine's CPU use over `seconds`
+    (/proc/stat), or the 1-minute load average where that cannot be read. Not the load average
+    first: it decays over minutes, so right after `make test` it still reads about 1 on an idle
+    2-core machine, and a demo started then trained on one thread, 1.7x slower than it could."""
+    before = _cpu_times()
+    if before is not None:
+        time.sleep(seconds)
+        after = _cpu_times()
+        if after is not None and after[1] > before[1]:
+            return cores * (after[0] - before[0]) / (after[1] - before[1])
+    try:
+        return os.getloadavg()[0]
+    except OSError:  # no load average on this platform: trust the core count
+        return 0.0
+
+
+_BUSY_AT_START: dict[int, float] = {}
+
+
+def busy_at_start(cores: int) -> float:
+    """busy_cores, sampled once per process: every later question gets the same answer (two
+    samples moments apart could give a command one worker with two threads where it meant one
+    each, and results that round differently), and only the first costs the half second."""
+    if cores not in _BUSY_AT_START:
+        _BUSY_AT_START[cores] = busy_cores(cores)
+    return _BUSY_AT_START[cores]
+
+
 def free_cores(cores: int | None = None, load: float | None = None) -> int:
-    """CPU cores not busy when a command starts: the cores minus the 1-minute load average
-    (rounded), at least 1. A torch process given more threads than there are free cores makes its
-    OpenMP threads spin against the other work, and a step gets several times slower, where on an
-    idle machine every core helps (the nano demo trains 1.7x faster on two threads than on one)."""
+    """CPU threads a command should use: the cores minus those other work keeps busy when it starts
+    (`load`, else busy_at_start), rounded, at least 1. The one rule train, probes and the app's jobs
+    share. A torch process given more threads than there are free cores makes its OpenMP threads
+    spin against the other work, and a step gets several times slower, where on an idle machine
+    every core helps (the nano demo trains 1.7x faster on two threads than on one)."""
     cores = cores if cores is not None else (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
                                              else os.cpu_count() or 1)
     if load is None:
-        try:
-            load = os.getloadavg()[0]
-        except OSError:  # no load average on this platform: trust the core count
-            load = 0.0
+        load = busy_at_start(cores)
     return max(1, min(cores, cores - int(round(load))))

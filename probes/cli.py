@@ -39,9 +39,10 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--device", default="cpu", help="auto, cpu or cuda (default cpu)")
     p.add_argument("--poll", type=float, default=5.0, help="seconds between checks with --watch")
     p.add_argument("--threads", type=int, default=None,
-                   help="torch CPU threads (default: the free cores, or 1 per worker process with --jobs > 1 "
-                        "and 1 per task with --ray)")
-    p.add_argument("--jobs", type=int, help="worker processes (default: up to 2 on CPU, 1 with --watch or on CUDA); "
+                   help="torch CPU threads (default 1 per worker process or --ray task; in one process, the "
+                        "cores not busy now, measured over half a second)")
+    p.add_argument("--jobs", type=int, help="worker processes (default: one per core not busy now, up to 2, on CPU; "
+                                            "1 with --watch or on CUDA); "
                                             "with --ray local, the private instance's task slots")
     p.add_argument("--ray", metavar="ADDRESS",
                    help="compute as Ray tasks: local (a private instance on this machine), auto (the cluster "
@@ -126,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.ship:
                 raise ValueError("--ship sends checkpoints through Ray's object store; it needs --ray ADDRESS.")
             device = pick_device(args.device)
-            jobs = args.jobs if args.jobs is not None else default_jobs(args.watch, device)
+            jobs = args.jobs if args.jobs is not None else default_jobs(args.watch, device.type)
             threads = args.threads if args.threads is not None else default_threads(jobs, args.watch)
             kwargs = dict(only=args.only, steps=args.steps, force=args.force, progress=progress, device=device,
                           threads=threads, jobs=jobs)

@@ -165,8 +165,8 @@ def build_parser() -> Parser:
     add("--attention", help=f"attention kind: {', '.join(attention_kinds())} (default standard)")
     add("--attn-only", action="store_const", const=True,
         help="attention-only blocks: no MLP and no ln2 (Olsson et al. 2022)")
-    add("--threads", type=int, help="CPU threads (default 0 = auto: the cores minus the 1-minute load average when training starts, "
-                                         "at least 1; a resumed run keeps its recorded count)")
+    add("--threads", type=int, help="CPU threads (default 0 = auto: the cores not busy with other work when training starts, "
+                                         "measured over half a second; a resumed run keeps its recorded count)")
     add("--config", help="a .toml or .yaml file of these options (underscored names)")
     add("--resume", action="store_const", const=True, help="continue the run in --out from its state/")
     add("--plan", action="store_const", const=True,
