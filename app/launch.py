@@ -30,6 +30,7 @@ from typing import IO
 
 from model.runio import RunFileError, read_json, write_json_atomic
 from model.runlayout import launch_log, launch_record, run_json
+from probes.results import pid_alive
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 POLL = 0.5              # seconds between the supervisor's looks at its children
@@ -40,20 +41,6 @@ START_WAIT = 10.0       # how long start_background waits for the supervisor to 
 
 
 # -- processes ---------------------------------------------------------------------------------
-def alive(pid: int) -> bool:
-    """True while process `pid` exists and has not exited (a zombie waiting to be reaped has)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return True
-
-
 def command_line(pid: int) -> list[str] | None:
     """The process's argv (Linux /proc), None where it cannot be read."""
     try:
@@ -70,7 +57,7 @@ def supervisor_of(run_dir: str | os.PathLike) -> dict | None:
     except RunFileError:
         return None
     pid = record.get("pid") if isinstance(record, dict) else None
-    if not isinstance(pid, int) or isinstance(pid, bool) or not alive(pid):
+    if not isinstance(pid, int) or isinstance(pid, bool) or not pid_alive(pid):
         return None
     argv = command_line(pid)
     if argv is not None and "app.launch" not in argv:  # the pid was reused by another program

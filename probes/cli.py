@@ -15,6 +15,7 @@ from model.device import MAX_THREADS, free_cores, pick_device
 from model.runlayout import probes_dir
 
 from .compute import OPTIONAL_PROBES, PROBES as PROBE_NAMES
+from .ray_runner import RayCluster
 from .runner import MAX_JOBS, Progress, run_probes, watch
 
 
@@ -93,8 +94,6 @@ def tqdm_progress() -> tuple[Progress, Callable[[], None]]:
 def run_on_ray(args: argparse.Namespace, progress: Progress) -> list[int]:
     """The run through probes.ray_runner: tasks of --threads CPUs (default 1); with --ray local a
     private instance of --jobs (default as the local runner's) such tasks, shut down on exit."""
-    from .ray_runner import RayCluster
-
     threads = args.threads if args.threads is not None else 1
     jobs = args.jobs
     if jobs is None and args.ray.strip() == "local":

@@ -19,7 +19,7 @@ import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from types import SimpleNamespace
-from typing import TYPE_CHECKING, Callable, Iterable
+from typing import Any, Callable, Iterable, Protocol
 
 import torch
 
@@ -37,8 +37,15 @@ from .inputs import ProbeSizes, probe_inputs, read_run
 from .results import is_done, read_result, read_results, remove_stale_temp_files, write_result
 from .summary import write_summary
 
-if TYPE_CHECKING:
-    from .ray_runner import RayCluster
+class Cluster(Protocol):
+    """Where run_probes sends checkpoints instead of this machine's processes: what it asks of
+    probes.ray_runner.RayCluster (defined here, so the runner does not import the Ray module)."""
+
+    def device_kind(self, spec: str) -> str: ...
+
+    def probe(self, run_dir: Path, todo: list[Path], want: tuple[str, ...], device: str,
+              sizes: ProbeSizes | None, report: Callable[[int, str | None], None], threads: int,
+              start: Callable[[], Any] = ...) -> None: ...
 
 MAX_JOBS = 256      # one process each: a typo must not start thousands
 
@@ -150,7 +157,7 @@ def run_probes(run_dir: str | os.PathLike, only: Iterable[str] | str | None = No
                steps: Iterable[int] | None = None, force: bool = False, progress: Progress | None = None,
                *, device: str = "cpu", sizes: ProbeSizes | None = None, log: Callable[[str], None] = stderr_log,
                skip: set[int] | None = None, threads: int | None = None, jobs: int = 1,
-               cluster: RayCluster | None = None) -> list[int]:
+               cluster: Cluster | None = None) -> list[int]:
     """Compute the requested probes for every checkpoint that lacks them; return the steps done
     (sorted).
 

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from app import launch
+from probes.results import pid_alive
 from model.checkpoint import list_checkpoints
 from model.runio import read_json
 from model.runlayout import result_path, step_of
@@ -24,6 +25,7 @@ from probes.results import read_result
 from train import main as train_main
 from train.testing import small_run_argv
 from test_browser import ARTIFACTS, CHROMIUM_ARGS, chromium_path, free_port, wait_until_idle
+from test_live import wait_for
 
 REPO = Path(__file__).resolve().parents[1]
 APP_WITHIN_S = 20
@@ -32,16 +34,6 @@ APP_WITHIN_S = 20
 def shown_step(page) -> int | None:
     m = re.search(r"training: step (\d+)", page.locator("[data-testid='stSidebar']").inner_text())
     return int(m.group(1)) if m else None
-
-
-def wait_for(what, timeout: float, every: float = 0.5):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = what()
-        if value:
-            return value
-        time.sleep(every)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what.__doc__ or what}")
 
 
 def test_live_demo_in_chromium(tmp_path):
@@ -119,7 +111,7 @@ def test_live_demo_in_chromium(tmp_path):
         out, _ = sup.communicate(timeout=180)
     assert sup.returncode == 130, out
     assert "Traceback" not in out, out
-    assert all(not launch.alive(pid) for pid in children.values())
+    assert all(not pid_alive(pid) for pid in children.values())
     info = read_json(run / "run.json")
     assert info["status"] == "stopped" and info["stopped_at_step"] >= 0
     assert not (root / ".launch" / "live.json").exists()

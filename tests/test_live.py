@@ -8,7 +8,6 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import os
 import shutil
 import time
 from pathlib import Path
@@ -17,6 +16,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from app import launch, live
+from probes.results import pid_alive
 from app_fixtures import trained_roots
 from model.checkpoint import list_checkpoints
 from model.runio import read_json, read_jsonl
@@ -63,7 +63,7 @@ def test_background_run_stops_cleanly_and_continues_to_the_end(tmp_path):
     assert launch.stop_background(run)
     wait_for(lambda: launch.supervisor_of(run.resolve()) is None, 150)
     assert not launch_record(run).exists()
-    wait_for(lambda: all(not launch.alive(p) for p in [pid, *children.values()]), 10)  # nothing left running
+    wait_for(lambda: all(not pid_alive(p) for p in [pid, *children.values()]), 10)  # nothing left running
     info = read_json(run / "run.json")
     assert info["status"] == "stopped" and isinstance(info["stopped_at_step"], int)
     for path in (run / "probes").iterdir():  # nothing half-written: every file whole, no temporaries

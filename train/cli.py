@@ -22,11 +22,11 @@ from model.checkpoint import has_state, kept_state_steps, remove_partial_checkpo
 from model.runio import RunFileError, read_json, read_jsonl, write_json_atomic
 from model.config import GPTConfig
 from model.device import free_cores, pick_device
-from model.memory import (GPT2_VOCAB, TooLarge, available_bytes, check_fits, corpus_bytes, device_available_bytes,
-                          train_bytes)
+from model.memory import GPT2_VOCAB, TooLarge, available_bytes, check_fits, corpus_bytes, device_available_bytes, train_bytes
 from model.runlayout import RUN_JSON, metrics_jsonl, samples_jsonl
 
-from .args import BadInput, TrainArgs, requested, resolve
+from .args import BadInput, TrainArgs, resolve
+from .options import requested
 from .corpora import check_source, load_corpus
 from .disk import check_disk
 from .fillin import check_fill_in, run_fill_in, tidy_after_a_kill

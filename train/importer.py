@@ -42,7 +42,8 @@ from model.rundata import n_chunks
 from model.runlayout import RUN_JSON, metrics_jsonl, samples_jsonl
 from model.tokenizer import GPT2_VOCAB_SIZE, Tokenizer, load_tokenizer
 
-from .args import BadInput, Parser, TrainArgs, validate
+from .args import BadInput, TrainArgs, validate
+from .options import Parser
 from .corpora import Corpus, check_source, load_corpus, split_documents, text_files
 from .loop import one_thread
 from .stories import SAMPLE_PROMPTS
