@@ -24,6 +24,7 @@ class ProbeJob:
 
     run_dir: str
     steps: list[int]
+    only: tuple[str, ...] | None = None  # the probes asked for (None: the default set)
     done: int = 0
     total: int = 0
     step: int | None = None
@@ -68,20 +69,22 @@ def running(run_dir: str | Path) -> ProbeJob | None:
     return job if job is not None and not job.finished else None
 
 
-def start_probes(run_dir: str | Path, steps: Sequence[int]) -> ProbeJob:
-    """Start computing probe results for `steps` of the run, or return the computation already
-    under way for it (whatever steps it was asked for: it fills in every missing result it
-    finds pending when it starts)."""
+def start_probes(run_dir: str | Path, steps: Sequence[int], only: Sequence[str] | None = None) -> ProbeJob:
+    """Start computing probe results (`only` these probes, by default the default set) for `steps`
+    of the run, or return the computation already under way for it, whatever it was asked for:
+    one computation per run at a time, and a page asking for something else asks again once it
+    has ended."""
     key = _key(run_dir)
     with _lock:
         job = _jobs.get(key)
         if job is not None and not job.finished:
             return job
-        job = ProbeJob(run_dir=str(run_dir), steps=list(steps), total=len(steps))
+        job = ProbeJob(run_dir=str(run_dir), steps=list(steps), only=tuple(only) if only else None,
+                       total=len(steps))
 
         def work() -> None:
             try:
-                job.computed = probes.run_probes(run_dir, steps=job.steps, progress=job.progress)
+                job.computed = probes.run_probes(run_dir, only=job.only, steps=job.steps, progress=job.progress)
             except Exception as e:  # noqa: BLE001 - shown on the page as one sentence
                 job.error = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             finally:

@@ -30,6 +30,7 @@ from typing import IO
 
 from model.runio import RunFileError, read_json, write_json_atomic
 from model.runlayout import launch_log, launch_record, run_json
+from model.runrecord import run_status
 from probes.results import pid_alive
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -65,15 +66,6 @@ def supervisor_of(run_dir: str | os.PathLike) -> dict | None:
     return record
 
 
-def run_status(run_dir: Path) -> str | None:
-    """run.json's status, None while there is no readable run.json."""
-    try:
-        info = read_json(run_json(run_dir))
-    except RunFileError:
-        return None
-    return str(info.get("status", "training")) if isinstance(info, dict) else None
-
-
 def python(*args: str) -> list[str]:
     return [sys.executable, "-m", *args]
 
@@ -81,7 +73,7 @@ def python(*args: str) -> list[str]:
 def train_command(run_dir: Path, train_argv: list[str]) -> list[str] | None:
     """The training command for `run_dir`: None when the run is complete, with --resume when it
     holds a run (stopped, failed, or killed) to continue."""
-    status = run_status(run_dir)
+    status = run_status(run_dir, None)
     if status == "complete":
         return None
     argv = python("train", *train_argv, "--out", str(run_dir))
@@ -176,13 +168,13 @@ class Supervisor:
             # The watcher ends at a stopped, failed or complete status, which a resumed run still
             # shows until its trainer starts: it waits for "training" (or for the trainer's end).
             if "probes" not in self.children and run_json(self.run_dir).exists() and (
-                    trained or run_status(self.run_dir) == "training"):
+                    trained or run_status(self.run_dir, None) == "training"):
                 self.start("probes", python("probes", str(self.run_dir), "--watch", "--poll", str(PROBES_POLL),
                                             "--threads", "1"), quiet=True)
                 self.say(f"probes follow the run (their output: {launch_log(self.run_dir)})")
             if trained and "probes" not in self.children:
                 return self.children["train"].returncode if "train" in self.children else 2
-            if trained and run_status(self.run_dir) == "training":  # killed without a word: nothing more will come
+            if trained and run_status(self.run_dir, None) == "training":  # killed without a word: nothing more will come
                 self.stop("probes", signal.SIGINT)
             if trained and self.finished("probes"):
                 if self.serve is None:

@@ -10,8 +10,8 @@ from pathlib import Path
 from statistics import median
 
 from model.checkpoint import list_checkpoints
-from model.runio import RunFileError, read_json
 from model.runlayout import metrics_jsonl, probes_dir, result_step, run_json, summary_path
+from model.runrecord import record_or_none
 
 from .launch import supervisor_of
 
@@ -82,10 +82,7 @@ def speed(rows: list[dict]) -> tuple[int | None, float | None, float | None]:
 
 def progress(run_dir: str | os.PathLike) -> Progress:
     run_dir = Path(run_dir)
-    try:
-        info = read_json(run_json(run_dir))
-    except RunFileError:
-        info = None
+    info = record_or_none(run_dir)
     info = info if isinstance(info, dict) else {}
     status = str(info.get("status", "training")) if info else None
     train = info.get("train") if isinstance(info.get("train"), dict) else {}

@@ -9,6 +9,8 @@ from __future__ import annotations
 import html
 from typing import Any, Mapping, Sequence
 
+from probes.results import ablation_key
+
 Results = Mapping[int, Mapping[str, Any]]
 
 
@@ -47,6 +49,37 @@ def matrices(results: Results, path: str) -> tuple[list[int], list[list[list[flo
             steps.append(int(step))
             mats.append([[float(x) for x in row] for row in v])
     return steps, mats
+
+
+ABLATION_PER_KIND = ("delta_se", "gini", "top_share", "attribution", "attribution_agreement")
+
+
+def ablation_path(result: Any, kind: str, part: str | None = None) -> str:
+    """The dotted path of the exact `kind` head-ablation sweep in one result, wherever the probes
+    stored it (`probes.results.ablation_key`: `head_ablation`, or `head_ablation_<kind>` computed on
+    demand): the [L][H] matrix without `part`; PART.KIND for a per-kind part (ABLATION_PER_KIND);
+    PART for the sweep's own (clean_loss, n_sequences, precision, attribution_sequences)."""
+    key = ablation_key(result, kind) or "head_ablation"
+    if part is None:
+        return f"{key}.{kind}"
+    return f"{key}.{part}.{kind}" if part in ABLATION_PER_KIND else f"{key}.{part}"
+
+
+def ablation_matrices(results: Results, kind: str, part: str | None = None) -> tuple[list[int], list]:
+    """(steps, matrix per step) of the exact `kind` sweep (or its per-kind `part`, e.g. delta_se),
+    over the checkpoints that have it."""
+    steps, mats = [], []
+    for step in sorted(results):
+        v = get(results[step], ablation_path(results[step], kind, part))
+        if is_matrix(v):
+            steps.append(int(step))
+            mats.append([[float(x) for x in row] for row in v])
+    return steps, mats
+
+
+def ablation_scalar(results: Results, kind: str, part: str) -> tuple[list[int], list[float]]:
+    """(steps, values) of one scalar of the exact `kind` sweep (e.g. gini), where it exists."""
+    return scalar({s: {"v": get(r, ablation_path(r, kind, part))} for s, r in results.items()}, "v")
 
 
 def best_head(results: Results, path: str) -> tuple[list[int], list[float]]:
@@ -113,7 +146,7 @@ def emergence_entry(summary: Mapping[str, Any] | None, name: str) -> Mapping[str
     return v if isinstance(v, Mapping) else None
 
 
-def _num(v: Any) -> float | None:
+def as_number(v: Any) -> float | None:
     return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
 
 
@@ -126,7 +159,7 @@ def change_caption(entry: Mapping[str, Any] | None) -> str | None:
     parts = []
     for label, key, better in (("ICL score", "icl", "lower"), ("repeated held-out text, repeat minus first copy",
                                                               "repeated_text_gap", "lower")):
-        before, after = _num(entry.get(f"{key}_before")), _num(entry.get(f"{key}_after"))
+        before, after = as_number(entry.get(f"{key}_before")), as_number(entry.get(f"{key}_after"))
         if before is None or after is None:
             continue
         verdict = "improved" if after < before else "did not improve"
@@ -146,7 +179,7 @@ def rise_caption(entry: Mapping[str, Any] | None, what: str) -> str | None:
     if not isinstance(entry, Mapping) or entry.get("step") is None:
         reason = entry.get("reason") if isinstance(entry, Mapping) else None
         return f"No {what} detected: {reason}." if reason else None
-    before, after, rise = _num(entry.get("before")), _num(entry.get("after")), _num(entry.get("rise"))
+    before, after, rise = as_number(entry.get("before")), as_number(entry.get("after")), as_number(entry.get("rise"))
     facts = []
     if entry.get("from_step") is not None:
         facts.append(f"between checkpoints {entry['from_step']} and {entry['step']}")
@@ -227,7 +260,7 @@ def position_losses(results: Results) -> tuple[list[int], list[list[float]]]:
     steps, curves = [], []
     for s in sorted(results):
         v = get(results[s], "induction.position_loss")
-        if isinstance(v, Sequence) and v and all(_num(x) is not None for x in v):
+        if isinstance(v, Sequence) and v and all(as_number(x) is not None for x in v):
             steps.append(int(s))
             curves.append([float(x) for x in v])
     return steps, curves
@@ -248,13 +281,13 @@ def circuit_caption(circuit: Any) -> str | None:
     if not isinstance(circuit, Mapping) or not circuit.get("induction_head"):
         return None
     l, h = circuit["induction_head"]
-    score, control = _num(circuit.get("induction_score")), _num(circuit.get("control"))
+    score, control = as_number(circuit.get("induction_score")), as_number(circuit.get("control"))
     text = f"Induction head: L{l}H{h}"
     if score is not None:
         text += f" (score {score:.3f}" + (f", control on fresh tokens {control:.3f}" if control is not None else "") + ")"
     prev = circuit.get("previous_token_head")
     if prev:
-        p = _num(circuit.get("previous_token_score"))
+        p = as_number(circuit.get("previous_token_score"))
         text += f"; previous-token head in an earlier layer: L{prev[0]}H{prev[1]}" + (f" (score {p:.3f})" if p is not None else "")
     else:
         text += "; no earlier layer holds a previous-token head for it" if l == 0 else ""
@@ -279,10 +312,10 @@ def prediction_caption(run_info: Mapping[str, Any] | None, summary: Mapping[str,
     p = run_info.get("induction_prediction") if isinstance(run_info, Mapping) else None
     if not isinstance(p, Mapping) or not isinstance(p.get("formation_step"), (int, float)):
         return None
-    text = (f"Predicted formation: step {int(p['formation_step']):,} ({_num(p.get('formation_tokens')) or 0:.3g} tokens "
+    text = (f"Predicted formation: step {int(p['formation_step']):,} ({as_number(p.get('formation_tokens')) or 0:.3g} tokens "
             f"at {p.get('global_batch')} × {p.get('context')} tokens per step; {p.get('formula')}).")
     rep = p.get("bigram_repetition")
-    if isinstance(rep, Mapping) and _num(rep.get("frequency")) is not None:
+    if isinstance(rep, Mapping) and as_number(rep.get("frequency")) is not None:
         text += f" Bigram repetition in training contexts: frequency {rep['frequency']:.3f}, reliability {rep['reliability']:.3f}."
     entry = emergence_entry(summary, "induction")
     if entry and entry.get("detected") and entry.get("step") is not None:
@@ -291,108 +324,3 @@ def prediction_caption(run_info: Mapping[str, Any] | None, summary: Mapping[str,
     elif entry is not None:
         text += " Observed: no phase change detected yet."
     return text
-
-
-def _fmt(v: Any, spec: str = ".3f") -> str:
-    n = _num(v)
-    return "?" if n is None else format(n, spec)
-
-
-MISMATCH_LABELS = {"repetition.tone.jsd_unigram": "tone (distance of the sampled text's unigram JSD from what "
-                                                   "held-out text of the same size scores, bits)",
-                   "repetition.sampled.seq_rep_4": "sampled seq-rep-4 above the held-out text's",
-                   "repetition.greedy.seq_rep_4": "greedy seq-rep-4 above the held-out text's"}
-
-
-def mismatch_caption(entry: Mapping[str, Any] | None) -> str | None:
-    """The loss-generation mismatch the summary found, in words: where each stretch runs, what got
-    worse by how much against its noise threshold, and what the held-out loss did meanwhile; or why
-    none was found. None when the summary has no such entry (an older summary)."""
-    if not isinstance(entry, Mapping):
-        return None
-    if not entry.get("detected"):
-        reason = entry.get("reason") or "no stretch found"
-        return f"No loss–generation mismatch detected: {reason}."
-    parts = []
-    for st in entry.get("stretches") or []:
-        if not isinstance(st, Mapping):
-            continue
-        label = MISMATCH_LABELS.get(str(st.get("metric")), str(st.get("metric")))
-        parts.append(f"steps {st.get('step')}–{st.get('to_step')} (after {st.get('from_step')}): {label} "
-                     f"{_fmt(st.get('before'))} → {_fmt(st.get('after'))} (best level at step "
-                     f"{st.get('reference_step')}) while held-out loss {_fmt(st.get('loss_before'))} → "
-                     f"{_fmt(st.get('loss_after'))} nats")
-    threshold = _num(entry.get("threshold"))
-    noise = f" (threshold {threshold:.3g}, {entry.get('noise_source') or 'noise'})" if threshold is not None else ""
-    return ("Loss–generation mismatch: the held-out loss fell while generations got worse beyond noise" + noise + ": "
-            + "; ".join(parts) + ".")
-
-
-def mismatch_stretch_at(summary: Mapping[str, Any] | None, step: int) -> Mapping[str, Any] | None:
-    """The first mismatch stretch of the summary that contains checkpoint `step`, else None."""
-    entry = emergence_entry(summary, "loss_generation_mismatch")
-    for st in (entry or {}).get("stretches") or []:
-        if isinstance(st, Mapping) and _num(st.get("step")) is not None and _num(st.get("to_step")) is not None \
-                and st["step"] <= step <= st["to_step"]:
-            return st
-    return None
-
-
-def overfitting_caption(entry: Mapping[str, Any] | None) -> str | None:
-    """The overfitting onset the summary found (or why none): the gap's growth and the two losses
-    across it, and the rise of the memorized share of seen text."""
-    if not isinstance(entry, Mapping):
-        return None
-    mem = ""
-    if entry.get("memorized_detected"):
-        mem = (f" The memorized share of seen text (above the held-out control) rose from "
-               f"{_fmt(entry.get('memorized_before'))} to {_fmt(entry.get('memorized_after'))} from step "
-               f"{entry.get('memorized_step')}.")
-    if entry.get("detected"):
-        losses = ""
-        if _num(entry.get("heldout_loss_after")) is not None and _num(entry.get("train_loss_after")) is not None:
-            losses = (f"; held-out loss {_fmt(entry.get('heldout_loss_before'))} → "
-                      f"{_fmt(entry.get('heldout_loss_after'))}, training loss {_fmt(entry.get('train_loss_before'))} "
-                      f"→ {_fmt(entry.get('train_loss_after'))}")
-        note = f" Note: {entry['note']}." if entry.get("note") else ""
-        return (f"Overfitting onset at step {entry.get('step')} (after {entry.get('from_step')}): the held-out minus "
-                f"training loss gap grew from {_fmt(entry.get('before'))} to {_fmt(entry.get('after'))} nats "
-                f"(threshold {_fmt(entry.get('threshold'), '.3g')}){losses}.{mem}{note}")
-    reason = entry.get("reason") or "the gap does not grow beyond noise"
-    return f"No overfitting onset detected: {reason}.{mem}"
-
-
-def inequality_mark(summary: Mapping[str, Any] | None) -> dict[str, int | None]:
-    """{label: step} for the first checkpoint whose head-importance Gini exceeds the equal-heads bound
-    (summary["emergence"]["head_concentration"]["exceeds_equal_heads_step"]), None when there is none."""
-    entry = emergence_entry(summary, "head_concentration") or {}
-    step = entry.get("exceeds_equal_heads_step")
-    step = int(step) if _num(step) is not None else None
-    label = "heads unequal" + (f" (from step {entry['exceeds_from_step']})"
-                               if step is not None and entry.get("exceeds_from_step") is not None else "")
-    return {label: step}
-
-
-def concentration_caption(entry: Mapping[str, Any] | None) -> str | None:
-    """The head-importance inequality in words: its level at the last checkpoint with standard errors
-    beside what equal heads would show, and when it first exceeded that bound (or why not). Falls back
-    to the rise rule's caption for summaries written before the level was recorded."""
-    if not isinstance(entry, Mapping):
-        return None
-    if entry.get("last_gini") is None:
-        return rise_caption(entry, "head-importance concentration rise")
-    se = f" ± {_fmt(entry.get('last_gini_se'))}" if _num(entry.get("last_gini_se")) is not None else ""
-    tse = f" ± {_fmt(entry.get('last_top_share_se'))}" if _num(entry.get("last_top_share_se")) is not None else ""
-    text = (f"At step {entry.get('last_step')} the zero-ablation Gini is {_fmt(entry.get('last_gini'))}{se} and the "
-            f"top-10% share {_fmt(entry.get('last_top_share'))}{tse} (± one standard error, "
-            f"{entry.get('se_method') or 'bootstrap'})")
-    bound = _num(entry.get("last_equal_heads_gini"))
-    if bound is not None:
-        text += f"; equal heads would show at most {bound:.3f} ({entry.get('baseline') or 'the equal-heads bound'})"
-    step = entry.get("exceeds_equal_heads_step")
-    if step is not None:
-        text += f". The Gini first exceeds that bound to stay at step {step} (after {entry.get('exceeds_from_step')})."
-    else:
-        text += f". Heads not shown to be unequal: {entry.get('exceeds_reason') or 'the Gini stays within the bound'}."
-    rise = rise_caption(entry, "rise of the concentration level")
-    return text + (f" {rise}" if rise else "")

@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Mapping
 
 from model.checkpoint import list_checkpoints
-from model.runio import RunFileError, read_json, read_jsonl
+from model.runio import RunFileError, read_jsonl
+from model.runrecord import read_record
 from model.checkpoint import verify_checkpoint as verify_files
 from model.runlayout import (META, RUN_ENTRIES, WEIGHTS, metrics_jsonl, probes_dir, result_step, run_json,
                              samples_jsonl, step_of)
@@ -117,16 +118,13 @@ def check_confined(root: Path, run_dir: Path) -> None:
             raise ValueError(f"Run {run_dir.name!r} is refused: {entry} is a symlink that points outside {root}.")
 
 
-def read_run(root: Path, name: str) -> RunFiles:
+def run_files(root: Path, name: str) -> RunFiles:
     """Gather a run's listing (cheap: names and small JSON only, no weights)."""
     path = safe_run_dir(root, name)
     check_confined(root, path)
     run = RunFiles(name=name, path=path)
     try:
-        info = read_json(run_json(path))
-        run.info = info if isinstance(info, dict) else {}
-        if not isinstance(info, dict):
-            run.problems.append(f"{run_json(path)}: is not a JSON object.")
+        run.info = read_record(path)
     except RunFileError as e:
         run.problems.append(str(e))
     run.checkpoint_steps = [step_of(p) for p in list_checkpoints(path)

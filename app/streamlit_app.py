@@ -14,14 +14,14 @@ if str(ROOT) not in sys.path:  # works without `pip install -e .` too
 import os  # noqa: E402
 
 import streamlit as st  # noqa: E402
-import torch  # noqa: E402
 
 from app import ui  # noqa: E402
+from model.device import set_torch_threads  # noqa: E402
 
 # The app runs small models one prompt at a time: there one intra-op thread is as fast as two on an
 # idle machine and 10-100x faster on a busy one (where OpenMP threads wait on each other); a
 # larger model on a free machine can ask for more with WORKBENCH_THREADS.
-torch.set_num_threads(max(1, int(os.environ.get("WORKBENCH_THREADS", "1") or 1)))
+set_torch_threads(max(1, int(os.environ.get("WORKBENCH_THREADS", "1") or 1)))
 
 st.set_page_config(page_title="GPT-2 Workbench", page_icon=":material/biotech:", layout="wide")
 

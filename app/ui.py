@@ -17,7 +17,7 @@ from . import cache, jobs, launch, live
 from probes.metrics import repeated_ngram_mask
 
 from .results import highlight_html
-from .runfolder import (DEMO_COMMAND, DEMO_TRAIN_COMMAND, RunFiles, read_run, run_names, runs_root,
+from .runfolder import (DEMO_COMMAND, DEMO_TRAIN_COMMAND, RunFiles, run_files, run_names, runs_root,
                         safe_run_dir)
 
 log = logging.getLogger("workbench.app")
@@ -105,7 +105,7 @@ def current_run(title: str) -> RunFiles | None:
     if not name:
         empty_state(root)
         return None
-    run = read_run(root, name)
+    run = run_files(root, name)
     run_header(run)
     return run
 

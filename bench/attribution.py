@@ -1,6 +1,6 @@
 """Attribution patching vs the exact head-ablation sweep at the `small` shape (12 x 12 heads):
 the speed-up of `probes.head_attribution` over `probes.head_ablation_sweep`, and how well the
-estimate agrees with the sweep it replaces (Spearman rank correlation, top-3 overlap).
+estimate agrees with the exact sweep (Spearman rank correlation, top-3 overlap).
 
 Run alone with `python -m bench.attribution [--positions N]`; `make bench` calls `run(report)`.
 """
@@ -12,6 +12,7 @@ import sys
 import torch
 
 from model import GPT, GPTConfig
+from model.device import torch_threads
 from probes.ablation import head_ablation_sweep
 from probes.attribution import agreement, head_attribution
 from .common import Goal, Report, median_time
@@ -24,9 +25,7 @@ def run(report: Report, preset: str = "small", batch: int = 2, positions: int = 
     """Time the exact sweep and the estimate on one random-init model in the same process (median
     of `repeats` after one warm-up run each, which also gives the figures compared) and add the
     speed-up, with the agreement, to `report`."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
+    with torch_threads(threads):
         cfg = GPTConfig.preset(preset)
         torch.manual_seed(0)
         model = GPT(cfg).eval()
@@ -35,8 +34,6 @@ def run(report: Report, preset: str = "small", batch: int = 2, positions: int = 
         estimate = head_attribution(model, tokens, kind)  # and the estimate's
         t_exact = median_time(lambda: head_ablation_sweep(model, tokens, kind), repeats=repeats, warmup=0)
         t_attr = median_time(lambda: head_attribution(model, tokens, kind), repeats=repeats, warmup=0)
-    finally:
-        torch.set_num_threads(previous)
     ag = agreement(estimate, exact)
     report.add(Goal(
         f"head attribution vs exact {kind} sweep, `{preset}` ({cfg.n_layer}x{cfg.n_head} heads, {batch}x{positions} tokens)",

@@ -1,13 +1,10 @@
 """Timing helpers for the benchmarks: medians of several runs after warm-up, ratios in one process."""
 from __future__ import annotations
 
-import contextlib
 import statistics
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Iterator
-
-import torch
+from typing import Callable
 
 
 def timed_calls(fn: Callable[[], object], repeats: int = 5, warmup: int = 1,
@@ -45,18 +42,6 @@ def interleaved_medians(fns: list[Callable[[], object]], repeats: int = 7, warmu
             fn()
             out.append(clock() - t)
     return [statistics.median(t) for t in times]
-
-
-@contextlib.contextmanager
-def torch_threads(n: int | None) -> Iterator[None]:
-    """Run a block with `n` torch CPU threads (None: leave them), restoring the count after."""
-    previous = torch.get_num_threads()
-    if n is not None:
-        torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
 
 
 @dataclass

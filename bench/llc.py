@@ -21,7 +21,9 @@ from pathlib import Path
 import torch
 
 from model.checkpoint import list_checkpoints, load_checkpoint, step_of
+from model.device import torch_threads
 from model.tokenizer import load_tokenizer
+import train
 from probes.inputs import probe_inputs
 from probes.llc import NextTokenLoss, llc_result, sample_llc, sampling_rows
 from probes.llc_settings import CALIBRATION_TOLERANCE, LR_GRID, settings_for
@@ -34,9 +36,7 @@ def time_checkpoints(run: Path, steps: list[int] | None = None, threads: int = 1
     """The llc probe on each checkpoint (all when `steps` is None): step, seconds (wall), cpu_seconds
     (this process's CPU time: on a machine shared with other work, what the probe would take on a
     free core), mean, std, trusted."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
+    with torch_threads(threads):
         tok = load_tokenizer(run)
         inputs = probe_inputs(run, tokenizer=tok)
         paths = [p for p in list_checkpoints(run) if steps is None or step_of(p) in steps]
@@ -51,16 +51,12 @@ def time_checkpoints(run: Path, steps: list[int] | None = None, threads: int = 1
                         "std": found["std"], "trusted": found["diagnostics"]["trusted"],
                         "problems": found["diagnostics"]["problems"]})
         return out
-    finally:
-        torch.set_num_threads(previous)
 
 
 def calibrate(run: Path, grid: tuple[float, ...] = LR_GRID, threads: int = 1) -> tuple[list[dict], float | None]:
     """(one row per step size: lr, mean, std, trusted, change from the next smaller step size; the
     chosen step size or None) on the run's last checkpoint, as probes/llc_settings.py describes."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
+    with torch_threads(threads):
         tok = load_tokenizer(run)
         inputs = probe_inputs(run, tokenizer=tok)
         model, _ = load_checkpoint(list_checkpoints(run)[-1])
@@ -78,17 +74,22 @@ def calibrate(run: Path, grid: tuple[float, ...] = LR_GRID, threads: int = 1) ->
             if ok and len(table) > 1:
                 chosen = lr
         return table, chosen
-    finally:
-        torch.set_num_threads(previous)
 
 
 def short_nano_run(root: Path, steps: int = 20) -> Path:
     """A nano-shaped run (2 layers, n_ctx 128, the induction recipe's shape) trained for `steps`
     steps on the built-in stories: real data (enough training chunks for the LLC's rows) and a
     real checkpoint, in seconds."""
-    from train.testing import make_small_run
-    return make_small_run(root / "nano", steps=steps, n_layer=2, n_head=4, n_embd=128, n_ctx=128, corpus_mb=0.5,
-                          batch_size=16, ckpt_every=steps)
+    out = root / "nano"
+    status = train.main(["--out", str(out), "--preset", "nano", "--data", "stories", "--steps", str(steps),
+                         "--batch-size", "16", "--lr", "3e-3", "--warmup", "8", "--eval-every", str(steps),
+                         "--ckpt-every", str(steps), "--seed", "1234", "--device", "cpu", "--n-layer", "2",
+                         "--n-head", "4", "--n-embd", "128", "--n-ctx", "128", "--corpus-mb", "0.5",
+                         "--canaries-per-count", "1", "--canary-copies", "1,4,16,64", "--eval-batches", "2",
+                         "--sample-tokens", "16", "--threads", "1"])
+    if status != 0:
+        raise RuntimeError(f"training the short nano run failed with exit status {status} (see stderr).")
+    return out
 
 
 def run(report: Report) -> None:

@@ -17,6 +17,11 @@ from pathlib import Path
 import torch
 
 from model import GPT, GPTConfig
+from probes import ablation
+from probes.inputs import ProbeSizes, probe_inputs
+from probes.results import read_result
+from probes.runner import run_probes
+from model.runlayout import result_path
 from .common import Goal, NotMeasured, Report, median_time, timed_calls
 from .speed import matmul_peak_flops, train_step_fn
 
@@ -46,8 +51,6 @@ def bench_probes_tiny(report: Report, repeats: int = 3) -> None:
     8 x 512. The steps are timed back to back as training runs them (a step right after a probe
     run pays for re-touching its gigabyte of logits and gradients), half before and half after
     the probes, so a drift of the machine falls on both sides."""
-    from probes.inputs import probe_inputs
-    from probes.runner import run_probes
 
     threads = torch.get_num_threads()
     with tempfile.TemporaryDirectory() as tmp:
@@ -65,18 +68,18 @@ def bench_probes_tiny(report: Report, repeats: int = 3) -> None:
         steps_before = timed_calls(step, repeats)
         t_probes = median_time(probes, repeats=repeats, warmup=1)
         t_step = statistics.median(steps_before + timed_calls(step, repeats))
+        seconds = read_result(result_path(run, 1))["seconds"]  # the last repeat's, per probe
+    parts = ", ".join(f"{k} {v:.1f} s" for k, v in sorted(seconds.items(), key=lambda kv: -kv[1]) if v >= 0.5)
     report.add(Goal(f"all probes of one `tiny` checkpoint vs one training step (tiny, {TRAIN_BATCH}x{cfg.n_ctx})",
                     t_probes / t_step, PROBES_GOAL, higher_is_better=False,
-                    detail=f"probes {t_probes:.1f} s (in-process `run_probes`, {threads} threads, 1 job, "
-                           f"{n_heldout} held-out sequences), training step {t_step:.2f} s"))
+                    detail=f"probes {t_probes:.1f} s (in-process `run_probes`, the default set, {threads} threads, "
+                           f"1 job, {n_heldout} held-out sequences; last repeat: {parts}), training step {t_step:.2f} s"))
 
 
 def bench_sweep_floor(report: Report, preset: str = "tiny", repeats: int = 3) -> None:
     """One exact zero-ablation sweep (`head_ablation_sweep`, its clean pass included) at the shape
     the probes use (ProbeSizes.n_ablation held-out sequences of n_ctx positions) against
     sweep_flops / matmul peak, both measured here."""
-    from probes import ablation
-    from probes.inputs import ProbeSizes
 
     cfg = GPTConfig.preset(preset)
     batch, positions = ProbeSizes().n_ablation, cfg.n_ctx

@@ -23,6 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from model.checkpoint import verify_checkpoint
 from .common import Goal, NotMeasured, Report, timed_calls
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -56,14 +57,12 @@ def timed(argv: list[str]) -> float:
 
 def _read_shared(path: str) -> int:
     """(A Ray task) what every task does with its checkpoint on a shared filesystem: read and verify it."""
-    from model.checkpoint import verify_checkpoint
     return len(verify_checkpoint(path)[1])
 
 
 def _read_shipped(files: dict) -> int:
     """(A Ray task) what a --ship task does instead: take the bytes from the object store, write them
     into its private folder, then read and verify them there."""
-    from model.checkpoint import verify_checkpoint
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / files["name"]
         folder.mkdir()
@@ -77,7 +76,6 @@ def transfer_seconds(demo: Path, steps: list[int] | None) -> tuple[float, float,
     the object store (the driver's read and verification, ray.put, the task's copy), measured in one
     private instance of one task slot with its worker already started; and the checkpoints timed."""
     import ray
-    from model.checkpoint import verify_checkpoint
 
     paths = sorted((demo / "checkpoints").glob("step_*"))
     if steps:

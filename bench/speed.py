@@ -10,7 +10,10 @@ import torch
 import torch.nn as nn
 
 from model import GPT, GPTConfig
+import probes
+from model.interop import to_hf, to_transformer_lens
 from .common import Goal, Report, interleaved_medians, median_time
+from .nanogpt_ref import NanoGPT, config_like
 
 
 def matmul_peak_flops(n: int = 2048, dtype: torch.dtype = torch.float32, device: str = "cpu") -> float:
@@ -51,7 +54,6 @@ def train_step_fn(model: nn.Module, tokens: torch.Tensor, hf: bool):
 
 
 def bench_training(report: Report, preset: str, batch: int, ctx: int, vocab: int | None) -> None:
-    from model.interop import to_hf
 
     over = dict(n_ctx=ctx) if vocab is None else dict(n_ctx=ctx, vocab_size=vocab)
     cfg = GPTConfig.preset(preset, **over)
@@ -78,7 +80,6 @@ def bench_nanogpt(report: Report, preset: str, batch: int, ctx: int, vocab: int 
     """Our training step (forward, backward, AdamW) against nanoGPT's model.py at the same shape,
     the same optimizer for both, steps interleaved so drift falls on both. Ours is the model
     training builds (tanh GELU); nanoGPT's is its own (exact GELU)."""
-    from .nanogpt_ref import NanoGPT, config_like
 
     over = dict(n_ctx=ctx) if vocab is None else dict(n_ctx=ctx, vocab_size=vocab)
     cfg = GPTConfig.preset(preset, **over)
@@ -138,7 +139,6 @@ class _Identity(nn.Module):
 
 
 def bench_hooks(report: Report) -> None:
-    from model.interop import to_transformer_lens
 
     cfg = GPTConfig.preset("tiny", n_ctx=256)
     torch.manual_seed(0)
@@ -159,7 +159,6 @@ def bench_hooks(report: Report) -> None:
 
 
 def bench_sweep(report: Report) -> None:
-    import probes
 
     cfg = GPTConfig.preset("nano")
     torch.manual_seed(0)

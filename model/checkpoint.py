@@ -55,6 +55,7 @@ from .runlayout import (CHECKPOINTS_DIR, META, RUN_FILES, STATE_NAME, STATE_RECO
                         checkpoint_dir, checkpoints_dir, latest_json, run_json as run_json_path, state_dir, state_name,
                         state_record_name, step_of)
 from .gpt import GPT
+from .runrecord import read_record
 
 SEAL = "self_sha256"
 
@@ -358,10 +359,10 @@ def read_latest(run_dir: str | os.PathLike, step: int | None = None) -> dict:
     if "model" in latest:
         run_json = run_json_path(run_dir)
         try:
-            run = read_json(run_json)
+            run = read_record(run_dir)
         except RunFileError as e:
             raise as_checkpoint_error(e) from None
-        if not isinstance(run, dict) or canonical_json(run.get("model")) != canonical_json(latest["model"]):
+        if canonical_json(run.get("model")) != canonical_json(latest["model"]):
             raise CheckpointError(run_json, f"its model config is not the one the training state in {path} was "
                                             "saved with: run.json was edited or is corrupt")
     return latest

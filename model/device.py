@@ -1,9 +1,13 @@
 """Which torch device a command runs on: the one place that turns a --device value into a device
-that exists here, or one sentence saying why not (train, probes and generate all ask it)."""
+that exists here, or one sentence saying why not (train, probes and generate all ask it); and how
+many CPU threads torch uses: the rule (free_cores) and the one way to set the count for a block
+of work and restore it after (torch_threads)."""
 from __future__ import annotations
 
+import contextlib
 import os
 import time
+from typing import Iterator
 
 import torch
 
@@ -87,3 +91,22 @@ def free_cores(cores: int | None = None, load: float | None = None) -> int:
     if load is None:
         load = busy_at_start(cores)
     return max(1, min(cores, cores - int(round(load))))
+
+
+def set_torch_threads(n: int) -> None:
+    """Give torch `n` CPU threads for the rest of the process (a worker process, the app): for a
+    block of work that must leave the caller's count as it was, torch_threads."""
+    torch.set_num_threads(n)
+
+
+@contextlib.contextmanager
+def torch_threads(n: int | None) -> Iterator[None]:
+    """Run a block with `n` torch CPU threads (None: leave the count), then restore the count the
+    block started with, whatever the block set meanwhile or however it ended."""
+    previous = torch.get_num_threads()
+    if n is not None:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)

@@ -18,7 +18,7 @@ import torch
 
 from .checkpoint import list_checkpoints, load_checkpoint, read_checkpoint_meta, step_of
 from .runio import RunFileError
-from .cliargs import ArgumentParser, UsageError
+from .cliargs import ArgumentParser, UsageError, run_command
 from .config import GPTConfig
 from .device import pick_device
 from .gpt import MAX_NEW_TOKENS
@@ -96,14 +96,16 @@ def generate_text(args: argparse.Namespace) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit status (0, or 2 for bad input)."""
-    try:
-        args = build_parser().parse_args(argv)
-        text = generate_text(args)
-    except (UsageError, ValueError, RunFileError, TokenizerError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(text)
-    return 0
+    texts: list[str] = []
+
+    def body() -> int:
+        texts.append(generate_text(build_parser().parse_args(argv)))
+        return 0
+
+    status = run_command(body, (UsageError, ValueError, RunFileError, TokenizerError))
+    for text in texts:  # printed outside: a stdout that cannot take the text is not bad input
+        print(text)
+    return status
 
 
 if __name__ == "__main__":

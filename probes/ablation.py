@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -133,7 +133,7 @@ def ablate(model: Any, tokens: Any, heads: Iterable, kind: str = "zero", seed: i
     return {"loss": loss, "delta": loss - clean.loss, "logits": logits}
 
 
-def rows_for(model: Any, positions: int) -> int:
+def sweep_rows(model: Any, positions: int) -> int:
     """The sweep's memory budget: how many rows of `positions` its widened batch (one copy of the
     batch per head ablated at once) may hold. No logits are held (the readout is chunked), so this
     is the forward's activations only (`probes.forward.forward_rows`)."""
@@ -180,14 +180,6 @@ def ablated_token_losses(model: Any, inputs: torch.Tensor, targets: torch.Tensor
 
 
 @torch.no_grad()
-def ablated_losses(model: Any, inputs: torch.Tensor, targets: torch.Tensor, layer: int, heads: list[int],
-                   kind: str, clean: CleanRun, perm: torch.Tensor | None) -> list[float]:
-    """Mean losses with each head of `heads` (all in `layer`) ablated alone (see `ablated_token_losses`)."""
-    losses = ablated_token_losses(model, inputs, targets, layer, heads, kind, clean, perm)
-    return [float(v) for v in losses.double().flatten(1).mean(1)]
-
-
-@torch.no_grad()
 def sequence_deltas(model: Any, inputs: torch.Tensor, targets: torch.Tensor, kind: str = "zero", seed: int = 0,
                     clean: CleanRun | None = None) -> np.ndarray:
     """Per-sequence loss increases [L, H, B]: for each head alone ablated, the mean over the
@@ -198,7 +190,7 @@ def sequence_deltas(model: Any, inputs: torch.Tensor, targets: torch.Tensor, kin
     n_layers, n_heads, _ = shape_of(model)
     B, P = inputs.shape
     perm = resample_permutation(B, seed) if kind == "resample" else None
-    group = max(1, min(n_heads, rows_for(model, P) // B))
+    group = max(1, min(n_heads, sweep_rows(model, P) // B))
     base = clean.token_losses.double()
     out = np.zeros((n_layers, n_heads, B))
     for layer in range(n_layers):
@@ -214,7 +206,7 @@ def head_ablation_sweep(model: Any, tokens: Any, kind: str = "zero", seed: int =
                         clean: CleanRun | None = None) -> np.ndarray:
     """Loss increase [L, H] when each head alone is ablated: the same numbers as one
     `ablate(model, tokens, [(l, h)], kind)` per head, computed with all heads of a layer (as many
-    as `rows_for` allows) in one batched pass that restarts at that layer (see `ablated_token_losses`)."""
+    as `sweep_rows` allows) in one batched pass that restarts at that layer (see `ablated_token_losses`)."""
     check_kind(kind)
     inputs, targets = split_tokens(model, tokens)
     return sequence_deltas(model, inputs, targets, kind, seed, clean).mean(-1)
@@ -255,12 +247,18 @@ def sweep_flops(cfg: Any, batch: int, positions: int, include_clean: bool = True
     return total
 
 
+DEFAULT_KINDS = ("zero",)  # exact kinds in the default probe set; the others on demand (probes.compute)
+
+
 def head_ablation_probe(model: Any, tokens: Any, clean: CleanRun | None = None, block: int | None = None,
                         target_se: float | None = None, max_sequences: int | None = None,
-                        attribution: bool = True) -> dict:
+                        attribution: bool = True, kinds: Sequence[str] = DEFAULT_KINDS,
+                        estimates: Sequence[str] = KINDS) -> dict:
     """The `head_ablation` entry of a result file: clean loss, [L][H] loss increases for every
-    kind with their standard errors (`delta_se`), how unequal head importance is (Gini, share
-    held by the top 10% of heads), and the precision reached.
+    kind in `kinds` with their standard errors (`delta_se`), how unequal head importance is (Gini,
+    share held by the top 10% of heads), and the precision reached. `kinds` lists the kinds
+    measured exactly; every kind is an exact sweep of its own, so the default is one (zero, the
+    one the summary's head-inequality rule reads) and mean and resample are computed when asked.
 
     Sized by precision: the sweep runs on `block` sequences of `tokens` at a time (the first
     block is exactly the batch an unsized sweep would use; mean and resample replacements are
@@ -268,9 +266,15 @@ def head_ablation_probe(model: Any, tokens: Any, clean: CleanRun | None = None, 
     and kind is at most `target_se`, `max_sequences` are used, or `tokens` run out. Without
     `block` all of `tokens` is one block. `clean` applies to the first block only.
 
-    With `attribution` it also stores the first-order estimate of every kind on the first block
-    (`probes.attribution.attribution_result`: one forward and one backward for all kinds) and its
-    agreement with the exact matrices stored here, so the estimate is never shown without it."""
+    With `attribution` it also stores the first-order estimate of every kind in `estimates` on the first
+    block (`probes.attribution.attribution_result`: one forward and one backward for all kinds),
+    with its agreement for each kind measured exactly here, so the estimate is never shown without
+    it where an exact sweep exists."""
+    kinds = tuple(kinds)
+    for kind in kinds:
+        check_kind(kind)
+    if not kinds:
+        raise ValueError(f"head ablation needs at least one kind of {', '.join(KINDS)}.")
     tokens = torch.as_tensor(tokens, dtype=torch.long)
     if tokens.dim() == 1:
         tokens = tokens[None]
@@ -279,7 +283,7 @@ def head_ablation_probe(model: Any, tokens: Any, clean: CleanRun | None = None, 
     if block < 2:
         raise ValueError(f"head ablation needs blocks of at least 2 sequences (resample swaps z between them), "
                          f"got {block}.")
-    per_kind: dict[str, list[np.ndarray]] = {k: [] for k in KINDS}
+    per_kind: dict[str, list[np.ndarray]] = {k: [] for k in kinds}
     clean_losses: list[torch.Tensor] = []
     n, P, se = 0, None, float("nan")
     while n < total and total - n >= 2:
@@ -288,29 +292,30 @@ def head_ablation_probe(model: Any, tokens: Any, clean: CleanRun | None = None, 
         if clean is None or n > 0 or clean.token_losses is None:
             clean = clean_run(model, inputs, targets, logits=False)
         clean_losses.append(clean.token_losses.double().mean(-1).cpu())
-        for kind in KINDS:
+        for kind in kinds:
             per_kind[kind].append(sequence_deltas(model, inputs, targets, kind, clean=clean))
         n += int(inputs.shape[0])
-        se = max(float(np.nanmax(standard_errors(np.concatenate(per_kind[k], axis=-1)))) for k in KINDS)
+        se = max(float(np.nanmax(standard_errors(np.concatenate(per_kind[k], axis=-1)))) for k in kinds)
         if target_se is None or se <= target_se:
             break
     if n == 0:
         raise ValueError(f"head ablation needs at least 2 sequences, got {len(tokens)}.")
     result: dict[str, Any] = {"clean_loss": float(torch.cat(clean_losses).mean()), "n_sequences": n,
-                              "n_positions": P}
+                              "n_positions": P, "kinds": list(kinds)}
     result["delta_se"] = {}
-    for kind in KINDS:
+    for kind in kinds:
         deltas = np.concatenate(per_kind[kind], axis=-1)
         result[kind] = deltas.mean(-1).tolist()
         result["delta_se"][kind] = standard_errors(deltas).tolist()
-    result["gini"] = {k: gini(result[k]) for k in KINDS}
-    result["top_share"] = {k: top_share(result[k], TOP_FRACTION) for k in KINDS}
+    result["gini"] = {k: gini(result[k]) for k in kinds}
+    result["top_share"] = {k: top_share(result[k], TOP_FRACTION) for k in kinds}
     result["top_fraction"] = TOP_FRACTION
     result["precision"] = {"target_se": None if target_se is None else float(target_se), "achieved_se": se,
                            "n_sequences": n, "tokens": n * P, "block": block, "max_sequences": total,
                            "unit": "sequence"}
     if attribution:
-        result.update(attribution_result(model, tokens[:min(total, block)], {k: result[k] for k in KINDS}))
+        result.update(attribution_result(model, tokens[:min(total, block)], {k: result[k] for k in kinds},
+                                         kinds=estimates))
     return result
 
 

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from .head_replacement import KINDS, check_kind, replacement, resample_permutation
-from .forward import rows_for, shape_of, split_tokens, z_name
+from .forward import logit_rows, shape_of, split_tokens, z_name
 
 TOP_K = 3
 
@@ -50,7 +50,7 @@ def z_and_grads(model: Any, inputs: torch.Tensor, targets: torch.Tensor,
     the memory of logits and their backward pass for large batches."""
     n_layers = shape_of(model)[0]
     B, P = inputs.shape
-    rows = rows or max(1, rows_for(model, P) // 4)  # logits, their softmax and two gradients
+    rows = rows or max(1, logit_rows(model, P) // 4)  # logits, their softmax and two gradients
     total = float(B * P)
     zs: list[list[torch.Tensor]] = [[] for _ in range(n_layers)]
     grads: list[list[torch.Tensor]] = [[] for _ in range(n_layers)]
@@ -109,18 +109,20 @@ def head_attributions(model: Any, tokens: Any, kinds: Sequence[str] = KINDS, see
     return out
 
 
-def attribution_result(model: Any, tokens: Any, exact: Mapping[str, Any], seed: int = 0) -> dict:
+def attribution_result(model: Any, tokens: Any, exact: Mapping[str, Any], seed: int = 0,
+                       kinds: Sequence[str] = KINDS) -> dict:
     """The attribution part of the `head_ablation` result: the estimate [L][H] of every kind in
-    `exact` on `tokens` (the sweep's first block), and its agreement with the exact matrix stored
-    next to it, so the app can show the estimate with how far it can be trusted at this checkpoint.
+    `kinds` on `tokens` (the sweep's first block; all kinds share one forward and one backward),
+    and, for each kind with an exact matrix in `exact`, their agreement, so the app can show the
+    estimate with how far it can be trusted at this checkpoint.
 
     A Spearman correlation that is undefined (a constant matrix) is stored as None: the result
     files are strict JSON."""
     start = time.perf_counter()
-    estimates = head_attributions(model, tokens, tuple(exact), seed)
+    estimates = head_attributions(model, tokens, tuple(dict.fromkeys([*kinds, *exact])), seed)
     agree = {}
-    for kind, est in estimates.items():
-        a = agreement(est, exact[kind])
+    for kind in exact:
+        a = agreement(estimates[kind], exact[kind])
         agree[kind] = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in a.items()}
     return {"attribution": {k: v.tolist() for k, v in estimates.items()}, "attribution_agreement": agree,
             "attribution_sequences": int(split_tokens(model, tokens)[0].shape[0]),

@@ -4,13 +4,12 @@ probes/ray_runner.py), with a progress bar."""
 from __future__ import annotations
 
 import argparse
-import sys
 from typing import Callable
 
 from tqdm import tqdm
 
 from model.runio import RunFileError
-from model.cliargs import ArgumentParser, UsageError
+from model.cliargs import ArgumentParser, run_command
 from model.device import MAX_THREADS, free_cores, pick_device
 from model.runlayout import probes_dir
 
@@ -107,38 +106,44 @@ def run_on_ray(args: argparse.Namespace, progress: Progress) -> list[int]:
         return watch(args.run, poll=args.poll, **kwargs) if args.watch else run_probes(args.run, **kwargs)
 
 
+def compute(args: argparse.Namespace, progress: Progress) -> list[int]:
+    """The steps computed: on Ray with --ray, else here (in this process or worker processes)."""
+    if not 0 < args.poll <= 86400:  # NaN, inf or 1e300 would crash time.sleep after a whole pass
+        raise ValueError(f"--poll must be a positive number of seconds, at most 86400, got {args.poll}.")
+    if args.ray is not None:
+        return run_on_ray(args, progress)
+    if args.ship:
+        raise ValueError("--ship sends checkpoints through Ray's object store; it needs --ray ADDRESS.")
+    device = pick_device(args.device)
+    jobs = args.jobs if args.jobs is not None else default_jobs(args.watch, device.type)
+    threads = args.threads if args.threads is not None else default_threads(jobs, args.watch)
+    kwargs = dict(only=args.only, steps=args.steps, force=args.force, progress=progress, device=device,
+                  threads=threads, jobs=jobs)
+    return watch(args.run, poll=args.poll, **kwargs) if args.watch else run_probes(args.run, **kwargs)
+
+
+def user_error(e: Exception) -> str:
+    return str(e) if isinstance(e, ValueError) else f"{e.path}: {e.problem}."
+
+
 def main(argv: list[str] | None = None) -> int:
-    """The CLI; returns the exit status (2 with one sentence on stderr for bad input)."""
-    try:
+    """The CLI; returns the exit status (2 with one sentence on stderr for bad input, 130 when
+    the user stopped it)."""
+    finished: list[str] = []
+
+    def body() -> int:
         args = build_parser().parse_args(argv)
-    except UsageError as e:
-        print(f"probes: {e}", file=sys.stderr)
-        return 2
-    except SystemExit as e:  # --help (status 0)
-        return int(e.code or 0)
-    progress, close = tqdm_progress()
-    try:
-        if not 0 < args.poll <= 86400:  # NaN, inf or 1e300 would crash time.sleep after a whole pass
-            raise ValueError(f"--poll must be a positive number of seconds, at most 86400, got {args.poll}.")
-        if args.ray is not None:
-            done = run_on_ray(args, progress)
-        else:
-            if args.ship:
-                raise ValueError("--ship sends checkpoints through Ray's object store; it needs --ray ADDRESS.")
-            device = pick_device(args.device)
-            jobs = args.jobs if args.jobs is not None else default_jobs(args.watch, device.type)
-            threads = args.threads if args.threads is not None else default_threads(jobs, args.watch)
-            kwargs = dict(only=args.only, steps=args.steps, force=args.force, progress=progress, device=device,
-                          threads=threads, jobs=jobs)
-            done = watch(args.run, poll=args.poll, **kwargs) if args.watch else run_probes(args.run, **kwargs)
-    except (ValueError, RunFileError) as e:
-        close()
-        print(f"probes: {e}" if isinstance(e, ValueError) else f"probes: {e.path}: {e.problem}.", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        close()
-        print("probes: interrupted; results written so far are complete.", file=sys.stderr)
-        return 130
-    close()
-    print(f"probes: computed {len(done)} checkpoint(s); results in {probes_dir(args.run)}.")
-    return 0
+        progress, close = tqdm_progress()
+        try:
+            done = compute(args, progress)
+        finally:
+            close()  # before any message
+        finished.append(f"probes: computed {len(done)} checkpoint(s); results in {probes_dir(args.run)}.")
+        return 0
+
+    status = run_command(body, (ValueError, RunFileError), prefix="probes: ", describe=user_error,
+                         stops=(KeyboardInterrupt,),
+                         stopped=lambda e: "probes: interrupted; results written so far are complete.")
+    for line in finished:
+        print(line)
+    return status

@@ -13,10 +13,11 @@ from typing import Any, Iterable
 
 import torch
 
-from .ablation import head_ablation_probe
+from .ablation import DEFAULT_KINDS, head_ablation_probe
 from .attention import HeldoutPatternStats, attention_entropy_result
+from .head_replacement import KINDS
 from .forward import forward_rows, model_device, shape_of, split_tokens, token_stats
-from .induction import induction_result
+from .induction import document_window_losses, induction_result
 from .llc import llc_result
 from .inputs import ProbeInputs
 from .memorization import memorization_result
@@ -25,7 +26,12 @@ from .repetition import repetition_result
 PROBES = ("head_ablation", "attention_entropy", "memorization", "repetition", "induction")
 # Computed only when asked for by name (--only llc): the LLC (probes/llc.py) samples SGLD chains,
 # 45 s of CPU per nano checkpoint measured alone (bench/RESULTS.md), more than all the default probes together.
-OPTIONAL_PROBES = ("llc",)
+# The exact mean and resample head-ablation sweeps, each as long as the default zero sweep (on `tiny`
+# about 9 training steps each, bench/RESULTS.md), are computed on demand too: from the Heads page,
+# or with --only head_ablation_mean,head_ablation_resample. Their entries have the shape of
+# `head_ablation`, holding one kind (probes.results.ablation_entry finds a kind wherever it is).
+ON_DEMAND_KINDS = {f"head_ablation_{k}": k for k in KINDS if k not in DEFAULT_KINDS}
+OPTIONAL_PROBES = (*ON_DEMAND_KINDS, "llc")
 # Bumped whenever a result's meaning or keys change, so an older result is recomputed:
 # 2: exposure against the canary's randomness space; 3: induction over several periods with its
 # positional control, per-token losses; 4: head-ablation standard errors and precision, the
@@ -114,6 +120,11 @@ def compute_probes(model: Any, tokenizer: Any, inputs: ProbeInputs, step: int,
             s = inputs.sizes
             result[name] = head_ablation_probe(model, fit_context(inputs.ablation_pool, n_ctx), block=s.n_ablation,
                                                target_se=s.ablation_target_se, max_sequences=s.n_ablation_max)
+        elif name in ON_DEMAND_KINDS:
+            s = inputs.sizes
+            result[name] = head_ablation_probe(model, fit_context(inputs.ablation_pool, n_ctx), block=s.n_ablation,
+                                               target_se=s.ablation_target_se, max_sequences=s.n_ablation_max,
+                                               kinds=(ON_DEMAND_KINDS[name],), estimates=(ON_DEMAND_KINDS[name],))
         elif name == "attention_entropy":
             result[name] = attention_entropy_result(stats, attention_tokens.shape[0])
         elif name == "memorization":
@@ -124,7 +135,8 @@ def compute_probes(model: Any, tokenizer: Any, inputs: ProbeInputs, step: int,
             documents = None
             if inputs.documents is not None:
                 rows = fit_context(inputs.documents[0], n_ctx)
-                documents = (HeldoutSet(model, rows).losses, inputs.documents[1].clamp(max=rows.shape[1] - 1))
+                valid = inputs.documents[1].clamp(max=rows.shape[1] - 1)
+                documents = (document_window_losses(model, rows, valid), valid)
             result[name] = induction_result(model, inputs.random_sets, stats, heldout.losses, inputs.training_periods,
                                             heldout=attention_tokens, documents=documents)
         elif name == "llc":

@@ -1,6 +1,7 @@
-"""Rules over a series of checkpoints: when a value crosses a threshold and stays, and the largest
-sustained change of level (the phase-change rule of probes/summary.py). Pure functions of
-(steps, values); no model and no files.
+"""Rules over a series of checkpoints: when a value crosses a threshold and stays, the largest
+sustained change of level (the phase-change rule of probes/phenomena.py), the level over a range
+of steps, and stretches that stand out above an earlier level (the excess rule of
+probes/failure_modes.py). Pure functions of (steps, values); no model and no files.
 """
 from __future__ import annotations
 
@@ -44,29 +45,6 @@ def sustained_fall(steps: Sequence[int], values: Sequence[float | None], thresho
         if all(v < threshold for _, v in pairs[i:i + persist]):
             return step
     return None
-
-
-def largest_log_step_rise(steps: Sequence[int], values: Sequence[float | None]) -> dict | None:
-    """The consecutive pair of checkpoints with the largest rise per unit of log(1+step).
-
-    Checkpoints are log-spaced early in training, so the rise per checkpoint interval would
-    favour late, wide intervals; dividing by the change in log(1+step) compares rises at the
-    speed of training's own clock. Returns {step, from_step, rise, rate} (step = the checkpoint
-    where the risen value is first seen), or None with fewer than two points.
-
-    No longer used to find emergence: late pairs are narrow in log-step, so a small late wobble
-    outranks a large early jump. `largest_sustained_rise` replaced it; this stays so tests can
-    show the difference on the same series."""
-    pairs = _clean_series(steps, values)
-    best = None
-    for (s0, v0), (s1, v1) in zip(pairs, pairs[1:]):
-        dlog = math.log1p(s1) - math.log1p(s0)
-        if dlog <= 0:
-            continue
-        rate = (v1 - v0) / dlog
-        if best is None or rate > best["rate"]:
-            best = {"step": s1, "from_step": s0, "rise": v1 - v0, "rate": rate}
-    return best
 
 
 def _median(xs: Sequence[float]) -> float:
@@ -221,6 +199,16 @@ def first_at_or_above(steps: Sequence[int], values: Sequence[float | None], thre
         if v >= threshold:
             return step
     return None
+
+
+def level(steps: list[int], values: list | None, lo: int | None, hi: int | None) -> float | None:
+    """Median of the known values at steps in [lo, hi] (None bounds: open), or None."""
+    known = sorted(v for s, v in zip(steps, values or []) if v is not None
+                   and (lo is None or s >= lo) and (hi is None or s <= hi))
+    if not known:
+        return None
+    mid = len(known) // 2
+    return known[mid] if len(known) % 2 else (known[mid - 1] + known[mid]) / 2
 
 
 def _window_medians(values: Sequence[float], window: int) -> list[float | None]:

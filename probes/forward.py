@@ -178,7 +178,7 @@ def token_stats(model: Any, inputs: torch.Tensor, targets: torch.Tensor, fwd_hoo
     `targets` [B, P], holding at most `loss_chunk_positions` positions of logits at once.
 
     Works on any hooked model that offers `readout`; on any other (only `model(tokens)`) the
-    logits are computed whole, row by row within the old logit budget (`rows_for`), or in one
+    logits are computed whole, row by row within the old logit budget (`logit_rows`), or in one
     call when hooks must see the whole batch."""
     fwd_hooks = list(fwd_hooks)
     head = readout(model)
@@ -189,7 +189,7 @@ def token_stats(model: Any, inputs: torch.Tensor, targets: torch.Tensor, fwd_hoo
         logits = model.run_with_hooks(inputs, fwd_hooks=fwd_hooks, **forward_kwargs)
         return stats_from_logits(logits, targets.to(logits.device), argmax, entropy)
     parts: list[TokenStats] = []
-    forward_in_chunks(model, inputs, rows_for(model, inputs.shape[1]),
+    forward_in_chunks(model, inputs, logit_rows(model, inputs.shape[1]),
                       lambda logits, sl: parts.append(stats_from_logits(logits, targets[sl].to(logits.device),
                                                                         argmax, entropy)))
     cat = lambda xs: None if xs[0] is None else torch.cat(xs)  # noqa: E731
@@ -218,7 +218,7 @@ def forward_in_chunks(model: Any, inputs: torch.Tensor, rows: int, fn: Callable[
         fn(model(inputs[sl]), sl)
 
 
-def rows_for(model: Any, positions: int, budget_bytes: int = 256 * 2**20) -> int:
+def logit_rows(model: Any, positions: int, budget_bytes: int = 256 * 2**20) -> int:
     """How many rows of `positions` float32 logits fit in the budget (at least 1)."""
     return max(1, budget_bytes // max(1, positions * int(model.cfg.d_vocab) * 4))
 
@@ -234,7 +234,7 @@ def generate(model: Any, tokens: torch.Tensor, max_new_tokens: int, temperature:
         # Greedy rows are independent, so a large batch runs in parts whose first forward (the
         # whole prompt's [rows, P, V] logits) fits the logit budget. Sampling is not split: its
         # seeded generator draws for the whole batch at once.
-        rows = rows_for(model, min(tokens.shape[1], shape_of(model)[2]))
+        rows = logit_rows(model, min(tokens.shape[1], shape_of(model)[2]))
         if len(tokens) > rows:
             return torch.cat([generate(model, tokens[i:i + rows], max_new_tokens, temperature, top_p, seed)
                               for i in range(0, len(tokens), rows)])

@@ -1,6 +1,6 @@
 """Head inequality of one checkpoint's ablation effects: Gini and top share with standard errors
 (parametric bootstrap over each head's measurement error) and the equal-heads bound the summary
-compares them with (probes.summary, RULES["head_concentration"]).
+compares them with (probes.failure_modes, RULES["head_concentration"] in probes.emergence_rules).
 """
 from __future__ import annotations
 

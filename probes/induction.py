@@ -16,7 +16,8 @@ from typing import Any, Sequence
 import torch
 
 from .attention import HeldoutPatternStats
-from .forward import model_device, pattern_name, shape_of, token_stats
+from .forward import (final_residual, forward_rows, loss_chunk_positions, model_device, pattern_name, readout,
+                      shape_of, stats_from_residual, token_stats)
 from .metrics import duplicate_token_score, induction_score, previous_token_score
 
 ICL_EARLY, ICL_LATE = 50, 500  # Olsson et al.: loss at token 500 minus loss at token 50 ...
@@ -118,6 +119,44 @@ def document_reach(valid: torch.Tensor) -> int:
     return int(v[k - 1]) - 1
 
 
+def icl_windows(n_positions: int, valid: torch.Tensor | None = None, window: int = ICL_WINDOW
+                ) -> tuple[int | None, int, int, tuple[int, int], tuple[int, int]]:
+    """(reach, early, late, early_range, late_range) of the ICL score on rows of `n_positions`
+    (see `icl_score`); the ranges are [start, end) of input positions."""
+    reach = document_reach(valid) if valid is not None else None
+    early, late = icl_positions(n_positions, reach)
+    w = max(1, min(window, late - early))
+    e0 = max(0, early - w // 2)
+    return reach, early, late, (e0, e0 + w), (late - w + 1, late + 1)
+
+
+@torch.no_grad()
+def document_window_losses(model: Any, rows: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """[N, P] per-position losses of document-aligned rows [N, P+1] where `icl_score(losses, valid)`
+    reads them, NaN elsewhere: only the rows whose document reaches the late window, only their
+    positions up to it (a causal model's earlier positions do not see later ones), and the
+    readout (the [.., V] unembedding, most of a small model's forward) only at the two windows'
+    positions. The score is the one full per-position losses give, at a fraction of the cost."""
+    inputs, targets = rows[:, :-1], rows[:, 1:]
+    N, P = inputs.shape
+    _, _, late, early_range, late_range = icl_windows(P, valid)
+    out = torch.full((N, P), float("nan"))
+    keep = torch.nonzero(valid.cpu() > late).flatten()
+    positions = torch.cat([torch.arange(*early_range), torch.arange(*late_range)])
+    head, dev = readout(model), model_device(model)
+    step = forward_rows(model, late + 1)
+    for start in range(0, len(keep), step):
+        idx = keep[start:start + step]
+        x, y = inputs[idx, :late + 1].to(dev), targets[idx, :late + 1].to(dev)
+        if head is None:  # no readout to apply to chosen positions: whole losses, then pick
+            losses = token_stats(model, x, y).losses[:, positions]
+        else:
+            resid = final_residual(model, x)[:, positions]
+            losses = stats_from_residual(resid, y[:, positions], head, loss_chunk_positions(model)).losses
+        out[idx[:, None], positions[None, :]] = losses.float().cpu()
+    return out
+
+
 def icl_score(position_losses: torch.Tensor, valid: torch.Tensor | None = None, window: int = ICL_WINDOW) -> dict:
     """The in-context-learning score after Olsson et al. (2022), from [N, P] per-position held-out
     losses (position i predicts token i+1 from tokens 0..i): the mean loss over the late window
@@ -137,12 +176,8 @@ def icl_score(position_losses: torch.Tensor, valid: torch.Tensor | None = None, 
     is False when the late window ends before ICL_MIN_LATE: the late tokens then have too little
     more context than the early ones for the score to say much."""
     P = position_losses.shape[1]
-    reach = document_reach(valid) if valid is not None else None
-    early, late = icl_positions(P, reach)
+    reach, early, late, early_range, late_range = icl_windows(P, valid, window)
     rows = position_losses if valid is None else position_losses[valid.to(position_losses.device) > late]
-    w = max(1, min(window, late - early))
-    e0 = max(0, early - w // 2)
-    early_range, late_range = (e0, e0 + w), (late - w + 1, late + 1)
     e = float(rows[:, early_range[0]:early_range[1]].double().mean())
     l = float(rows[:, late_range[0]:late_range[1]].double().mean())
     notes = []

@@ -20,12 +20,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from model.runio import RunFileError, read_json
-from model.runlayout import data_json, run_json
+from model.runio import RunFileError
+from model.runlayout import data_json
+from model.runrecord import read_run
 from model.rundata import (FREQUENT_COUNT_TOKENS, frequent_tokens, get_chunks, load_tokens, n_chunks, read_data_meta, seen_chunk_ids,
                            training_data_known)
 from model.tokenizer import Tokenizer, load_tokenizer
 
+from .canaries import Canary, RandomnessSpace, canary_space, draw_candidates
 from .documents import document_rows
 from .random_tokens import (RANDOM_STREAM, RandomTokenSet, fresh_random_tokens, random_periods,
                             random_stream, random_token_sets, repeated_random_tokens,
@@ -47,9 +49,9 @@ HELDOUT_STREAM, SEEN_STREAM, SAMPLING_STREAM, CANARY_STREAM = 1, 2, 4, 5  # 3 is
 # Candidates per canary for exposure: the canary and 31 draws from its randomness space R. Scoring
 # them is one batched pass per canary over the secrets only (the shared opening runs once): on the
 # nano demo (28 canaries, 69 tokens each) every canary's exposure takes about 1.2 s per checkpoint
-# on one CPU thread, 0.4 s more than the 16 listed candidates of 2 canaries per group it replaced.
-# 1024 per canary would take about 35 s per checkpoint there, so the rank exposure is capped at
-# log2 32 = 5 bits and the extrapolated exposure, which has no such cap, is the headline.
+# on one CPU thread. 1024 per canary would take about 35 s per checkpoint there, so the rank
+# exposure is capped at log2 32 = 5 bits and the extrapolated exposure, which has no such cap, is
+# the headline.
 EXPOSURE_CANDIDATES = 32
 
 
@@ -83,19 +85,6 @@ def sub_seed(seed: int, stream: int) -> np.random.Generator:
     return np.random.default_rng([int(seed), int(stream)])
 
 
-def read_run(run_dir: str | os.PathLike) -> dict:
-    """run.json, or ValueError with one sentence when the folder is not a run."""
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise ValueError(f"{run_dir} is not a folder; pass a run folder such as runs/demo.")
-    if not run_json(run_dir).exists():
-        raise ValueError(f"{run_dir} is not a run: it has no run.json.")
-    run = read_json(run_json(run_dir))
-    if not isinstance(run, dict):
-        raise RunFileError(run_json(run_dir), "is not a JSON object")
-    return run
-
-
 def run_seed(run_dir: str | os.PathLike, data_meta: dict | None = None) -> int:
     run = read_run(run_dir)
     seed = run.get("seed", (data_meta or {}).get("seed", 0))
@@ -121,74 +110,6 @@ def heldout_tokens(run_dir: str | os.PathLike, n: int = 16, seed: int | None = N
         raise ValueError(f"{run_dir} has no held-out sequences: the held-out split is shorter than one chunk.")
     val = load_tokens(run_dir, "val", meta)
     return torch.from_numpy(get_chunks(val, order[:n], int(meta["chunk_len"])))
-
-
-@dataclass(frozen=True)
-class RandomnessSpace:
-    """Where a canary's random part comes from, as data.json records it (train.stories writes it):
-    the text is `prefix` + " " + `n_words` words joined by spaces + ".", each word drawn uniformly
-    and independently from `alphabet`, so |R| = len(alphabet) ** n_words."""
-
-    prefix: str
-    alphabet: tuple[str, ...]
-    n_words: int
-
-    def words_of(self, text: str) -> list[str] | None:
-        """The drawn words of `text`, or None when the text does not have this form."""
-        if not (text.startswith(self.prefix + " ") and text.endswith(".")):
-            return None
-        words = text[len(self.prefix) + 1:-1].split(" ")
-        allowed = set(self.alphabet)
-        return words if len(words) == self.n_words and all(w in allowed for w in words) else None
-
-    def describe(self, n_words: int | None = None) -> str:
-        k = self.n_words if n_words is None else n_words
-        return (f"{k} words drawn uniformly from a list of {len(self.alphabet)}: |R| = {len(self.alphabet)}^{k}"
-                f" = 2^{k * math.log2(len(self.alphabet)):.1f}")
-
-
-def canary_space(canary: dict) -> RandomnessSpace | None:
-    """The randomness space a data.json canary records ("prefix", "secret_alphabet", "secret_words"),
-    or None when it records none (runs made before it was recorded) or its text does not follow it."""
-    prefix, alphabet, n_words = canary.get("prefix"), canary.get("secret_alphabet"), canary.get("secret_words")
-    if not isinstance(prefix, str) or not isinstance(alphabet, list) or len(alphabet) < 2:
-        return None
-    if isinstance(n_words, bool) or not isinstance(n_words, int) or n_words < 1:
-        return None
-    if not all(isinstance(w, str) and w and " " not in w for w in alphabet):
-        return None
-    space = RandomnessSpace(prefix, tuple(dict.fromkeys(alphabet)), n_words)
-    return space if space.words_of(str(canary.get("text", ""))) is not None else None
-
-
-def draw_candidates(head: list[int], word_tokens: list[list[int]], tail: list[int], n_words: int, n: int,
-                    rng: np.random.Generator) -> list[list[int]]:
-    """`n` samples of a canary's randomness space in token space: the shared opening `head`, then
-    `n_words` words drawn uniformly with replacement (word i is the tokens `word_tokens[i]`), then
-    `tail`. Uniform draws make the candidates' log-perplexities a sample of the distribution over
-    all of R, which is what both exposures estimate."""
-    picks = rng.integers(len(word_tokens), size=(n, n_words))
-    return [head + [t for i in row for t in word_tokens[i]] + tail for row in picks.tolist()]
-
-
-@dataclass
-class Canary:
-    """A planted sequence tokenized with the run tokenizer, split for extraction, with the
-    candidates its exposure is measured against (itself first, all truncated to n_ctx + 1 tokens).
-
-    `source` says where the other candidates come from: "sampled" (drawn at probe time from the
-    randomness space R, whose size over the scored tokens is 2^space_log2), "listed" (the
-    alternatives data.json lists, for runs that do not record R; |R| unknown) or "none"."""
-
-    id: str
-    copies: int
-    text: str
-    prefix: list[int]
-    suffix: list[int]
-    candidates: list[list[int]]
-    source: str = "listed"
-    space_log2: float | None = None
-    space: str | None = None
 
 
 def _sampled_candidates(text_tokens: list[int], space: RandomnessSpace, text: str, tokenizer: Tokenizer,

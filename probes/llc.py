@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from model.rundata import FREQUENT_COUNT_TOKENS, frequent_tokens, get_chunks, load_tokens, n_chunks
 from .llc_settings import LLCSettings, settings_for
 
 LossFn = Callable[[nn.Module, torch.Tensor], torch.Tensor]  # (module, input_ids [B, P+1]) -> per-token loss [B, P]
@@ -217,7 +218,6 @@ def sampling_rows(inputs: Any, tokenizer: Any, vocab_size: int, n_ctx: int, n: i
     drawn from the planted range), interleaved. The LLC is a property of the training loss, so its
     data is the training distribution; an imported run, whose training data is unknown, uses
     held-out text. Fixed across checkpoints, so their estimates compare."""
-    from model.rundata import FREQUENT_COUNT_TOKENS, frequent_tokens, get_chunks, load_tokens, n_chunks
 
     meta, length = inputs.data_meta, min(inputs.chunk_len, n_ctx) + 1
     plan = meta.get("planted_repeats") or {}

@@ -22,8 +22,9 @@ import torch
 
 from model.gpt import GPT, GenerationCache
 
-from .forward import forward_rows, generate, model_device, rows_for, token_stats
-from .inputs import Canary, ProbeInputs
+from .canaries import Canary
+from .forward import forward_rows, generate, model_device, logit_rows, token_stats
+from .inputs import ProbeInputs
 from .metrics import exposure, extrapolated_exposure, extrapolation_fit, memorization_score
 
 EXTRACTED = 1.0       # a sequence is memorized / a canary extracted when every suffix token matches
@@ -128,7 +129,7 @@ def continuation_nll(model: Any, head: list[int], tails: list[list[int]]) -> lis
     total = -first[rows[:, 0]]
     if rows.shape[1] > 1:
         out = torch.zeros(rows.shape[0], rows.shape[1] - 1, dtype=torch.float64, device=dev)
-        step = rows_for(model, rows.shape[1] - 1)
+        step = logit_rows(model, rows.shape[1] - 1)
         for start in range(0, len(rows), step):
             sl = slice(start, start + step)
             stats = token_stats(model, rows[sl, :-1], rows[sl, 1:], cache=_expanded(cache, len(rows[sl])))

@@ -37,6 +37,7 @@ from typing import Any, Callable
 import torch
 
 from model.checkpoint import verify_checkpoint
+from model.device import set_torch_threads
 from model.memory import MARGIN, TooLarge, check_fits
 from model.runio import RunFileError
 from model.runlayout import (CHECKPOINTS_DIR, DATA_DIR, META, RUN_FILES, RUN_JSON, WEIGHTS, data_dir, step_name,
@@ -140,7 +141,7 @@ def probe_task(run_dir: str, ckpt: str | dict, want: tuple[str, ...], device: st
     """(A Ray task) the probes `want` of one checkpoint: ("ok", result), ("bad", message) for a
     bad checkpoint, or ("fatal", message) when this node cannot see the run at all. `ckpt` is the
     checkpoint's path, or with `kit` (shipped) its files' bytes."""
-    torch.set_num_threads(threads)  # the thread count decides the rounding: the same as the local runner's
+    set_torch_threads(threads)  # the thread count decides the rounding: the same as the local runner's
     unpacked = None
     try:
         if kit is None:

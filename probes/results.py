@@ -13,7 +13,7 @@ from typing import Iterable
 from model.runio import RunFileError, read_json, write_json_atomic
 from model.runlayout import probes_dir, result_path, result_step
 
-from .compute import RESULT_VERSION
+from .compute import ON_DEMAND_KINDS, RESULT_VERSION
 
 TEMP_FILE = re.compile(r"^\..+\.tmp-(\d+)$")
 
@@ -46,8 +46,26 @@ def read_results(run_dir: str | os.PathLike) -> dict[int, dict]:
     return dict(sorted(out.items()))
 
 
+def ablation_key(result: dict | None, kind: str) -> str | None:
+    """The entry of a result that holds the exact `kind` head-ablation sweep: `head_ablation` (the
+    default zero sweep, or every kind in results computed before mean and resample became on
+    demand), else `head_ablation_<kind>` once computed on demand; None when the result has none."""
+    if not isinstance(result, dict):
+        return None
+    for key in ("head_ablation", f"head_ablation_{kind}"):
+        entry = result.get(key)
+        if isinstance(entry, dict) and isinstance(entry.get(kind), list):
+            return key
+    return None
+
+
 def is_done(result: dict | None, want: Iterable[str]) -> bool:
-    return result is not None and result.get("version") == RESULT_VERSION and all(k in result for k in want)
+    """Whether `result` is current and holds every probe of `want` (an on-demand ablation kind
+    counts as held wherever `ablation_key` finds it)."""
+    if result is None or result.get("version") != RESULT_VERSION:
+        return False
+    return all(k in result or (k in ON_DEMAND_KINDS and ablation_key(result, ON_DEMAND_KINDS[k]) is not None)
+               for k in want)
 
 
 def pid_alive(pid: int) -> bool:

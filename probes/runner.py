@@ -21,19 +21,18 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, Callable, Iterable, Protocol
 
-import torch
-
 from model.checkpoint import list_checkpoints, load_checkpoint, read_checkpoint_meta
-from model.runio import RunFileError, read_json
+from model.runio import RunFileError
 from model.config import GPTConfig
-from model.device import MAX_THREADS, pick_device
+from model.device import MAX_THREADS, pick_device, set_torch_threads, torch_threads
 from model.memory import FORWARD_LOGIT_COPIES, MARGIN, check_fits, device_available_bytes, forward_bytes, model_bytes
-from model.runlayout import result_path, run_json, step_of, summary_path
+from model.runlayout import result_path, step_of, summary_path
+from model.runrecord import read_run, run_status
 from model.tokenizer import load_tokenizer
 
 from .compute import check_only, compute_probes
-from .forward import LOSS_CHUNK_BYTES, forward_rows, rows_for
-from .inputs import ProbeSizes, probe_inputs, read_run
+from .forward import LOSS_CHUNK_BYTES, forward_rows, logit_rows
+from .inputs import ProbeSizes, probe_inputs
 from .results import is_done, read_result, read_results, remove_stale_temp_files, write_result
 from .summary import write_summary
 
@@ -113,7 +112,7 @@ def _init_worker(run_dir: str, sizes: ProbeSizes | None, device: str, parent: in
     if parent is not None:
         _exit_with_parent(parent)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
-    torch.set_num_threads(1)
+    set_torch_threads(1)
     tokenizer = load_tokenizer(run_dir)
     _WORKER.update(run_dir=Path(run_dir), tokenizer=tokenizer, inputs=probe_inputs(run_dir, sizes, tokenizer),
                    device=device)
@@ -176,14 +175,9 @@ def run_probes(run_dir: str | os.PathLike, only: Iterable[str] | str | None = No
         raise ValueError(f"threads must be at most {MAX_THREADS}, got {threads}.")
     if jobs > MAX_JOBS:  # one process each: a typo must not start thousands
         raise ValueError(f"jobs must be at most {MAX_JOBS}, got {jobs}.")
-    previous_threads = torch.get_num_threads()
-    if threads is not None:
-        torch.set_num_threads(threads)
-    try:
+    with torch_threads(threads):
         return _run_probes(Path(run_dir), only, steps, force, progress, device, sizes, log, skip, jobs,
                            cluster, threads or 1)
-    finally:
-        torch.set_num_threads(previous_threads)
 
 
 def probe_bytes(cfg: GPTConfig, sizes: ProbeSizes | None) -> int:
@@ -191,19 +185,19 @@ def probe_bytes(cfg: GPTConfig, sizes: ProbeSizes | None) -> int:
     forward's activations with explicit attention patterns (the attention and induction probes
     hook them), and the largest logits any probe holds at once.
 
-    No probe holds [B, P, V] logits for a whole batch any more: teacher-forced losses are read out
-    a chunk of positions at a time (probes.forward.LOSS_CHUNK_BYTES), the widened head-ablation
-    sweep and the memorization forwards are split into `forward_rows` rows, and only greedy
-    generation and canary exposure still hold whole logits, within the logit budget of
-    probes.forward.rows_for (a prompt's forward). The sweep also keeps every layer's input."""
+    No probe holds [B, P, V] logits for a whole batch: teacher-forced losses are read out a chunk
+    of positions at a time (probes.forward.LOSS_CHUNK_BYTES), the widened head-ablation sweep and
+    the memorization forwards are split into `forward_rows` rows, and only greedy generation and
+    canary exposure hold whole logits, within the logit budget of
+    probes.forward.logit_rows (a prompt's forward). The sweep also keeps every layer's input."""
     s = sizes or ProbeSizes()
-    fake = SimpleNamespace(cfg=cfg)  # forward_rows and rows_for read only model.cfg
+    fake = SimpleNamespace(cfg=cfg)  # forward_rows and logit_rows read only model.cfg
     P = cfg.n_ctx
     chunked = max(s.n_memorization, s.n_ablation * cfg.n_head)
     rows = max(s.n_ablation, s.n_attention, s.n_random, min(chunked, forward_rows(fake, P)))
     with_logits = forward_bytes(cfg, rows, P, explicit_attention=True)
     activations = with_logits - 4 * rows * P * FORWARD_LOGIT_COPIES * cfg.vocab_size
-    logits = FORWARD_LOGIT_COPIES * max(LOSS_CHUNK_BYTES, 4 * rows_for(fake, P) * P * cfg.vocab_size)
+    logits = FORWARD_LOGIT_COPIES * max(LOSS_CHUNK_BYTES, 4 * logit_rows(fake, P) * P * cfg.vocab_size)
     cached = 2 * 4 * cfg.n_layer * s.n_ablation * P * cfg.n_embd  # the clean pass's input and z of every layer
     return model_bytes(cfg) + activations + logits + cached
 
@@ -274,13 +268,6 @@ def _run_probes(run_dir: Path, only, steps, force, progress, device, sizes, log,
     if done or (read_results(run_dir) and not summary_path(run_dir).exists()):
         write_summary(run_dir)
     return sorted(done)
-
-
-def run_status(run_dir: Path) -> str:
-    try:
-        return str(read_json(run_json(run_dir)).get("status", "training"))
-    except (RunFileError, AttributeError):
-        return "training"
 
 
 def watch(run_dir: str | os.PathLike, poll: float = 5.0, **kwargs) -> list[int]:

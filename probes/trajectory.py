@@ -1,8 +1,8 @@
 """Two across-checkpoint views of the induction probe that summary.json carries beside the
 emergence steps: the checkpoints' path through per-token-loss space (`loss_trajectory`, Olsson et
-al. 2022) and the heads of the induction circuit (`induction_circuit`). Split from probes.summary,
-which assembles them (and re-exports these names); the two small series helpers live here so that
-summary can import them without an import cycle.
+al. 2022) and the heads of the induction circuit (`induction_circuit`), which probes.summary
+assembles into summary.json. The two small series helpers (`is_number`, `value_at`) live here, below
+every summary module that uses them, so that none of those imports another just for them.
 """
 from __future__ import annotations
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -123,6 +124,12 @@ def child_env(token: str, hook: list | None) -> dict:
     return e
 
 
+def default_sigint() -> None:
+    """In the child before exec: Ctrl-C as a terminal's shell gives it, whatever this process had
+    (an ignored SIGINT would be inherited, and the child would never see the test's Ctrl-C)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def launch(root: Path, mode: str, n: int, module: str, argv: list[str]) -> subprocess.Popen:
     """Start `python -m module argv` in its own session; MODE[:SUBSTRING] as described above.
     The Popen gets a `token` attribute for `stragglers`."""
@@ -130,7 +137,8 @@ def launch(root: Path, mode: str, n: int, module: str, argv: list[str]) -> subpr
     hook = None if kind == "none" else [os.path.abspath(root) + os.sep, kind, only, n]
     token = uuid.uuid4().hex
     p = subprocess.Popen([sys.executable, "-m", module, *argv], cwd=REPO, env=child_env(token, hook),
-                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                         preexec_fn=default_sigint)
     p.token = token
     return p
 

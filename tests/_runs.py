@@ -1,6 +1,7 @@
 """Fake runs for tests: the full on-disk layout of a run (run.json, data.json, data/*.bin,
 vocab.json, checkpoints) built in well under a second from random-init models, with no training
-and without importing train/. Shared by the probes tests (and free for the app tests to use).
+and without importing train/. Shared by the probes tests (and free for the app tests to use);
+conftest.py's session fixture `fake_run(**options)` builds each write_run once per session.
 """
 from __future__ import annotations
 
@@ -91,12 +92,6 @@ def add_checkpoint(run: Path, step: int, cfg: GPTConfig | None = None, seed: int
         for p in model.parameters():
             p.add_(0.1 * torch.randn_like(p))
     return save_checkpoint(run, step, model, {"tokens": step * 4 * cfg.n_ctx, "train_loss": 5.0, "val_loss": 5.0})
-
-
-def set_status(run: Path, status: str) -> None:
-    info = json.loads((run / "run.json").read_text())
-    info["status"] = status
-    write_json_atomic(run / "run.json", info)
 
 
 def corrupt_checkpoint(run: Path, step: int) -> Path:

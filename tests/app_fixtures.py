@@ -1,8 +1,9 @@
 """Runs for the app tests: a fake run built from random-init checkpoints (fast, no training) with
 the real probes runner's results, and the real small run trained once per test session with its
 state variants (empty folder, no checkpoints, probes missing, corrupt
-checkpoint). Shared by test_app*.py and test_browser*.py through a per-process cache, so the
-training happens once however many modules use it.
+checkpoint). The variants are conftest.py's session fixture `app_roots`, built from its `small_run`
+(so the training happens once however many modules use it); the probed fake runs of probe_result
+are cached per process.
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from model.config import GPTConfig
 from model.gpt import GPT
 from model.tokenizer import build_compact_vocab, gpt2_encoding
 import probes
+from probes.compute import ON_DEMAND_KINDS
 from probes.inputs import ProbeSizes
 
 STORY = ("Once upon a time, Tom and Mia went to the park. They wave to each other. Tom said, "
@@ -94,7 +96,10 @@ def write_fake_run(root: Path, name: str = "fake", steps: tuple[int, ...] = (0, 
         threads = torch.get_num_threads()
         torch.set_num_threads(1)
         try:
-            probes.run_probes(run, sizes=FIXTURE_SIZES, log=lambda message: None)
+            # the default probes and the on-demand exact mean and resample sweeps, as a user who
+            # asked for them on the Heads page has them
+            probes.run_probes(run, sizes=FIXTURE_SIZES, log=lambda message: None,
+                              only=[*probes.PROBES, *ON_DEMAND_KINDS])
         finally:
             torch.set_num_threads(threads)
     return run
@@ -108,24 +113,21 @@ def _tmp_root(prefix: str) -> Path:
     return path
 
 
-@lru_cache(maxsize=1)
-def trained_roots() -> dict[str, Path]:
-    """Runs folders for every app state, built once per test process from one small run trained
-    here (train.testing.make_small_run) and probed by the real runner:
+def trained_roots(small_run: Path, base: Path) -> dict[str, Path]:
+    """Runs folders for every app state under `base`, built from a copy of the small run trained
+    once per session (conftest.py's `small_run`) probed by the real runner; the tests reach them
+    through conftest.py's session fixture `app_roots`:
 
-    computed: the run with every probe result; empty: no runs at all; no_checkpoints: a run still
+    computed: the run with every probe result (the on-demand ablation kinds too); empty: no runs at all; no_checkpoints: a run still
     training that has not written a checkpoint; missing: the run with no probe results; corrupt:
     the run with one checkpoint's weights damaged and its probe result gone."""
-    from train.testing import make_small_run
-
-    base = _tmp_root("workbench-app-")
     computed = base / "computed"
     computed.mkdir()
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny model: one thread is 3-4x faster than two fighting other work
     try:
-        run = make_small_run(computed / "small")
-        probes.run_probes(run)
+        run = Path(shutil.copytree(small_run, computed / "small"))
+        probes.run_probes(run, only=[*probes.PROBES, *ON_DEMAND_KINDS])  # as after asking on the Heads page
     finally:
         torch.set_num_threads(threads)
     roots = {"computed": computed}
@@ -157,7 +159,7 @@ def trained_roots() -> dict[str, Path]:
 
 
 def corrupt_step(root: Path) -> int:
-    """The step whose checkpoint trained_roots() damaged in the 'corrupt' variant."""
+    """The step whose checkpoint trained_roots damaged in the 'corrupt' variant."""
     run = root / "small"
     have = {int(p.stem.split("_")[1]) for p in (run / "probes").glob("step_*.json")}
     return next(int(p.name.split("_")[1]) for p in list_checkpoints(run) if int(p.name.split("_")[1]) not in have)

@@ -14,19 +14,15 @@ import torch
 from streamlit.testing.v1 import AppTest
 
 import probes
+from probes.results import ablation_key
 from app import jobs
-from app_fixtures import corrupt_step, trained_roots, write_fake_run
+from app_fixtures import corrupt_step, write_fake_run
 from model.checkpoint import checkpoint_dir, list_checkpoints, load_checkpoint, step_of
 from model.runio import read_json
 from model.tokenizer import load_tokenizer
 
 APP = str(Path(__file__).resolve().parents[1] / "app" / "streamlit_app.py")
 PAGES = ["runs", "heads", "attention", "memorization", "repetition", "induction"]
-
-
-@pytest.fixture(scope="module")
-def roots():
-    return trained_roots()
 
 
 def open_app(root: Path, monkeypatch, page: str | None = None, query: dict | None = None) -> AppTest:
@@ -86,8 +82,8 @@ def chart_keys(at: AppTest) -> dict[str, dict]:
     return {c.proto.id.rsplit("-", 1)[-1]: json.loads(c.proto.spec) for c in at.get("plotly_chart")}
 
 
-def test_every_page_draws_its_charts_on_the_trained_run(roots, monkeypatch):
-    at = open_app(roots["computed"], monkeypatch)
+def test_every_page_draws_its_charts_on_the_trained_run(app_roots, monkeypatch):
+    at = open_app(app_roots["computed"], monkeypatch)
     for page in PAGES:
         at.switch_page(f"views/{page}.py").run()
         assert_no_exception(at, page)
@@ -101,11 +97,11 @@ def test_every_page_draws_its_charts_on_the_trained_run(roots, monkeypatch):
         assert not at.warning, f"{page}: {texts(at.warning)}"
 
 
-def test_heatmap_shows_the_probe_values_of_the_chosen_checkpoint(roots, monkeypatch):
-    run = roots["computed"] / "small"
+def test_heatmap_shows_the_probe_values_of_the_chosen_checkpoint(app_roots, monkeypatch):
+    run = app_roots["computed"] / "small"
     results = probes.read_results(run)
     steps = sorted(results)
-    at = open_app(roots["computed"], monkeypatch, "heads")
+    at = open_app(app_roots["computed"], monkeypatch, "heads")
     for step in (steps[-1], steps[1], steps[0]):
         at.select_slider(key="step").set_value(step).run()
         heat = chart_titled(at, "Loss increase when one head is zero-ablated")
@@ -113,14 +109,14 @@ def test_heatmap_shows_the_probe_values_of_the_chosen_checkpoint(roots, monkeypa
         assert f"step {step}" in heat["layout"]["title"]["text"]
     at.radio(key="kind").set_value("mean").run()
     heat = chart_titled(at, "Loss increase when one head is mean-ablated")
-    assert close(heat["data"][0]["z"], results[steps[0]]["head_ablation"]["mean"])
+    assert close(heat["data"][0]["z"], results[steps[0]]["head_ablation_mean"]["mean"])
 
 
-def test_interactive_ablation_changes_the_loss_only_when_heads_are_ablated(roots, monkeypatch):
-    run = roots["computed"] / "small"
+def test_interactive_ablation_changes_the_loss_only_when_heads_are_ablated(app_roots, monkeypatch):
+    run = app_roots["computed"] / "small"
     results = probes.read_results(run)
     step = max(results)
-    at = open_app(roots["computed"], monkeypatch, "heads")
+    at = open_app(app_roots["computed"], monkeypatch, "heads")
     assert at.select_slider(key="step").value == step
     clean = float(metric(at, "Clean held-out loss").value)
     none = metric(at, "Loss with ablation")
@@ -141,14 +137,14 @@ def test_interactive_ablation_changes_the_loss_only_when_heads_are_ablated(roots
     assert float(metric(at, "Loss with ablation").value) == clean
 
 
-def test_heads_page_shows_the_attribution_estimate_with_its_agreement(roots, monkeypatch):
+def test_heads_page_shows_the_attribution_estimate_with_its_agreement(app_roots, monkeypatch):
     """Exact ablation stays the default; the estimate, once chosen, is drawn from the stored
     matrix and always captioned as a first-order estimate with its Spearman and top-3 agreement
     with the exact sweep at that checkpoint."""
-    run = roots["computed"] / "small"
+    run = app_roots["computed"] / "small"
     results = probes.read_results(run)
     steps = sorted(results)
-    at = open_app(roots["computed"], monkeypatch, "heads")
+    at = open_app(app_roots["computed"], monkeypatch, "heads")
     assert at.radio(key="heatmap_source").value == "exact ablation"
     chart_titled(at, "Loss increase when one head is zero-ablated")
     at.radio(key="heatmap_source").set_value("attribution estimate").run()
@@ -156,7 +152,7 @@ def test_heads_page_shows_the_attribution_estimate_with_its_agreement(roots, mon
         at.select_slider(key="step").set_value(step).run()
         at.radio(key="kind").set_value(kind).run()
         assert_no_exception(at, f"heads, estimate, {kind}, step {step}")
-        stored = results[step]["head_ablation"]
+        stored = results[step][ablation_key(results[step], kind)]
         heat = chart_titled(at, f"Estimated loss increase (first order) when one head is {kind}-ablated")
         assert close(heat["data"][0]["z"], stored["attribution"][kind])
         assert f"step {step}" in heat["layout"]["title"]["text"]
@@ -167,27 +163,27 @@ def test_heads_page_shows_the_attribution_estimate_with_its_agreement(roots, mon
         assert f"top-3 overlap {agree['top3_overlap']:.2f}" in caption, caption
     at.radio(key="heatmap_source").set_value("exact ablation").run()
     heat = chart_titled(at, "Loss increase when one head is mean-ablated")
-    assert close(heat["data"][0]["z"], results[steps[1]]["head_ablation"]["mean"])
+    assert close(heat["data"][0]["z"], results[steps[1]]["head_ablation_mean"]["mean"])
     assert not [c for c in at.caption if "First-order estimate" in c.value]
 
 
 @pytest.mark.parametrize("kind", ["zero", "mean", "resample"])
-def test_interactive_ablation_of_every_kind_matches_the_probe(roots, monkeypatch, kind):
+def test_interactive_ablation_of_every_kind_matches_the_probe(app_roots, monkeypatch, kind):
     """Loss and generation for each kind, on the real run (whose held-out rows carry n_ctx + 1
     tokens): the loss change of one head equals the probe's sweep value for that head and kind,
     and the ablated generation is the one probes.ablation.generation_hooks gives."""
     from probes.ablation import generation_hooks
     from app.analysis import greedy_continuation
-    run = roots["computed"] / "small"
+    run = app_roots["computed"] / "small"
     results = probes.read_results(run)
     step = max(results)
-    at = open_app(roots["computed"], monkeypatch, "heads")
+    at = open_app(app_roots["computed"], monkeypatch, "heads")
     at.radio(key="interactive_kind").set_value(kind)
     at.multiselect(key="ablate_heads").set_value(["L1H2"]).run()
     assert_no_exception(at, f"heads, {kind} ablation")
     clean = float(metric(at, "Clean held-out loss").value)
     delta = float(metric(at, "Loss with ablation").value) - clean
-    assert delta == pytest.approx(results[step]["head_ablation"][kind][1][2], abs=2e-4)
+    assert delta == pytest.approx(results[step][ablation_key(results[step], kind)][kind][1][2], abs=2e-4)
     assert any(f"With L1H2 {kind}-ablated" in m.value for m in at.markdown)
     model, _ = load_checkpoint(checkpoint_dir(run, step))
     tok = load_tokenizer(run)
@@ -199,9 +195,9 @@ def test_interactive_ablation_of_every_kind_matches_the_probe(roots, monkeypatch
     assert words and all(w in shown[1] for w in words), (tok.decode(ids), shown[1])
 
 
-def test_pattern_viewer_shows_the_checkpoints_own_attention(roots, monkeypatch):
-    run = roots["computed"] / "small"
-    at = open_app(roots["computed"], monkeypatch, "attention")
+def test_pattern_viewer_shows_the_checkpoints_own_attention(app_roots, monkeypatch):
+    run = app_roots["computed"] / "small"
+    at = open_app(app_roots["computed"], monkeypatch, "attention")
     prompt = "Tom and Mia went to the park. Tom and Mia"
     at.text_input(key="pattern_prompt").set_value(prompt).run()
     steps = [step_of(p) for p in list_checkpoints(run)]
@@ -219,8 +215,8 @@ def test_pattern_viewer_shows_the_checkpoints_own_attention(roots, monkeypatch):
 
 
 # -- states that are not errors -----------------------------------------------------------------
-def test_empty_runs_folder_says_how_to_train_the_demo(roots, monkeypatch):
-    at = open_app(roots["empty"], monkeypatch)
+def test_empty_runs_folder_says_how_to_train_the_demo(app_roots, monkeypatch):
+    at = open_app(app_roots["empty"], monkeypatch)
     for page in PAGES:
         at.switch_page(f"views/{page}.py").run()
         assert_no_exception(at, page)
@@ -229,8 +225,8 @@ def test_empty_runs_folder_says_how_to_train_the_demo(roots, monkeypatch):
         assert "make demo" in code and "python -m train --preset nano --data stories --out runs/demo" in code
 
 
-def test_run_still_training_without_checkpoints(roots, monkeypatch):
-    at = open_app(roots["no_checkpoints"], monkeypatch)
+def test_run_still_training_without_checkpoints(app_roots, monkeypatch):
+    at = open_app(app_roots["no_checkpoints"], monkeypatch)
     for page in PAGES:
         at.switch_page(f"views/{page}.py").run()
         assert_no_exception(at, page)
@@ -242,10 +238,10 @@ def test_run_still_training_without_checkpoints(roots, monkeypatch):
     assert_no_exception(at, "after refresh")
 
 
-def test_run_without_probe_results_offers_to_compute_them(roots, monkeypatch):
-    run = roots["missing"] / "small"
+def test_run_without_probe_results_offers_to_compute_them(app_roots, monkeypatch):
+    run = app_roots["missing"] / "small"
     n = len(list_checkpoints(run))
-    at = open_app(roots["missing"], monkeypatch)
+    at = open_app(app_roots["missing"], monkeypatch)
     for page in PAGES:
         at.switch_page(f"views/{page}.py").run()
         assert_no_exception(at, page)
@@ -258,9 +254,9 @@ def test_run_without_probe_results_offers_to_compute_them(roots, monkeypatch):
                     and not c["layout"]["title"]["text"].startswith("Layer")]
 
 
-def test_compute_button_fills_in_the_missing_results(roots, monkeypatch, tmp_path):
+def test_compute_button_fills_in_the_missing_results(app_roots, monkeypatch, tmp_path):
     root = tmp_path / "runs"
-    shutil.copytree(roots["computed"], root)
+    shutil.copytree(app_roots["computed"], root)
     run = root / "small"
     original = probes.read_results(run)
     gone = sorted(original)[-2:]
@@ -284,8 +280,37 @@ def test_compute_button_fills_in_the_missing_results(roots, monkeypatch, tmp_pat
     assert close(heat["data"][0]["z"], again[gone[-1]]["head_ablation"]["zero"])
 
 
-def test_corrupt_checkpoint_is_named_and_skipped(roots, monkeypatch):
-    root = roots["corrupt"]
+def test_heads_page_computes_an_exact_ablation_kind_on_demand(app_roots, monkeypatch, tmp_path):
+    """Results of the default probes hold only the exact zero sweep: choosing mean on the Heads
+    page says so, shows the stored estimate, and its button computes the exact mean sweep at that
+    step through the probes runner, with the numbers the runner gives (those of the fixture run)."""
+    root = tmp_path / "runs"
+    shutil.copytree(app_roots["computed"], root)
+    run = root / "small"
+    original = probes.read_results(run)
+    for step, result in original.items():  # as the default probes left them
+        stripped = {k: v for k, v in result.items() if not k.startswith("head_ablation_")}
+        (run / "probes" / f"step_{step:06d}.json").write_text(json.dumps(stripped))
+    step = max(original)
+    at = open_app(root, monkeypatch, "heads")
+    at.radio(key="kind").set_value("mean").run()
+    assert_no_exception(at, "heads, mean without an exact sweep")
+    assert f"No exact mean-ablation sweep at step {step}" in " ".join(c.value for c in at.caption) + texts(at.info)
+    assert not [c for c in charts(at) if c["layout"]["title"]["text"].startswith("Loss increase when one head is mean")]
+    at.button(key=f"demand-mean-{step}").click().run()
+    assert jobs.running(run).wait(timeout=120)
+    at.run()
+    assert_no_exception(at, "heads after computing mean ablation")
+    again = probes.read_results(run)
+    assert "head_ablation_mean" in again[step] and "head_ablation_mean" not in again[min(again)]
+    assert close(again[step]["head_ablation_mean"]["mean"], original[step]["head_ablation_mean"]["mean"], 1e-6)
+    at.radio(key="heatmap_source").set_value("exact ablation").run()
+    heat = chart_titled(at, "Loss increase when one head is mean-ablated")
+    assert close(heat["data"][0]["z"], again[step]["head_ablation_mean"]["mean"])
+
+
+def test_corrupt_checkpoint_is_named_and_skipped(app_roots, monkeypatch):
+    root = app_roots["corrupt"]
     bad = corrupt_step(root)
     at = open_app(root, monkeypatch)
     for page in PAGES:
@@ -302,8 +327,8 @@ def test_corrupt_checkpoint_is_named_and_skipped(roots, monkeypatch):
 
 
 @pytest.mark.parametrize("name", ["../computed", "/etc", "..", "small/../../computed"])
-def test_run_names_leaving_the_runs_folder_are_refused(roots, monkeypatch, name):
-    at = open_app(roots["corrupt"], monkeypatch, query={"run": name})
+def test_run_names_leaving_the_runs_folder_are_refused(app_roots, monkeypatch, name):
+    at = open_app(app_roots["corrupt"], monkeypatch, query={"run": name})
     assert_no_exception(at, "runs", allow_error=True)
     assert "refused" in texts(at.sidebar.error)
     assert at.selectbox(key="run").value == "small"  # stays on a run inside the folder
@@ -351,12 +376,12 @@ def test_failed_run_and_unreadable_or_partial_probe_files_still_draw(tmp_path, m
     assert [int(s) for s in at.select_slider(key="step").options] == [0, 1]  # step 4 has no ablation data
 
 
-def test_induction_page_shows_each_heads_scores_the_circuit_and_the_trajectory(roots, monkeypatch):
-    run = roots["computed"] / "small"
+def test_induction_page_shows_each_heads_scores_the_circuit_and_the_trajectory(app_roots, monkeypatch):
+    run = app_roots["computed"] / "small"
     results = probes.read_results(run)
     summary = read_json(run / "probes" / "summary.json")
     steps = sorted(results)
-    at = open_app(roots["computed"], monkeypatch, "induction")
+    at = open_app(app_roots["computed"], monkeypatch, "induction")
     assert_no_exception(at, "induction")
     drawn = chart_keys(at)
     panels = drawn["per_head"]

@@ -13,7 +13,6 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 import probes
-from app_fixtures import trained_roots
 from model.runio import read_jsonl
 
 APP = str(Path(__file__).resolve().parents[1] / "app" / "streamlit_app.py")
@@ -21,11 +20,11 @@ SPIKE_STEP = 30
 
 
 @pytest.fixture(scope="module")
-def study(tmp_path_factory) -> Path:
+def study(app_roots, tmp_path_factory) -> Path:
     """attn-standard: the small run as trained; attn-linear: the same files, run.json saying
     linear, and the train loss at SPIKE_STEP tripled."""
     root = tmp_path_factory.mktemp("study")
-    small = trained_roots()["computed"] / "small"
+    small = app_roots["computed"] / "small"
     shutil.copytree(small, root / "attn-standard")
     linear = root / "attn-linear"
     shutil.copytree(small, linear)
@@ -163,8 +162,8 @@ def test_run_without_probes_shows_loss_and_a_message(study, monkeypatch, tmp_pat
 
 
 @pytest.mark.parametrize("state", ["computed", "empty", "no_checkpoints", "corrupt"])
-def test_other_states_draw_without_an_exception(state, monkeypatch):
-    at = open_compare(trained_roots()[state], monkeypatch)
+def test_other_states_draw_without_an_exception(app_roots, state, monkeypatch):
+    at = open_compare(app_roots[state], monkeypatch)
     assert not at.exception, texts(at.exception)
     assert not at.error, texts(at.error)
     if state == "empty":

@@ -9,7 +9,7 @@ import pytest
 
 from app.analysis import attention_patterns
 from probes.ablation import generation_hooks, head_means
-from app.runfolder import (inside, metrics_series, read_run, run_names, runs_root, safe_run_dir,
+from app.runfolder import (inside, metrics_series, run_files, run_names, runs_root, safe_run_dir,
                            sample_steps, samples_at, verify_checkpoint)
 from app_fixtures import corrupt_checkpoint, write_fake_run
 from model.checkpoint import checkpoint_dir, load_checkpoint
@@ -44,7 +44,7 @@ def test_only_runs_inside_the_folder_are_listed(root):
     assert safe_run_dir(root, "good") == root / "good"
     assert inside(root, root / "alias") and not inside(root, root / "escape")
     with pytest.raises(ValueError):
-        read_run(root, "escape")
+        run_files(root, "escape")
 
 
 @pytest.mark.parametrize("entry", ["metrics.jsonl", "data.json", "checkpoints", "probes"])
@@ -56,7 +56,7 @@ def test_a_run_whose_files_link_outside_is_refused(tmp_path, entry):
     shutil.rmtree(target) if target.is_dir() else target.unlink()
     os.symlink(elsewhere / entry, target)
     with pytest.raises(ValueError, match=f"{entry} is a symlink that points outside"):
-        read_run(runs, "r")
+        run_files(runs, "r")
     assert run_names(runs) == ["r"]  # listed, but refused when opened
 
 
@@ -68,7 +68,7 @@ def test_runs_root_prefers_the_environment(tmp_path, monkeypatch):
 
 
 def test_read_run_lists_checkpoints_probe_files_metrics_and_samples(root):
-    run = read_run(root, "good")
+    run = run_files(root, "good")
     assert run.status == "complete" and not run.training and not run.problems
     assert run.checkpoint_steps == [0, 1, 2]
     assert sorted(run.probe_files) == [0, 1, 2] and run.missing_probes == []
@@ -83,7 +83,7 @@ def test_missing_probe_files_and_unreadable_run_json_are_reported(tmp_path):
     run_dir = write_fake_run(tmp_path, "r", steps=(0, 1, 2))
     (run_dir / "probes" / "step_000001.json").unlink()
     (run_dir / "run.json").write_text("{not json")
-    run = read_run(tmp_path, "r")
+    run = run_files(tmp_path, "r")
     assert run.missing_probes == [1]
     assert len(run.problems) == 1 and "run.json" in run.problems[0]
 

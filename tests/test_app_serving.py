@@ -9,18 +9,13 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
+from _serving import free_port, wait_healthy
+
 REPO = Path(__file__).resolve().parents[1]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def listening_addresses(port: int) -> set[str]:
@@ -49,17 +44,7 @@ def serve(cmd: list[str], port: int, tmp_path: Path) -> tuple[set[str], str]:
     with open(log, "w") as out:
         proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
     try:
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline:
-            assert proc.poll() is None, log.read_text()
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=2) as r:
-                    if r.read().strip() == b"ok":
-                        break
-            except OSError:
-                time.sleep(0.3)
-        else:
-            raise AssertionError(f"the app did not answer on 127.0.0.1:{port}: {log.read_text()}")
+        wait_healthy(f"http://127.0.0.1:{port}", proc, output=log.read_text)
         time.sleep(0.5)  # the URLs are printed after the server is up
         return listening_addresses(port), log.read_text()
     finally:

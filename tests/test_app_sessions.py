@@ -31,8 +31,7 @@ from streamlit.testing.v1.util import patch_config_options
 import probes
 from app import cache, jobs
 from app.analysis import attention_patterns, greedy_continuation
-from app.runfolder import read_run
-from app_fixtures import trained_roots
+from app.runfolder import run_files
 from model.checkpoint import checkpoint_dir, load_checkpoint
 from model.tokenizer import load_tokenizer
 from probes.ablation import generation_hooks
@@ -43,11 +42,6 @@ pytestmark = pytest.mark.filterwarnings("error::pytest.PytestUnhandledThreadExce
 APP = str(Path(__file__).resolve().parents[1] / "app" / "streamlit_app.py")
 PAGES = ["runs", "heads", "attention", "memorization", "repetition", "induction", "compare"]
 KINDS = ["zero", "mean", "resample"]
-
-
-@pytest.fixture(scope="module")
-def roots():
-    return trained_roots()
 
 
 def solo_model(run: Path, step: int):
@@ -65,11 +59,11 @@ def solo_loss(run: Path, step: int, heads, kind: str) -> float:
 
 
 # -- the shared model is never hooked -----------------------------------------------------------
-def test_an_ablating_thread_never_changes_another_threads_results(roots):
+def test_an_ablating_thread_never_changes_another_threads_results(app_roots):
     """The measurement of the issue: one thread generates with every layer-0 head ablated while
     another computes clean generations, losses and patterns on the same loaded checkpoint."""
-    run_dir = roots["computed"] / "small"
-    run = read_run(roots["computed"], "small")
+    run_dir = app_roots["computed"] / "small"
+    run = run_files(app_roots["computed"], "small")
     step = max(run.checkpoint_steps)
     prompts = ["Once upon a time", "Tom and Mia went to the park", "The dog ran", "One day, a little girl"]
     heads = [(0, h) for h in range(4)]
@@ -225,8 +219,8 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
 
 
-def load_test(roots, monkeypatch, sizes) -> None:
-    root = roots["computed"]
+def load_test(app_roots, monkeypatch, sizes) -> None:
+    root = app_roots["computed"]
     monkeypatch.setenv("WORKBENCH_RUNS", str(root))
     report = []
     for n in sizes:
@@ -239,19 +233,19 @@ def load_test(roots, monkeypatch, sizes) -> None:
     print("\n" + "\n".join(report))
 
 
-def test_concurrent_sessions_short(roots, monkeypatch):
-    load_test(roots, monkeypatch, (1, 4))
+def test_concurrent_sessions_short(app_roots, monkeypatch):
+    load_test(app_roots, monkeypatch, (1, 4))
 
 
 @pytest.mark.stress
-def test_concurrent_sessions_long(roots, monkeypatch):
-    load_test(roots, monkeypatch, (1, 4, 8))
+def test_concurrent_sessions_long(app_roots, monkeypatch):
+    load_test(app_roots, monkeypatch, (1, 4, 8))
 
 
 # -- heavy work once per run ----------------------------------------------------------------------
-def test_probe_computation_runs_once_whichever_session_asks(roots, monkeypatch, tmp_path):
+def test_probe_computation_runs_once_whichever_session_asks(app_roots, monkeypatch, tmp_path):
     root = tmp_path / "runs"
-    shutil.copytree(roots["computed"], root)
+    shutil.copytree(app_roots["computed"], root)
     run = root / "small"
     original = probes.read_results(run)
     gone = sorted(original)[-3:]

@@ -23,7 +23,7 @@ from model.interop import from_hf, to_hf, to_transformer_lens
 from model.memory import param_count, train_bytes
 from model.runio import read_json
 from probes.results import read_results
-from train.testing import small_run_argv
+from _small_run import small_run_argv
 
 from test_interop import max_diff, max_diff_masked, perturb
 from test_memory import _MEASURE as MEASURE

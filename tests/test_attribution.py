@@ -13,6 +13,7 @@ from model.config import GPTConfig
 from model.gpt import GPT
 from probes.ablation import head_ablation_sweep, resample_permutation
 from probes.attribution import agreement, head_attribution, ranks, spearman, top_overlap, z_and_grads
+from probes.results import ablation_key
 
 KINDS = ("zero", "mean", "resample")
 SEED = 3  # weights and tokens of the tiny models below
@@ -128,13 +129,7 @@ def test_on_the_transformer_lens_bridge_equals_ours():
         assert np.abs(ours - theirs).max() <= 1e-4, f"{kind}: {ours} vs {theirs}"
 
 
-# -- agreement with the exact sweep on a trained model ---------------------------------------
-@pytest.fixture(scope="module")
-def small_run(tmp_path_factory):
-    from train.testing import make_small_run
-    return make_small_run(tmp_path_factory.mktemp("attribution") / "run")
-
-
+# -- agreement with the exact sweep on a trained model (conftest.py's small_run) --------------
 def test_agreement_with_the_exact_sweep_on_a_trained_run(small_run):
     """Honest bar: positive rank correlation. The estimate is first order and zero ablation moves
     z furthest, so it is the least reliable kind (at the last checkpoint of this run its Spearman is
@@ -210,7 +205,7 @@ def test_probe_stores_the_first_block_estimate_and_its_agreement_with_the_stored
     from probes.ablation import head_ablation_probe
 
     model, tokens = tiny_model(torch.float64), tiny_tokens(batch=12)
-    res = head_ablation_probe(model, tokens, block=4, target_se=1e-12, max_sequences=12)
+    res = head_ablation_probe(model, tokens, block=4, target_se=1e-12, max_sequences=12, kinds=KINDS)
     assert res["n_sequences"] == 12 and res["attribution_sequences"] == 4
     for kind in KINDS:
         est = np.array(res["attribution"][kind])
@@ -228,8 +223,9 @@ def test_agreement_in_the_runners_result_files_equals_agreement_of_the_stored_ma
     from app_fixtures import probe_result
 
     for step in (0, 4, 16):
-        res = probe_result(step)["head_ablation"]
+        result = probe_result(step)
         for kind in KINDS:
+            res = result[ablation_key(result, kind)]  # zero in the default entry, the others on demand
             est, exact = np.array(res["attribution"][kind]), np.array(res[kind])
             assert est.shape == exact.shape == (2, 2)
             want = agreement(est, exact)

@@ -102,13 +102,6 @@ def test_interleaved_medians_alternates_and_takes_medians():
         common.interleaved_medians([timed("a")], repeats=0)
 
 
-def test_torch_threads_restores_the_count():
-    before = torch.get_num_threads()
-    with common.torch_threads(1):
-        assert torch.get_num_threads() == 1
-    assert torch.get_num_threads() == before
-
-
 def test_only_selects_rows_and_groups_in_run_order():
     assert bench_main.select("attribution, cache_overhead") == ["cache_overhead", "attribution"]
     assert bench_main.select("speed") == list(bench_main.GROUPS["speed"])

@@ -7,16 +7,13 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
-from app_fixtures import trained_roots
+from _serving import free_port, wait_healthy
 
 REPO = Path(__file__).resolve().parents[1]
 ARTIFACTS = REPO / "tests" / "artifacts"
@@ -42,33 +39,13 @@ def chromium_path() -> str | None:
     return None
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 90) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"streamlit exited with status {proc.returncode}: {proc.stdout.read()}")
-        try:
-            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
-                if r.read().strip() == b"ok":
-                    return
-        except OSError:
-            time.sleep(0.3)
-    raise RuntimeError(f"streamlit did not become healthy at {url} within {timeout} s")
-
-
 @pytest.fixture(scope="module")
-def server():
+def server(request):
     chromium = chromium_path()
     if chromium is None:
         pytest.skip("No Chromium found (looked for /usr/bin/chromium and chromium on PATH): "
                     "install it with `apt-get install -y chromium` or run .ci/run.")
-    root = trained_roots()["computed"]
+    root = request.getfixturevalue("app_roots")["computed"]  # only once Chromium is known to be there
     port = free_port()
     env = dict(os.environ, WORKBENCH_RUNS=str(root), PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
     proc = subprocess.Popen(
@@ -163,7 +140,7 @@ def test_interactive_mean_ablation_in_chromium(server):
 
 
 @pytest.mark.stress
-def test_four_browser_sessions_at_once_keep_their_own_numbers(server):
+def test_four_browser_sessions_at_once_keep_their_own_numbers(server, app_roots):
     """Four real browser sessions on one server at once (separate browser contexts): two ablate
     different heads with different kinds on the Heads page while two others show it clean; all
     actions are sent before any page is waited for. Every page ends without an error and shows the
@@ -174,7 +151,7 @@ def test_four_browser_sessions_at_once_keep_their_own_numbers(server):
     from model.checkpoint import checkpoint_dir, list_checkpoints, load_checkpoint, step_of
 
     url, chromium = server
-    run = trained_roots()["computed"] / "small"
+    run = app_roots["computed"] / "small"
     step = max(step_of(p) for p in list_checkpoints(run))
     plan = [(["L0H1"], "mean"), ([], "zero"), (["L1H2"], "resample"), ([], "zero")]
     tokens = probes.heldout_tokens(run, n=16)

@@ -23,8 +23,9 @@ from model.runio import read_json
 from model.runlayout import result_path, step_of
 from probes.results import read_result
 from train import main as train_main
-from train.testing import small_run_argv
-from test_browser import ARTIFACTS, CHROMIUM_ARGS, chromium_path, free_port, wait_until_idle
+from _small_run import small_run_argv
+from _serving import free_port, wait_healthy
+from test_browser import ARTIFACTS, CHROMIUM_ARGS, chromium_path, wait_until_idle
 from test_live import wait_for
 
 REPO = Path(__file__).resolve().parents[1]
@@ -52,16 +53,7 @@ def test_live_demo_in_chromium(tmp_path):
                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        import urllib.request
-
-        def healthy():
-            """the app's health endpoint"""
-            try:
-                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=1) as r:
-                    return r.read().strip() == b"ok"
-            except OSError:
-                return False
-        wait_for(healthy, 60, every=0.2)
+        wait_healthy(url, timeout=60, every=0.2, request_timeout=1)
         to_app = time.monotonic() - started
         assert to_app <= APP_WITHIN_S, f"the app answered after {to_app:.1f} s"
         wait_for(lambda: (run / "run.json").exists(), 60)

@@ -1,13 +1,13 @@
-"""Checkpoint and training-state I/O: exact round trips, atomic writes, and refusal of every bad
-file (truncated, flipped byte, wrong hash, malicious pickle, an edited meta.json or latest.json,
-a changed vocab.json, data.json or run.json model) without executing anything.
+"""Checkpoint I/O: exact round trips, atomic writes, and refusal of every bad checkpoint file
+(truncated, flipped byte, wrong hash, malicious pickle, an edited meta.json, a changed vocab.json,
+data.json or run.json model) without executing anything. The training state's files are in
+test_checkpoint_state.py.
 
 Tests that need a loader to get past a hash on purpose (to reach the parser behind it) reseal the
 edited JSON with ck.seal, as someone who recomputes hashes would; every such case also has its
 unsealed twin, refused at the JSON file."""
 from __future__ import annotations
 
-import io
 import json
 import os
 import pickle
@@ -21,38 +21,11 @@ from app.runfolder import verify_checkpoint
 from model import GPT, GPTConfig
 from model import checkpoint as ck, runio
 from model.checkpoint import checkpoint_dir, list_checkpoints, load_checkpoint, load_state, save_checkpoint, save_state, step_of
-from model.runio import CheckpointError, read_jsonl
+from model.runio import CheckpointError
+
+from _checkpoints import Evil, edit_json, evil_bytes, sha256
 
 CFG = dict(n_layer=2, n_head=2, n_embd=16, n_ctx=8, vocab_size=31)
-
-
-class Evil:
-    """Unpickling this would create `marker` (a stand-in for running arbitrary code)."""
-
-    def __init__(self, marker: Path):
-        self.marker = str(marker)
-
-    def __reduce__(self):
-        return (open, (self.marker, "w"))
-
-
-def evil_bytes(marker: Path) -> bytes:
-    buf = io.BytesIO()
-    torch.save({"step": 3, "payload": Evil(marker)}, buf)
-    return buf.getvalue()
-
-
-def sha256(data: bytes) -> str:
-    import hashlib
-
-    return hashlib.sha256(data).hexdigest()
-
-
-def edit_json(path: Path, change, reseal: bool = False) -> None:
-    """Apply `change(obj)` to a JSON file; with `reseal`, recompute its self hash (a forgery)."""
-    obj = json.loads(path.read_text())
-    change(obj)
-    path.write_text(json.dumps(ck.seal(obj) if reseal else obj))
 
 
 @pytest.fixture
@@ -351,170 +324,3 @@ def test_run_json_model_edited_after_the_state_was_saved_is_refused(run_with_fil
 def test_missing_folder_is_refused(tmp_path):
     with pytest.raises(CheckpointError, match="does not exist"):
         load_checkpoint(tmp_path / "step_000001")
-
-
-# -- training state ------------------------------------------------------------------------------
-STATE = {"step": 7, "optimizer": {"state": {0: {"exp_avg": torch.randn(3, 4)}}, "param_groups": [{"lr": 1e-3}]},
-         "rng": {"torch": torch.get_rng_state(), "python": [3, (1, 2), None]}, "data_position": 1234, "name": "x"}
-
-
-def test_state_round_trip_and_only_latest_kept(tmp_path):
-    run = tmp_path / "run"
-    assert not ck.has_state(run)
-    save_state(run, 5, {"step": 5}, keep_older=False)
-    save_state(run, 7, STATE, keep_older=False)
-    assert ck.has_state(run)
-    loaded = load_state(run)
-    assert loaded["step"] == 7 and loaded["data_position"] == 1234 and loaded["rng"]["python"] == [3, (1, 2), None]
-    assert torch.equal(loaded["optimizer"]["state"][0]["exp_avg"], STATE["optimizer"]["state"][0]["exp_avg"])
-    assert torch.equal(loaded["rng"]["torch"], STATE["rng"]["torch"])
-    assert sorted(p.name for p in (run / "state").iterdir()) == ["latest.json", "state_000007.json", "state_000007.pt"]
-    assert ck.kept_state_steps(run) == [7]
-    with pytest.raises(CheckpointError, match="keeps no training state of step 5"):
-        load_state(run, 5)
-
-
-def test_every_state_is_kept_and_loads_by_step(tmp_path):
-    run = tmp_path / "run"
-    for step in (0, 5, 7):
-        save_state(run, step, {"step": step, "x": torch.full((3,), float(step))})
-    assert sorted(p.name for p in (run / "state").iterdir()) == [
-        "latest.json", "state_000000.json", "state_000000.pt", "state_000005.json", "state_000005.pt",
-        "state_000007.json", "state_000007.pt"]
-    assert ck.kept_state_steps(run) == [0, 5, 7]
-    for step in (0, 5, 7):
-        loaded = load_state(run, step)
-        assert loaded["step"] == step and torch.equal(loaded["x"], torch.full((3,), float(step)))
-    assert load_state(run)["step"] == 7  # the latest, as --resume reads it
-    assert (run / "state" / "latest.json").read_bytes() == (run / "state" / "state_000007.json").read_bytes()
-    # keep_older=False drops every older state and record once latest.json points past them
-    save_state(run, 9, {"step": 9}, keep_older=False)
-    assert ck.kept_state_steps(run) == [9]
-    assert sorted(p.name for p in (run / "state").iterdir()) == ["latest.json", "state_000009.json", "state_000009.pt"]
-
-
-def test_a_run_from_before_state_records_loads_its_latest_by_step(tmp_path):
-    run = tmp_path / "run"
-    save_state(run, 7, STATE)
-    (run / "state" / "state_000007.json").unlink()  # only latest.json, as older runs have
-    assert ck.kept_state_steps(run) == [7]
-    assert load_state(run, 7)["step"] == 7
-
-
-STATE_RECORD_EDITS = {
-    "step": lambda x: x.update(step=7),
-    "sha256": lambda x: x.update(sha256="0" * 64),
-    "seal removed": lambda x: x.pop(ck.SEAL),
-}
-
-
-@pytest.mark.parametrize("edit", sorted(STATE_RECORD_EDITS))
-def test_every_edit_of_a_kept_state_record_is_refused_naming_it(tmp_path, edit):
-    run = tmp_path / "run"
-    save_state(run, 5, {"step": 5})
-    save_state(run, 7, STATE)
-    record = run / "state" / "state_000005.json"
-    edit_json(record, STATE_RECORD_EDITS[edit])
-    with pytest.raises(CheckpointError, match="edited or is corrupt|written before state_000005.json carried") as e:
-        load_state(run, 5)
-    assert e.value.path == record
-    assert load_state(run)["step"] == 7  # the others are unaffected
-
-
-def test_a_kept_state_is_verified_like_the_latest(tmp_path):
-    run = tmp_path / "run"
-    save_state(run, 5, {"step": 5})
-    save_state(run, 7, STATE)
-    path = run / "state" / "state_000005.pt"
-    b = bytearray(path.read_bytes())
-    b[len(b) // 2] ^= 0x10
-    path.write_bytes(bytes(b))
-    with pytest.raises(CheckpointError, match="sha256 does not match") as e:
-        load_state(run, 5)
-    assert e.value.path == path
-    # a record resealed to claim another step is refused: it says 7 but lies under step 5's name
-    (run / "state" / "state_000005.json").write_bytes((run / "state" / "state_000007.json").read_bytes())
-    with pytest.raises(CheckpointError, match="says step 7, but is the record of step 5"):
-        load_state(run, 5)
-
-
-def corrupt_state(run: Path, how: str) -> Path:
-    path = run / "state" / "state_000007.pt"
-    data = path.read_bytes()
-    if how == "truncated":
-        path.write_bytes(data[: len(data) // 2])
-    elif how == "flipped":
-        b = bytearray(data)
-        b[len(b) // 2] ^= 0x10
-        path.write_bytes(bytes(b))
-    elif how == "wrong_hash":  # resealed: the state file's own check must catch it
-        edit_json(run / "state" / "latest.json", lambda x: x.update(sha256="f" * 64), reseal=True)
-    return path
-
-
-@pytest.mark.parametrize("how", ["truncated", "flipped", "wrong_hash"])
-def test_corrupt_state_is_refused(tmp_path, how):
-    run = tmp_path / "run"
-    save_state(run, 7, STATE)
-    path = corrupt_state(run, how)
-    with pytest.raises(CheckpointError, match="sha256 does not match") as e:
-        load_state(run)
-    assert e.value.path == path
-
-
-def test_malicious_state_pickle_is_refused_without_running(tmp_path):
-    run = tmp_path / "run"
-    marker = tmp_path / "pwned"
-    save_state(run, 7, {"step": 7})
-    payload = evil_bytes(marker)
-    (run / "state" / "state_000007.pt").write_bytes(payload)
-    # the hash matches and latest.json is resealed: only weights_only stands in the way
-    edit_json(run / "state" / "latest.json", lambda x: x.update(sha256=sha256(payload)), reseal=True)
-    with pytest.raises(CheckpointError, match="not a loadable training state"):
-        load_state(run)
-    assert not marker.exists()
-
-
-def test_latest_json_may_not_point_outside_the_state_folder(tmp_path):
-    run = tmp_path / "run"
-    save_state(run, 7, STATE)
-    latest = run / "state" / "latest.json"
-    edit_json(latest, lambda x: x.update(file="../../etc/passwd"), reseal=True)
-    with pytest.raises(CheckpointError, match="does not name a state file") as e:
-        load_state(run)
-    assert e.value.path == latest
-
-
-LATEST_EDITS = {
-    "step": lambda x: x.update(step=5),
-    "file": lambda x: x.update(file="state_000005.pt"),
-    "sha256": lambda x: x.update(sha256="0" * 64),
-    "run_files": lambda x: x["run_files"].update({"data.json": "0" * 64}),
-    "model": lambda x: x.update(model={"n_layer": 1}),
-    "seal removed": lambda x: x.pop(ck.SEAL),
-}
-
-
-@pytest.mark.parametrize("edit", sorted(LATEST_EDITS))
-def test_every_edit_of_latest_json_is_refused_naming_it(tmp_path, edit):
-    run = tmp_path / "run"
-    save_state(run, 5, {"step": 5})  # an older state file, as a resumed run may have left
-    save_state(run, 7, STATE)
-    (run / "state" / "state_000005.pt").write_bytes((run / "state" / "state_000007.pt").read_bytes())
-    latest = run / "state" / "latest.json"
-    edit_json(latest, LATEST_EDITS[edit])
-    with pytest.raises(CheckpointError, match="edited or is corrupt|written before latest.json carried") as e:
-        load_state(run)
-    assert e.value.path == latest and str(latest) in str(e.value)
-
-
-def test_jsonl_skips_a_line_cut_short(tmp_path):
-    path = tmp_path / "metrics.jsonl"
-    runio.append_jsonl(path, {"step": 1, "loss": 2.0})
-    runio.append_jsonl(path, {"step": 2, "loss": 1.5})
-    with open(path, "a") as f:
-        f.write('{"step": 3, "lo')
-    assert read_jsonl(path) == [{"step": 1, "loss": 2.0}, {"step": 2, "loss": 1.5}]
-    assert read_jsonl(tmp_path / "none.jsonl") == []
-    with pytest.raises(ValueError):
-        runio.append_jsonl(path, {"loss": float("nan")})  # never write what JSON readers choke on

@@ -15,9 +15,11 @@ import probes.ablation as ablation
 import probes.forward as forward
 from model.config import GPTConfig
 from model.gpt import GPT
-from probes.ablation import (clean_run, head_ablation_probe, head_ablation_sweep, resample_permutation,
-                             sequence_deltas, standard_errors, sweep_flops)
+from probes.ablation import (clean_run, head_ablation_probe, head_ablation_sweep, sequence_deltas, standard_errors,
+                             sweep_flops)
 from probes.forward import final_residual, readout, stats_from_residual, token_stats
+
+from _ablation import naive_head_ablation, token_losses
 
 SEED = 20240611
 V = 211
@@ -39,14 +41,6 @@ def model() -> GPT:
 @pytest.fixture(scope="module")
 def tokens() -> torch.Tensor:
     return torch.randint(0, V, (6, 22), generator=torch.Generator().manual_seed(SEED))
-
-
-@torch.no_grad()
-def naive_token_losses(model: GPT, tokens: torch.Tensor, hooks=()) -> torch.Tensor:
-    """Per-token cross-entropy [B, P] from whole logits: the reference."""
-    logits = model.run_with_hooks(tokens[:, :-1], fwd_hooks=list(hooks))
-    return F.cross_entropy(logits.reshape(-1, V).float(), tokens[:, 1:].reshape(-1), reduction="none").view(
-        len(tokens), -1)
 
 
 # -- chunked readout --------------------------------------------------------------------------
@@ -87,7 +81,7 @@ def test_token_stats_stops_before_the_unembedding(model, tokens, monkeypatch):
     monkeypatch.setattr(forward.F, "linear", spy)
     stats = token_stats(model, tokens[:, :-1], tokens[:, 1:])
     assert all(shape[1] <= forward.loss_chunk_positions(model) for shape in calls) and calls
-    assert (stats.losses - naive_token_losses(model, tokens)).abs().max().item() <= 1e-5
+    assert (stats.losses - token_losses(model, tokens)).abs().max().item() <= 1e-5
 
 
 class LogitsOnly(torch.nn.Module):
@@ -103,44 +97,22 @@ class LogitsOnly(torch.nn.Module):
 
 
 def test_token_stats_falls_back_to_logits_row_by_row(model, tokens, monkeypatch):
-    monkeypatch.setattr(forward, "rows_for", lambda model, positions: 4)  # 6 rows: parts of 4 and 2
+    monkeypatch.setattr(forward, "logit_rows", lambda model, positions: 4)  # 6 rows: parts of 4 and 2
     got = token_stats(LogitsOnly(model), tokens[:, :-1], tokens[:, 1:], argmax=True)
-    assert (got.losses - naive_token_losses(model, tokens)).abs().max().item() <= 1e-5
+    assert (got.losses - token_losses(model, tokens)).abs().max().item() <= 1e-5
     assert torch.equal(got.argmax, model(tokens[:, :-1]).argmax(-1))
 
 
-# -- the restarting sweep ---------------------------------------------------------------------
-def naive_per_sequence(model: GPT, tokens: torch.Tensor, kind: str) -> np.ndarray:
-    """[L, H, B] per-sequence mean of (ablated − clean) per-token loss, one run_with_hooks per head."""
-    L, H, B = 3, 4, len(tokens)
-    clean_z = {}
-    clean = naive_token_losses(model, tokens, [
-        (f"blocks.{l}.attn.hook_z", lambda z, hook: clean_z.__setitem__(hook.name, z.clone())) for l in range(L)])
-    perm = resample_permutation(B, 0)
-    out = np.zeros((L, H, B))
-    for l in range(L):
-        for h in range(H):
-            src = clean_z[f"blocks.{l}.attn.hook_z"][:, :, h]
-            new = {"zero": torch.zeros_like(src), "mean": src.mean((0, 1)).expand_as(src), "resample": src[perm]}[kind]
-
-            def hook(z, hook, h=h, new=new):
-                z = z.clone()
-                z[:, :, h] = new
-                return z
-            ablated = naive_token_losses(model, tokens, [(f"blocks.{l}.attn.hook_z", hook)])
-            out[l, h] = (ablated.double() - clean.double()).mean(-1).numpy()
-    return out
-
-
+# -- the restarting sweep against one run_with_hooks per head (_ablation.naive_head_ablation) ------
 @pytest.mark.parametrize("kind", ["zero", "mean", "resample"])
 def test_restarting_sweep_equals_one_run_per_head_per_sequence(model, tokens, kind, monkeypatch):
-    naive = naive_per_sequence(model, tokens, kind)
+    naive = naive_head_ablation(model, tokens, kind)
     assert np.abs(naive.mean(-1)).max() > 1e-3, f"seed {SEED}"  # the heads matter
     inputs, targets = tokens[:, :-1], tokens[:, 1:]
     clean = clean_run(model, inputs, targets, logits=False)
     assert clean.resid_pre is not None and len(clean.resid_pre) == 3  # the GPT path restarts at the layer
     for rows in (6 * 4, 6 * 3, 6):  # all heads of a layer at once; groups of 3 + 1; one at a time
-        monkeypatch.setattr(ablation, "rows_for", lambda model, positions, rows=rows: rows)
+        monkeypatch.setattr(ablation, "sweep_rows", lambda model, positions, rows=rows: rows)
         got = sequence_deltas(model, inputs, targets, kind, clean=clean)
         assert np.abs(got - naive).max() <= 1e-5, (rows, f"seed {SEED}")
     # the other path (as on the TransformerLens bridge): the batch is widened at hook_resid_pre
@@ -175,8 +147,8 @@ def test_standard_error_is_the_spread_over_sequences():
 
 
 def test_probe_records_se_and_precision_and_its_first_block_is_the_plain_sweep(model, tokens):
-    naive = {k: naive_per_sequence(model, tokens, k) for k in ablation.KINDS}
-    result = head_ablation_probe(model, tokens)  # one block of all 6 sequences
+    naive = {k: naive_head_ablation(model, tokens, k) for k in ablation.KINDS}
+    result = head_ablation_probe(model, tokens, kinds=ablation.KINDS)  # one block of all 6 sequences
     for kind in ablation.KINDS:
         assert np.abs(np.asarray(result[kind]) - naive[kind].mean(-1)).max() <= 1e-5
         se = naive[kind].std(-1, ddof=1) / math.sqrt(6)
@@ -192,7 +164,7 @@ def test_blocks_are_added_until_the_target_or_the_cap(model, tokens):
     easy = head_ablation_probe(model, tokens, block=2, target_se=10.0, max_sequences=6)
     assert easy["precision"]["n_sequences"] == 2 and easy["n_sequences"] == 2
     assert np.abs(np.asarray(easy["zero"]) - head_ablation_sweep(model, tokens[:2], "zero")).max() <= 1e-5
-    hard = head_ablation_probe(model, tokens, block=2, target_se=1e-12, max_sequences=5)
+    hard = head_ablation_probe(model, tokens, block=2, target_se=1e-12, max_sequences=5, kinds=ablation.KINDS)
     assert hard["precision"]["n_sequences"] == 4  # 2 + 2; one sequence left is too few for a block
     assert hard["precision"]["achieved_se"] > 1e-12 and hard["precision"]["target_se"] == 1e-12
     for kind in ablation.KINDS:

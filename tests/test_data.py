@@ -13,12 +13,6 @@ from train import main
 from train.args import BadInput
 from train.corpora import Corpus, split_documents, split_held_out, text_corpus
 from train.stories import generate_stories
-from train.testing import make_small_run
-
-
-@pytest.fixture(scope="module")
-def small_run(tmp_path_factory):
-    return make_small_run(tmp_path_factory.mktemp("runs") / "small")
 
 
 def test_split_on_endoftext():

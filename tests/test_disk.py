@@ -15,7 +15,7 @@ from model.runio import read_json
 from model.runlayout import state_dir, state_name, step_of
 from train import disk, main
 from train.schedule import checkpoint_steps
-from train.testing import make_small_run, small_run_argv
+from _small_run import make_small_run, small_run_argv
 
 from _faults import draw_seed
 

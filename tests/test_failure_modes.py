@@ -5,7 +5,8 @@ head importance against what equal heads would show). Each detector is run on sy
 answer is known by construction, through `probes.summarize` on result dicts of the shape the probes
 write; each must find the planted event at its checkpoint and nothing in pure noise (random seeds,
 printed, so a failure can be replayed with TEST_SEED=...). Then the same on real probe results, and
-the app's marks and captions."""
+the app's marks and captions. The measures the detectors rest on (tone, excess rule, one checkpoint's
+head inequality) are tested in test_failure_mode_measures.py."""
 from __future__ import annotations
 
 import json
@@ -15,15 +16,14 @@ import time
 
 import numpy as np
 import pytest
-import torch
 
 from app import figures, results as R
+from app import failure_captions as FC
 from probes import summarize, write_summary
-from probes.emergence import SMALL_SAMPLE, curvature_noise, excess_stretches
-from probes.head_inequality import head_inequality
-from probes.metrics import gini, jensen_shannon, ngram_counts, tone_distance, top_share
-from probes.repetition import tone_result
-from probes.summary import (CONCENTRATION_LEVEL_KEYS, MISMATCH_KEYS, OVERFIT_KEYS, RISE_KEYS, THRESHOLDS, rules)
+from probes.emergence_rules import rules
+from probes.failure_modes import CONCENTRATION_LEVEL_KEYS, MISMATCH_KEYS, OVERFIT_KEYS
+from probes.metrics import gini, top_share
+from probes.phenomena import RISE_KEYS
 
 STEPS = [0, 1, 2, 4, 8, 16, 32, 64, 100, 200, 300, 400, 500, 600, 700, 800, 900, 1000, 1100, 1200]  # 20
 N_HEADS = (4, 4)
@@ -80,54 +80,6 @@ def run(**series) -> dict[int, dict]:
         kwargs.setdefault("heldout", falling_loss(i))
         out[s] = result(s, **kwargs)
     return out
-
-
-# -- the tone measure --------------------------------------------------------------------------
-def test_jensen_shannon_by_hand():
-    assert jensen_shannon({"a": 1, "b": 1}, {"a": 5, "b": 5}) == 0.0
-    assert jensen_shannon({"a": 3}, {"b": 2}) == 1.0
-    # P = (1/2, 1/2, 0), Q = (0, 1/2, 1/2): M = (1/4, 1/2, 1/4), KL(P||M) = KL(Q||M) = 1/2 bit
-    assert jensen_shannon({"x": 1, "y": 1}, {"y": 1, "z": 1}) == pytest.approx(0.5)
-    assert ngram_counts([[1, 2, 3], [3, 1]], 2) == {(1, 2): 1, (2, 3): 1, (3, 1): 1}  # never across rows
-    with pytest.raises(ValueError):
-        jensen_shannon({}, {"a": 1})
-
-
-def test_tone_of_text_like_the_held_out_text_sits_at_the_floor_and_a_loop_far_above():
-    gen = torch.Generator().manual_seed(0)
-    held = torch.multinomial(torch.linspace(1, 20, 50), 64 * 65, replacement=True, generator=gen).view(64, 65)
-    alike = torch.multinomial(torch.linspace(1, 20, 50), 4 * 60, replacement=True, generator=gen).view(4, 60)
-    loop = torch.tensor([[7, 8] * 30] * 4)
-    a, b = tone_result(alike, held), tone_result(loop, held)
-    assert a["floor_groups"] == 16 and a["sample_tokens"] == 240 and a["reference_tokens"] == 64 * 65
-    assert abs(a["jsd_unigram"] - a["floor_unigram"]) < 4 * a["floor_unigram_sd"]
-    assert b["jsd_unigram"] > a["floor_unigram"] + 10 * a["floor_unigram_sd"]
-    assert a["jsd_unigram"] == pytest.approx(tone_distance(alike.tolist(), held.tolist(), 1))
-    assert 0 <= a["jsd_bigram"] <= 1 and a["floor_bigram_sd"] > 0
-
-
-# -- the excess rule ---------------------------------------------------------------------------
-def test_curvature_noise_ignores_a_change_of_slope():
-    flat_then_ramp = [0.0] * 10 + [0.1 * k for k in range(1, 11)]
-    assert curvature_noise(flat_then_ramp) == pytest.approx(0.0, abs=1e-12)
-    rng = np.random.default_rng(0)
-    noisy = rng.normal(0, 0.01, 2000)
-    assert curvature_noise(list(noisy)) == pytest.approx(0.01, rel=0.1)
-
-
-def test_excess_stretch_by_hand():
-    values = [1.0, 0.9, 0.5, 0.52, 0.49, 0.5, 0.51, 0.5, 0.9, 0.92, 0.5, 0.5]
-    found = excess_stretches(list(range(12)), values, 0.2, 6, known_noise=0.01)
-    assert found["threshold"] == pytest.approx(max(0.2, 6 * 0.01 * (4 / 3) ** 0.5))
-    (st,) = found["stretches"]
-    assert (st["from_step"], st["step"], st["to_step"]) == (7, 8, 9)
-    assert st["before"] == pytest.approx(0.5) and st["after"] == pytest.approx(0.91)
-    # the same worsening while the second series (the loss) rises too is no stretch
-    assert not excess_stretches(list(range(12)), values, 0.2, 6, known_noise=0.01, below=list(range(12)))["stretches"]
-    # one checkpoint alone is not a stretch, nor a pair cut short by the end
-    assert not excess_stretches(list(range(11)), values[:9] + [0.5, 0.5], 0.2, 6, known_noise=0.01)["stretches"]
-    assert not excess_stretches(list(range(9)), values[:9], 0.2, 6, known_noise=0.01)["stretches"]
-    assert SMALL_SAMPLE == THRESHOLDS["excess_small_sample"]
 
 
 # -- loss-generation mismatch ------------------------------------------------------------------
@@ -254,20 +206,6 @@ def test_pure_noise_is_no_overfitting():
 
 
 # -- head inequality ---------------------------------------------------------------------------
-def test_head_inequality_levels_errors_and_the_equal_heads_bound():
-    equal = head_inequality([0.1] * 16, [0.01] * 16)
-    assert equal["gini"] == 0 and equal["exceeds"] is False and 0 < equal["equal_heads_gini"] < 0.2
-    one = head_inequality([0.5] + [0.1] * 15, [0.01] * 16)
-    assert one["exceeds"] and one["gini"] == pytest.approx(gini([0.5] + [0.1] * 15))
-    assert one["top_share"] == pytest.approx(top_share([0.5] + [0.1] * 15))
-    assert 0 < one["gini_se"] < 0.02 and 0 < one["top_share_se"] < 0.05
-    # tiny effects against their errors: equal heads look unequal by noise alone, so the bound is high
-    assert head_inequality([0.001] * 16, [0.01] * 16)["equal_heads_gini"] > 0.5
-    # the same numbers give the same bound (fixed seed), and no errors give no bound
-    assert head_inequality([0.5] + [0.1] * 15, [0.01] * 16) == one
-    assert head_inequality([0.5] + [0.1] * 15, None)["equal_heads_gini"] is None
-
-
 def measured_heads(rng: np.random.Generator, true: list[float], se: float = 0.01) -> list[float]:
     return list(np.asarray(true) + rng.normal(0, se, len(true)))
 
@@ -356,21 +294,21 @@ def test_the_app_marks_and_explains_each_finding():
     fig = figures.loss_curves({"a": {"train": ([0, 1200], [7.0, 2.0])}}, {"a": [0, 1200]}, marks=marks)
     (label,) = [a.text for a in fig.layout.annotations if a.name == "mark"]
     assert label == f"loss–generation mismatch (from step {STEPS[11]}): step {STEPS[12]}"
-    caption = R.mismatch_caption(summary["emergence"]["loss_generation_mismatch"])
+    caption = FC.mismatch_caption(summary["emergence"]["loss_generation_mismatch"])
     assert caption.startswith("Loss–generation mismatch") and f"steps {STEPS[12]}–{STEPS[-1]}" in caption
-    assert R.mismatch_stretch_at(summary, STEPS[13])["step"] == STEPS[12] and R.mismatch_stretch_at(summary, 0) is None
-    assert R.overfitting_caption(summary["emergence"]["overfitting"]).startswith("No overfitting onset detected")
+    assert FC.mismatch_stretch_at(summary, STEPS[13])["step"] == STEPS[12] and FC.mismatch_stretch_at(summary, 0) is None
+    assert FC.overfitting_caption(summary["emergence"]["overfitting"]).startswith("No overfitting onset detected")
     over = summarize(overfit_run(11, 0, memorize_from=13))
-    assert R.overfitting_caption(over["emergence"]["overfitting"]).startswith(f"Overfitting onset at step {STEPS[11]}")
-    assert R.mismatch_caption(over["emergence"]["loss_generation_mismatch"]).startswith("No loss–generation mismatch")
+    assert FC.overfitting_caption(over["emergence"]["overfitting"]).startswith(f"Overfitting onset at step {STEPS[11]}")
+    assert FC.mismatch_caption(over["emergence"]["loss_generation_mismatch"]).startswith("No loss–generation mismatch")
     rng = np.random.default_rng(0)
     heads = summarize(run(deltas=[measured_heads(rng, [0.05] * 16 if i < 10 else [0.4, 0.3] + [0.05] * 14)
                                   for i in range(len(STEPS))]))
-    assert R.inequality_mark(heads) == {f"heads unequal (from step {STEPS[9]})": STEPS[10]}
-    text = R.concentration_caption(heads["emergence"]["head_concentration"])
+    assert FC.inequality_mark(heads) == {f"heads unequal (from step {STEPS[9]})": STEPS[10]}
+    text = FC.concentration_caption(heads["emergence"]["head_concentration"])
     assert "±" in text and "equal heads would show at most" in text and f"at step {STEPS[10]}" in text
-    assert R.mismatch_caption(None) is None and R.overfitting_caption(None) is None
-    assert R.inequality_mark(None) == {"heads unequal": None}
+    assert FC.mismatch_caption(None) is None and FC.overfitting_caption(None) is None
+    assert FC.inequality_mark(None) == {"heads unequal": None}
 
 
 def test_the_pages_mark_the_findings_beside_the_loss_generations_memorization_and_heads(tmp_path, monkeypatch):

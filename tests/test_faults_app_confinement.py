@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from streamlit.testing.v1 import AppTest
 
-from app.runfolder import read_run, safe_run_dir
+from app.runfolder import run_files, safe_run_dir
 from model.checkpoint import checkpoint_dir
 
 from app_fixtures import write_fake_run
@@ -101,7 +101,7 @@ def drive_every_page(world: dict, monkeypatch, run: str) -> list[str]:
 
 
 def test_the_deep_run_is_shown_without_its_outside_checkpoints(world):
-    run = read_run(world["runs"], "deep")
+    run = run_files(world["runs"], "deep")
     assert run.checkpoint_steps == [0]  # step 1's files and step 2's folder live outside
     assert sorted(run.probe_files) == [1, 2]  # step 0's and step 7's results live outside
 
@@ -146,7 +146,7 @@ def test_random_run_names_are_refused_or_stay_inside(world, n):
             return
         assert path.parent == root and path.resolve().parent == root.resolve(), (name, path)
         try:
-            read_run(root, name)
+            run_files(root, name)
         except ValueError as e:  # refused for a file inside it that leads outside
             assert "refused" in str(e)
 

@@ -22,7 +22,7 @@ import pytest
 from model.checkpoint import has_state, list_checkpoints, load_checkpoint, load_state, step_of
 from model.runio import read_json, read_jsonl
 from train import main
-from train.testing import small_run_argv
+from _small_run import small_run_argv
 
 RUN = dict(steps=12, batch_size=4, warmup=4, ckpt_every=4, eval_every=4, n_layer=2, n_head=2, n_embd=32, n_ctx=32,
            corpus_mb=0.05, canary_copies="1,8", eval_batches=1, sample_tokens=4, vocab_size=1024, seed=5)

@@ -29,7 +29,6 @@ from probes.compute import PROBES, RESULT_VERSION
 from probes.results import read_results
 
 import _faults as faults
-from _runs import write_run
 
 STEPS = (0, 1, 2, 4, 8, 16, 32, 64, 128, 256)
 
@@ -47,8 +46,9 @@ def one_thread():
 
 
 @pytest.fixture(scope="module")
-def template(tmp_path_factory) -> Path:
-    return write_run(tmp_path_factory.mktemp("template"), steps=STEPS)
+def template(fake_run) -> Path:
+    """The session's fake run with STEPS (conftest.py): shared, so every test copies it."""
+    return fake_run(steps=STEPS)
 
 
 @pytest.fixture(scope="module")

@@ -34,7 +34,7 @@ import torch
 from model.checkpoint import SEAL, has_state, list_checkpoints, load_checkpoint, load_state, step_of
 from model.runio import read_json, read_jsonl
 from train import main as train_main
-from train.testing import small_run_argv
+from _small_run import small_run_argv
 
 import _faults as faults
 

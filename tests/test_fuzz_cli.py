@@ -27,7 +27,7 @@ import probes.cli as probes_cli
 import train.cli as train_cli
 from probes.compute import PROBES
 
-from _runs import set_status, write_run
+from model.runrecord import set_status
 
 FAST, STRESS = 40, 600
 EXAMPLES = [pytest.param(FAST, id="fast"), pytest.param(STRESS, id="stress", marks=pytest.mark.stress)]
@@ -192,9 +192,9 @@ def test_train_cli_exits_0_or_2_with_one_sentence(train_world, monkeypatch, caps
 
 # -- a run for the probes and generate command lines -----------------------------------------
 @pytest.fixture(scope="module")
-def probe_world(tmp_path_factory) -> dict:
+def probe_world(fake_run, tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("cli_fuzz")
-    run = write_run(root, steps=(0, 3))
+    run = Path(shutil.copytree(fake_run(steps=(0, 3)), root / "run"))  # probed below: a copy of the shared run
     import probes
     probes.run_probes(run, threads=1)  # results present: a plain run computes nothing
     training = Path(shutil.copytree(run, root / "training"))

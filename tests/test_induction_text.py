@@ -13,12 +13,15 @@ import pytest
 import torch
 
 from model.tokenizer import gpt2_encoding
+from model import GPT, GPTConfig
+from probes import induction
+from probes.forward import token_stats
 from probes.induction import ICL_MIN_LATE, icl_score
 from probes.documents import document_rows
 from train.plan import (FORMATION_T, bigram_repetition, formation_step, formation_tokens, prediction,
                         window_repetition)
 from train.stories import generate_stories, made_up_word
-from train.plots import Pen
+from train.story_plots import Pen
 
 
 # -- burstiness -------------------------------------------------------------------------------
@@ -164,6 +167,28 @@ def test_icl_on_documents_ignores_the_next_story():
     assert "documents" in r["note"]
     # the chunk version would have counted the next story
     assert icl_score(losses)["value"] > 10
+
+
+@pytest.mark.parametrize("chunked", [True, False])
+def test_icl_from_window_losses_equals_icl_from_every_loss(chunked, monkeypatch):
+    """The probes read out only the ICL windows of the rows that reach them; the score must be the
+    one every per-position loss gives (a random GPT, documents of random lengths; seed printed).
+    chunked=False takes the path of a model without a readout to apply to chosen positions."""
+    seed = int(np.random.default_rng().integers(1 << 16))
+    print("seed", seed)
+    torch.manual_seed(seed)
+    model = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=32, n_ctx=256, vocab_size=97)).eval()
+    rows = torch.randint(0, 97, (9, 257))
+    valid = torch.randint(60, 257, (9,)).clamp(max=256)
+    if not chunked:
+        monkeypatch.setattr(induction, "readout", lambda model: None)
+    with torch.no_grad():
+        full = token_stats(model, rows[:, :-1], rows[:, 1:]).losses
+    windowed = induction.document_window_losses(model, rows, valid)
+    want, got = icl_score(full, valid), icl_score(windowed, valid)
+    assert got["n_sequences"] == want["n_sequences"] >= 1
+    assert got["value"] == pytest.approx(want["value"], abs=1e-5)
+    assert torch.isnan(windowed).float().mean() > 0.8  # most positions were never read out
 
 
 def test_document_rows_start_at_documents_and_count_their_positions():

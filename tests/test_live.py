@@ -17,13 +17,12 @@ from streamlit.testing.v1 import AppTest
 
 from app import launch, live
 from probes.results import pid_alive
-from app_fixtures import trained_roots
 from model.checkpoint import list_checkpoints
 from model.runio import read_json, read_jsonl
 from model.runlayout import launch_record, result_path, step_of
 from probes.results import read_result
 from train import main as train_main
-from train.testing import small_run_argv
+from _small_run import small_run_argv
 
 APP = str(Path(__file__).resolve().parents[1] / "app" / "streamlit_app.py")
 
@@ -82,9 +81,9 @@ def test_background_run_stops_cleanly_and_continues_to_the_end(tmp_path):
     assert "stopped by the user at step" in log and "Traceback" not in log
 
 
-def test_progress_reads_the_run_files(tmp_path):
+def test_progress_reads_the_run_files(app_roots, tmp_path):
     run = tmp_path / "small"
-    shutil.copytree(trained_roots()["computed"] / "small", run)
+    shutil.copytree(app_roots["computed"] / "small", run)
     info = read_json(run / "run.json")
     info["status"] = "training"
     info["train"]["steps"] = 1000
@@ -112,9 +111,9 @@ def test_progress_reads_the_run_files(tmp_path):
     assert live.last_rows(run / "metrics.jsonl", 64)[-1]["step"] == p.step + 1
 
 
-def test_new_run_form_refuses_with_the_command_lines_sentence(tmp_path, monkeypatch):
+def test_new_run_form_refuses_with_the_command_lines_sentence(app_roots, tmp_path, monkeypatch):
     root = tmp_path / "runs"
-    shutil.copytree(trained_roots()["computed"], root)
+    shutil.copytree(app_roots["computed"], root)
     monkeypatch.setenv("WORKBENCH_RUNS", str(root))
     at = AppTest.from_file(APP, default_timeout=60)
     at.run()

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -157,13 +159,14 @@ def test_check_only_accepts_llc_and_the_default_set_leaves_it_out():
     assert check_only(None) == PROBES
     assert check_only("llc") == ("llc",)
     assert check_only("induction,llc") == ("induction", "llc")
-    with pytest.raises(ValueError, match="and llc when named"):
+    with pytest.raises(ValueError, match="and head_ablation_mean, head_ablation_resample, llc when named"):
         check_only("lcc")
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    return write_run(tmp_path_factory.mktemp("llc"), steps=(0, 4))
+def tiny(fake_run, tmp_path_factory):
+    """A copy of the session's fake run with steps 0 and 4 (the tests here probe it)."""
+    return Path(shutil.copytree(fake_run(steps=(0, 4)), tmp_path_factory.mktemp("llc") / "run"))
 
 
 def test_sampling_rows_follow_the_training_mix_of_planted_repeats(tiny, tmp_path):

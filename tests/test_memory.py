@@ -25,7 +25,6 @@ from model.memory import (TRAIN_OVERHEAD, TooLarge, check_fits, format_bytes, fo
 from probes.inputs import ProbeSizes
 from train.args import BadInput, TrainArgs
 
-from _runs import write_run
 
 ROOT = Path(__file__).resolve().parents[1]
 GiB = 2 ** 30
@@ -271,26 +270,27 @@ def test_on_cuda_the_gpus_free_memory_decides(monkeypatch):
 
 # -- probes ----------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def small_run(tmp_path_factory) -> Path:
-    return write_run(tmp_path_factory.mktemp("memory"), steps=(0, 2))
+def tiny_run(fake_run) -> Path:
+    """The session's fake run with steps 0 and 2 (conftest.py), read only here."""
+    return fake_run(steps=(0, 2))
 
 
-def test_probes_refuse_a_checkpoint_that_would_not_fit(small_run, monkeypatch, capsys):
+def test_probes_refuse_a_checkpoint_that_would_not_fit(tiny_run, monkeypatch, capsys):
     def no_load(*args, **kwargs):
         raise AssertionError("a checkpoint was loaded before the memory check")
 
     monkeypatch.setattr(memory, "available_bytes", lambda: 2 ** 20)
     monkeypatch.setattr(probes_runner, "load_checkpoint", no_load)
-    assert probes_cli.main([str(small_run), "--jobs", "1"]) == 2
+    assert probes_cli.main([str(tiny_run), "--jobs", "1"]) == 2
     line = one_line(capsys.readouterr().err)
     assert line.startswith("probes: probing ") and "step_000000" in line
     assert_names_estimate_and_available(line)
-    assert not list(small_run.glob("probes/step_*.json")), "no result may be written"
+    assert not list(tiny_run.glob("probes/step_*.json")), "no result may be written"
 
 
-def test_probe_workers_are_limited_to_what_fits(small_run, monkeypatch):
-    todo = [checkpoint_dir(small_run, 0), checkpoint_dir(small_run, 2)]
-    cfg = GPTConfig.from_dict(json.loads((small_run / "run.json").read_text())["model"])
+def test_probe_workers_are_limited_to_what_fits(tiny_run, monkeypatch):
+    todo = [checkpoint_dir(tiny_run, 0), checkpoint_dir(tiny_run, 2)]
+    cfg = GPTConfig.from_dict(json.loads((tiny_run / "run.json").read_text())["model"])
     need = probes_runner.probe_bytes(cfg, None)
     assert need > model_bytes(cfg)
     monkeypatch.setattr(memory, "available_bytes", lambda: int(2.5 * need / 0.9))
@@ -310,23 +310,23 @@ def test_probe_rows_follow_the_sizes_and_the_logit_budget():
 
 
 # -- generation -----------------------------------------------------------------------------------
-def test_generate_refuses_before_loading(small_run, monkeypatch, capsys):
+def test_generate_refuses_before_loading(tiny_run, monkeypatch, capsys):
     def no_load(*args, **kwargs):
         raise AssertionError("the checkpoint was loaded before the check")
 
     monkeypatch.setattr(generate_cli, "load_checkpoint", no_load)
-    assert generate_cli.main(["--run", str(small_run), "--prompt", "Once", "--max-new-tokens", str(10 ** 9),
+    assert generate_cli.main(["--run", str(tiny_run), "--prompt", "Once", "--max-new-tokens", str(10 ** 9),
                               "--device", "cpu"]) == 2
     assert "--max-new-tokens must be at most" in one_line(capsys.readouterr().err)
     monkeypatch.setattr(memory, "available_bytes", lambda: 2 ** 20)
-    assert generate_cli.main(["--run", str(small_run), "--prompt", "Once", "--device", "cpu"]) == 2
+    assert generate_cli.main(["--run", str(tiny_run), "--prompt", "Once", "--device", "cpu"]) == 2
     line = one_line(capsys.readouterr().err)
     assert line.startswith("error: generating from ") and "step_000002" in line
     assert_names_estimate_and_available(line)
 
 
-def test_generate_still_runs_when_it_fits(small_run, capsys):
-    assert generate_cli.main(["--run", str(small_run), "--prompt", "Once", "--max-new-tokens", "3",
+def test_generate_still_runs_when_it_fits(tiny_run, capsys):
+    assert generate_cli.main(["--run", str(tiny_run), "--prompt", "Once", "--max-new-tokens", "3",
                               "--temperature", "0", "--device", "cpu"]) == 0
 
 

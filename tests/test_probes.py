@@ -16,9 +16,11 @@ from model.rundata import read_data_meta, seen_chunk_ids, get_chunks, load_token
 from model.tokenizer import load_tokenizer
 from probes.ablation import ablate, head_ablation_sweep
 from probes.compute import compute_probes
-from probes.inputs import Canary, ProbeSizes, canary_space, draw_candidates, probe_inputs, tokenize_canaries
+from probes.canaries import Canary, canary_space, draw_candidates
+from probes.inputs import ProbeSizes, probe_inputs, tokenize_canaries
 from probes.memorization import canary_results, continuation_nll, greedy_scores
 
+from _ablation import naive_head_ablation
 from _runs import write_run
 
 SMALL = ProbeSizes(n_ablation=4, n_attention=5, n_memorization=6, n_random=2, max_new_tokens=12, n_frequent=200)
@@ -26,10 +28,10 @@ SMALL = ProbeSizes(n_ablation=4, n_attention=5, n_memorization=6, n_random=2, ma
 # Every key a result file must hold, as dotted paths.
 REQUIRED_KEYS = [
     "step", "tokens",
-    "head_ablation.clean_loss", "head_ablation.zero", "head_ablation.mean", "head_ablation.resample",
-    "head_ablation.gini.zero", "head_ablation.gini.mean", "head_ablation.gini.resample",
-    "head_ablation.top_share.zero", "head_ablation.top_share.mean", "head_ablation.top_share.resample",
-    "head_ablation.delta_se.zero", "head_ablation.delta_se.mean", "head_ablation.delta_se.resample",
+    "head_ablation.clean_loss", "head_ablation.zero", "head_ablation.kinds", "head_ablation.gini.zero",
+    "head_ablation.top_share.zero", "head_ablation.delta_se.zero",
+    *[f"head_ablation.attribution.{k}" for k in ("zero", "mean", "resample")],
+    "head_ablation.attribution_agreement.zero",
     "head_ablation.precision.target_se", "head_ablation.precision.achieved_se",
     "head_ablation.precision.n_sequences", "head_ablation.precision.tokens",
     "attention_entropy.raw", "attention_entropy.normalized", "attention_entropy.sink_mass",
@@ -76,26 +78,10 @@ def run(tmp_path_factory):
 # -- ablation ---------------------------------------------------------------------------------
 @pytest.mark.parametrize("kind", ["zero", "mean", "resample"])
 def test_batched_sweep_equals_a_naive_loop_of_single_head_hooks(model, tokens, kind):
-    """The naive reference is written out here with plain run_with_hooks, not through ablate()."""
-    inputs, targets = tokens[:, :-1], tokens[:, 1:]
-    clean_z = {}
-    logits = model.run_with_hooks(inputs, fwd_hooks=[
-        (f"blocks.{l}.attn.hook_z", lambda z, hook: clean_z.__setitem__(hook.name, z.clone())) for l in range(3)])
-    clean_loss = torch.nn.functional.cross_entropy(logits.reshape(-1, 97), targets.reshape(-1)).item()
+    """The naive reference (tests/_ablation.py) is one plain run_with_hooks per head, not ablate()."""
     perm = probes.ablation.resample_permutation(5, 0)
     assert sorted(perm.tolist()) == list(range(5)) and all(perm[i] != i for i in range(5))
-    naive = np.zeros((3, 4))
-    for l in range(3):
-        for h in range(4):
-            src = clean_z[f"blocks.{l}.attn.hook_z"][:, :, h]
-            new = {"zero": torch.zeros_like(src), "mean": src.mean((0, 1)).expand_as(src), "resample": src[perm]}[kind]
-
-            def hook(z, hook, h=h, new=new):
-                z = z.clone()
-                z[:, :, h] = new
-                return z
-            out = model.run_with_hooks(inputs, fwd_hooks=[(f"blocks.{l}.attn.hook_z", hook)])
-            naive[l, h] = torch.nn.functional.cross_entropy(out.reshape(-1, 97), targets.reshape(-1)).item() - clean_loss
+    naive = naive_head_ablation(model, tokens, kind).mean(-1)  # every sequence has the same length
     sweep = head_ablation_sweep(model, tokens, kind)
     assert sweep.shape == (3, 4)
     assert np.abs(sweep - naive).max() <= 1e-5
@@ -111,7 +97,7 @@ def test_batched_sweep_equals_a_naive_loop_of_single_head_hooks(model, tokens, k
             calls.append(positions)
             return rows
         with pytest.MonkeyPatch.context() as mp:
-            mp.setattr(probes.ablation, "rows_for", budget)
+            mp.setattr(probes.ablation, "sweep_rows", budget)
             grouped = head_ablation_sweep(model, tokens, kind)
         assert calls, "the sweep no longer asks for its memory budget"
         assert np.abs(grouped - naive).max() <= 1e-5, rows
@@ -215,7 +201,7 @@ def test_continuation_nll_with_the_opening_run_once_equals_full_sequences(attent
     assert continuation_nll(m, head, tails) == pytest.approx(naive, abs=1e-4)
     assert continuation_nll(NotOurGPT(m), head, tails) == pytest.approx(naive, abs=1e-4)
     with pytest.MonkeyPatch.context() as mp:  # chunks of 2 rows, each with its own copy of the cache
-        mp.setattr(probes.memorization, "rows_for", lambda model, positions: 2)
+        mp.setattr(probes.memorization, "logit_rows", lambda model, positions: 2)
         assert continuation_nll(m, head, tails) == pytest.approx(naive, abs=1e-4)
     assert len({round(v, 3) for v in naive}) == len(naive)  # the tails differ, so the check means something
 
@@ -374,8 +360,8 @@ def test_compute_probes_returns_every_result_key_with_finite_values(run):
     for key in REQUIRED_KEYS:
         get(result, key)
     L, H = model.cfg.n_layer, model.cfg.n_head
-    for key in ("head_ablation.zero", "head_ablation.delta_se.resample", "attention_entropy.normalized",
-                "induction.induction"):
+    for key in ("head_ablation.zero", "head_ablation.delta_se.zero", "head_ablation.attribution.resample",
+                "attention_entropy.normalized", "induction.induction"):
         m = np.asarray(get(result, key))
         assert m.shape == (L, H) and np.isfinite(m).all()
     precision = result["head_ablation"]["precision"]

@@ -35,7 +35,8 @@ from probes.results import pid_alive, read_results
 from probes.runner import probe_bytes
 
 import _faults as faults
-from _runs import add_checkpoint, corrupt_checkpoint, set_status, write_run
+from _runs import add_checkpoint, corrupt_checkpoint
+from model.runrecord import set_status
 
 ray = pytest.importorskip("ray")
 
@@ -104,8 +105,9 @@ def cluster():
 
 
 @pytest.fixture(scope="module")
-def template(tmp_path_factory) -> Path:
-    return write_run(tmp_path_factory.mktemp("template"), steps=STEPS)
+def template(fake_run) -> Path:
+    """The session's fake run with STEPS (conftest.py): shared, so every test copies it."""
+    return fake_run(steps=STEPS)
 
 
 @pytest.fixture(scope="module")

@@ -27,10 +27,11 @@ STEPS = list(range(0, 1100, 100))
 
 
 @pytest.fixture(scope="module")
-def real(tmp_path_factory) -> dict:
-    """One real result (memorization and repetition) of a small run's checkpoint."""
+def real(fake_run) -> dict:
+    """One real result (memorization and repetition) of a small run's checkpoint: step 0 of the
+    session's default fake run (test_runner.py's), the same files as a fake run of step 0 alone."""
     from model.checkpoint import checkpoint_dir, load_checkpoint
-    run = write_run(tmp_path_factory.mktemp("pairs"), steps=(0,))
+    run = fake_run(steps=(0, 1, 2, 4))
     model, _ = load_checkpoint(checkpoint_dir(run, 0))
     return compute_probes(model, load_tokenizer(run), probe_inputs(run, SMALL), 0, ["memorization", "repetition"])
 

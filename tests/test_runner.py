@@ -13,16 +13,20 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 
 import probes
+from model.checkpoint import load_checkpoint
 from model.runio import write_json_atomic
-from model.runlayout import result_path
+from model.runlayout import checkpoint_dir, result_path
 from probes.cli import main
-from probes.results import read_results
+from probes.ablation import head_ablation_probe
+from probes.compute import fit_context
+from probes.inputs import probe_inputs
+from probes.results import ablation_key, is_done, read_results
 from probes.summary import summarize, write_summary
 
-from _runs import add_checkpoint, corrupt_checkpoint, set_status, write_run
+from _runs import add_checkpoint, corrupt_checkpoint
+from model.runrecord import set_status
 
 REPO = Path(__file__).resolve().parents[1]
 STEPS = (0, 1, 2, 4)
@@ -32,8 +36,9 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def template(tmp_path_factory) -> Path:
-    return write_run(tmp_path_factory.mktemp("template"), steps=STEPS)
+def template(fake_run) -> Path:
+    """The session's fake run with STEPS (conftest.py): shared, so every test copies it."""
+    return fake_run(steps=STEPS)
 
 
 @pytest.fixture
@@ -80,6 +85,35 @@ def test_only_computes_the_named_probes_and_a_full_run_fills_in_the_rest(run):
     # --force with --only recomputes the named probes and keeps the others
     assert probes.run_probes(run, only=["induction"], steps=[1], force=True) == [1]
     assert set(probes.PROBES) <= set(read_results(run)[1])
+
+
+def test_mean_and_resample_ablation_are_computed_on_demand_with_the_sweeps_numbers(run):
+    """The default set measures zero ablation exactly and estimates every kind; `--only
+    head_ablation_mean,head_ablation_resample` adds the exact sweeps beside it (the numbers of the
+    sweep on the same held-out blocks), keeps the rest, and is not redone once there."""
+    assert probes.run_probes(run, steps=[1]) == [1]
+    default = read_results(run)[1]
+    ha = default["head_ablation"]
+    assert ha["kinds"] == ["zero"] and "mean" not in ha and "resample" not in ha
+    assert set(ha["attribution"]) == {"zero", "mean", "resample"} and set(ha["attribution_agreement"]) == {"zero"}
+    assert ablation_key(default, "zero") == "head_ablation" and ablation_key(default, "mean") is None
+    want = ["head_ablation_mean", "head_ablation_resample"]
+    assert not is_done(default, want)
+    assert probes.run_probes(run, only=want, steps=[1]) == [1]
+    both = read_results(run)[1]
+    assert both["head_ablation"] == ha  # the default entry is kept as it was
+    inputs = probe_inputs(run)
+    model, _ = load_checkpoint(checkpoint_dir(run, 1))
+    s = inputs.sizes
+    for kind in ("mean", "resample"):
+        entry = both[f"head_ablation_{kind}"]
+        assert ablation_key(both, kind) == f"head_ablation_{kind}" and entry["kinds"] == [kind]
+        direct = head_ablation_probe(model.eval(), fit_context(inputs.ablation_pool, model.cfg.n_ctx),
+                                     block=s.n_ablation, target_se=s.ablation_target_se,
+                                     max_sequences=s.n_ablation_max, kinds=(kind,), estimates=(kind,))
+        assert entry[kind] == direct[kind] and entry["delta_se"] == direct["delta_se"]
+        assert set(entry["attribution_agreement"]) == {kind}
+    assert is_done(both, want) and probes.run_probes(run, only=want, steps=[1]) == []
 
 
 @pytest.mark.parametrize("jobs", [1, 2])

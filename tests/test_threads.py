@@ -2,6 +2,9 @@
 1-minute load average, which still reads ~1 on an idle 2-core machine right after `make test`."""
 import os
 
+import pytest
+import torch
+
 from model import device
 
 
@@ -35,11 +38,24 @@ def test_proc_stat_is_read_where_it_exists():
         assert times is None
 
 
+def test_torch_threads_sets_the_count_for_a_block_and_restores_it():
+    before = torch.get_num_threads()
+    with device.torch_threads(1):
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before
+    with pytest.raises(KeyError):
+        with device.torch_threads(None):  # None leaves the count; what the block sets is undone
+            assert torch.get_num_threads() == before
+            torch.set_num_threads(1)
+            raise KeyError("the block failed")
+    assert torch.get_num_threads() == before
+
+
 def test_the_probes_cli_runs_one_thread_per_process_whatever_the_load(monkeypatch, tmp_path):
     """The CLI's default layout: one-thread workers on a free machine, one in-process thread on a
     busy one, so its results are the same bits either way (a 2-thread process rounds differently).
-    It once compared a torch.device with "cpu" (never equal), ran in-process on every free core,
-    and gave results that depended on the load."""
+    The device is told by its type (a torch.device never equals "cpu"); otherwise the CLI would run
+    in-process on every free core and give results that depend on the load."""
     from probes import cli
 
     seen = {}

@@ -4,6 +4,7 @@ import hashlib
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -23,7 +24,6 @@ from train.args import make_args
 from train.loop import Dist, Trainer
 from train.schedule import checkpoint_steps
 from train.stories import SAMPLE_PROMPTS
-from train.testing import make_small_run
 
 from _ddp import assert_same_training, failure_report, launch_ddp
 from _faults import KILL_AT_FSYNC
@@ -33,11 +33,6 @@ TINY = ["--steps", "24", "--batch-size", "4", "--warmup", "4", "--ckpt-every", "
         "--n-layer", "2", "--n-head", "2", "--n-embd", "32", "--n-ctx", "32", "--corpus-mb", "0.05",
         "--canaries-per-count", "1", "--canary-copies", "1,8", "--eval-batches", "1", "--sample-tokens", "4",
         "--vocab-size", "1024", "--seed", "11", "--device", "cpu", "--threads", "1"]
-
-
-@pytest.fixture(scope="module")
-def small_run(tmp_path_factory):
-    return make_small_run(tmp_path_factory.mktemp("runs") / "small")
 
 
 def env():
@@ -187,11 +182,12 @@ def test_sigkill_anywhere_then_resume_is_bit_identical(tmp_path):
     assert not [p for p in cut.rglob("*") if ".tmp-" in p.name or ".old-" in p.name]
 
 
-def test_resume_of_a_complete_run_changes_nothing(small_run, capsys):
-    before = tree_digest(small_run / "checkpoints")
-    assert main(["--out", str(small_run), "--resume"]) == 0
-    assert tree_digest(small_run / "checkpoints") == before
-    assert len(read_jsonl(small_run / "metrics.jsonl")) == 41
+def test_resume_of_a_complete_run_changes_nothing(small_run, capsys, tmp_path):
+    run = Path(shutil.copytree(small_run, tmp_path / "small"))  # the session's run is shared: a copy
+    before = tree_digest(run / "checkpoints")
+    assert main(["--out", str(run), "--resume"]) == 0
+    assert tree_digest(run / "checkpoints") == before
+    assert len(read_jsonl(run / "metrics.jsonl")) == 41
 
 
 def test_failure_marks_the_run_failed_and_resume_finishes(tmp_path, monkeypatch):
@@ -319,11 +315,12 @@ def test_resume_without_state(tmp_path, capsys):
 
 
 def test_never_overwrites_an_existing_run(small_run, capsys, tmp_path):
-    before = tree_digest(small_run)
-    bad(["--out", str(small_run)], capsys, "already holds a run")
-    bad(["--out", str(small_run), "--resume", "--lr", "0.5"], capsys, "holds a different run")
-    bad(["--out", str(small_run), "--resume", "--preset", "tiny"], capsys, "holds a different run")
-    assert tree_digest(small_run) == before
+    run = Path(shutil.copytree(small_run, tmp_path / "small"))  # should the CLI write, the shared run stays whole
+    before = tree_digest(run)
+    bad(["--out", str(run)], capsys, "already holds a run")
+    bad(["--out", str(run), "--resume", "--lr", "0.5"], capsys, "holds a different run")
+    bad(["--out", str(run), "--resume", "--preset", "tiny"], capsys, "holds a different run")
+    assert tree_digest(run) == before
     other = tmp_path / "stuff"
     other.mkdir()
     (other / "notes.txt").write_text("mine")

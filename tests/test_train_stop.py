@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from model.checkpoint import list_checkpoints
-from train.testing import small_run_argv
+from _small_run import small_run_argv
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])

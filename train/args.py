@@ -16,7 +16,7 @@ from model.config import PRESETS, attention_kinds
 from model.device import MAX_THREADS
 from model.gpt import MAX_NEW_TOKENS
 
-from .planting import parse_period
+from .planting import parse_period, planted_count
 from .schedule import Window, parse_windows, window_count
 
 
@@ -88,6 +88,11 @@ class TrainArgs:
 
     def windows(self) -> list[Window]:
         return parse_window_option("--ckpt-window", self.ckpt_window)
+
+    def planted_per_micro(self) -> int:
+        """Planted-repeat rows in each micro-batch of this run (train.planting.planted_count): the
+        loop, data.json's record and the repeat plan all take the count from here."""
+        return planted_count(self.batch_size, self.repeat_fraction)
 
 
 MAX_CHECKPOINTS = 100_000  # the planned schedule is listed in run.json

@@ -18,12 +18,14 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from model.checkpoint import has_state, kept_state_steps, remove_partial_checkpoints
-from model.runio import RunFileError, read_json, read_jsonl, write_json_atomic
+from model.checkpoint import kept_state_steps
+from model.runio import RunFileError, read_jsonl
 from model.config import GPTConfig
-from model.device import free_cores, pick_device
+from model.cliargs import run_command
+from model.device import free_cores, pick_device, set_torch_threads, torch_threads
 from model.memory import GPT2_VOCAB, TooLarge, available_bytes, check_fits, corpus_bytes, device_available_bytes, train_bytes
-from model.runlayout import RUN_JSON, metrics_jsonl, samples_jsonl
+from model.runlayout import RUN_JSON, metrics_jsonl
+from model.runrecord import read_record, set_status
 
 from .args import BadInput, TrainArgs, resolve
 from .options import requested
@@ -33,9 +35,7 @@ from .fillin import check_fill_in, run_fill_in, tidy_after_a_kill
 from .loop import Dist, Trainer
 from .plan import bigram_repetition, describe, measure_speed, prediction
 from .tokens import encode_docs
-from .rundir import (check_chunks, check_out_dir, clean_temporaries, data_installed, data_record,
-                     install_data, keep_rows_through, model_config, prepare_tokens, run_record, set_status,
-                     warn_unknown_canary_words)
+from .rundir import check_out_dir, model_config, setup_run
 
 
 def dist_from_env() -> Dist:
@@ -64,7 +64,7 @@ def set_threads(args: TrainArgs, d: Dist, device: torch.device, stored: int | No
         threads = max(1, free_cores() // int(os.environ.get("LOCAL_WORLD_SIZE", d.world)))
     else:
         return torch.get_num_threads()
-    torch.set_num_threads(threads)
+    set_torch_threads(threads)  # for the rest of main(), which restores the caller's count
     return threads
 
 
@@ -154,33 +154,6 @@ def share_outcome(d: Dist, error: str | None) -> None:
         raise BadInput(error)
 
 
-def setup_run(out: Path, args: TrainArgs, stored: dict | None, d: Dist) -> GPTConfig:
-    """Rank 0: make or check the run folder so that run.json, data/ and data.json are in place.
-    Returns the model config."""
-    if stored is None:
-        tok, canaries, source = prepare_tokens(args)
-        cfg = model_config(args, tok.info["vocab_size"])
-        check_chunks(cfg, tok)
-        warn_unknown_canary_words(tok, canaries, source)
-        out.mkdir(parents=True, exist_ok=True)
-        clean_temporaries(out)  # a first run.json write that was killed may have left its temp file
-        write_json_atomic(out / RUN_JSON, run_record(args, cfg, tok, d.world))
-        install_data(out, tok, data_record(args, cfg, tok, canaries, source, d.world))
-        return cfg
-    run = read_json(out / RUN_JSON)
-    cfg = GPTConfig.from_dict(run["model"])
-    if int(run.get("world_size", 1)) != d.world:
-        raise BadInput(f"{out} was trained by {run.get('world_size', 1)} process(es); resume it with the same "
-                       "number so that the global batch stays the same.")
-    if not data_installed(out):
-        tok, canaries, source = prepare_tokens(args)
-        install_data(out, tok, data_record(args, cfg, tok, canaries, source, d.world))
-    remove_partial_checkpoints(out)
-    clean_temporaries(out)
-    set_status(out, "training")
-    return cfg
-
-
 def prepare(explicit: dict, resume: bool, d: Dist) -> tuple[Path, dict | None, TrainArgs, torch.device]:
     """Every check made before anything is written (folder, values, device, memory, disk, data source):
     (out, the stored run.json["train"] when resuming, args, device)."""
@@ -212,7 +185,7 @@ def refusal(argv: list[str]) -> str | None:
 
 def train(explicit: dict, resume: bool, d: Dist) -> int:
     out, stored, args, device = prepare(explicit, resume, d)
-    recorded = read_json(out / RUN_JSON).get("cpu_threads") if stored is not None else None
+    recorded = read_record(out).get("cpu_threads") if stored is not None else None
     threads = set_threads(args, d, device, recorded if isinstance(recorded, int) else None)
     start_distributed(d, device)
     ok = False
@@ -249,26 +222,19 @@ def train_started(out: Path, args: TrainArgs, stored: dict | None, d: Dist, devi
     error, cfg = None, None
     if d.main:
         try:
-            cfg = setup_run(out, args, stored, d)
+            cfg = setup_run(out, args, stored, d.world)
         except BadInput as e:
             error = str(e)
     share_outcome(d, error)
     if d.main and device.type == "cpu":
         set_status(out, "training", cpu_threads=threads)
     if cfg is None:
-        cfg = GPTConfig.from_dict(read_json(out / RUN_JSON)["model"])
+        cfg = GPTConfig.from_dict(read_record(out)["model"])
     t0 = time.time()
     trainer = None
     try:
         trainer = Trainer(out, args, cfg, device, d)
-        fresh = not has_state(out)
-        if not fresh:
-            trainer.load()
-        if d.main:
-            last = trainer.step if not fresh else -1
-            keep_rows_through(metrics_jsonl(out), last)
-            keep_rows_through(samples_jsonl(out), last)
-        trainer.run(fresh)
+        trainer.start()
     except KeyboardInterrupt:  # the user's stop, not a failure: the run is stopped at its last state
         step = last_saved_step(out)
         if d.main:
@@ -365,36 +331,40 @@ def stop_on_signals() -> None:
         signal.signal(signal.SIGTERM, signal.default_int_handler)
 
 
+def command(argv: list[str], d: Dist) -> int:
+    """What `python -m train ARGV` does: --plan, --fill-in or training."""
+    explicit, resume, windows = requested(argv)
+    if "--plan" in argv:
+        return plan(explicit, d)
+    if windows is not None:
+        return fill_in(explicit, windows, d)
+    return train(explicit, resume, d)
+
+
+def user_error(e: Exception) -> str:
+    """The sentence for bad input, or for a run file (e.g. --resume of a run whose state or
+    run.json was damaged or edited) that the run cannot go on from."""
+    if isinstance(e, RunFileError):
+        return f"{e.path}: {e.problem}; the run cannot be resumed or filled in from it."
+    return str(e)
+
+
+def stop_message(e: BaseException) -> str:
+    """Where a Ctrl-C stopped: in training (Stopped says where and how to continue), or before
+    it began (setup, tokenizing), when nothing of the run is half-written."""
+    return str(e) if isinstance(e, Stopped) else "stopped by the user before training began."
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Run the CLI in-process; returns the exit status (2 with one sentence on stderr for bad input)."""
+    """Run the CLI in-process; returns the exit status (2 with one sentence on stderr for bad input,
+    1 for an OSError such as a full disk, 130 when the user stopped it)."""
     argv = sys.argv[1:] if argv is None else list(argv)
     d = dist_from_env()
-    threads = torch.get_num_threads()
-    try:
-        explicit, resume, windows = requested(argv)
-        if "--plan" in argv:
-            return plan(explicit, d)
-        if windows is not None:
-            return fill_in(explicit, windows, d)
-        return train(explicit, resume, d)
-    except BadInput as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except Stopped as e:
-        print(str(e), file=sys.stderr)
-        return 130
-    except KeyboardInterrupt:  # before training began (setup, tokenizing): nothing of the run is half-written
-        print("stopped by the user before training began.", file=sys.stderr)
-        return 130
-    except RunFileError as e:  # e.g. --resume of a run whose state or run.json was damaged or edited
-        print(f"error: {e.path}: {e.problem}; the run cannot be resumed or filled in from it.", file=sys.stderr)
-        return 2
-    except SystemExit as e:  # --help
-        return int(e.code or 0) if isinstance(e.code, int) or e.code is None else 2
-    except OSError as e:  # a full disk, a read-only or vanished folder: not a bug, so no traceback
-        print(f"error: {write_failure(argv, e)}", file=sys.stderr)
-        return 1
-    finally:
-        torch.set_num_threads(threads)  # main() may run in-process: leave the caller as it was
-        if dist.is_available() and dist.is_initialized():  # train() stops it; this is a safety net
-            dist.destroy_process_group()
+    with torch_threads(None):  # main() may run in-process: leave the caller's thread count as it was
+        try:
+            return run_command(lambda: command(argv, d), (BadInput, RunFileError), describe=user_error,
+                               os_error=lambda e: write_failure(argv, e), stops=(Stopped, KeyboardInterrupt),
+                               stopped=stop_message)
+        finally:
+            if dist.is_available() and dist.is_initialized():  # train() stops it; this is a safety net
+                dist.destroy_process_group()

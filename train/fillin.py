@@ -26,7 +26,8 @@ import torch
 
 from model.checkpoint import has_state, kept_state_steps, list_checkpoints, read_latest, remove_partial_checkpoints
 from model.config import GPTConfig
-from model.runio import RunFileError, read_json, read_jsonl
+from model.runio import RunFileError, read_jsonl
+from model.runrecord import read_record
 from model.runlayout import RUN_JSON, metrics_jsonl, step_of
 
 from .args import BadInput, TrainArgs, parse_window_option, resolve
@@ -53,7 +54,7 @@ def stored_run(out: Path) -> dict:
     if not (out / RUN_JSON).exists():
         raise BadInput(f"--fill-in: {out} holds no run (no {RUN_JSON}).")
     try:
-        run = read_json(out / RUN_JSON)
+        run = read_record(out)
         dict(run["train"])
         return run
     except (RunFileError, KeyError, TypeError, ValueError):
@@ -124,7 +125,7 @@ def tidy_after_a_kill(out: Path) -> None:
 def run_fill_in(out: Path, args: TrainArgs, plan: FillInPlan, device: torch.device) -> list[int]:
     """Retrain from plan.start to plan.end in memory and write the missing checkpoints; returns
     the steps written. run.json["filled_in"] gets an entry, updated after each checkpoint."""
-    cfg = GPTConfig.from_dict(read_json(out / RUN_JSON)["model"])
+    cfg = GPTConfig.from_dict(read_record(out)["model"])
     trainer = Trainer(out, args, cfg, device, Dist())
     trainer.load(plan.start)
     losses = recorded_losses(out)

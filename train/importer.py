@@ -34,12 +34,15 @@ import torch
 from tqdm import tqdm
 
 from model.checkpoint import list_checkpoints, remove_partial_checkpoints, save_checkpoint, step_of
-from model.runio import RunFileError, append_jsonl, read_json, read_jsonl, write_bytes_atomic, write_json_atomic
+from model.cliargs import run_command
+from model.device import torch_threads
+from model.runio import RunFileError, append_jsonl, read_jsonl, write_bytes_atomic
 from model.config import GPTConfig
 from model.gpt import GPT
 from model.interop import from_hf
 from model.rundata import n_chunks
 from model.runlayout import RUN_JSON, metrics_jsonl, samples_jsonl
+from model.runrecord import read_record, set_status, write_record
 from model.tokenizer import GPT2_VOCAB_SIZE, Tokenizer, load_tokenizer
 
 from .args import BadInput, TrainArgs, validate
@@ -47,7 +50,7 @@ from .options import Parser
 from .corpora import Corpus, check_source, load_corpus, split_documents, text_files
 from .loop import one_thread
 from .stories import SAMPLE_PROMPTS
-from .rundir import clean_temporaries, data_installed, data_record, install_data, set_status
+from .rundir import clean_temporaries, data_installed, data_record, install_data
 from .tokens import Tokenized, tokenize
 from .importer_nanogpt import nanogpt_checkpoints
 from .importer_sources import Source, SourceCheckpoint, hf_checkpoints, parse_from
@@ -149,7 +152,7 @@ def check_existing(out: Path, record: dict, cfg: GPTConfig) -> dict | None:
                 break
         return None
     try:
-        run = read_json(run_json)
+        run = read_record(out)
         old = run["imported"]
         model = run["model"]
     except (RunFileError, KeyError, TypeError):
@@ -190,7 +193,7 @@ def read_documents(path: Path) -> list[str]:
 # -- writing -----------------------------------------------------------------------------------
 def write_run_json(out: Path, cfg: GPTConfig, record: dict, steps: list[int]) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(out / RUN_JSON, {
+    write_record(out, {
         "name": out.name, "status": "importing", "model": cfg.to_dict(),
         "tokenizer": {"kind": "gpt2", "vocab_size": GPT2_VOCAB_SIZE}, "seed": record["seed"],
         "data_source": record["data"], "world_size": 1, "checkpoint_steps": steps, "imported": record,
@@ -347,24 +350,19 @@ def run_import(args: argparse.Namespace) -> int:
     return 0
 
 
+def write_failure(e: OSError) -> str:
+    """One sentence for an OSError (a full disk, a vanished folder) that stopped the import: what
+    was written is intact, and the same command finishes it."""
+    where = f" ({e.filename})" if e.filename else ""
+    return f"the import stopped: {e.strerror or e}{where}; fix that, then run the same command again to finish it."
+
+
 def main(argv: list[str] | None = None) -> int:
-    """The CLI in-process; returns the exit status (2 with one sentence on stderr for bad input)."""
+    """The CLI in-process; returns the exit status (2 with one sentence on stderr for bad input,
+    1 for an OSError such as a full disk)."""
     argv = sys.argv[1:] if argv is None else list(argv)
-    threads = torch.get_num_threads()
-    try:
-        return run_import(build_parser().parse_args(argv))
-    except BadInput as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except SystemExit as e:  # --help
-        return int(e.code or 0) if isinstance(e.code, int) or e.code is None else 2
-    except OSError as e:  # a full disk, a vanished folder: what was written is intact
-        where = f" ({e.filename})" if e.filename else ""
-        print(f"error: the import stopped: {e.strerror or e}{where}; fix that, then run the same command again "
-              "to finish it.", file=sys.stderr)
-        return 1
-    finally:
-        torch.set_num_threads(threads)
+    with torch_threads(None):  # main() may run in-process: leave the caller's thread count as it was
+        return run_command(lambda: run_import(build_parser().parse_args(argv)), (BadInput,), os_error=write_failure)
 
 
 if __name__ == "__main__":

@@ -4,9 +4,9 @@ schedule, and a training state at every checkpoint that makes --resume (from the
 --fill-in (from any) bit-exact on CPU.
 
 Batches are never drawn from a stateful sampler: optimizer step s consumes global samples
-[(s-1)*G, s*G) of the seeded chunk order in model.rundata, split over micro-steps and ranks. So the
-data position is just the step, probes can recompute what any step had seen, and a DDP run with
-the same global batch sees exactly what a single process sees.
+[(s-1)*G, s*G) of the seeded chunk order in model.rundata (G: the corpus rows per step), split
+over micro-steps and ranks. So the data position is just the step, probes can recompute what any
+step had seen, and a DDP run with the same global batch sees exactly what a single process sees.
 """
 from __future__ import annotations
 
@@ -23,9 +23,10 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
-from model.checkpoint import drop_state, kept_state_steps, load_state, save_checkpoint, save_state
+from model.checkpoint import drop_state, has_state, kept_state_steps, load_state, save_checkpoint, save_state
 from model.runio import append_jsonl
 from model.config import GPTConfig
+from model.device import torch_threads
 from model.gpt import GPT
 from model.rundata import (FREQUENT_COUNT_TOKENS, frequent_tokens, get_chunks, load_tokens, n_chunks,
                            read_data_meta, sample_chunk_ids)
@@ -33,8 +34,9 @@ from model.runlayout import metrics_jsonl, samples_jsonl
 from model.tokenizer import Tokenizer, load_tokenizer
 
 from .args import TrainArgs
-from .planting import RepeatPlan, parse_period, planted_count, planted_rows
+from .planting import RepeatPlan, parse_period, planted_rows
 from .disk import capacity, states_to_keep
+from .rundir import keep_rows_through
 from .schedule import checkpoint_steps, learning_rate, window_steps
 from .stories import SAMPLE_PROMPTS
 
@@ -65,24 +67,18 @@ def configure_optimizer(model: GPT, args: TrainArgs, device: torch.device) -> to
     return torch.optim.AdamW(groups, lr=args.lr, betas=(0.9, args.beta2), eps=1e-8, **extra)
 
 
-@contextlib.contextmanager
-def one_thread(device: torch.device):
-    """Token-by-token generation on a CPU is a stream of tiny ops; a second thread only adds
-    synchronisation, and on a busy machine it makes them many times slower."""
-    n = torch.get_num_threads()
-    if device.type == "cpu":
-        torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(n)
+def one_thread(device: torch.device) -> contextlib.AbstractContextManager[None]:
+    """One torch thread on a CPU for a block, the count restored after: token-by-token generation
+    on a CPU is a stream of tiny ops; a second thread only adds synchronisation, and on a busy
+    machine it makes them many times slower."""
+    return torch_threads(1 if device.type == "cpu" else None)
 
 
 def repeat_plan(args: TrainArgs, train_tokens: np.ndarray, vocab_size: int, tokenizer: Tokenizer) -> RepeatPlan | None:
     """The planted-repeat plan of --repeat-fraction (None when nothing is planted): spans drawn from
     the training split's most frequent tokens, end-of-text and unknown excluded, as the induction
     probe draws its random tokens."""
-    if planted_count(args.batch_size, args.repeat_fraction) == 0:
+    if args.planted_per_micro() == 0:
         return None
     lo, hi = parse_period(args.repeat_period)
     special = {tokenizer.eot_id} | ({tokenizer.unk_id} if tokenizer.unk_id is not None else set())
@@ -96,14 +92,15 @@ class Trainer:
         self.meta = read_data_meta(run_dir)
         self.train_tokens = load_tokens(run_dir, "train", self.meta)
         self.val_tokens = load_tokens(run_dir, "val", self.meta)
-        self.L = cfg.n_ctx
-        self.G = int(self.meta["global_batch"])  # corpus rows per step (planted repeats come on top)
-        self.n_train = n_chunks(len(self.train_tokens), self.L)
+        self.n_ctx = cfg.n_ctx  # tokens a row is trained on (a row holds n_ctx + 1: inputs and targets)
+        self.corpus_rows_per_step = int(self.meta["global_batch"])  # planted repeats come on top
+        self.n_train = n_chunks(len(self.train_tokens), self.n_ctx)
         self.schedule = set(checkpoint_steps(args.steps, args.warmup, args.ckpt_every, args.windows()))
         self.tokenizer = load_tokenizer(run_dir)
         self.plan = repeat_plan(args, self.train_tokens, cfg.vocab_size, self.tokenizer)
-        self.n_plant = planted_count(args.batch_size, args.repeat_fraction) if self.plan else 0
-        self.rows_per_step = (self.G // (args.grad_accum * d.world) + self.n_plant) * args.grad_accum * d.world
+        self.n_plant = args.planted_per_micro()  # planted rows per micro-batch
+        self.rows_per_step = ((self.corpus_rows_per_step // (args.grad_accum * d.world) + self.n_plant)
+                              * args.grad_accum * d.world)
         torch.manual_seed(args.seed)
         self.raw = GPT(cfg).to(device)
         self.opt = configure_optimizer(self.raw, args, device)
@@ -123,22 +120,25 @@ class Trainer:
     def fixed_chunks(self, split: str) -> np.ndarray:
         """The chunks every evaluation uses: a seeded sample, the same at every step."""
         tokens = self.train_tokens if split == "train" else self.val_tokens
-        n = n_chunks(len(tokens), self.L)
-        k = min(n, self.args.eval_batches * self.G)  # set by the global batch, so DDP/accumulation agree
+        n = n_chunks(len(tokens), self.n_ctx)
+        k = min(n, self.args.eval_batches * self.corpus_rows_per_step)  # so DDP and accumulation agree
         return np.sort(np.random.default_rng([self.args.seed, 5, split == "val"]).permutation(n)[:k])
 
     def step_batches(self, step: int) -> list[torch.Tensor]:
-        """This rank's micro-batches [B, L+1] for optimizer step `step` (1-based). Micro-step k of
-        rank r takes rows [(k*world + r)*B, ... + B) of the step's global batch."""
+        """This rank's micro-batches [batch_size, n_ctx + 1] for optimizer step `step` (1-based):
+        B corpus rows, then the planted ones. Micro-step k of rank r takes corpus rows
+        [(k*world + r)*B, ... + B) of the step's global batch."""
         K, W = self.args.grad_accum, self.d.world
         B = self.args.batch_size - self.n_plant  # corpus rows per micro-batch
-        ids = sample_chunk_ids(self.meta["seed"], self.n_train, (step - 1) * self.G, step * self.G)
+        G = self.corpus_rows_per_step
+        ids = sample_chunk_ids(self.meta["seed"], self.n_train, (step - 1) * G, step * G)
         out = []
         for k in range(K):
             slot = k * W + self.d.rank
-            rows = get_chunks(self.train_tokens, ids[slot * B:(slot + 1) * B], self.L)
+            rows = get_chunks(self.train_tokens, ids[slot * B:(slot + 1) * B], self.n_ctx)
             if self.n_plant:
-                planted = planted_rows(self.plan, self.meta["seed"], step, slot * self.n_plant, self.n_plant, self.L + 1)
+                planted = planted_rows(self.plan, self.meta["seed"], step, slot * self.n_plant, self.n_plant,
+                                       self.n_ctx + 1)
                 rows = np.concatenate([rows, planted])
             out.append(torch.from_numpy(rows).to(self.device, non_blocking=True))
         return out
@@ -149,7 +149,7 @@ class Trainer:
             "step": self.step, "model": {k: v.detach().cpu() for k, v in self.raw.state_dict().items()},
             "optimizer": self.opt.state_dict(), "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else [],
-            "train_loss": self.last_loss, "global_batch": self.G,
+            "train_loss": self.last_loss, "global_batch": self.corpus_rows_per_step,
         }
 
     def load(self, step: int | None = None) -> None:
@@ -172,7 +172,7 @@ class Trainer:
         self.raw.eval()
         total, count = 0.0, 0
         for i in range(0, len(ids), self.args.batch_size):
-            rows = torch.from_numpy(get_chunks(tokens, ids[i:i + self.args.batch_size], self.L)).to(self.device)
+            rows = torch.from_numpy(get_chunks(tokens, ids[i:i + self.args.batch_size], self.n_ctx)).to(self.device)
             with self.autocast:
                 _, loss = self.raw(rows[:, :-1], rows[:, 1:])
             total += float(loss) * len(rows)
@@ -228,7 +228,7 @@ class Trainer:
     def save_weights(self, train_loss: float | None, val_loss: float) -> None:
         """The checkpoint of the current step (weights and meta.json) and nothing else."""
         save_checkpoint(self.run_dir, self.step, self.raw, {
-            "tokens": self.step * self.rows_per_step * self.L, "train_loss": train_loss, "val_loss": val_loss,
+            "tokens": self.step * self.rows_per_step * self.n_ctx, "train_loss": train_loss, "val_loss": val_loss,
             "time": time.time()})
 
     def begin(self) -> None:
@@ -268,8 +268,8 @@ class Trainer:
             loss = loss / self.d.world
         self.last_loss = float(loss)
         dt = time.perf_counter() - t0
-        return {"step": self.step, "tokens": self.step * self.rows_per_step * self.L, "loss": self.last_loss, "lr": lr,
-                "grad_norm": grad_norm, "tok_per_s": round(self.rows_per_step * self.L / dt, 1)}
+        return {"step": self.step, "tokens": self.step * self.rows_per_step * self.n_ctx, "loss": self.last_loss,
+                "lr": lr, "grad_norm": grad_norm, "tok_per_s": round(self.rows_per_step * self.n_ctx / dt, 1)}
 
     def replay(self, end: int) -> Iterator[dict]:
         """Train from the loaded state up to step `end`, yielding each step's metrics row and
@@ -281,6 +281,18 @@ class Trainer:
                 raise FloatingPointError(f"the training loss became {row['loss']} at step {self.step}; "
                                          "try a lower --lr.")
             yield row
+
+    def start(self) -> None:
+        """Train the run to its last step: from its newest training state when it has one (the
+        logs cut back to that step, so a resumed run logs each step once), else from step 0."""
+        fresh = not has_state(self.run_dir)
+        if not fresh:
+            self.load()
+        if self.d.main:
+            last = -1 if fresh else self.step
+            keep_rows_through(metrics_jsonl(self.run_dir), last)
+            keep_rows_through(samples_jsonl(self.run_dir), last)
+        self.run(fresh)
 
     def run(self, fresh: bool) -> None:
         if fresh:

@@ -33,9 +33,6 @@ class RepeatPlan:
     period_max: int
     pool: np.ndarray  # token ids the random spans are drawn from
 
-    def planted_per_micro(self, batch_size: int) -> int:
-        return planted_count(batch_size, self.fraction)
-
 
 def parse_period(text: str) -> tuple[int, int]:
     """'MIN:MAX' (or a single 'P', a fixed period) -> (MIN, MAX); ValueError naming the problem."""

@@ -14,17 +14,18 @@ from pathlib import Path
 
 import numpy as np
 
-from model.checkpoint import has_state
+from model.checkpoint import has_state, remove_partial_checkpoints
 from model.runio import RunFileError, read_json, read_jsonl, write_bytes_atomic, write_json_atomic
 from model.config import GPTConfig
 from model.rundata import n_chunks
 from model.tokenizer import Tokenizer
 from model.runlayout import DATA_JSON, RUN_JSON, SPLITS, VOCAB_JSON, data_dir, split_file, state_dir
+from model.runrecord import read_record, set_status, update_record, write_record
 
 from .args import BadInput, TrainArgs
 from .corpora import load_corpus
 from .plan import bigram_repetition, prediction
-from .planting import parse_period, planted_count
+from .planting import parse_period
 from .schedule import checkpoint_steps
 from .tokens import Tokenized, link_or_copy, tokenize
 
@@ -38,8 +39,7 @@ def check_out_dir(out: Path, resume: bool) -> dict | None:
                 raise BadInput(f"{out} has a state/ folder but no run.json, so it cannot be resumed.")
             raise BadInput(f"--resume: {out} holds no run with training state to resume.")
         try:
-            run = read_json(run_json)
-            return dict(run["train"])
+            return dict(read_record(out)["train"])
         except (RunFileError, KeyError, TypeError):
             raise BadInput(f"{run_json} is not a readable run description, so the run cannot be resumed.") from None
     if run_json.exists():
@@ -136,12 +136,12 @@ def data_record(args: TrainArgs, cfg: GPTConfig, tok: Tokenized, canaries: list[
 def corpus_rows_per_step(args: TrainArgs, world: int) -> int:
     """Corpus samples one optimizer step consumes (data.json["global_batch"], which model.rundata
     counts seen sequences by): every row of every micro-batch but the planted repeats."""
-    return (args.batch_size - planted_count(args.batch_size, args.repeat_fraction)) * args.grad_accum * world
+    return (args.batch_size - args.planted_per_micro()) * args.grad_accum * world
 
 
 def planted_record(args: TrainArgs, world: int) -> dict | None:
     """What data.json says about planted repeats (train.planting), None when there are none."""
-    k = planted_count(args.batch_size, args.repeat_fraction)
+    k = args.planted_per_micro()
     if k == 0:
         return None
     lo, hi = parse_period(args.repeat_period)
@@ -176,14 +176,31 @@ def data_installed(run_dir: Path) -> bool:
         return False
 
 
-def set_status(run_dir: Path, status: str, **extra) -> None:
-    run = read_json(run_dir / RUN_JSON)
-    run["status"] = status
-    run.update(extra)
-    if status != "failed":
-        run.pop("error", None)
-    run["updated"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    write_json_atomic(run_dir / RUN_JSON, run)
+def setup_run(out: Path, args: TrainArgs, stored: dict | None, world: int) -> GPTConfig:
+    """Rank 0: make or check the run folder so that run.json, data/ and data.json are in place.
+    Returns the model config."""
+    if stored is None:
+        tok, canaries, source = prepare_tokens(args)
+        cfg = model_config(args, tok.info["vocab_size"])
+        check_chunks(cfg, tok)
+        warn_unknown_canary_words(tok, canaries, source)
+        out.mkdir(parents=True, exist_ok=True)
+        clean_temporaries(out)  # a first run.json write that was killed may have left its temp file
+        write_record(out, run_record(args, cfg, tok, world))
+        install_data(out, tok, data_record(args, cfg, tok, canaries, source, world))
+        return cfg
+    run = read_record(out)
+    cfg = GPTConfig.from_dict(run["model"])
+    if int(run.get("world_size", 1)) != world:
+        raise BadInput(f"{out} was trained by {run.get('world_size', 1)} process(es); resume it with the same "
+                       "number so that the global batch stays the same.")
+    if not data_installed(out):
+        tok, canaries, source = prepare_tokens(args)
+        install_data(out, tok, data_record(args, cfg, tok, canaries, source, world))
+    remove_partial_checkpoints(out)
+    clean_temporaries(out)
+    set_status(out, "training")
+    return cfg
 
 
 def record_fill_in(run_dir: Path, entry: dict) -> None:
@@ -191,16 +208,15 @@ def record_fill_in(run_dir: Path, entry: dict) -> None:
     add and the "steps" it added) into run.json["filled_in"], replacing an entry with the same "id".
     Written before the first checkpoint and after each, so a fill-in killed at any moment leaves a
     run.json that names every checkpoint it may have made (among "planned")."""
-    run = read_json(run_dir / RUN_JSON)
+    run = read_record(run_dir)
     entries = [e for e in run.get("filled_in") or [] if isinstance(e, dict) and e.get("id") != entry["id"]]
-    run["filled_in"] = entries + [entry]
-    write_json_atomic(run_dir / RUN_JSON, run)
+    update_record(run_dir, filled_in=entries + [entry])
 
 
 def reconcile_fill_ins(run_dir: Path, existing: set[int]) -> None:
     """Make each earlier fill-in's "steps" the checkpoints of its "planned" that exist: a fill-in
     killed between writing a checkpoint and recording it leaves that checkpoint unlisted."""
-    run = read_json(run_dir / RUN_JSON)
+    run = read_record(run_dir)
     changed = False
     for e in run.get("filled_in") or []:
         if isinstance(e, dict) and isinstance(e.get("planned"), list):
@@ -208,7 +224,7 @@ def reconcile_fill_ins(run_dir: Path, existing: set[int]) -> None:
             if e.get("steps") != steps:
                 e["steps"], changed = steps, True
     if changed:
-        write_json_atomic(run_dir / RUN_JSON, run)
+        write_record(run_dir, run)
 
 
 def keep_rows_through(path: Path, step: int) -> None:

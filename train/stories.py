@@ -26,7 +26,7 @@ import numpy as np
 from model.tokenizer import gpt2_encoding
 
 from . import words as W
-from .plots import COPY_PLOTS, PLOTS, Pen, a, copy_words, ending, intro, new_character, random_words
+from .story_plots import COPY_PLOTS, PLOTS, Pen, a, copy_words, ending, intro, new_character, random_words
 
 CANARY_PREFIX_TOKENS = 32
 CANARY_SECRET_WORDS = 36

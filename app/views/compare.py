@@ -13,7 +13,7 @@ import streamlit as st
 from app import cache, compare as C, figures, ui
 from probes import loss_spikes as S
 from probes.run_pairs import RULE as PAIRS_RULE
-from app.runfolder import RunFiles, read_run, run_names, runs_root
+from app.runfolder import RunFiles, run_files, run_names, runs_root
 
 STUDY_COMMAND = "make study"
 LR_STUDY_COMMAND = "make lr-study"
@@ -58,7 +58,7 @@ def pick_runs(names: list[str]) -> list[str]:
 def load(root, name: str) -> Compared | None:
     """Read one run (problems shown as warnings); None when the run is refused or unreadable."""
     try:
-        run = read_run(root, name)
+        run = run_files(root, name)
     except ValueError as e:
         st.warning(ui.one_sentence(e))
         return None

@@ -5,7 +5,8 @@ import html
 
 import streamlit as st
 
-from app import cache, figures, results as R, ui
+from app import cache, figures, jobs, results as R, ui
+from app import failure_captions as FC
 from probes import KINDS
 HEADS_KEY = "ablate_heads"
 
@@ -40,56 +41,75 @@ SOURCES = ("exact ablation", "attribution estimate")
 def agreement_caption(res, kind: str, step: int) -> str | None:
     """The sentence that must accompany the attribution estimate: what it is and how well it
     agreed with the exact sweep at this checkpoint. None when the result holds no agreement."""
-    agree = R.get(res, f"head_ablation.attribution_agreement.{kind}")
+    agree = R.get(res, R.ablation_path(res, kind, "attribution_agreement"))
     if not isinstance(agree, dict):
         return None
     rho, overlap = agree.get("spearman"), agree.get("top3_overlap")
     rho_text = f"{rho:.2f}" if isinstance(rho, (int, float)) else "undefined (a constant matrix)"
     overlap_text = f"{overlap:.2f}" if isinstance(overlap, (int, float)) else "unknown"
-    n = R.get(res, "head_ablation.attribution_sequences")
+    n = R.get(res, R.ablation_path(res, kind, "attribution_sequences"))
     on = f" on the first {n} held-out sequences" if isinstance(n, int) else ""
     return (f"First-order estimate (attribution patching: one forward and one backward pass{on}), not a "
             f"measured ablation. Agreement with the exact {kind}-ablation sweep at step {step}: Spearman "
             f"rank correlation {rho_text}, top-3 overlap {overlap_text}.")
 
 
+def estimate_of(res, kind: str):
+    """The attribution estimate of `kind`: beside its exact sweep when there is one, else the one
+    the default head-ablation probe stores for every kind."""
+    estimate = R.get(res, R.ablation_path(res, kind, "attribution"))
+    return estimate if R.is_matrix(estimate) else R.get(res, f"head_ablation.attribution.{kind}")
+
+
 def heatmap_section(results, steps, kind, step) -> None:
     res = results[step]
-    clean = R.get(res, "head_ablation.clean_loss")
+    clean = R.get(res, R.ablation_path(res, kind, "clean_loss"))
     selected = [parse_label(h) for h in st.session_state.get(HEADS_KEY, [])]
-    source = st.radio("Heatmap shows", list(SOURCES), horizontal=True, key="heatmap_source")
+    exact = R.is_matrix(R.get(res, R.ablation_path(res, kind)))
+    source = st.radio("Heatmap shows", list(SOURCES), horizontal=True, key="heatmap_source",
+                      index=0 if exact else 1)
     if source == SOURCES[1]:
-        estimate, caption = R.get(res, f"head_ablation.attribution.{kind}"), agreement_caption(res, kind, step)
-        if not R.is_matrix(estimate) or caption is None:
+        estimate = estimate_of(res, kind)
+        caption = agreement_caption(res, kind, step)
+        if not R.is_matrix(estimate):
             st.info("This result predates the attribution estimate: recompute the probes to see it.")
             return
+        if caption is None:
+            caption = (f"First-order estimate (attribution patching), not a measured ablation. No exact "
+                       f"{kind}-ablation sweep at step {step} yet, so how far it agrees is unknown: compute it "
+                       "above.")
         fig = figures.head_heatmap(estimate, f"Estimated loss increase (first order) when one head is "
                                    f"{kind}-ablated · step {step}", "Δ loss (estimate)", selected=selected,
                                    clickable=True)
         st.plotly_chart(fig, key="ablation_heatmap", on_select=add_clicked_heads, selection_mode="points")
         st.caption(caption)
         return
-    errors = R.get(res, f"head_ablation.delta_se.{kind}")
-    fig = figures.head_heatmap(R.get(res, f"head_ablation.{kind}"), f"Loss increase when one head is "
+    if not exact:
+        st.info(f"No exact {kind}-ablation sweep at step {step}: compute it above, or show the estimate.")
+        return
+    errors = R.get(res, R.ablation_path(res, kind, "delta_se"))
+    fig = figures.head_heatmap(R.get(res, R.ablation_path(res, kind)), f"Loss increase when one head is "
                                f"{kind}-ablated · step {step}", "Δ loss", selected=selected, clickable=True,
                                errors=errors if R.is_matrix(errors) else None)
     st.plotly_chart(fig, key="ablation_heatmap", on_select=add_clicked_heads, selection_mode="points")
     if isinstance(clean, (int, float)):
         st.caption(f"Clean held-out loss at step {step}: {clean:.4f} nats. Click cells to add heads to the ablation.")
-    note = figures.ablation_precision_note(R.get(res, "head_ablation.precision"))
+    note = figures.ablation_precision_note(R.get(res, R.ablation_path(res, kind, "precision")))
     st.caption(note or "This result predates standard errors: recompute the probes to see them.")
 
 
-def interactive_section(run, step, n_layer, n_head, clean_loss, n_sequences=None) -> None:
-    """Ablate any heads on the held-out sequences the probe used at this step (its first
-    `n_sequences`: precision sizing may have used more than the first block), so the loss change
-    of one zero-ablated head is the heatmap's number."""
-    n = n_sequences if isinstance(n_sequences, int) and n_sequences >= 2 else 16
+def interactive_section(run, step, n_layer, n_head, res) -> None:
+    """Ablate any heads on the held-out sequences the probe used at this step for the chosen kind
+    (its first `n_sequences`: precision sizing may have used more than the first block), so the
+    loss change of one ablated head is the heatmap's number."""
     st.subheader("Interactive ablation")
     options = [head_label(l, h) for l in range(n_layer) for h in range(n_head)]
     st.session_state[HEADS_KEY] = [h for h in st.session_state.get(HEADS_KEY, []) if h in options]
     labels = st.multiselect("Heads to ablate", options, key=HEADS_KEY)
     kind = st.radio("Ablation", list(KINDS), horizontal=True, key="interactive_kind")
+    n_sequences = R.get(res, R.ablation_path(res, kind, "n_sequences"))
+    n = n_sequences if isinstance(n_sequences, int) and n_sequences >= 2 else 16
+    clean_loss = R.get(res, R.ablation_path(res, kind, "clean_loss"))
     prompt = st.text_input("Prompt for the greedy generation", "Once upon a time", key="ablate_prompt")
     heads = [parse_label(h) for h in labels]
     if heads:
@@ -125,19 +145,20 @@ def interactive_section(run, step, n_layer, n_head, clean_loss, n_sequences=None
 
 
 def evolution_section(run, results, kind, log_x) -> None:
-    steps, mats = R.matrices(results, f"head_ablation.{kind}")
+    steps, mats = R.ablation_matrices(results, kind)
     if len(steps) < 2:
-        st.info("The evolution over training needs probe results for at least two checkpoints.")
+        st.info(f"The evolution over training needs exact {kind}-ablation results for at least two checkpoints"
+                + ("." if kind == "zero" else ": compute them above for every checkpoint."))
         return
     summary = cache.probe_summary(run)
-    errors = [R.get(results[s], f"head_ablation.delta_se.{kind}") for s in steps]
+    errors = [R.get(results[s], R.ablation_path(results[s], kind, "delta_se")) for s in steps]
     errors = [e if R.is_matrix(e) else None for e in errors]
     st.plotly_chart(figures.head_small_multiples(steps, mats, f"Per-head loss increase ({kind}) over training, ± SE",
                                                  "Δ loss", log_x=log_x,
                                                  errors=errors if any(e is not None for e in errors) else None),
                     key="evolution")
-    gini = R.scalar(results, f"head_ablation.gini.{kind}")
-    top = R.scalar(results, f"head_ablation.top_share.{kind}")
+    gini = R.ablation_scalar(results, kind, "gini")
+    top = R.ablation_scalar(results, kind, "top_share")
     series = {k: v for k, v in {"Gini": gini, "top-10% share": top}.items() if v[0]}
     if series:
         entry = R.emergence_entry(summary, "head_concentration") or {}
@@ -148,14 +169,36 @@ def evolution_section(run, results, kind, log_x) -> None:
         st.plotly_chart(figures.scalar_series(
             series, "Head-importance concentration over training", "share / coefficient", log_x=log_x,
             marks={"concentration": R.emergence_step(summary, "head_concentration"),
-                   **(R.inequality_mark(summary) if kind == "zero" else {})}), key="gini")
-        caption = R.concentration_caption(entry) if entry else None
+                   **(FC.inequality_mark(summary) if kind == "zero" else {})}), key="gini")
+        caption = FC.concentration_caption(entry) if entry else None
         if caption:
             st.caption(("" if kind == "zero" else "Zero ablation: ") + caption)
         rule = R.emergence_rule(summary, "head_concentration")
         if rule:
             with st.expander("How head inequality is measured and tested"):
                 st.caption(rule)
+
+
+def on_demand_section(run, results, steps, kind, step) -> None:
+    """Mean and resample sweeps are not in the default probe set (each costs as much as the zero
+    sweep): offer to compute them, at this checkpoint or at every one, through the probes runner
+    (the same computation as `python -m probes RUN --only head_ablation_<kind>`)."""
+    missing = [s for s in steps if not R.is_matrix(R.get(results[s], R.ablation_path(results[s], kind)))]
+    job = jobs.running(run.path)
+    if job is not None:
+        ui.probe_progress(job)
+        return
+    if not missing:
+        return
+    st.caption(f"The exact {kind} ablation is computed on demand: {len(steps) - len(missing)} of {len(steps)} "
+               f"checkpoints have it (the default probes measure zero ablation exactly, and estimate {kind} "
+               "ablation to first order).")
+    here, every = st.columns(2)
+    todo = [step] if step in missing else []
+    if todo and here.button(f"Compute exact {kind} ablation at step {step}", key=f"demand-{kind}-{step}"):
+        ui.probe_progress(jobs.start_probes(run.path, todo, only=[f"head_ablation_{kind}"]))
+    elif every.button(f"… at all {len(missing)} checkpoints without it", key=f"demand-{kind}-all"):
+        ui.probe_progress(jobs.start_probes(run.path, missing, only=[f"head_ablation_{kind}"]))
 
 
 def render() -> None:
@@ -174,18 +217,18 @@ def render() -> None:
         step = ui.step_picker(steps)
     kind = top[1].radio("Heatmap ablation", list(KINDS), key="kind")
     log_x = ui.log_x_toggle("log_x", True, where=top[2])
-    matrix = R.get(results[step], f"head_ablation.{kind}")
+    matrix = R.get(results[step], "head_ablation.zero")
     if not R.is_matrix(matrix):
-        st.info(f"No {kind}-ablation results at step {step}.")
+        st.info(f"No head-ablation results at step {step}.")
         return
+    if kind != "zero":
+        ui.guarded(lambda: on_demand_section(run, results, steps, kind, step))
     n_layer, n_head = len(matrix), len(matrix[0])
     left, right = st.columns([1, 1])
     with left:
         ui.guarded(lambda: heatmap_section(results, steps, kind, step))
     with right:
-        ui.guarded(lambda: interactive_section(run, step, n_layer, n_head,
-                                               R.get(results[step], "head_ablation.clean_loss"),
-                                               R.get(results[step], "head_ablation.n_sequences")))
+        ui.guarded(lambda: interactive_section(run, step, n_layer, n_head, results[step]))
     ui.guarded(lambda: evolution_section(run, results, kind, log_x))
 
 

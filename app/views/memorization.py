@@ -4,6 +4,7 @@ import pandas as pd
 import streamlit as st
 
 from app import cache, figures, results as R, ui
+from app import failure_captions as FC
 
 
 def scores_section(run, results, log_x) -> None:
@@ -25,7 +26,7 @@ def scores_section(run, results, log_x) -> None:
         series, "Pythia memorization score (32-token prefix → 32 greedy tokens)", "score / fraction",
         log_x=log_x, marks=onset, secondary={"held-out − seen loss": gap} if gap[0] else None,
         secondary_title="loss gap (nats)"), key="memorization")
-    caption = R.overfitting_caption(R.emergence_entry(summary, "overfitting"))
+    caption = FC.overfitting_caption(R.emergence_entry(summary, "overfitting"))
     if caption:
         st.caption(caption)
     rule = R.emergence_rule(summary, "overfitting")

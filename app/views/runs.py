@@ -4,7 +4,8 @@ loss, and the fixed-prompt generations at a chosen checkpoint with repeated n-gr
 import streamlit as st
 
 from app import cache, figures, results as R, ui
-from app.runfolder import metrics_series, read_run, run_names, runs_root, sample_steps, samples_at
+from app import failure_captions as FC
+from app.runfolder import metrics_series, run_files, run_names, runs_root, sample_steps, samples_at
 
 
 def loss_section(run) -> None:
@@ -14,7 +15,7 @@ def loss_section(run) -> None:
     compare = left.multiselect("Compare with other runs", others, key="compare") if others else []
     log_x = ui.log_x_toggle("log_x", False, where=right)
     curves, checkpoints = {}, {}
-    for r in [run] + [read_run(root, n) for n in compare]:
+    for r in [run] + [run_files(root, n) for n in compare]:
         curves[r.name] = metrics_series(r.path)
         checkpoints[r.name] = r.checkpoint_steps
     if not any(c["train"][0] for c in curves.values()):
@@ -24,7 +25,7 @@ def loss_section(run) -> None:
     st.plotly_chart(figures.loss_curves(curves, checkpoints, log_x=log_x, marks=failure_marks(summary)),
                     key="loss_chart")
     for name in ("loss_generation_mismatch", "overfitting"):
-        caption = (R.mismatch_caption if name == "loss_generation_mismatch" else R.overfitting_caption)(
+        caption = (FC.mismatch_caption if name == "loss_generation_mismatch" else FC.overfitting_caption)(
             R.emergence_entry(summary, name))
         if caption:
             st.caption(caption)
@@ -88,10 +89,10 @@ def samples_section(run) -> None:
     with left:
         step = ui.step_picker(steps, key="sample_step")
     n = right.number_input("Highlight repeated n-grams of length", 2, 8, 4, key="ngram")
-    stretch = R.mismatch_stretch_at(cache.probe_summary(run), step)
+    stretch = FC.mismatch_stretch_at(cache.probe_summary(run), step)
     if stretch is not None:
         st.info(f"Step {step} lies in a loss–generation mismatch stretch (steps {stretch['step']}–"
-                f"{stretch['to_step']}): {R.MISMATCH_LABELS.get(str(stretch.get('metric')), stretch.get('metric'))} is worse than at step "
+                f"{stretch['to_step']}): {FC.MISMATCH_LABELS.get(str(stretch.get('metric')), stretch.get('metric'))} is worse than at step "
                 f"{stretch.get('reference_step')} while the held-out loss is lower. Compare with that checkpoint.")
     for row in samples_at(run.path, step):
         st.markdown(f"**{row.get('prompt', '')!s}** · _{row.get('decoding', '')}_")

@@ -1,4 +1,4 @@
-"""A small real run for other packages' tests: `make_small_run(out_dir)` trains a shrunken nano model
+"""A small real run for the tests: `make_small_run(out_dir)` trains a shrunken nano model
 on a small stories corpus (with canaries) through the real CLI in a few seconds, leaving the full
 run layout (run.json, data, metrics, samples, several checkpoints, state).
 
@@ -10,8 +10,9 @@ import os
 from pathlib import Path
 from typing import Any
 
-from model.runio import read_json
+from model.runrecord import run_status
 from model.runlayout import run_json as run_json_path
+from train import main
 
 SMALL_RUN = dict(
     preset="nano", data="stories", steps=40, batch_size=8, grad_accum=1, lr=3e-3, warmup=8,
@@ -38,11 +39,9 @@ def make_small_run(out_dir: str | os.PathLike, steps: int = 40, **overrides: Any
     """Train the small run into `out_dir` (checkpoints at 0, 1, 2, 4, 8, 10, 20, 30, 40 by default)
     and return its path. A complete run already there is returned as is; any option of the CLI can
     be overridden by its underscored name (n_layer=1, corpus_mb=0.3, ...)."""
-    from . import main
-
     out = Path(out_dir)
     run_json = run_json_path(out)
-    if run_json.exists() and read_json(run_json).get("status") == "complete":
+    if run_status(out, None) == "complete":
         return out
     status = main(small_run_argv(out, steps=steps, **overrides) + (["--resume"] if run_json.exists() else []))
     if status != 0:

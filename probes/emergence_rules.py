@@ -1,0 +1,157 @@
+"""The thresholds of every emergence rule and the rules in words. summarize writes both into
+summary.json beside the detections, so a reader never has to guess how a step was found: the
+detectors (probes/phenomena.py, probes/failure_modes.py) read their numbers from THRESHOLDS, and
+`rules()` states each method with those numbers filled in.
+"""
+from __future__ import annotations
+
+from .emergence import SMALL_SAMPLE
+from .head_inequality import EQUAL_HEADS_DRAWS, EQUAL_HEADS_QUANTILE, EQUAL_HEADS_SEED
+
+THRESHOLDS = {
+    "repetition_seq_rep_4": 0.3,     # greedy seq-rep-4 at or above this = repetitive generations
+    "learning_started_loss_drop": 0.1,  # learning has begun once held-out loss is 10% below step 0's
+    "persist": 2,                    # ... for this many consecutive checkpoints
+    "canary_extracted_fraction": 0.5,  # a canary group counts as extracted at or above this
+    "induction_min_rise": 0.1,       # a phase change needs the best induction score's level to rise this much
+    "concentration_min_rise": 0.1,   # head-importance concentration needs the Gini level to rise this much
+    "rise_sustain_share": 0.75,      # ... and this share of the later checkpoints to keep half the rise
+    "rise_noise_z": 6,               # ... and the rise to be this many noise levels (scaled to the split)
+    "abrupt_max_intervals": 2,       # abrupt = the climb takes at most this many checkpoint intervals ...
+    "abrupt_max_share": 0.25,        # ... or at most this share of the training steps up to its end
+    "transition_band": 0.2,          # the climb runs from within this share of the rise of one level to the other
+    "head_importance_min": 0.02,     # heads "matter" once the top head's zero-ablation loss increase is this (nats)
+    # the excess rule (probes.emergence.excess_stretches) of the loss-generation mismatch and overfitting:
+    "excess_window": 3,              # the reference: the lowest median of this many consecutive earlier checkpoints
+    "excess_noise_z": 6,             # a checkpoint stands out when this many noise levels (x the widening) above it
+    "excess_small_sample": SMALL_SAMPLE,  # ... widened by (1 + this / m^2), m = differences the noise rests on
+    "excess_min_points": 8,          # fewer checkpoints give no answer
+    "mismatch_min_tone": 0.02,       # the smallest worsening of tone that counts (bits of Jensen-Shannon divergence)
+    "mismatch_min_seq_rep": 0.1,     # the smallest worsening of seq-rep-4 (above the held-out text's) that counts
+    "overfit_min_gap": 0.02,         # the smallest growth of the held-out minus training loss gap that counts (nats)
+    "overfit_min_memorized": 0.05,   # the smallest rise of the memorized share of seen text that counts
+    "overfit_train_fit": 20,         # metrics.jsonl fallback: training loss = a line through this many logged steps
+    "equal_heads_quantile": EQUAL_HEADS_QUANTILE,  # the equal-heads bound on the Gini: this quantile ...
+    "equal_heads_draws": EQUAL_HEADS_DRAWS,        # ... of this many simulated measurements (also the SE draws)
+    "equal_heads_seed": EQUAL_HEADS_SEED,
+}
+
+RULES = {
+    "repetition": (
+        "Metric repetition.greedy.seq_rep_4 (mean over the fixed prompts). Emergence step = the first "
+        "checkpoint, among those where learning has begun (held-out loss at least "
+        "{learning_started_loss_drop:.0%} below the first checkpoint's), at which it is >= "
+        "{repetition_seq_rep_4} and stays >= {repetition_seq_rep_4} for {persist} consecutive checkpoints "
+        "(or until the last one). A random init echoes its last token, which is repetition too but not "
+        "learned: present_at_init says whether the first checkpoint already repeats. rise_step is the "
+        "first such crossing from below over all checkpoints; resolved_step the first checkpoint after "
+        "the emergence step where it stays below the threshold for {persist} checkpoints."),
+    "induction": (
+        "Metric induction.induction.max (best head's diagonal induction score on repeated random "
+        "tokens, each head's score the mean over the repeat periods induction.random_periods, taken "
+        "outside the periods training planted repeats at; induction.induction_control beside it is the "
+        "same attention on fresh tokens, high for a head that attends by position alone). Phase change = a rise of level, found as follows. Each split between two "
+        "consecutive checkpoints (by index, so uneven spacing favours none) describes the series by "
+        "two levels: the median of the values up to the split (before) and after it (after); rise = "
+        "after - before. A split qualifies when rise >= {induction_min_rise}, the rise is sustained "
+        "(at least {rise_sustain_share:.0%} of the checkpoints after the split are >= before + rise/2) "
+        "and it is clear of noise (rise >= {rise_noise_z} x noise x sqrt(1/n_before + 1/n_after), "
+        "noise = the mean absolute deviation of the successive differences from their median, the "
+        "largest left out, x sqrt(pi)/2). detected when one qualifies; the qualifying split whose two "
+        "levels fit the values best (least total absolute deviation; ties: the larger rise, then the "
+        "larger change across the pair, then the earlier) is reported; otherwise the best-fitting "
+        "rising split, with the reason it fails. from_step and step are the two checkpoints "
+        "bracketing the change; before and after are the two levels; jump is the change across the "
+        "pair and rate that per unit of log(1 + step), for reference only. kind is abrupt when the "
+        "climb, from the last checkpoint within {transition_band:.0%} of the rise of the before level "
+        "to the first within "
+        "{transition_band:.0%} of the after level, takes at most {abrupt_max_intervals} checkpoint "
+        "intervals or at most {abrupt_max_share:.0%} of the training steps up to its end (so "
+        "checkpoints made dense around a change do not make it gradual) (transition_from_step, "
+        "transition_to_step, transition_steps), gradual otherwise; a slow ramp whose "
+        "levels differ by at least the minimum is detected and called gradual. note says when a "
+        "level rests on one checkpoint (a jump at the last pair). The ICL score "
+        "(induction.icl_score.value: mean held-out loss over late positions minus over early ones; "
+        "each result names them in early_positions and late_positions, [start, end)) is given beside "
+        "it as medians over the same checkpoints before and after, and so is the repeated-text gap "
+        "(induction.repeated_text_loss.gap: held-out loss on a span's repeat minus on its first "
+        "occurrence, the same tokens). The same rule is applied "
+        "separately to the in-distribution copying score (induction.in_context_copying.max); the two "
+        "are never merged."),
+    "memorization": (
+        "Metric memorization.canaries.copies_N.extracted_fraction (fraction of the canaries with N "
+        "copies whose 32 greedy tokens after their prefix all match). Onset = the first checkpoint "
+        "at which any group's fraction is >= {canary_extracted_fraction}; by_copies gives that "
+        "first step per group."),
+    "head_concentration": (
+        "Metric head_ablation.gini.zero (Gini coefficient of the zero-ablation loss increases, "
+        "negatives clipped to 0), over the checkpoints where heads matter at all (the top head's "
+        "loss increase head_ablation.zero.max >= {head_importance_min} nats; below that the Gini of "
+        "near-zero numbers is noise); heads_matter_step is the first of them. Among them, the rise "
+        "of level found by the induction rule (two medians per split, sustained, clear of noise, "
+        "best fit, abrupt or gradual), with a minimum rise of {concentration_min_rise}. The level itself, at every "
+        "checkpoint with ablation results (level_steps): gini and top_share of head_ablation.zero with standard "
+        "errors gini_se and top_share_se (parametric bootstrap over the measurement errors: {equal_heads_draws} "
+        "draws each adding to every head's delta a Gaussian error of its own standard error "
+        "head_ablation.delta_se.zero; the heads are fixed, their measured effects are not). The equal-heads bound "
+        "equal_heads_gini: the {equal_heads_quantile:.1%} quantile of the Gini when every head has the same true "
+        "effect (the mean of the measured deltas) and each is measured with its own standard error "
+        "({equal_heads_draws} simulated measurements, seed {equal_heads_seed}); noise alone makes equal heads look "
+        "unequal, the more so the smaller the effects are against their errors. exceeds (per checkpoint) says "
+        "the Gini lies above its bound. exceeds_equal_heads_step = the first checkpoint where heads matter "
+        "(as above) whose Gini is above its bound and stays above it at the next checkpoint ({persist} in a row; "
+        "a crossing at the last checkpoint is not counted yet); exceeds_from_step is the checkpoint before it; "
+        "unequal says whether there is one, exceeds_reason why not. last_* give the level at the last "
+        "checkpoint."),
+    "loss_generation_mismatch": (
+        "Generation quality, measured apart from the loss on every checkpoint's own continuations of the fixed "
+        "prompts, each measure oriented so that higher is worse (measure): tone, |repetition.tone.jsd_unigram - "
+        "repetition.tone.floor_unigram| (the Jensen-Shannon divergence in bits between the unigram distribution "
+        "of the sampled continuations, top-p 0.9 at temperature 1, and that of held-out text, taken as its "
+        "distance from the floor, what held-out text of the same size scores: a model that over-uses the "
+        "commonest words scores below the floor, so the JSD alone is not worse when higher); and the sampled "
+        "and greedy seq-rep-4 above the held-out text's own at the same length (max(0, "
+        "repetition.*.seq_rep_4 - repetition.heldout_seq_rep_4)); results without these references give the "
+        "raw values. Held-out loss "
+        "(loss_metric): memorization.held_out.loss, else head_ablation.clean_loss, else metrics.jsonl val_loss "
+        "at the checkpoint. Only checkpoints where learning has begun count (held-out loss at least "
+        "{learning_started_loss_drop:.0%} below the first checkpoint's; learning_started_step): a random init's "
+        "text is not a quality to fall from. For each measure and checkpoint j, the reference is the lowest "
+        "median of {excess_window} consecutive checkpoints before j (the best quality so far; ties: the latest). "
+        "j is worse beyond noise when its value is at least reference + threshold, threshold = max(the measure's "
+        "minimum, {mismatch_min_tone} bits for tone and {mismatch_min_seq_rep} for seq-rep-4; {excess_noise_z} x "
+        "noise x sqrt(1/{excess_window} + 1) x widening), and its held-out loss is below the median held-out "
+        "loss of the reference window. The tone's noise is its own sampling noise, measured on held-out text "
+        "(the median of repetition.tone.floor_unigram_sd: the spread of the tone of held-out samples of the same "
+        "size), with no widening; for the other measures noise = the mean absolute deviation of the second "
+        "differences (x[i+1] - 2 x[i] + x[i-1]) from their median, the largest left out, x sqrt(pi/12) (so "
+        "neither a trend nor a change of slope reads as noise), widened by (1 + {excess_small_sample:g}/m^2), m = "
+        "the number of second differences, because with few checkpoints that estimate is itself uncertain "
+        "(on pure Gaussian noise this gives false detections in about 2 of 10^5 series of 8 checkpoints, 1.3 of "
+        "10 and fewer with more; fewer than {excess_min_points} checkpoints give no answer). A mismatch stretch "
+        "is a run of at least {persist} consecutive such checkpoints (one cut short by the last checkpoint is not counted yet). detected when "
+        "any measure has one; the earliest is reported (ties: in the order above): from_step and step bracket "
+        "its start, to_step is its last checkpoint, reference_step the last checkpoint of the reference window, "
+        "before the reference level and after the median over the stretch (rise = after - before), loss_before "
+        "and loss_after the held-out loss there. stretches lists every stretch of every measure; by_metric "
+        "gives each measure's noise, threshold and reason."),
+    "overfitting": (
+        "The generalization gap (metric): memorization.loss_gap (held-out minus seen loss, the memorization "
+        "probe's two sets of the same size, scored alike) where measured, else from metrics.jsonl: val_loss "
+        "minus the training loss at the same step (a least-squares line through the last {overfit_train_fit} "
+        "logged training losses, read at that step). Onset = the first stretch of the excess rule of "
+        "loss_generation_mismatch applied to the gap over all its checkpoints (at least {persist} consecutive "
+        "checkpoints whose gap exceeds the lowest earlier median of {excess_window} consecutive checkpoints by "
+        "max({overfit_min_gap} nats, {excess_noise_z} x noise x sqrt(1/{excess_window} + 1) x (1 + "
+        "{excess_small_sample:g}/m^2)), noise from the gap's second differences): the held-out loss has "
+        "stopped following the training loss. from_step and "
+        "step bracket it, before and after are the gap's levels (reference and stretch), heldout_loss_* and "
+        "train_loss_* the two losses there. The memorized share of seen text (memorization.seen.memorized_fraction "
+        "minus the held-out control memorization.held_out.memorized_fraction) must rise by the same rule, "
+        "minimum {overfit_min_memorized}, at some checkpoint (memorized_step). detected when both hold; when "
+        "memorization was not measured, the gap alone, and note says so."),
+}
+
+
+def rules() -> dict[str, str]:
+    return {k: v.format(**THRESHOLDS) for k, v in RULES.items()}
