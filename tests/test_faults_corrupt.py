@@ -236,7 +236,8 @@ def one_case(pristine: Path, work: Path, rng: random.Random, originals: dict) ->
                         now_weights = st_load(p["model.safetensors"].read_bytes())
                         check_checkpoint(model, meta, now_meta, now_weights, label)
                     else:
-                        want = torch.load(io.BytesIO(p["state_000005.pt"].read_bytes()), weights_only=True)
+                        want = torch.load(io.BytesIO(p["state_000005.pt"].read_bytes()), map_location="cpu",
+                                          weights_only=True)  # as the loader reads it
                         assert equal_states(state, want), label
                     outcome = "forged-loaded"
                 else:  # nothing a reader gets was changed, and what loads is what was saved
