@@ -94,6 +94,21 @@ class GPT(HookedRootModule):
     def forward(self, tokens: Any, targets: torch.Tensor | None = None,
                 cache: GenerationCache | None = None) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """Logits [B,P,V]; with targets also the mean cross-entropy (targets -1 are ignored)."""
+        logits = self.logits_from_residual(self.residual(tokens, cache))
+        if targets is None:
+            return logits
+        targets = targets.to(logits.device)
+        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1), ignore_index=-1)
+        return logits, loss
+
+    def logits_from_residual(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits [..., V] of the residual stream after the last block: ln_final, then the tied
+        (or separate) unembedding."""
+        x = self.ln_final(x)
+        return F.linear(x, self.wte.weight) if self.lm_head is None else self.lm_head(x)
+
+    def residual(self, tokens: Any, cache: GenerationCache | None = None) -> torch.Tensor:
+        """The residual stream after the last block [B,P,M] (advancing `cache` by P positions)."""
         tokens = self.as_tokens(tokens)
         B, P = tokens.shape
         offset = cache.offset if cache is not None else 0
@@ -106,15 +121,9 @@ class GPT(HookedRootModule):
         x = self.drop(embed + pos_embed)
         for i, block in enumerate(self.blocks):
             x = block(x, cache.layers[i] if cache is not None else None, offset)
-        x = self.ln_final(x)
-        logits = F.linear(x, self.wte.weight) if self.lm_head is None else self.lm_head(x)
         if cache is not None:
             cache.offset += P
-        if targets is None:
-            return logits
-        targets = targets.to(logits.device)
-        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1), ignore_index=-1)
-        return logits, loss
+        return x
 
     def private_copy(self) -> "GPT":
         """A model whose modules (and so hook points) are its own, but whose parameters and
@@ -148,7 +157,8 @@ class GPT(HookedRootModule):
         input (the returned tensor keeps the whole prompt). With `use_cache` the keys/values of
         earlier positions are reused; once the window is full, positions shift and each step is
         recomputed over the last n_ctx tokens, exactly as generation without a cache does.
-        Hooks attached with `hooks()` fire on every step.
+        Hooks attached with `hooks()` fire on every step (those of ln_final on the last position,
+        the only one read out).
         """
         check_sampling_args(max_new_tokens, temperature, top_k, top_p, seed)
         out = self.as_tokens(tokens)
@@ -165,12 +175,14 @@ class GPT(HookedRootModule):
         try:
             for _ in range(max_new_tokens):
                 if cache is None:
-                    logits = self(out[:, -n_ctx:])
+                    x = self.residual(out[:, -n_ctx:])
                 else:
                     if cache.offset + feed.shape[1] > n_ctx:
                         cache, feed = GenerationCache.empty(self.cfg.n_layer), out[:, -n_ctx:]
-                    logits = self(feed, cache=cache)
-                nxt = sample_next(logits[:, -1, :], temperature, top_k, top_p, gen)
+                    x = self.residual(feed, cache=cache)
+                # only the last position is read out: a prompt of P tokens would otherwise make
+                # [B, P, V] logits of which one row per sequence is used
+                nxt = sample_next(self.logits_from_residual(x[:, -1:])[:, -1], temperature, top_k, top_p, gen)
                 out = torch.cat([out, nxt], dim=1)
                 feed = nxt
         finally:

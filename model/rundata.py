@@ -35,6 +35,12 @@ def read_data_meta(run_dir: str | os.PathLike) -> dict:
     return meta
 
 
+def load_run_data(run_dir: str | os.PathLike) -> tuple[dict, np.ndarray, np.ndarray]:
+    """(data.json, training tokens, held-out tokens) of a run: what training reads at its start."""
+    meta = read_data_meta(run_dir)
+    return meta, load_tokens(run_dir, "train", meta), load_tokens(run_dir, "val", meta)
+
+
 def training_data_known(meta: dict) -> bool:
     """False for an imported run, whose training data (and so every "seen" sequence and canary)
     is unknown: data.json says "training_data": "unknown"."""

@@ -92,5 +92,14 @@ def read_jsonl(path: str | os.PathLike) -> list[dict]:
     return rows
 
 
+def keep_rows_through(paths: list[Path], step: int) -> None:
+    """Rewrite each .jsonl of `paths` atomically with only its complete rows of steps <= `step`, so
+    a resumed run appends after them without duplicates (and a line cut short by a kill is gone)."""
+    for path in paths:
+        if path.exists():
+            rows = [r for r in read_jsonl(path) if isinstance(r, dict) and int(r.get("step", -1)) <= step]
+            write_bytes_atomic(path, "".join(json.dumps(r, allow_nan=False) + "\n" for r in rows).encode())
+
+
 def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()

@@ -18,6 +18,7 @@ from typing import Iterable, Mapping, Sequence
 import numpy as np
 import tiktoken
 
+from .runio import write_json_atomic
 from .runlayout import vocab_json
 
 EOT = "<|endoftext|>"
@@ -107,10 +108,7 @@ class CompactVocab:
                 "special": {UNK: self.unk_id, EOT: self.eot_id}}
 
     def save(self, path: str | os.PathLike) -> None:
-        path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(self.to_json()))
-        os.replace(tmp, path)
+        write_json_atomic(path, self.to_json())
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "CompactVocab":

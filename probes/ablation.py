@@ -56,11 +56,13 @@ def mean_loss(logits: torch.Tensor, targets: torch.Tensor) -> float:
 
 @torch.no_grad()
 def clean_run(model: Any, inputs: torch.Tensor, targets: torch.Tensor, extra_hooks: Iterable = (),
-              logits: bool = True) -> CleanRun:
+              logits: bool = True, known_losses: torch.Tensor | None = None) -> CleanRun:
     """One forward pass that keeps every layer's z (for mean and resample ablation); extra hooks
     (e.g. attention statistics) ride along on the same pass. With `logits` it returns the whole
     logits (what `ablate` hands back); without, per-token losses from the chunked readout and, on
-    `model.GPT`, every layer's input for the sweep to restart from."""
+    `model.GPT`, every layer's input for the sweep to restart from. `known_losses` [B, P] are
+    these inputs' per-token losses computed by another pass (the probes' held-out set): the
+    forward then stops after the last block, with no readout."""
     n_layers = shape_of(model)[0]
     zs: list[torch.Tensor | None] = [None] * n_layers
     resid: list[torch.Tensor | None] = [None] * n_layers
@@ -77,7 +79,13 @@ def clean_run(model: Any, inputs: torch.Tensor, targets: torch.Tensor, extra_hoo
     restart = isinstance(model, GPT)
     if restart:
         hooks += [(resid_pre_name(l), keep(resid, l)) for l in range(n_layers)]
-    losses = token_stats(model, inputs, targets, hooks).losses
+    if known_losses is not None:
+        if tuple(known_losses.shape) != tuple(inputs.shape):
+            raise ValueError(f"known_losses has shape {tuple(known_losses.shape)}, the inputs {tuple(inputs.shape)}.")
+        final_residual(model, inputs, hooks)
+        losses = known_losses.to(inputs.device)
+    else:
+        losses = token_stats(model, inputs, targets, hooks).losses
     return CleanRun(loss=float(losses.double().mean()), z=zs, token_losses=losses,
                     resid_pre=resid if restart else None)
 
@@ -253,7 +261,7 @@ DEFAULT_KINDS = ("zero",)  # exact kinds in the default probe set; the others on
 def head_ablation_probe(model: Any, tokens: Any, clean: CleanRun | None = None, block: int | None = None,
                         target_se: float | None = None, max_sequences: int | None = None,
                         attribution: bool = True, kinds: Sequence[str] = DEFAULT_KINDS,
-                        estimates: Sequence[str] = KINDS) -> dict:
+                        estimates: Sequence[str] = KINDS, known_losses: torch.Tensor | None = None) -> dict:
     """The `head_ablation` entry of a result file: clean loss, [L][H] loss increases for every
     kind in `kinds` with their standard errors (`delta_se`), how unequal head importance is (Gini,
     share held by the top 10% of heads), and the precision reached. `kinds` lists the kinds
@@ -264,7 +272,9 @@ def head_ablation_probe(model: Any, tokens: Any, clean: CleanRun | None = None, 
     block is exactly the batch an unsized sweep would use; mean and resample replacements are
     taken within each block) and adds blocks until the largest standard error over every head
     and kind is at most `target_se`, `max_sequences` are used, or `tokens` run out. Without
-    `block` all of `tokens` is one block. `clean` applies to the first block only.
+    `block` all of `tokens` is one block. `clean` applies to the first block only;
+    `known_losses` [K, P] are the per-token losses of the first K rows of `tokens`, already
+    computed elsewhere, which the clean passes of the blocks they cover use instead of a readout.
 
     With `attribution` it also stores the first-order estimate of every kind in `estimates` on the first
     block (`probes.attribution.attribution_result`: one forward and one backward for all kinds),
@@ -290,7 +300,9 @@ def head_ablation_probe(model: Any, tokens: Any, clean: CleanRun | None = None, 
         inputs, targets = split_tokens(model, tokens[n:min(total, n + block)])
         P = int(inputs.shape[1])
         if clean is None or n > 0 or clean.token_losses is None:
-            clean = clean_run(model, inputs, targets, logits=False)
+            end = n + int(inputs.shape[0])
+            known = known_losses[n:end] if known_losses is not None and len(known_losses) >= end else None
+            clean = clean_run(model, inputs, targets, logits=False, known_losses=known)
         clean_losses.append(clean.token_losses.double().mean(-1).cpu())
         for kind in kinds:
             per_kind[kind].append(sequence_deltas(model, inputs, targets, kind, clean=clean))

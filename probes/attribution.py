@@ -26,7 +26,8 @@ import torch
 import torch.nn.functional as F
 
 from .head_replacement import KINDS, check_kind, replacement, resample_permutation
-from .forward import logit_rows, shape_of, split_tokens, z_name
+from .forward import (Readout, blocked_loss_grad, forward_rows, logit_rows, readout, residual_with_grad, shape_of,
+                      split_tokens, z_name)
 
 TOP_K = 3
 
@@ -47,10 +48,19 @@ def z_and_grads(model: Any, inputs: torch.Tensor, targets: torch.Tensor,
     unchanged, d loss / d delta is d loss / d z through everything downstream (later heads
     included), and `torch.autograd.grad` with respect to the deltas only leaves no .grad on the
     parameters. Rows go `rows` at a time (the loss is a sum, so gradients add up), which bounds
-    the memory of logits and their backward pass for large batches."""
+    the memory of logits and their backward pass for large batches.
+
+    With a plain unembedding matrix (`model.GPT`) the forward stops after the last block and the
+    loss and its gradient at ln_final's output come from one blocked pass over the vocabulary
+    (`probes.forward.blocked_loss_grad`): no [rows, P, V] logits, so rows are bounded by the
+    activations the backward pass keeps, not by logits."""
     n_layers = shape_of(model)[0]
     B, P = inputs.shape
-    rows = rows or max(1, logit_rows(model, P) // 4)  # logits, their softmax and two gradients
+    head = readout(model)
+    blocked = isinstance(head, Readout) and head.weight is not None
+    if rows is None:  # blocked: every layer's activations kept for the backward pass; else logits,
+        # their softmax and two gradients
+        rows = max(1, forward_rows(model, P) // n_layers) if blocked else max(1, logit_rows(model, P) // 4)
     total = float(B * P)
     zs: list[list[torch.Tensor]] = [[] for _ in range(n_layers)]
     grads: list[list[torch.Tensor]] = [[] for _ in range(n_layers)]
@@ -65,15 +75,25 @@ def z_and_grads(model: Any, inputs: torch.Tensor, targets: torch.Tensor,
                 return z + deltas[layer]
             return hook
 
+        hooks = [(z_name(l), perturb(l)) for l in range(n_layers)]
         with torch.enable_grad():
-            logits = model.run_with_hooks(inputs[chunk], fwd_hooks=[(z_name(l), perturb(l)) for l in range(n_layers)])
+            if blocked:
+                normed = head.norm(residual_with_grad(model, inputs[chunk], hooks))
+            else:
+                logits = model.run_with_hooks(inputs[chunk], fwd_hooks=hooks)
             missing = [l for l, d in enumerate(deltas) if d is None]
             if missing:
                 raise RuntimeError(f"the model never ran hook {z_name(missing[0])}, so attribution has no z there.")
-            loss = summed_losses(logits, targets[chunk]) / total
-            for layer, g in enumerate(torch.autograd.grad(loss, deltas)):
+            if blocked:
+                with torch.no_grad():
+                    flat = normed.detach().reshape(-1, normed.shape[-1])
+                    _, grad = blocked_loss_grad(flat, targets[chunk].reshape(-1), head.weight, head.bias)
+                found = torch.autograd.grad(normed, deltas, grad_outputs=(grad / total).to(normed.dtype).view_as(normed))
+            else:
+                found = torch.autograd.grad(summed_losses(logits, targets[chunk]) / total, deltas)
+                del logits
+            for layer, g in enumerate(found):
                 grads[layer].append(g.detach())
-        del logits, loss
     return [torch.cat(z) for z in zs], [torch.cat(g) for g in grads]
 
 

@@ -4,7 +4,9 @@ of probes/step_NNNNNN.json.
 Passes are shared between probes: one pass with pattern hooks over held-out text gives the
 attention statistics of both the attention_entropy and the induction probe (in-context copying);
 one plain pass over the held-out memorization set gives per-position losses (loss gap, ICL
-score, the per-token losses of the loss trajectory) and argmax predictions (rep/wrep).
+score, the per-token losses of the loss trajectory) and argmax predictions (rep/wrep). The
+other held-out token sets are prefixes of the same rows, so the pattern pass and the head
+ablation sweep's clean passes take their losses from that one pass and read nothing out.
 """
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ import torch
 from .ablation import DEFAULT_KINDS, head_ablation_probe
 from .attention import HeldoutPatternStats, attention_entropy_result
 from .head_replacement import KINDS
-from .forward import forward_rows, model_device, shape_of, split_tokens, token_stats
+from .forward import final_residual, forward_rows, model_device, shape_of, split_tokens, token_stats
 from .induction import document_window_losses, induction_result
 from .llc import llc_result
 from .inputs import ProbeInputs
@@ -57,10 +59,11 @@ def check_only(only: Iterable[str] | str | None) -> tuple[str, ...]:
 
 class HeldoutSet:
     """Per-position losses and argmax predictions on the held-out memorization set, computed once
-    on first use."""
+    on first use. `shared`: whether other probes may take their losses from it (`losses_of`),
+    true when a probe that needs the set anyway is computed, so that sharing never adds work."""
 
-    def __init__(self, model: Any, tokens: torch.Tensor):
-        self.model, self.tokens = model, tokens
+    def __init__(self, model: Any, tokens: torch.Tensor, shared: bool = True):
+        self.model, self.tokens, self.shared = model, tokens, shared
         self._losses: torch.Tensor | None = None
         self._preds: torch.Tensor | None = None
 
@@ -71,6 +74,14 @@ class HeldoutSet:
                  for i in range(0, len(rows), step)]
         self._losses = torch.cat([p.losses for p in parts])
         self._preds = torch.cat([p.argmax for p in parts])
+
+    def losses_of(self, rows: torch.Tensor) -> torch.Tensor | None:
+        """The per-token losses of `rows` when they are this set's first rows (the probes' token
+        sets are all prefixes of the same held-out rows), else None."""
+        n = len(rows)
+        if not self.shared or n > len(self.tokens) or rows.shape[1] != self.tokens.shape[1] or not torch.equal(rows, self.tokens[:n]):
+            return None
+        return self.losses[:n]
 
     @property
     def losses(self) -> torch.Tensor:
@@ -104,27 +115,32 @@ def compute_probes(model: Any, tokenizer: Any, inputs: ProbeInputs, step: int,
     result: dict[str, Any] = {"step": int(step), "tokens": inputs.tokens_seen(step), "version": RESULT_VERSION,
                               "seconds": {}}
     attention_tokens = fit_context(inputs.attention_tokens, n_ctx)
-    heldout = HeldoutSet(model, fit_context(inputs.memorization_heldout, n_ctx))
+    heldout = HeldoutSet(model, fit_context(inputs.memorization_heldout, n_ctx),
+                         shared=bool({"memorization", "repetition", "induction"} & set(want)))
 
     t = time.perf_counter()
     stats = HeldoutPatternStats(n_layers, attention_tokens, entropy="attention_entropy" in want,
                                 copying="induction" in want)
     if stats.hooks():
         x, y = split_tokens(model, attention_tokens)
-        stats.record_losses(token_stats(model, x, y, stats.hooks()).losses)
+        known = heldout.losses_of(attention_tokens) if stats.copying else None
+        if stats.copying and known is None:
+            stats.record_losses(token_stats(model, x, y, stats.hooks()).losses)
+        else:  # the patterns alone; the losses, when needed, are the held-out set's
+            final_residual(model, x, stats.hooks())
+            if known is not None:
+                stats.record_losses(known)
     result["seconds"]["pattern_pass"] = time.perf_counter() - t
 
     for name in want:
         t = time.perf_counter()
-        if name == "head_ablation":
-            s = inputs.sizes
-            result[name] = head_ablation_probe(model, fit_context(inputs.ablation_pool, n_ctx), block=s.n_ablation,
-                                               target_se=s.ablation_target_se, max_sequences=s.n_ablation_max)
-        elif name in ON_DEMAND_KINDS:
-            s = inputs.sizes
-            result[name] = head_ablation_probe(model, fit_context(inputs.ablation_pool, n_ctx), block=s.n_ablation,
-                                               target_se=s.ablation_target_se, max_sequences=s.n_ablation_max,
-                                               kinds=(ON_DEMAND_KINDS[name],), estimates=(ON_DEMAND_KINDS[name],))
+        if name == "head_ablation" or name in ON_DEMAND_KINDS:
+            s, pool = inputs.sizes, fit_context(inputs.ablation_pool, n_ctx)
+            kinds = {"kinds": (ON_DEMAND_KINDS[name],), "estimates": (ON_DEMAND_KINDS[name],)} \
+                if name in ON_DEMAND_KINDS else {}
+            result[name] = head_ablation_probe(model, pool, block=s.n_ablation, target_se=s.ablation_target_se,
+                                               max_sequences=s.n_ablation_max,
+                                               known_losses=heldout.losses_of(pool[:len(heldout.tokens)]), **kinds)
         elif name == "attention_entropy":
             result[name] = attention_entropy_result(stats, attention_tokens.shape[0])
         elif name == "memorization":

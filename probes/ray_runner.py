@@ -11,8 +11,8 @@ GPUs a task gets a GPU, or a share of one when several fit in its memory by `pro
 
 Tasks compute and return the result; only the driver writes, with results.write_result (atomic),
 once per checkpoint when all its parts are back. A task that Ray retries (its worker or node died)
-therefore never leaves two results or a torn one; Ctrl-C cancels what is outstanding and leaves
-only whole files, and the next run computes what is missing.
+therefore never leaves two results or a torn one; Ctrl-C leaves only whole files (see
+`probe_on_ray` for why it cancels nothing), and the next run computes what is missing.
 
 Where checkpoints live: workers read the run folder at the driver's path (a filesystem every node
 mounts at the same place; it is also what `--watch` needs to follow training on another machine),
@@ -286,14 +286,6 @@ def merge_parts(parts: list[dict]) -> dict:
     return out
 
 
-def _cancel(ray: Any, refs: dict) -> None:
-    for ref in refs:
-        try:
-            ray.cancel(ref, force=True)
-        except Exception:  # finished, or the cluster is already going away
-            pass
-
-
 def probe_on_ray(cluster: RayCluster, run_dir: Path, todo: list[Path], want: tuple[str, ...], device: str,
                  sizes: ProbeSizes | None, report: Callable[[int, str | None], None], threads: int,
                  start: Callable[[], Any] = lambda: None) -> None:
@@ -301,7 +293,14 @@ def probe_on_ray(cluster: RayCluster, run_dir: Path, todo: list[Path], want: tup
     here once all its parts are back, and `report` it (or its problem) as the local runner does.
     `start()` is called once the tasks are known to fit the cluster. Checkpoints are submitted as
     slots free up (at most IN_FLIGHT x slots tasks at once), so a shipped run never sits in the
-    object store whole and Ctrl-C has little to cancel."""
+    object store whole.
+
+    Ctrl-C leaves the outstanding tasks to Ray rather than cancelling them: a private instance is
+    shut down with everything in it, and on a cluster the driver's exit ends its job, whose
+    workers Ray stops. `ray.cancel` here raced the tasks' own replies inside Ray's core worker
+    ("Tried to complete task that was not pending", a RAY_CHECK that killed the driver with exit
+    status 1 in about a third of the Ctrl-C tests; ray-project/ray#54798 fixes the same race on
+    the retry path)."""
     ray = cluster.ray
     probe_inputs(run_dir, sizes)  # bad run data fails here, with its message, not inside a task
     opts = cluster.task_options(todo, sizes, device, threads)
@@ -328,29 +327,25 @@ def probe_on_ray(cluster: RayCluster, run_dir: Path, todo: list[Path], want: tup
         for probes in groups:
             refs[task.remote(str(run_dir), ckpt, probes, device, threads, sizes, kit)] = step
 
-    try:
-        while waiting or refs:
-            while waiting and len(refs) < IN_FLIGHT * slots:
-                submit(waiting.pop())
-            ready, _ = ray.wait(list(refs), num_returns=1, timeout=WAIT_S) if refs else ([], [])
-            for ref in ready:
-                step = refs.pop(ref)
-                kind, value = ray.get(ref)
-                if kind == "fatal":
-                    raise ValueError(f"{value}.")
-                if step not in parts:
-                    continue  # another part of this checkpoint was bad: already reported
-                if kind == "bad":
-                    del parts[step]
-                    report(step, value)
-                    continue
-                parts[step].append(value)
-                if len(parts[step]) == len(groups):
-                    write_result(run_dir, step, merge_parts(parts.pop(step)))
-                    report(step, None)
-    except BaseException:
-        _cancel(ray, refs)
-        raise
+    while waiting or refs:
+        while waiting and len(refs) < IN_FLIGHT * slots:
+            submit(waiting.pop())
+        ready, _ = ray.wait(list(refs), num_returns=1, timeout=WAIT_S) if refs else ([], [])
+        for ref in ready:
+            step = refs.pop(ref)
+            kind, value = ray.get(ref)
+            if kind == "fatal":
+                raise ValueError(f"{value}.")
+            if step not in parts:
+                continue  # another part of this checkpoint was bad: already reported
+            if kind == "bad":
+                del parts[step]
+                report(step, value)
+                continue
+            parts[step].append(value)
+            if len(parts[step]) == len(groups):
+                write_result(run_dir, step, merge_parts(parts.pop(step)))
+                report(step, None)
 
 
 __all__ = ["MAX_RETRIES", "RAY_INSTALL", "RayCluster", "TooLarge", "gpu_fraction", "import_ray", "merge_parts",

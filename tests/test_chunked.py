@@ -68,20 +68,51 @@ def test_chunked_losses_equal_whole_logits_for_any_chunk_size(model, tokens, chu
     assert max(seen) == min(chunk, 126) and sum(seen) == 126  # never more than one chunk of logits at once
 
 
-def test_token_stats_stops_before_the_unembedding(model, tokens, monkeypatch):
-    """The forward ends at the last block: no [B, P, V] logits are ever made by the model."""
+@pytest.mark.parametrize("rows,block", [(40, 50), (7, 211), (512, 2048)])
+def test_token_stats_reads_out_block_by_block_never_whole_logits(model, tokens, monkeypatch, rows, block):
+    """The forward ends at the last block, and the unembedding then runs `rows` positions by
+    `block` logits at a time: every logit is computed exactly once and no [B, P, V] (nor a whole
+    row of V) logits are ever made; the losses, argmax and entropy equal those of whole logits.
+    Blocks of 50 do not divide V = 211; rows of 40 do not divide the 126 positions."""
+    monkeypatch.setattr(forward, "READOUT_ROWS", rows)
+    monkeypatch.setattr(forward, "READOUT_VOCAB_BLOCK", block)
     calls = []
     original = F.linear
+    unembedding = model.wte.weight
 
     def spy(x, w, b=None):
-        if w.shape[0] == V:
-            calls.append(tuple(x.shape))
+        if w.untyped_storage().data_ptr() == unembedding.untyped_storage().data_ptr():
+            calls.append((x.shape[:-1].numel(), w.shape[0]))
         return original(x, w, b)
 
     monkeypatch.setattr(forward.F, "linear", spy)
-    stats = token_stats(model, tokens[:, :-1], tokens[:, 1:])
-    assert all(shape[1] <= forward.loss_chunk_positions(model) for shape in calls) and calls
-    assert (stats.losses - token_losses(model, tokens)).abs().max().item() <= 1e-5
+    stats = token_stats(model, tokens[:, :-1], tokens[:, 1:], argmax=True, entropy=True)
+    assert calls and all(n <= rows and v <= min(block, V) for n, v in calls)
+    assert sum(n * v for n, v in calls) == 6 * 21 * V  # each logit once
+    logits = model(tokens[:, :-1])
+    logp = torch.log_softmax(logits, -1)
+    assert (stats.losses - token_losses(model, tokens)).abs().max().item() <= 1e-5, f"seed {SEED}"
+    assert (stats.entropy + (logp.exp() * logp).sum(-1)).abs().max().item() <= 1e-5, f"seed {SEED}"
+    assert torch.equal(stats.argmax, logits.argmax(-1))
+
+
+@pytest.mark.parametrize("block", [1, 3, 4, 64])
+def test_blocked_readout_keeps_the_first_maximum_across_blocks(block, monkeypatch):
+    """Ties between logits in different blocks (and within one) go to the first index, as
+    torch.argmax does; a bias is added; the running log-sum-exp survives logits in the hundreds."""
+    monkeypatch.setattr(forward, "READOUT_VOCAB_BLOCK", block)
+    gen = torch.Generator().manual_seed(SEED)
+    weight, bias = torch.randn(12, 5, generator=gen), torch.randn(12, generator=gen)
+    weight[9], bias[9] = weight[2], bias[2]  # logit 9 always equals logit 2
+    weight[7], bias[7] = weight[6], bias[6]
+    x = torch.randn(30, 5, generator=gen) * 40
+    targets = torch.randint(0, 12, (30,), generator=gen)
+    losses, best, entropy = forward.blocked_stats(x, targets, weight, bias, argmax=True, entropy=True)
+    logits = F.linear(x, weight, bias)
+    logp = torch.log_softmax(logits, -1)
+    assert torch.equal(best, logits.argmax(-1)) and set(best.tolist()) & {2, 6}, f"seed {SEED}"
+    assert (losses - F.cross_entropy(logits, targets, reduction="none")).abs().max().item() <= 1e-4, f"seed {SEED}"
+    assert (entropy + (logp.exp() * logp).sum(-1)).abs().max().item() <= 1e-4, f"seed {SEED}"
 
 
 class LogitsOnly(torch.nn.Module):
@@ -194,3 +225,21 @@ def test_sweep_flops_by_hand_and_against_a_flop_counter(model, tokens):
     attention = 2 * mc.n_embd * Bt * Pt * (Pt + 1)
     blocks_run = sum(mc.n_head * (mc.n_layer - l) for l in range(mc.n_layer)) + mc.n_layer  # ablations + clean
     assert counter.get_total_flops() == sweep_flops(mc, Bt, Pt) - blocks_run * attention
+
+
+@pytest.mark.parametrize("block", [1, 5, 12, 64])
+def test_blocked_loss_gradient_equals_autograd_through_whole_logits(block, monkeypatch):
+    """The one-pass loss and gradient of the blocked readout (attribution's backward) equal
+    cross-entropy over whole logits and its autograd gradient, in float64, for blocks that do and
+    do not divide V = 12."""
+    monkeypatch.setattr(forward, "READOUT_VOCAB_BLOCK", block)
+    gen = torch.Generator().manual_seed(SEED)
+    weight, bias = torch.randn(12, 5, generator=gen, dtype=torch.float64), torch.randn(12, generator=gen, dtype=torch.float64)
+    x = (torch.randn(30, 5, generator=gen, dtype=torch.float64) * 10).requires_grad_(True)
+    targets = torch.randint(0, 12, (30,), generator=gen)
+    losses, grad = forward.blocked_loss_grad(x.detach(), targets, weight, bias)
+    want = F.cross_entropy(F.linear(x, weight, bias), targets, reduction="none")
+    (want_grad,) = torch.autograd.grad(want.sum(), x)
+    assert losses.dtype == torch.float64 and grad.shape == x.shape
+    assert (losses - want.detach()).abs().max().item() <= 1e-12, f"seed {SEED}"
+    assert (grad - want_grad).abs().max().item() <= 1e-12, f"seed {SEED}"

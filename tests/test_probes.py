@@ -210,3 +210,31 @@ def test_probes_on_the_transformer_lens_bridge_equal_probes_on_gpt(run):
     theirs = compute_probes(bridge, tokenizer, inputs, 3)
     assert_close(ours, theirs)
     assert max(max(r) for r in ours["head_ablation"]["zero"]) > 1e-3
+
+
+def test_shared_heldout_losses_give_the_same_results_with_less_readout(run, monkeypatch):
+    """The pattern pass and the sweep's clean passes take their per-token losses from the held-out
+    set's one pass (their rows are its first rows): every number equals that of separate readouts
+    (to float32 rounding), and fewer positions are read out."""
+    from model.checkpoint import list_checkpoints, load_checkpoint
+    import probes.compute as compute
+    import probes.forward as forward
+    inputs = probe_inputs(run, SMALL)
+    tokenizer = load_tokenizer(run)
+    model, _ = load_checkpoint(list_checkpoints(run)[-1])
+    read: list[int] = []
+    blocked = forward.blocked_stats
+
+    def counting(x, *args, **kwargs):
+        read.append(len(x))
+        return blocked(x, *args, **kwargs)
+
+    monkeypatch.setattr(forward, "blocked_stats", counting)
+    shared = compute_probes(model, tokenizer, inputs, 3)
+    shared_read, read[:] = sum(read), []
+    monkeypatch.setattr(compute.HeldoutSet, "losses_of", lambda self, rows: None)
+    separate = compute_probes(model, tokenizer, inputs, 3)
+    assert_close(shared, separate, tol=1e-5)
+    P = inputs.heldout.shape[1] - 1
+    n_clean = shared["head_ablation"]["n_sequences"]
+    assert sum(read) - shared_read == (len(inputs.attention_tokens) + n_clean) * P

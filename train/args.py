@@ -9,14 +9,17 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, fields
+from functools import cached_property
 from typing import Any
 
 from model.cliargs import UsageError
-from model.config import PRESETS, attention_kinds
+from model.config import PRESETS, GPTConfig, attention_kinds
 from model.device import MAX_THREADS
+from model.memory import GPT2_VOCAB
 from model.gpt import MAX_NEW_TOKENS
 
 from .planting import parse_period, planted_count
+from . import schedule
 from .schedule import Window, parse_windows, window_count
 
 
@@ -77,22 +80,57 @@ class TrainArgs:
         """What run.json["train"] records."""
         return asdict(self)
 
-    def resolved_vocab(self) -> int | None:
+    # What the options imply, each computed once on first use (the options are not changed after
+    # they are checked), so the run folder's setup, the disk check and the loop read one value.
+    @cached_property
+    def vocab_limit(self) -> int | None:
         """Compact vocab size, or None for the full GPT-2 vocabulary."""
         if self.vocab_size is None:
             return 4096 if self.preset == "nano" else None
         return None if self.vocab_size == "gpt2" else int(self.vocab_size)
 
-    def copies(self) -> tuple[int, ...]:
+    @cached_property
+    def canary_counts(self) -> tuple[int, ...]:
+        """The copy counts of --canary-copies."""
         return parse_copies(self.canary_copies)
 
-    def windows(self) -> list[Window]:
+    @cached_property
+    def ckpt_windows(self) -> list[Window]:
+        """The windows of --ckpt-window."""
         return parse_window_option("--ckpt-window", self.ckpt_window)
 
+    @cached_property
+    def checkpoint_steps(self) -> list[int]:
+        """Every step the run checkpoints at (train.schedule.checkpoint_steps), as run.json lists them."""
+        return schedule.checkpoint_steps(self.steps, self.warmup, self.ckpt_every, self.ckpt_windows)
+
+    @cached_property
+    def window_steps(self) -> list[int]:
+        """The steps the --ckpt-window windows name (their states are kept, train.disk)."""
+        return schedule.window_steps(self.ckpt_windows)
+
+    @cached_property
     def planted_per_micro(self) -> int:
         """Planted-repeat rows in each micro-batch of this run (train.planting.planted_count): the
         loop, data.json's record and the repeat plan all take the count from here."""
         return planted_count(self.batch_size, self.repeat_fraction)
+
+    @cached_property
+    def largest_model(self) -> GPTConfig:
+        """The model at the largest vocabulary these options allow (the compact size asked for, or
+        GPT-2's; the vocabulary is known only once the corpus is tokenized): what the memory and
+        disk checks size before anything is written."""
+        return self.model_config(min(self.vocab_limit or GPT2_VOCAB, GPT2_VOCAB + 1))
+
+    def model_config(self, vocab_size: int) -> GPTConfig:
+        """The preset with the shape options given, at `vocab_size`; BadInput for a shape it refuses."""
+        overrides = {k: getattr(self, k) for k in ("n_layer", "n_head", "n_embd", "n_ctx", "dropout")
+                     if getattr(self, k) is not None}
+        try:
+            return GPTConfig.preset(self.preset, vocab_size=vocab_size, attention=self.attention,
+                                    attn_only=self.attn_only, **overrides)
+        except ValueError as e:
+            raise BadInput(str(e)) from None
 
 
 MAX_CHECKPOINTS = 100_000  # the planned schedule is listed in run.json
@@ -227,7 +265,7 @@ def check_windows(a: TrainArgs) -> None:
         raise BadInput(f"--keep-states must be budget, all or latest, got {a.keep_states!r}.")
     if not (isinstance(a.state_budget, (int, float)) and math.isfinite(a.state_budget) and a.state_budget > 0):
         raise BadInput(f"--state-budget must be a positive number of GB, got {a.state_budget!r}.")
-    windows = a.windows()
+    windows = a.ckpt_windows
     for start, end, every in windows:
         if end > a.steps:
             raise BadInput(f"--ckpt-window {start}:{end}:{every} ends after the last step ({a.steps}); "

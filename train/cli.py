@@ -35,7 +35,7 @@ from .fillin import check_fill_in, run_fill_in, tidy_after_a_kill
 from .loop import Dist, Trainer
 from .plan import bigram_repetition, describe, measure_speed, prediction
 from .tokens import encode_docs
-from .rundir import check_out_dir, model_config, setup_run
+from .rundir import check_out_dir, setup_run
 
 
 def dist_from_env() -> Dist:
@@ -75,8 +75,7 @@ def check_memory(args: TrainArgs, d: Dist, device: torch.device) -> None:
     before tokenizing, so its upper bound stands in (the compact size asked for, or GPT-2's). On a
     CPU the local DDP ranks share the machine's memory, so each needs its share. A generated
     stories corpus is held in memory while it is tokenized, so its size is checked too."""
-    vocab = min(args.resolved_vocab() or GPT2_VOCAB, GPT2_VOCAB + 1)
-    cfg = model_config(args, vocab)
+    cfg = args.largest_model
     local = int(os.environ.get("LOCAL_WORLD_SIZE", d.world)) if device.type == "cpu" else 1
     need = train_bytes(cfg, args.batch_size) * max(1, local)
     what = (f"training with --batch-size {args.batch_size} (n_layer {cfg.n_layer}, n_embd {cfg.n_embd}, "
@@ -312,7 +311,7 @@ def plan(explicit: dict, d: Dist) -> int:
     check_source(args)
     set_threads(args, d, device, None)
     sample = resolve({**explicit, "out": args.out, "corpus_mb": min(args.corpus_mb, PLAN_CORPUS_MB)}, None, args.out)
-    cfg = model_config(args, args.resolved_vocab() or GPT2_VOCAB)
+    cfg = args.model_config(args.vocab_limit or GPT2_VOCAB)
     ids = encode_docs(load_corpus(sample).train, "plan")  # as the token pipeline lays the documents out
     repetition = bigram_repetition(ids[: PLAN_CONTEXTS * cfg.n_ctx + 1], cfg.n_ctx)
     speed = measure_speed(cfg, args.batch_size) if device.type == "cpu" else None

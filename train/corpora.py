@@ -34,7 +34,7 @@ def load_corpus(args: TrainArgs) -> Corpus:
     if args.data == "tinystories":
         return tinystories_corpus(args)
     if args.data.startswith("text:"):
-        return text_corpus(args.data[5:], args.seed, args.val_fraction, args.copies(), args.canaries_per_count)
+        return text_corpus(args.data[5:], args.seed, args.val_fraction, args.canary_counts, args.canaries_per_count)
     raise BadInput(f"unknown data source {args.data!r}; use stories, tinystories or text:PATH.")
 
 
@@ -47,7 +47,7 @@ def check_source(args: TrainArgs) -> None:
 def stories_corpus(args: TrainArgs) -> Corpus:
     train_chars = int(args.corpus_mb * 1_000_000)
     val_chars = max(20_000, int(train_chars * args.val_fraction))
-    c = build_stories(args.seed, train_chars, val_chars, args.copies(), args.canaries_per_count, args.copy_weight,
+    c = build_stories(args.seed, train_chars, val_chars, args.canary_counts, args.canaries_per_count, args.copy_weight,
                       args.burstiness, args.story_episodes)
     return Corpus("stories", c.train, c.val, c.canaries)
 

@@ -24,11 +24,9 @@ from pathlib import Path
 from typing import Iterable
 
 from model.checkpoint import list_checkpoints
-from model.memory import GPT2_VOCAB, format_bytes, param_count
+from model.memory import format_bytes, param_count
 
 from .args import BadInput, TrainArgs
-from .rundir import model_config
-from .schedule import checkpoint_steps, window_steps
 
 DEFAULT_STATE_BUDGET_GB = 2.0
 STATE_OVERHEAD = 64 * 1024  # a state's RNG states, data position and record, beside its tensors
@@ -120,9 +118,9 @@ def disk_refusal(out: Path, cfg, checkpoints: list[int], window: Iterable[int], 
 def check_disk(out: Path, args: TrainArgs) -> None:
     """BadInput (one sentence, exit 2) when the run in `out` would not fit on its disk: the
     memory estimate's habit applied to disk. The vocabulary's upper bound stands in, as there."""
-    cfg = model_config(args, min(args.resolved_vocab() or GPT2_VOCAB, GPT2_VOCAB + 1))
+    cfg = args.largest_model
     written = len(list_checkpoints(out)) if out.is_dir() else 0
-    problem = disk_refusal(out, cfg, checkpoint_steps(args.steps, args.warmup, args.ckpt_every, args.windows()),
-                           window_steps(args.windows()), args.keep_states, args.state_budget, written)
+    problem = disk_refusal(out, cfg, args.checkpoint_steps, args.window_steps, args.keep_states, args.state_budget,
+                           written)
     if problem:
         raise BadInput(problem)

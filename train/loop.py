@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
@@ -24,20 +24,18 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 from model.checkpoint import drop_state, has_state, kept_state_steps, load_state, save_checkpoint, save_state
-from model.runio import append_jsonl
+from model.runio import append_jsonl, keep_rows_through
 from model.config import GPTConfig
 from model.device import torch_threads
 from model.gpt import GPT
-from model.rundata import (FREQUENT_COUNT_TOKENS, frequent_tokens, get_chunks, load_tokens, n_chunks,
-                           read_data_meta, sample_chunk_ids)
+from model.rundata import FREQUENT_COUNT_TOKENS, frequent_tokens, get_chunks, load_run_data, n_chunks, sample_chunk_ids
 from model.runlayout import metrics_jsonl, samples_jsonl
 from model.tokenizer import Tokenizer, load_tokenizer
 
 from .args import TrainArgs
 from .planting import RepeatPlan, parse_period, planted_rows
 from .disk import capacity, states_to_keep
-from .rundir import keep_rows_through
-from .schedule import checkpoint_steps, learning_rate, window_steps
+from .schedule import learning_rate
 from .stories import SAMPLE_PROMPTS
 
 SAMPLE_TOP_P = 0.9
@@ -52,9 +50,10 @@ class Dist:
     world: int = 1
     local_rank: int = 0
 
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
+    main: bool = field(init=False)  # rank 0: the one that writes
+
+    def __post_init__(self) -> None:
+        self.main = self.rank == 0
 
 
 def configure_optimizer(model: GPT, args: TrainArgs, device: torch.device) -> torch.optim.AdamW:
@@ -78,7 +77,7 @@ def repeat_plan(args: TrainArgs, train_tokens: np.ndarray, vocab_size: int, toke
     """The planted-repeat plan of --repeat-fraction (None when nothing is planted): spans drawn from
     the training split's most frequent tokens, end-of-text and unknown excluded, as the induction
     probe draws its random tokens."""
-    if args.planted_per_micro() == 0:
+    if args.planted_per_micro == 0:
         return None
     lo, hi = parse_period(args.repeat_period)
     special = {tokenizer.eot_id} | ({tokenizer.unk_id} if tokenizer.unk_id is not None else set())
@@ -89,16 +88,16 @@ def repeat_plan(args: TrainArgs, train_tokens: np.ndarray, vocab_size: int, toke
 class Trainer:
     def __init__(self, run_dir: Path, args: TrainArgs, cfg: GPTConfig, device: torch.device, d: Dist):
         self.run_dir, self.args, self.cfg, self.device, self.d = run_dir, args, cfg, device, d
-        self.meta = read_data_meta(run_dir)
-        self.train_tokens = load_tokens(run_dir, "train", self.meta)
-        self.val_tokens = load_tokens(run_dir, "val", self.meta)
+        self.meta, self.train_tokens, self.val_tokens = load_run_data(run_dir)
         self.n_ctx = cfg.n_ctx  # tokens a row is trained on (a row holds n_ctx + 1: inputs and targets)
         self.corpus_rows_per_step = int(self.meta["global_batch"])  # planted repeats come on top
-        self.n_train = n_chunks(len(self.train_tokens), self.n_ctx)
-        self.schedule = set(checkpoint_steps(args.steps, args.warmup, args.ckpt_every, args.windows()))
+        self.n_chunks = {split: n_chunks(len(tokens), self.n_ctx)
+                         for split, tokens in (("train", self.train_tokens), ("val", self.val_tokens))}
+        self.n_train = self.n_chunks["train"]
+        self.schedule = set(args.checkpoint_steps)
         self.tokenizer = load_tokenizer(run_dir)
         self.plan = repeat_plan(args, self.train_tokens, cfg.vocab_size, self.tokenizer)
-        self.n_plant = args.planted_per_micro()  # planted rows per micro-batch
+        self.n_plant = args.planted_per_micro  # planted rows per micro-batch
         self.rows_per_step = ((self.corpus_rows_per_step // (args.grad_accum * d.world) + self.n_plant)
                               * args.grad_accum * d.world)
         torch.manual_seed(args.seed)
@@ -119,8 +118,7 @@ class Trainer:
     # -- data --------------------------------------------------------------------------------
     def fixed_chunks(self, split: str) -> np.ndarray:
         """The chunks every evaluation uses: a seeded sample, the same at every step."""
-        tokens = self.train_tokens if split == "train" else self.val_tokens
-        n = n_chunks(len(tokens), self.n_ctx)
+        n = self.n_chunks[split]
         k = min(n, self.args.eval_batches * self.corpus_rows_per_step)  # so DDP and accumulation agree
         return np.sort(np.random.default_rng([self.args.seed, 5, split == "val"]).permutation(n)[:k])
 
@@ -219,7 +217,7 @@ class Trainer:
         """Keep the states train.disk.states_to_keep picks within --state-budget (sized by the
         state just written) and drop the rest, oldest decisions first never undone."""
         kept = kept_state_steps(self.run_dir)
-        keep = states_to_keep(kept, window_steps(self.args.windows()),
+        keep = states_to_keep(kept, self.args.window_steps,
                               capacity(self.args.state_budget * 1e9, one_state))
         for step in kept:
             if step not in keep:
@@ -290,8 +288,7 @@ class Trainer:
             self.load()
         if self.d.main:
             last = -1 if fresh else self.step
-            keep_rows_through(metrics_jsonl(self.run_dir), last)
-            keep_rows_through(samples_jsonl(self.run_dir), last)
+            keep_rows_through([metrics_jsonl(self.run_dir), samples_jsonl(self.run_dir)], last)
         self.run(fresh)
 
     def run(self, fresh: bool) -> None:

@@ -7,7 +7,6 @@ plain invocation refuses to touch it.
 """
 from __future__ import annotations
 
-import json
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
@@ -15,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from model.checkpoint import has_state, remove_partial_checkpoints
-from model.runio import RunFileError, read_json, read_jsonl, write_bytes_atomic, write_json_atomic
+from model.runio import RunFileError, read_json, write_bytes_atomic, write_json_atomic
 from model.config import GPTConfig
 from model.rundata import n_chunks
 from model.tokenizer import Tokenizer
@@ -26,7 +25,6 @@ from .args import BadInput, TrainArgs
 from .corpora import load_corpus
 from .plan import bigram_repetition, prediction
 from .planting import parse_period
-from .schedule import checkpoint_steps
 from .tokens import Tokenized, link_or_copy, tokenize
 
 def check_out_dir(out: Path, resume: bool) -> dict | None:
@@ -60,16 +58,6 @@ def is_temporary(path: Path) -> bool:
     return path.name.startswith(".") and ".tmp-" in path.name and path.is_file()
 
 
-def model_config(args: TrainArgs, vocab_size: int) -> GPTConfig:
-    overrides = {k: getattr(args, k) for k in ("n_layer", "n_head", "n_embd", "n_ctx", "dropout")
-                 if getattr(args, k) is not None}
-    try:
-        return GPTConfig.preset(args.preset, vocab_size=vocab_size, attention=args.attention,
-                                attn_only=args.attn_only, **overrides)
-    except ValueError as e:
-        raise BadInput(str(e)) from None
-
-
 def prepare_tokens(args: TrainArgs) -> tuple[Tokenized, list[dict], str]:
     """(token cache entry, canaries, source) for the run's corpus: generated/read, then tokenized
     unless the cache already has it."""
@@ -77,7 +65,7 @@ def prepare_tokens(args: TrainArgs) -> tuple[Tokenized, list[dict], str]:
     if not corpus.train or not corpus.val:
         raise BadInput(f"the corpus {args.data} is empty.")
     runs_root = Path(args.out).resolve().parent
-    return tokenize(corpus, args.resolved_vocab(), runs_root), corpus.canaries, corpus.source
+    return tokenize(corpus, args.vocab_limit, runs_root), corpus.canaries, corpus.source
 
 
 def warn_unknown_canary_words(tok: Tokenized, canaries: list[dict], source: str) -> None:
@@ -101,7 +89,7 @@ def run_record(args: TrainArgs, cfg: GPTConfig, tok: Tokenized, world: int) -> d
         "name": Path(args.out).name, "status": "training", "model": cfg.to_dict(), "train": args.train_dict(),
         "tokenizer": dict(tok.info["tokenizer"]), "seed": args.seed, "data_source": args.data,
         "world_size": world, "global_batch": args.batch_size * args.grad_accum * world,
-        "checkpoint_steps": checkpoint_steps(args.steps, args.warmup, args.ckpt_every, args.windows()),
+        "checkpoint_steps": args.checkpoint_steps,
         "induction_prediction": induction_prediction(args, cfg, tok, world),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
@@ -126,8 +114,7 @@ def data_record(args: TrainArgs, cfg: GPTConfig, tok: Tokenized, canaries: list[
         "planted_repeats": planted_record(args, world),
         "stories": ({"copy_weight": args.copy_weight, "burstiness": args.burstiness,
                      "story_episodes": args.story_episodes} if args.data == "stories" else None),
-        "n_train_chunks": n_chunks(info["n_train_tokens"], cfg.n_ctx),
-        "n_val_chunks": n_chunks(info["n_val_tokens"], cfg.n_ctx),
+        **{f"n_{split}_chunks": n_chunks(info[f"n_{split}_tokens"], cfg.n_ctx) for split in SPLITS},
         "canaries": canaries, "cache_key": info["key"],
         "stats": {k: v for k, v in info.items() if k not in ("key", "dtype", "tokenizer")},
     }
@@ -136,12 +123,12 @@ def data_record(args: TrainArgs, cfg: GPTConfig, tok: Tokenized, canaries: list[
 def corpus_rows_per_step(args: TrainArgs, world: int) -> int:
     """Corpus samples one optimizer step consumes (data.json["global_batch"], which model.rundata
     counts seen sequences by): every row of every micro-batch but the planted repeats."""
-    return (args.batch_size - args.planted_per_micro()) * args.grad_accum * world
+    return (args.batch_size - args.planted_per_micro) * args.grad_accum * world
 
 
 def planted_record(args: TrainArgs, world: int) -> dict | None:
     """What data.json says about planted repeats (train.planting), None when there are none."""
-    k = args.planted_per_micro()
+    k = args.planted_per_micro
     if k == 0:
         return None
     lo, hi = parse_period(args.repeat_period)
@@ -150,11 +137,12 @@ def planted_record(args: TrainArgs, world: int) -> dict | None:
             "tokens": "random spans of the training split's most frequent tokens (model.rundata.frequent_tokens)"}
 
 
-def check_chunks(cfg: GPTConfig, tok: Tokenized) -> None:
-    for split in ("train", "val"):
-        if n_chunks(tok.info[f"n_{split}_tokens"], cfg.n_ctx) < 1:
+def check_chunks(data: dict, cfg: GPTConfig) -> None:
+    """BadInput when a split of the data record holds less than one training sequence."""
+    for split in SPLITS:
+        if data[f"n_{split}_chunks"] < 1:
             name = "training" if split == "train" else "held-out"
-            raise BadInput(f"the {name} split has {tok.info[f'n_{split}_tokens']} tokens, fewer than one "
+            raise BadInput(f"the {name} split has {data[f'n_{split}_tokens']} tokens, fewer than one "
                            f"sequence of n_ctx + 1 = {cfg.n_ctx + 1}; use a larger corpus or a smaller --n-ctx.")
 
 
@@ -181,13 +169,14 @@ def setup_run(out: Path, args: TrainArgs, stored: dict | None, world: int) -> GP
     Returns the model config."""
     if stored is None:
         tok, canaries, source = prepare_tokens(args)
-        cfg = model_config(args, tok.info["vocab_size"])
-        check_chunks(cfg, tok)
+        cfg = args.model_config(tok.info["vocab_size"])
+        data = data_record(args, cfg, tok, canaries, source, world)
+        check_chunks(data, cfg)
         warn_unknown_canary_words(tok, canaries, source)
         out.mkdir(parents=True, exist_ok=True)
         clean_temporaries(out)  # a first run.json write that was killed may have left its temp file
         write_record(out, run_record(args, cfg, tok, world))
-        install_data(out, tok, data_record(args, cfg, tok, canaries, source, world))
+        install_data(out, tok, data)
         return cfg
     run = read_record(out)
     cfg = GPTConfig.from_dict(run["model"])
@@ -225,15 +214,6 @@ def reconcile_fill_ins(run_dir: Path, existing: set[int]) -> None:
                 e["steps"], changed = steps, True
     if changed:
         write_record(run_dir, run)
-
-
-def keep_rows_through(path: Path, step: int) -> None:
-    """Rewrite a .jsonl atomically with only the complete rows of steps <= `step`, so a resumed run
-    appends after them without duplicates (and a line cut short by a kill is gone)."""
-    if not path.exists():
-        return
-    rows = [r for r in read_jsonl(path) if isinstance(r, dict) and int(r.get("step", -1)) <= step]
-    write_bytes_atomic(path, "".join(json.dumps(r, allow_nan=False) + "\n" for r in rows).encode())
 
 
 def clean_temporaries(run_dir: Path) -> None:
