@@ -79,9 +79,8 @@ class HeldoutSet:
         """The per-token losses of `rows` when they are this set's first rows (the probes' token
         sets are all prefixes of the same held-out rows), else None."""
         n = len(rows)
-        if not self.shared or n > len(self.tokens) or rows.shape[1] != self.tokens.shape[1] or not torch.equal(rows, self.tokens[:n]):
-            return None
-        return self.losses[:n]
+        prefix = self.shared and n <= len(self.tokens) and rows.shape[1] == self.tokens.shape[1]
+        return self.losses[:n] if prefix and torch.equal(rows, self.tokens[:n]) else None
 
     @property
     def losses(self) -> torch.Tensor:

@@ -144,6 +144,12 @@ def readout(model: Any) -> Readout | None:
     return None
 
 
+def target_logits(x: torch.Tensor, targets: torch.Tensor, weight: torch.Tensor,
+                  bias: torch.Tensor | None) -> torch.Tensor:
+    """Each position's logit of its own target [n], from its unembedding row alone (in x's dtype)."""
+    return (x * weight[targets].to(x.dtype)).sum(-1) + (0 if bias is None else bias[targets].to(x.dtype))
+
+
 def blocked_stats(x: torch.Tensor, targets: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                   argmax: bool, entropy: bool) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """(losses, argmax, entropy) of normed positions x [n, M] under the unembedding weight [V, M],
@@ -178,8 +184,7 @@ def blocked_stats(x: torch.Tensor, targets: torch.Tensor, weight: torch.Tensor, 
             s = s * scale + z.exp_().sum(-1)
         m = new_m
     log_s = torch.log(s)
-    target = (x * weight[targets].float()).sum(-1) + (0 if bias is None else bias[targets].float())
-    losses = m + log_s - target
+    losses = m + log_s - target_logits(x, targets, weight, bias)
     return losses, best, (log_s - t / s) if entropy else None
 
 
@@ -205,9 +210,7 @@ def blocked_loss_grad(x: torch.Tensor, targets: torch.Tensor, weight: torch.Tens
         s = s * scale + e.sum(-1)
         u = u * scale[:, None] + e @ w
         m = new_m
-    target_w = weight[targets].to(dtype)
-    target = (x * target_w).sum(-1) + (0 if bias is None else bias[targets].to(dtype))
-    return m + torch.log(s) - target, u / s[:, None] - target_w
+    return m + torch.log(s) - target_logits(x, targets, weight, bias), u / s[:, None] - weight[targets].to(dtype)
 
 
 def stats_from_residual(resid: torch.Tensor, targets: torch.Tensor, head: Callable[[torch.Tensor], torch.Tensor],
