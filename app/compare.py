@@ -2,7 +2,7 @@
 series and summary row the "Compare runs" page plots (loss spikes counted by the probes' rule,
 probes/loss_spikes.py). Pure functions, no Streamlit.
 
-`results` is {step: probe result} as in app/results.py; `metrics` is app.runfolder.metrics_series
+`results` is {step: probe result} as in app/plot_data.py; `metrics` is app.runfolder.metrics_series
 output ({"train", "val", "grad_norm"} -> (steps, values)).
 """
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import Any, Mapping, Sequence
 from probes.loss_spikes import SPIKE_RATIO, loss_spikes
 from probes.run_pairs import pair_verdict
 
-from . import results as R
+from . import plot_data as R
 
 Series = tuple[list[int], list[float]]
 

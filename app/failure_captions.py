@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from .results import as_number, emergence_entry, rise_caption
+from .plot_data import as_number, emergence_entry, rise_caption
 
 
 def _fmt(v: Any, spec: str = ".3f") -> str:

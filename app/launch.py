@@ -28,10 +28,9 @@ import urllib.request
 from pathlib import Path
 from typing import IO
 
-from model.runio import RunFileError, read_json, write_json_atomic
+from model.runio import RunFileError, pid_alive, read_json, write_json_atomic
 from model.runlayout import launch_log, launch_record, run_json
 from model.runrecord import run_status
-from probes.results import pid_alive
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 POLL = 0.5              # seconds between the supervisor's looks at its children
@@ -169,8 +168,8 @@ class Supervisor:
             # shows until its trainer starts: it waits for "training" (or for the trainer's end).
             if "probes" not in self.children and run_json(self.run_dir).exists() and (
                     trained or run_status(self.run_dir, None) == "training"):
-                self.start("probes", python("probes", str(self.run_dir), "--watch", "--poll", str(PROBES_POLL),
-                                            "--threads", "1"), quiet=True)
+                self.start("probes", python("probes", str(self.run_dir), "--watch", "--poll", str(PROBES_POLL)),
+                           quiet=True)
                 self.say(f"probes follow the run (their output: {launch_log(self.run_dir)})")
             if trained and "probes" not in self.children:
                 return self.children["train"].returncode if "train" in self.children else 2

@@ -16,7 +16,7 @@ from model.tokenizer import gpt2_encoding
 from . import cache, jobs, launch, live
 from probes.metrics import repeated_ngram_mask
 
-from .results import highlight_html
+from .plot_data import highlight_html
 from .runfolder import (DEMO_COMMAND, DEMO_TRAIN_COMMAND, RunFiles, run_files, run_names, runs_root,
                         safe_run_dir)
 

@@ -49,7 +49,8 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from .config import GPTConfig
-from .runio import (CheckpointError, RunFileError, as_checkpoint_error, fsync_dir, read_json, sha256_bytes,
+from .runio import (CheckpointError, RunFileError, as_checkpoint_error, fsync_dir, read_json, remove_temporaries,
+                    sha256_bytes, temp_folder,
                     write_bytes_atomic)
 from .runlayout import (CHECKPOINTS_DIR, META, RUN_FILES, STATE_NAME, STATE_RECORD_NAME, STEP_NAME, WEIGHTS,
                         checkpoint_dir, checkpoints_dir, latest_json, run_json as run_json_path, state_dir, state_name,
@@ -164,7 +165,7 @@ def save_checkpoint(run_dir: str | os.PathLike, step: int, model: GPT, meta: dic
     full_meta.update(step=int(step), config=raw.cfg.to_dict(), sha256=sha256_bytes(weights),
                      time=full_meta.get("time", time.time()), run_files=run_file_hashes(run_dir))
     full_meta = seal(full_meta)
-    tmp = final.parent / f".tmp-{final.name}-{os.getpid()}"
+    tmp = temp_folder(final)
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir()
@@ -176,7 +177,7 @@ def save_checkpoint(run_dir: str | os.PathLike, step: int, model: GPT, meta: dic
                 os.fsync(f.fileno())
         fsync_dir(tmp)
         if final.exists():  # rewriting a step (a resumed run redoing it): swap, then drop the old
-            old = final.parent / f".old-{final.name}-{os.getpid()}"
+            old = temp_folder(final, old=True)
             os.replace(final, old)
             os.replace(tmp, final)
             shutil.rmtree(old, ignore_errors=True)
@@ -191,11 +192,7 @@ def save_checkpoint(run_dir: str | os.PathLike, step: int, model: GPT, meta: dic
 
 def remove_partial_checkpoints(run_dir: str | os.PathLike) -> None:
     """Delete temporary folders a killed writer left behind (only the writer calls this)."""
-    root = checkpoints_dir(run_dir)
-    if root.is_dir():
-        for p in root.iterdir():
-            if p.name.startswith((".tmp-", ".old-")):
-                shutil.rmtree(p, ignore_errors=True)
+    remove_temporaries(checkpoints_dir(run_dir))
 
 
 def read_checkpoint_meta(path: str | os.PathLike) -> dict:

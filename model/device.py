@@ -68,6 +68,11 @@ def busy_cores(cores: int, seconds: float = BUSY_SAMPLE_S) -> float:
         return 0.0
 
 
+def cpu_cores() -> int:
+    """The cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 _BUSY_AT_START: dict[int, float] = {}
 
 
@@ -86,11 +91,35 @@ def free_cores(cores: int | None = None, load: float | None = None) -> int:
     share. A torch process given more threads than there are free cores makes its OpenMP threads
     spin against the other work, and a step gets several times slower, where on an idle machine
     every core helps (the nano demo trains 1.7x faster on two threads than on one)."""
-    cores = cores if cores is not None else (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
-                                             else os.cpu_count() or 1)
+    cores = cores if cores is not None else cpu_cores()
     if load is None:
         load = busy_at_start(cores)
     return max(1, min(cores, cores - int(round(load))))
+
+
+def free_cores_now() -> int:
+    """free_cores measured now rather than at the process's start: for a process that outlives
+    its neighbours (the probes following a run get the cores training had once it ends)."""
+    cores = cpu_cores()
+    return free_cores(cores, busy_cores(cores))
+
+
+def settle_threads(given: int, recorded: int | None, device: torch.device, sharing: int = 1) -> int:
+    """Set torch's CPU threads for the rest of the process and return the count (a command's run
+    records it): `given` (a --threads) when positive; else `recorded` (a resumed run keeps the count
+    it recorded, since the count changes float rounding and a bit-exact resume needs the same);
+    else the free cores (free_cores) shared among `sharing` processes on this machine. On CUDA
+    nothing is set."""
+    if given > 0:
+        threads = given
+    elif recorded:
+        threads = int(recorded)
+    elif device.type == "cpu":
+        threads = max(1, free_cores() // max(1, sharing))
+    else:
+        return torch.get_num_threads()
+    torch.set_num_threads(threads)
+    return threads
 
 
 def set_torch_threads(n: int) -> None:

@@ -61,8 +61,9 @@ class MLP(nn.Module):
 
     def __init__(self, cfg: GPTConfig):
         super().__init__()
-        self.c_fc = nn.Linear(cfg.n_embd, cfg.d_mlp, bias=cfg.bias)
-        self.c_proj = nn.Linear(cfg.d_mlp, cfg.n_embd, bias=cfg.bias)
+        d_mlp = cfg.d_mlp
+        self.c_fc = nn.Linear(cfg.n_embd, d_mlp, bias=cfg.bias)
+        self.c_proj = nn.Linear(d_mlp, cfg.n_embd, bias=cfg.bias)
         self.approximate = "tanh" if cfg.activation == "gelu_new" else "none"
         self.c_proj.residual_projection = True  # scaled init, see GPT._init_weights
         self.dropout = nn.Dropout(cfg.dropout)

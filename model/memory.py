@@ -230,6 +230,25 @@ def format_bytes(n: int | float) -> str:
     return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
 
 
+def check_training_fits(cfg: Any, batch_size: int, device: Any, processes: int = 1,
+                        corpus_mb: float | None = None, val_fraction: float = 0.0) -> None:
+    """TooLarge (one sentence) when a training step of `batch_size` sequences would not fit in the
+    device's memory (`processes` local ranks sharing a CPU machine's memory each need their share),
+    or when generating a stories corpus of `corpus_mb` MB (and its held-out share) in memory would
+    not fit in RAM: `--batch-size 100000000` is valid input that would otherwise run for minutes,
+    then exhaust memory."""
+    gpu = getattr(device, "type", device) == "cuda"
+    what = (f"training with --batch-size {batch_size} (n_layer {cfg.n_layer}, n_embd {cfg.n_embd}, n_ctx {cfg.n_ctx}, "
+            f"vocab {cfg.vocab_size}" + (f", {processes} processes" if processes > 1 else "") + ")")
+    check_fits(what, train_bytes(cfg, batch_size) * max(1, processes), device_available_bytes(device),
+               where="this GPU" if gpu else "this machine",
+               advice="use a smaller --batch-size (with --grad-accum for the same global batch), --n-ctx or model")
+    if corpus_mb is not None:
+        chars = int(corpus_mb * 1_000_000 * (1 + val_fraction))
+        check_fits(f"preparing the stories corpus with --corpus-mb {corpus_mb:g}", corpus_bytes(chars),
+                   available_bytes(), advice="use a smaller --corpus-mb")
+
+
 def fits(need: int, have: int) -> bool:
     """The margin policy: a request fits when it needs at most MARGIN (90%) of what is available."""
     return need <= MARGIN * have

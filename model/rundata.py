@@ -16,12 +16,13 @@ is null, and which sequences its training saw cannot be known, so nothing may be
 Training sample g (0-based, counted over the whole run in global-batch order) is chunk
 `epoch_order(seed, n_chunks, g // n_chunks)[g % n_chunks]`; chunk c is tokens
 [c*chunk_len, (c+1)*chunk_len + 1) (inputs plus the shifted targets). Optimizer step s (1-based)
-consumes samples [(s-1)*B, s*B) with B = data.json["global_batch"].
+consumes samples [(s-1)*B, s*B) with B = data.json["corpus_rows_per_step"] (corpus_rows_per_step).
 """
 from __future__ import annotations
 
 import os
 from functools import lru_cache
+from typing import NamedTuple
 
 import numpy as np
 
@@ -35,10 +36,21 @@ def read_data_meta(run_dir: str | os.PathLike) -> dict:
     return meta
 
 
-def load_run_data(run_dir: str | os.PathLike) -> tuple[dict, np.ndarray, np.ndarray]:
-    """(data.json, training tokens, held-out tokens) of a run: what training reads at its start."""
+class RunData(NamedTuple):
+    """What training reads at its start: data.json, the two splits' tokens, how many sequences of
+    n_ctx + 1 tokens each split holds, and how many corpus sequences a step consumes."""
+    meta: dict
+    train: np.ndarray
+    val: np.ndarray
+    n_chunks: dict[str, int]
+    corpus_rows_per_step: int | None
+
+
+def load_run_data(run_dir: str | os.PathLike, n_ctx: int) -> RunData:
     meta = read_data_meta(run_dir)
-    return meta, load_tokens(run_dir, "train", meta), load_tokens(run_dir, "val", meta)
+    train, val = load_tokens(run_dir, "train", meta), load_tokens(run_dir, "val", meta)
+    return RunData(meta, train, val, {"train": n_chunks(len(train), n_ctx), "val": n_chunks(len(val), n_ctx)},
+                   corpus_rows_per_step(meta))
 
 
 def training_data_known(meta: dict) -> bool:
@@ -94,13 +106,21 @@ def get_chunks(tokens: np.ndarray, ids: np.ndarray, chunk_len: int) -> np.ndarra
     return np.asarray(tokens[idx], dtype=np.int64)
 
 
+def corpus_rows_per_step(meta: dict) -> int | None:
+    """Corpus sequences one optimizer step consumes (planted repeats come on top), from data.json:
+    "corpus_rows_per_step", or "global_batch" in runs written before it had that name (None for an
+    imported run, whose training is unknown)."""
+    rows = meta.get("corpus_rows_per_step", meta.get("global_batch"))
+    return None if rows is None else int(rows)
+
+
 def seen_chunk_ids(meta: dict, step: int) -> np.ndarray:
     """Sorted unique training chunk ids seen by optimizer step `step` (none at step 0). ValueError
     for an imported run, whose training data is unknown: no answer would be true."""
     if not training_data_known(meta):
         raise ValueError("the run was imported: which training sequences it saw is unknown.")
     n = n_chunks(meta["n_train_tokens"], meta["chunk_len"])
-    stop = min(int(step) * int(meta["global_batch"]), n * 1_000_000)
+    stop = min(int(step) * corpus_rows_per_step(meta), n * 1_000_000)
     if stop <= 0:
         return np.zeros(0, dtype=np.int64)
     if stop >= n:

@@ -206,6 +206,17 @@ class Tokenizer:
         return [self.decode([int(i)]) for i in ids]
 
 
+def in_model_ids(splits: Sequence[np.ndarray], size: int | None) -> tuple[CompactVocab | None, list[np.ndarray]]:
+    """A corpus's splits of GPT-2 ids (the training split first) in the model's vocabulary: a compact
+    one of at most `size` ids built from the training split's counts (unknown ids -> <|unk|>), or,
+    with `size` None, GPT-2's own (the vocabulary returned is then None)."""
+    if size is None:
+        return None, [np.asarray(ids, dtype=np.int64) for ids in splits]
+    vocab = build_compact_vocab(np.bincount(splits[0], minlength=GPT2_VOCAB_SIZE), size)
+    tokenizer = Tokenizer(vocab)
+    return vocab, [tokenizer.gpt2_to_model(ids) for ids in splits]
+
+
 def load_tokenizer(vocab: CompactVocab | str | os.PathLike | None = None) -> Tokenizer:
     """The GPT-2 tokenizer; with `vocab` (a CompactVocab, a vocab.json, or a run folder holding
     one) mapped into that compact vocabulary. A run folder without vocab.json uses full GPT-2."""

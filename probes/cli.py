@@ -4,13 +4,14 @@ probes/ray_runner.py), with a progress bar."""
 from __future__ import annotations
 
 import argparse
+import os
 from typing import Callable
 
 from tqdm import tqdm
 
 from model.runio import RunFileError
 from model.cliargs import ArgumentParser, run_command
-from model.device import MAX_THREADS, free_cores, pick_device
+from model.device import MAX_THREADS, free_cores, free_cores_now, pick_device
 from model.runlayout import probes_dir
 
 from .compute import OPTIONAL_PROBES, PROBES as PROBE_NAMES
@@ -39,8 +40,9 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--device", default="cpu", help="auto, cpu or cuda (default cpu)")
     p.add_argument("--poll", type=float, default=5.0, help="seconds between checks with --watch")
     p.add_argument("--threads", type=int, default=None,
-                   help="torch CPU threads (default 1 per worker process or --ray task; in one process, the "
-                        "cores not busy now, measured over half a second)")
+                   help="torch CPU threads (default 1 per worker process or --ray task; with --watch on CPU, 1 at "
+                        "lower priority while the run trains, then the cores not busy once it has ended; in one "
+                        "process, the cores not busy now, measured over half a second)")
     p.add_argument("--jobs", type=int, help="worker processes (default: one per core not busy now, up to 2, on CPU; "
                                             "1 with --watch or on CUDA); "
                                             "with --ray local, the private instance's task slots")
@@ -53,6 +55,27 @@ def build_parser() -> ArgumentParser:
                    help="with --ray: send the run's data and each checkpoint through Ray's object store, for "
                         "nodes that do not share the run's filesystem")
     return p
+
+
+# The priority of a --watch follower on CPU: a training step waits for its slowest thread, so a
+# probe thread taking a core from it costs training more than the probe gains.
+WATCH_NICE = 10
+
+
+def yield_cpu(nice: int) -> None:
+    """Lower this process's CPU priority by `nice`. Linux with autogroup scheduling shares the CPU
+    between sessions first, whatever their nice values, and the app's supervisor starts each child
+    in a session of its own: there a follower at nice 10 still took a whole core from training
+    (the demo's training 306 s beside it against 180 s alone). So a process that leads its session
+    lowers the session's group too (/proc/self/autogroup; a command typed in a shell does not lead
+    its session, and the shell's group is left alone)."""
+    os.nice(nice)
+    if os.getsid(0) == os.getpid():
+        try:
+            with open("/proc/self/autogroup", "w") as f:
+                f.write(str(nice))
+        except OSError:  # no autogroup here (or not allowed): the process's own nice is what there is
+            pass
 
 
 def default_jobs(watching: bool, device: str) -> int:
@@ -106,7 +129,7 @@ def run_on_ray(args: argparse.Namespace, progress: Progress) -> list[int]:
         return watch(args.run, poll=args.poll, **kwargs) if args.watch else run_probes(args.run, **kwargs)
 
 
-def compute(args: argparse.Namespace, progress: Progress) -> list[int]:
+def compute(args: argparse.Namespace, progress: Progress, own_process: bool = False) -> list[int]:
     """The steps computed: on Ray with --ray, else here (in this process or worker processes)."""
     if not 0 < args.poll <= 86400:  # NaN, inf or 1e300 would crash time.sleep after a whole pass
         raise ValueError(f"--poll must be a positive number of seconds, at most 86400, got {args.poll}.")
@@ -119,7 +142,12 @@ def compute(args: argparse.Namespace, progress: Progress) -> list[int]:
     threads = args.threads if args.threads is not None else default_threads(jobs, args.watch)
     kwargs = dict(only=args.only, steps=args.steps, force=args.force, progress=progress, device=device,
                   threads=threads, jobs=jobs)
-    return watch(args.run, poll=args.poll, **kwargs) if args.watch else run_probes(args.run, **kwargs)
+    if not args.watch:
+        return run_probes(args.run, **kwargs)
+    guest = device.type == "cpu" and args.threads is None and jobs == 1
+    if guest and own_process:  # beside training: its leftovers first, then the cores it had (runner.watch)
+        yield_cpu(WATCH_NICE)
+    return watch(args.run, poll=args.poll, widen=free_cores_now if guest else None, **kwargs)
 
 
 def user_error(e: Exception) -> str:
@@ -128,14 +156,15 @@ def user_error(e: Exception) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """The CLI; returns the exit status (2 with one sentence on stderr for bad input, 130 when
-    the user stopped it)."""
+    the user stopped it). Run as the program (`python -m probes`, argv None) a --watch follower
+    lowers its own priority; called in-process with an argv it leaves the caller's alone."""
     finished: list[str] = []
 
     def body() -> int:
         args = build_parser().parse_args(argv)
         progress, close = tqdm_progress()
         try:
-            done = compute(args, progress)
+            done = compute(args, progress, own_process=argv is None)
         finally:
             close()  # before any message
         finished.append(f"probes: computed {len(done)} checkpoint(s); results in {probes_dir(args.run)}.")

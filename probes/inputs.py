@@ -23,8 +23,8 @@ import torch
 from model.runio import RunFileError
 from model.runlayout import data_json
 from model.runrecord import read_run
-from model.rundata import (FREQUENT_COUNT_TOKENS, frequent_tokens, get_chunks, load_tokens, n_chunks, read_data_meta, seen_chunk_ids,
-                           training_data_known)
+from model.rundata import (FREQUENT_COUNT_TOKENS, corpus_rows_per_step, frequent_tokens, get_chunks, load_tokens,
+                           n_chunks, read_data_meta, seen_chunk_ids, training_data_known)
 from model.tokenizer import Tokenizer, load_tokenizer
 
 from .canaries import Canary, RandomnessSpace, canary_space, draw_candidates
@@ -242,7 +242,7 @@ class ProbeInputs:
         """Training tokens consumed by `step`, planted repeats included (as the checkpoint's meta
         counts them); None when the run does not know (an imported run, whose checkpoint meta may
         still say, see probes.runner)."""
-        batch = self.data_meta.get("global_batch")
+        batch = corpus_rows_per_step(self.data_meta)
         if not self.training_data_known or batch is None:
             return None
         planted = (self.data_meta.get("planted_repeats") or {}).get("rows_per_step", 0)
@@ -292,9 +292,11 @@ def probe_inputs(run_dir: str | os.PathLike, sizes: ProbeSizes | None = None,
     run_dir = Path(run_dir)
     run = read_run(run_dir)
     meta = read_data_meta(run_dir)
-    for key in ("chunk_len", "n_train_tokens", "n_val_tokens", "global_batch"):
+    for key in ("chunk_len", "n_train_tokens", "n_val_tokens"):
         if key not in meta:
             raise RunFileError(data_json(run_dir), f"lacks the {key!r} field")
+    if "corpus_rows_per_step" not in meta and "global_batch" not in meta:
+        raise RunFileError(data_json(run_dir), "lacks the 'corpus_rows_per_step' field")
     seed = run_seed(run_dir, meta)
     tokenizer = tokenizer or load_tokenizer(run_dir)
     n_ctx = model_context(run, meta)

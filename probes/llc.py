@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from model.rundata import FREQUENT_COUNT_TOKENS, frequent_tokens, get_chunks, load_tokens, n_chunks
+from model.rundata import FREQUENT_COUNT_TOKENS, corpus_rows_per_step, frequent_tokens, get_chunks, load_tokens, n_chunks
 from .llc_settings import LLCSettings, settings_for
 
 LossFn = Callable[[nn.Module, torch.Tensor], torch.Tensor]  # (module, input_ids [B, P+1]) -> per-token loss [B, P]
@@ -222,7 +222,7 @@ def sampling_rows(inputs: Any, tokenizer: Any, vocab_size: int, n_ctx: int, n: i
     meta, length = inputs.data_meta, min(inputs.chunk_len, n_ctx) + 1
     plan = meta.get("planted_repeats") or {}
     planted = int(plan.get("rows_per_step", 0))
-    k = int(round(n * planted / (planted + int(meta["global_batch"])))) if planted else 0
+    k = int(round(n * planted / (planted + corpus_rows_per_step(meta)))) if planted else 0
     if inputs.training_data_known:
         train = inputs._train if inputs._train is not None else load_tokens(inputs.run_dir, "train", meta)
         order = np.random.default_rng([int(inputs.seed), LLC_STREAM]).permutation(

@@ -39,13 +39,13 @@ import torch
 from model.checkpoint import verify_checkpoint
 from model.device import set_torch_threads
 from model.memory import MARGIN, TooLarge, check_fits
-from model.runio import RunFileError
+from model.runio import RunFileError, pid_alive
 from model.runlayout import (CHECKPOINTS_DIR, DATA_DIR, META, RUN_FILES, RUN_JSON, WEIGHTS, data_dir, step_name,
                              step_of)
 from model.tokenizer import load_tokenizer
 
 from .inputs import ProbeSizes, probe_inputs
-from .results import pid_alive, write_result
+from .results import write_result
 from .runner import checkpoint_result, first_config, probe_bytes
 
 RAY_INSTALL = "pip install -e '.[ray]'"

@@ -6,16 +6,14 @@ their writer is gone.
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
 from typing import Iterable
 
-from model.runio import RunFileError, read_json, write_json_atomic
+from model.runio import RunFileError, read_json, remove_temporaries, write_json_atomic
 from model.runlayout import probes_dir, result_path, result_step
 
 from .compute import ON_DEMAND_KINDS, RESULT_VERSION
 
-TEMP_FILE = re.compile(r"^\..+\.tmp-(\d+)$")
 
 
 def read_result(path: str | os.PathLike) -> dict | None:
@@ -68,29 +66,9 @@ def is_done(result: dict | None, want: Iterable[str]) -> bool:
                for k in want)
 
 
-def pid_alive(pid: int) -> bool:
-    """Whether process `pid` still runs (a zombie, killed but not yet reaped, does not)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return True  # no /proc: trust kill()
-    return stat.rsplit(")", 1)[-1].split()[0] != "Z"
-
-
 def remove_stale_temp_files(run_dir: str | os.PathLike) -> None:
     """Delete temp files that a killed writer left in probes/ (never those of a live process)."""
-    root = probes_dir(run_dir)
-    if root.is_dir():
-        for p in root.iterdir():
-            m = TEMP_FILE.match(p.name)
-            if m and not pid_alive(int(m.group(1))):
-                p.unlink(missing_ok=True)
+    remove_temporaries(probes_dir(run_dir), live_writers_too=False)
 
 
 def write_result(run_dir: str | os.PathLike, step: int, result: dict) -> None:

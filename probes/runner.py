@@ -156,7 +156,7 @@ def run_probes(run_dir: str | os.PathLike, only: Iterable[str] | str | None = No
                steps: Iterable[int] | None = None, force: bool = False, progress: Progress | None = None,
                *, device: str = "cpu", sizes: ProbeSizes | None = None, log: Callable[[str], None] = stderr_log,
                skip: set[int] | None = None, threads: int | None = None, jobs: int = 1,
-               cluster: Cluster | None = None) -> list[int]:
+               cluster: Cluster | None = None, most: int | None = None) -> list[int]:
     """Compute the requested probes for every checkpoint that lacks them; return the steps done
     (sorted).
 
@@ -167,7 +167,8 @@ def run_probes(run_dir: str | os.PathLike, only: Iterable[str] | str | None = No
     duration (one thread is much faster than two beside a training run on a 2-core machine);
     `jobs` > 1 spreads checkpoints over that many worker processes of one thread each. `cluster`
     (a connected probes.ray_runner.RayCluster) sends them to Ray instead, as tasks of `threads`
-    (default 1) CPUs and torch threads each."""
+    (default 1) CPUs and torch threads each. `most` takes only the oldest that many checkpoints
+    still to do (a watcher's pass beside training)."""
     for name, value in (("threads", threads), ("jobs", jobs)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
             raise ValueError(f"{name} must be a positive integer, got {value!r}.")
@@ -177,7 +178,7 @@ def run_probes(run_dir: str | os.PathLike, only: Iterable[str] | str | None = No
         raise ValueError(f"jobs must be at most {MAX_JOBS}, got {jobs}.")
     with torch_threads(threads):
         return _run_probes(Path(run_dir), only, steps, force, progress, device, sizes, log, skip, jobs,
-                           cluster, threads or 1)
+                           cluster, threads or 1, most)
 
 
 def probe_bytes(cfg: GPTConfig, sizes: ProbeSizes | None) -> int:
@@ -230,7 +231,7 @@ def jobs_that_fit(todo: list[Path], sizes: ProbeSizes | None, device: str, jobs:
 
 
 def _run_probes(run_dir: Path, only, steps, force, progress, device, sizes, log, skip, jobs, cluster,
-                threads) -> list[int]:
+                threads, most) -> list[int]:
     read_run(run_dir)
     want = check_only(only)
     if cluster is None:
@@ -239,6 +240,7 @@ def _run_probes(run_dir: Path, only, steps, force, progress, device, sizes, log,
         device = cluster.device_kind(device)
     remove_stale_temp_files(run_dir)
     todo = [p for p in pending_checkpoints(run_dir, want, steps, force) if not skip or step_of(p) not in skip]
+    todo = todo[:most] if most is not None else todo
     done: list[int] = []
     finished = 0
 
@@ -270,16 +272,29 @@ def _run_probes(run_dir: Path, only, steps, force, progress, device, sizes, log,
     return sorted(done)
 
 
-def watch(run_dir: str | os.PathLike, poll: float = 5.0, **kwargs) -> list[int]:
-    """run_probes repeatedly until run.json says complete, failed or stopped, then one last pass."""
+def watch(run_dir: str | os.PathLike, poll: float = 5.0, widen: Callable[[], int] | None = None,
+          **kwargs) -> list[int]:
+    """run_probes repeatedly until run.json says complete, failed or stopped, then one last pass.
+
+    With `widen` the watcher follows as a guest: while the run trains, a pass takes only the oldest
+    checkpoint still to do, so the end of training is noticed within one checkpoint, and the passes
+    after it run on `widen()` threads (the cores training had). On 2 cores the demo's follower at
+    one thread beside training's two cost training ~90 s, more than the probes' own work; a guest
+    at lower priority (the CLI's --watch) uses the gaps training leaves, then the whole machine."""
     run_dir = Path(run_dir)
     done: list[int] = []
-    skip: set[int] = set()
+    settled: set[int] = set()  # steps done or found corrupt: never taken again (with --force, once each)
     while True:
         status = run_status(run_dir)  # read before the pass: checkpoints made before it are all listed
-        done += run_probes(run_dir, skip=skip, **kwargs)
-        if status in ("complete", "failed", "stopped"):
+        ended = status in ("complete", "failed", "stopped")
+        if ended and widen is not None:
+            kwargs = {**kwargs, "threads": widen()}
+        new = run_probes(run_dir, skip=settled, most=1 if widen is not None and not ended else None, **kwargs)
+        settled.update(new)
+        done += new
+        if ended:
             return done
-        time.sleep(poll)
+        if not new or widen is None:
+            time.sleep(poll)
 
 

@@ -69,7 +69,7 @@ def write_run(root: Path, name: str = "run", steps: tuple[int, ...] = (0, 1, 2, 
                  "alternatives": list(CANARY_ALTERNATIVES)} for c in canary_copies]
     write_json_atomic(run / "data.json", {
         "source": "stories", "seed": seed, "dtype": "uint16", "n_train_tokens": int(len(train)),
-        "n_val_tokens": int(len(val)), "chunk_len": n_ctx, "global_batch": global_batch, "canaries": canaries})
+        "n_val_tokens": int(len(val)), "chunk_len": n_ctx, "corpus_rows_per_step": global_batch, "canaries": canaries})
     cfg = GPTConfig(n_layer=n_layer, n_head=n_head, n_embd=n_embd, n_ctx=n_ctx, vocab_size=vocab.size)
     write_json_atomic(run / "run.json", {
         "name": name, "status": status, "model": cfg.to_dict(),

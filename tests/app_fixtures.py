@@ -70,7 +70,7 @@ def write_fake_run(root: Path, name: str = "fake", steps: tuple[int, ...] = (0, 
               "red flower pot in the garden behind the little white house where Tom lives with his cat")
     write_json_atomic(run / "data.json", {
         "source": "stories", "seed": 0, "dtype": "uint16", "n_train_tokens": int(split),
-        "n_val_tokens": int(len(tokens) - split), "chunk_len": 64, "global_batch": 4,
+        "n_val_tokens": int(len(tokens) - split), "chunk_len": 64, "corpus_rows_per_step": 4,
         "canaries": [{"id": f"c{c}", "text": canary.replace("seven", ["one", "two", "three"][i % 3]), "copies": c,
                       "prefix_tokens": 16, "alternatives": []} for i, c in enumerate((1, 8, 64))]})
     write_json_atomic(run / "run.json", {

@@ -201,7 +201,7 @@ def run_sessions(root: Path, n: int) -> tuple[list[float], list[str], dict]:
 def check_against_solo(run_dir: Path, seen: dict) -> None:
     from app.views.heads import parse_label
     from app.ui import text_pieces, ngram_mask
-    from app.results import highlight_html
+    from app.plot_data import highlight_html
     for i, s in seen.items():
         heads = [parse_label(h) for h in s["labels"]]
         step = int(s["step"])

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from app import launch
-from probes.results import pid_alive
+from model.runio import pid_alive
 from model.checkpoint import list_checkpoints
 from model.runio import read_json
 from model.runlayout import result_path, step_of

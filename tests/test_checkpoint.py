@@ -113,6 +113,38 @@ def test_write_bytes_atomic_keeps_old_content_on_failure(tmp_path, monkeypatch):
     assert [p.name for p in tmp_path.iterdir()] == ["f.json"]
 
 
+def test_every_writers_temporary_name_is_recognised_and_only_dead_writers_leftovers_go(tmp_path, model, monkeypatch):
+    """model.runio owns the temporary names: what each writer really leaves when it dies before its
+    rename (an atomic file write, a checkpoint folder, the folder a re-save parks) is recognised,
+    with its writer's pid; a live writer's temporary survives a sweep that spares live writers."""
+    real_replace = os.replace
+
+    def dies(src, dst):
+        raise OSError("killed before the rename")
+
+    monkeypatch.setattr(ck.os, "replace", dies)
+    for write in (lambda: runio.write_json_atomic(tmp_path / "run.json", {}),
+                  lambda: save_checkpoint(tmp_path, 5, model)):
+        with pytest.raises(OSError):
+            write()
+    monkeypatch.setattr(ck.os, "replace", real_replace)
+    assert runio.temp_writer(runio.temp_path(tmp_path / "run.json")) == os.getpid()
+    assert runio.temp_writer(runio.temp_folder(tmp_path / "step_000005", old=True)) == os.getpid()
+    assert runio.temp_writer(tmp_path / ".tmp-step_000005-12") == 12  # an older version's folder
+    for name in ("run.json", ".hidden", "step_000005", ".run.json.tmp-x", ".tmp-step"):
+        assert runio.temp_writer(tmp_path / name) is None, name
+    # the writers cleaned up after themselves; now leave what a killed one would
+    dead = 2 ** 22 + 12345  # above the default pid_max, so no live process has it
+    left = [runio.temp_path(tmp_path / "run.json"), tmp_path / f".probes.json.tmp-{dead}"]
+    for p in left:
+        p.write_text("{}")
+    (tmp_path / f".tmp-step_000007-{dead}").mkdir()
+    runio.remove_temporaries(tmp_path, live_writers_too=False)
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == [left[0].name]
+    runio.remove_temporaries(tmp_path)
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
 def test_truncated_weights_are_refused(ckpt):
     w = ckpt / "model.safetensors"
     w.write_bytes(w.read_bytes()[:-100])

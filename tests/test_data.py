@@ -132,13 +132,24 @@ def test_canaries_in_token_stream_exactly_as_recorded(small_run):
     assert meta["stats"]["unk_fraction_train"] == 0.0  # the compact vocab covers the corpus
 
 
+def test_a_data_json_written_before_corpus_rows_per_step_had_its_name_reads_the_same(small_run):
+    """Runs written before the rename kept the corpus rows per step as "global_batch" (a name that
+    in run.json means every row): they still count seen sequences the same way."""
+    from model.rundata import corpus_rows_per_step, seen_chunk_ids
+    meta = read_data_meta(small_run)
+    old = {k: v for k, v in meta.items() if k != "corpus_rows_per_step"} | {"global_batch": meta["corpus_rows_per_step"]}
+    assert corpus_rows_per_step(old) == corpus_rows_per_step(meta) == 8
+    for step in (1, 7, 40):
+        assert seen_chunk_ids(old, step).tolist() == seen_chunk_ids(meta, step).tolist()
+
+
 def test_data_json_describes_the_files(small_run):
     meta = read_data_meta(small_run)
     run = read_json(small_run / "run.json")
-    for key in ("source", "seed", "dtype", "n_train_tokens", "n_val_tokens", "chunk_len", "global_batch", "canaries"):
+    for key in ("source", "seed", "dtype", "n_train_tokens", "n_val_tokens", "chunk_len", "corpus_rows_per_step", "canaries"):
         assert key in meta
     assert meta["chunk_len"] == run["model"]["n_ctx"] == 64
-    assert meta["global_batch"] == 8 and meta["seed"] == run["seed"] == 1234
+    assert meta["corpus_rows_per_step"] == 8 and "global_batch" not in meta and meta["seed"] == run["seed"] == 1234
     assert meta["dtype"] == "uint16"
     assert (small_run / "data" / "train.bin").stat().st_size == 2 * meta["n_train_tokens"]
     assert run["tokenizer"] == {"kind": "compact", "vocab_size": run["model"]["vocab_size"]}

@@ -59,10 +59,11 @@ def test_states_to_keep_properties_online_as_the_loop_applies_it():
 def test_sizes_follow_the_parameter_count():
     cfg = GPTConfig.preset("small")
     n = param_count(cfg)
-    assert disk.checkpoint_bytes(cfg) == 4 * n + 16 * 1024
-    assert disk.state_bytes(cfg) == 12 * n + disk.STATE_OVERHEAD
-    assert 1.4e9 < disk.state_bytes(cfg) < 1.6e9  # the issue's "about 1.5 GB a state"
-    assert disk.capacity(2e9, disk.state_bytes(cfg)) == 1 and disk.capacity(0, 10) == 1
+    one_ckpt, one_state = disk.file_sizes(cfg)
+    assert one_ckpt == 4 * n + 16 * 1024
+    assert one_state == 12 * n + disk.STATE_OVERHEAD
+    assert 1.4e9 < one_state < 1.6e9  # the issue's "about 1.5 GB a state"
+    assert disk.capacity(2e9, one_state) == 1 and disk.capacity(0, 10) == 1
 
 
 def test_the_estimates_match_a_real_runs_files(tmp_path):
@@ -70,8 +71,9 @@ def test_the_estimates_match_a_real_runs_files(tmp_path):
     cfg = GPTConfig.from_dict(read_json(run / "run.json")["model"])
     state = (state_dir(run) / state_name(10)).stat().st_size
     weights = sum(p.stat().st_size for p in (list_checkpoints(run)[-1]).iterdir() if p.suffix == ".safetensors")
-    assert abs(state - disk.state_bytes(cfg)) <= 0.02 * state + disk.STATE_OVERHEAD, (state, disk.state_bytes(cfg))
-    assert abs(weights - disk.checkpoint_bytes(cfg)) <= 0.02 * weights + 16 * 1024, (weights, disk.checkpoint_bytes(cfg))
+    one_ckpt, one_state = disk.file_sizes(cfg)
+    assert abs(state - one_state) <= 0.02 * state + disk.STATE_OVERHEAD, (state, one_state)
+    assert abs(weights - one_ckpt) <= 0.02 * weights + 16 * 1024, (weights, one_ckpt)
 
 
 def test_a_budget_run_keeps_the_chosen_states_and_resumes_and_fills_in(tmp_path):
@@ -118,7 +120,7 @@ def test_the_budget_decides_what_fits_at_small():
     the default budget (the latest state and no other, 2 GB holding one) does."""
     cfg = GPTConfig.preset("small")
     ckpts = checkpoint_steps(1500, 100, 100)
-    one_ckpt, one_state = disk.checkpoint_bytes(cfg), disk.state_bytes(cfg)
+    one_ckpt, one_state = disk.file_sizes(cfg)
     assert disk.disk_refusal("x", cfg, ckpts, [], "all", 2.0, free=20 * 10 ** 9) is not None
     need = len(ckpts) * one_ckpt + one_state
     assert disk.disk_refusal("x", cfg, ckpts, [], "budget", 2.0, free=math.ceil(need / disk.DISK_SHARE)) is None

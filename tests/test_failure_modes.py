@@ -17,7 +17,7 @@ import time
 import numpy as np
 import pytest
 
-from app import figures, results as R
+from app import figures, plot_data as R
 from app import failure_captions as FC
 from probes import summarize, write_summary
 from probes.emergence_rules import rules

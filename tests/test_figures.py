@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from app import figures, results as R
+from app import figures, plot_data as R
 from _figures import RESULTS, STEPS, emerging_summary, trace_named
 
 

@@ -2,7 +2,7 @@
 the loss trajectory and the loss by position."""
 from __future__ import annotations
 
-from app import figures, results as R
+from app import figures, plot_data as R
 from _figures import RESULTS, STEPS
 
 
@@ -120,7 +120,7 @@ def test_circuit_caption_and_trajectory_helpers():
 
 
 def test_change_caption_says_what_moved_at_the_phase_change_and_which_way():
-    from app.results import change_caption
+    from app.plot_data import change_caption
     entry = {"step": 725, "icl_before": -0.0105, "icl_after": 0.0634,
              "repeated_text_gap_before": 0.0388, "repeated_text_gap_after": -0.0914}
     text = change_caption(entry)

@@ -50,7 +50,7 @@ def test_hf_trainer_checkpoints_import_with_the_sources_logits(world):
     assert info["imported"]["training_data"] == "unknown" and info["tokenizer"] == {"kind": "gpt2", "vocab_size": 50257}
     assert "train" not in info  # so `python -m train --resume` refuses it instead of training it
     data = read_data_meta(run)
-    assert data["training_data"] == "unknown" and data["n_train_tokens"] == 0 and data["global_batch"] is None
+    assert data["training_data"] == "unknown" and data["n_train_tokens"] == 0 and data["corpus_rows_per_step"] is None and "global_batch" not in data
     assert data["chunk_len"] == 64 and data["n_val_chunks"] >= 16 and data["canaries"] == []
     assert not (run / "vocab.json").exists()  # the full GPT-2 BPE
     # the Trainer's log becomes the loss curve: one row per logged step, eval loss as held-out loss

@@ -20,7 +20,8 @@ from probes.induction import ICL_MIN_LATE, icl_score
 from probes.documents import document_rows
 from train.plan import (FORMATION_T, bigram_repetition, formation_step, formation_tokens, prediction,
                         window_repetition)
-from train.stories import generate_stories, made_up_word
+from train.stories import generate_stories
+from train.words import made_up_word
 from train.story_plots import Pen
 
 

@@ -16,7 +16,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from app import launch, live
-from probes.results import pid_alive
+from model.runio import pid_alive
 from model.checkpoint import list_checkpoints
 from model.runio import read_json, read_jsonl
 from model.runlayout import launch_record, result_path, step_of

@@ -180,7 +180,8 @@ def test_every_canary_of_a_group_has_an_exposure_with_its_method(run):
 
 
 def test_the_stories_canaries_record_the_space_the_probes_draw_from():
-    from train.stories import copy_words, make_canaries
+    from train.stories import make_canaries
+    from train.words import copy_words
     canaries = make_canaries(3, copies=(1, 4), per_count=2, n_alternatives=3)
     for c in canaries:
         space = canary_space(c)

@@ -31,7 +31,8 @@ from model.config import GPTConfig
 from probes.cli import main
 from probes.inputs import ProbeSizes
 from probes.ray_runner import RayCluster, gpu_fraction, tasks_per_gpu
-from probes.results import pid_alive, read_results
+from model.runio import pid_alive
+from probes.results import read_results
 from probes.runner import probe_bytes
 
 import _faults as faults

@@ -207,6 +207,48 @@ def test_watch_follows_a_run_in_training_until_it_completes(template, tmp_path):
     assert json.loads((run / "probes" / "summary.json").read_text())["steps"] == [*STEPS, 8]
 
 
+def test_a_guest_watcher_takes_one_checkpoint_a_pass_then_the_freed_cores_once_training_ends(run, monkeypatch):
+    """runner.watch with `widen` (the CLI's --watch on CPU): while the run trains each pass takes the
+    oldest checkpoint still to do on the given threads; once training has ended, one pass on
+    widen()'s threads takes the rest."""
+    from model.runrecord import run_status
+    from probes import runner
+    set_status(run, "training")
+    real, calls = runner.run_probes, []
+
+    def spy(run_dir, **kwargs):
+        status = run_status(run_dir)
+        done = real(run_dir, **kwargs)
+        calls.append((kwargs["most"], kwargs["threads"], status, done))
+        if len(calls) == 2:  # training ends after the second pass, with one more checkpoint
+            add_checkpoint(run, 8)
+            set_status(run, "complete")
+        return done
+
+    monkeypatch.setattr(runner, "run_probes", spy)
+    asked = []
+    done = runner.watch(run, poll=0.01, widen=lambda: asked.append("now") or 2, threads=1)
+    assert calls == [(1, 1, "training", [0]), (1, 1, "training", [1]), (None, 2, "complete", [2, 4, 8])]
+    assert asked == ["now"] and sorted(done) == [*STEPS, 8]
+
+
+def test_yield_cpu_lowers_the_session_group_only_of_a_process_that_leads_its_session():
+    """Autogroup scheduling shares the CPU between sessions whatever their nice values: a follower
+    started in a session of its own (as the app's supervisor starts it) lowers its group too; a
+    command typed in a shell leaves the shell's group alone."""
+    group = Path("/proc/self/autogroup")
+    code = ("import os, pathlib; from probes.cli import yield_cpu; before = os.nice(0); yield_cpu(7); "
+            "g = pathlib.Path('/proc/self/autogroup'); "
+            "print(os.nice(0) == min(19, before + 7), g.read_text().split()[-1] if g.exists() else 'none')")
+    before = group.read_text().split()[-1] if group.exists() else "none"
+    for leader, want_group in ((True, "7" if group.exists() else "none"), (False, before)):
+        out = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=probe_env(), capture_output=True, text=True,
+                             start_new_session=leader, timeout=60)
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.split() == ["True", want_group], (leader, out.stdout)
+    assert (group.read_text().split()[-1] if group.exists() else "none") == before
+
+
 # -- summary on synthetic series -------------------------------------------------------------
 SYNTH_STEPS = [0, 1, 2, 4, 8, 16, 32, 64, 128]
 

@@ -225,7 +225,7 @@ def test_ddp_two_processes_match_one_process(tmp_path):
         two = tmp_path / f"two_{i}"
         results.append((i, launch_ddp(two, DDP_ARGS + ["--batch-size", "2"])))
         assert results[-1][1].returncode == 0, failure_report(results)
-        assert read_json(two / "data.json")["global_batch"] == read_json(one / "data.json")["global_batch"] == 4
+        assert read_json(two / "data.json")["corpus_rows_per_step"] == read_json(one / "data.json")["corpus_rows_per_step"] == 4
         assert_same_training(one, two, DDP_STEPS)
 
 
@@ -349,6 +349,7 @@ def test_resume_from_an_edited_state_is_one_sentence_and_exit_2(tmp_path, capsys
 
 
 def test_threads_follow_the_free_cores_and_a_resume_keeps_the_recorded_count(tmp_path, monkeypatch):
+    from model import device
     from model.device import free_cores
     from train import cli as train_cli
     from train.args import TrainArgs
@@ -357,7 +358,7 @@ def test_threads_follow_the_free_cores_and_a_resume_keeps_the_recorded_count(tmp
     one = Dist(rank=0, local_rank=0, world=1)
     threads = torch.get_num_threads()
     try:
-        monkeypatch.setattr(train_cli, "free_cores", lambda: 2)
+        monkeypatch.setattr(device, "free_cores", lambda: 2)
         cpu = torch.device("cpu")
         assert train_cli.set_threads(TrainArgs(threads=0), one, cpu, None) == 2  # a fresh run: free cores
         assert train_cli.set_threads(TrainArgs(threads=0), one, cpu, 1) == 1     # a resume: what was recorded

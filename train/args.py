@@ -250,12 +250,13 @@ def validate(a: TrainArgs) -> None:
     v = a.vocab_size
     if v is not None and v != "gpt2" and (not isinstance(v, int) or v < 3):
         raise BadInput(f"--vocab-size must be an integer >= 3 or gpt2, got {v!r}.")
-    parse_copies(a.canary_copies)
+    a.canary_counts  # parsed once, here: what the corpus reads
     kind = a.data.split(":", 1)[0]
     if kind not in ("stories", "tinystories", "text") or (kind != "text" and ":" in a.data):
         raise BadInput(f"unknown data source {a.data!r}; use stories, tinystories or text:PATH.")
     if kind == "text" and not a.data[5:]:
         raise BadInput("--data text:PATH needs a path after 'text:'.")
+    a.largest_model  # a shape the preset refuses is bad input; the memory and disk checks size this model
 
 
 def check_windows(a: TrainArgs) -> None:

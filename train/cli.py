@@ -22,8 +22,8 @@ from model.checkpoint import kept_state_steps
 from model.runio import RunFileError, read_jsonl
 from model.config import GPTConfig
 from model.cliargs import run_command
-from model.device import free_cores, pick_device, set_torch_threads, torch_threads
-from model.memory import GPT2_VOCAB, TooLarge, available_bytes, check_fits, corpus_bytes, device_available_bytes, train_bytes
+from model.device import pick_device, settle_threads, torch_threads
+from model.memory import GPT2_VOCAB, TooLarge, check_training_fits
 from model.runlayout import RUN_JSON, metrics_jsonl
 from model.runrecord import read_record, set_status
 
@@ -52,41 +52,22 @@ def device_for(kind: str, d: Dist) -> torch.device:
 
 
 def set_threads(args: TrainArgs, d: Dist, device: torch.device, stored: int | None) -> int:
-    """torch's CPU threads for this process, and the count to record in run.json: --threads if
-    given; else the count a resumed run recorded (the thread count changes float rounding, so a run
-    resumed bit-exactly must keep it); else the machine's free cores when it starts
-    (model.device.free_cores), shared among the local ranks under DDP. On CUDA nothing is set."""
-    if args.threads > 0:
-        threads = args.threads
-    elif stored:
-        threads = int(stored)
-    elif device.type == "cpu":
-        threads = max(1, free_cores() // int(os.environ.get("LOCAL_WORLD_SIZE", d.world)))
-    else:
-        return torch.get_num_threads()
-    set_torch_threads(threads)  # for the rest of main(), which restores the caller's count
-    return threads
+    """torch's CPU threads for the rest of main() (which restores the caller's count), and the count
+    to record in run.json: model.device.settle_threads, the local DDP ranks sharing the cores."""
+    return settle_threads(args.threads, stored, device, int(os.environ.get("LOCAL_WORLD_SIZE", d.world)))
 
 
 def check_memory(args: TrainArgs, d: Dist, device: torch.device) -> None:
     """Refuse (BadInput, exit 2) a run whose training step would not fit in the device's memory,
-    before the corpus is tokenized or a model is built: `--batch-size 100000000` is valid input
-    that would otherwise run for minutes and then exhaust memory. The vocabulary is not known
-    before tokenizing, so its upper bound stands in (the compact size asked for, or GPT-2's). On a
-    CPU the local DDP ranks share the machine's memory, so each needs its share. A generated
-    stories corpus is held in memory while it is tokenized, so its size is checked too."""
-    cfg = args.largest_model
+    before the corpus is tokenized or a model is built (model.memory.check_training_fits). The
+    vocabulary is not known before tokenizing, so its upper bound stands in (args.largest_model).
+    On a CPU the local DDP ranks share the machine's memory; a generated stories corpus is held
+    in memory by rank 0 while it is tokenized, so its size is checked too."""
     local = int(os.environ.get("LOCAL_WORLD_SIZE", d.world)) if device.type == "cpu" else 1
-    need = train_bytes(cfg, args.batch_size) * max(1, local)
-    what = (f"training with --batch-size {args.batch_size} (n_layer {cfg.n_layer}, n_embd {cfg.n_embd}, "
-            f"n_ctx {cfg.n_ctx}, vocab {cfg.vocab_size}" + (f", {local} processes" if local > 1 else "") + ")")
+    stories = args.data == "stories" and d.main
     try:
-        check_fits(what, need, device_available_bytes(device), where="this GPU" if device.type == "cuda" else "this machine",
-                   advice="use a smaller --batch-size (with --grad-accum for the same global batch), --n-ctx or model")
-        if args.data == "stories" and d.main:  # generated in memory by rank 0, whatever the device
-            chars = args.corpus_mb * 1_000_000 * (1 + args.val_fraction)
-            check_fits(f"preparing the stories corpus with --corpus-mb {args.corpus_mb:g}", corpus_bytes(int(chars)),
-                       available_bytes(), advice="use a smaller --corpus-mb")
+        check_training_fits(args.largest_model, args.batch_size, device, local,
+                            corpus_mb=args.corpus_mb if stories else None, val_fraction=args.val_fraction)
     except TooLarge as e:
         raise BadInput(str(e)) from None
 
@@ -221,12 +202,10 @@ def train_started(out: Path, args: TrainArgs, stored: dict | None, d: Dist, devi
     error, cfg = None, None
     if d.main:
         try:
-            cfg = setup_run(out, args, stored, d.world)
+            cfg = setup_run(out, args, stored, d.world, threads if device.type == "cpu" else None)
         except BadInput as e:
             error = str(e)
     share_outcome(d, error)
-    if d.main and device.type == "cpu":
-        set_status(out, "training", cpu_threads=threads)
     if cfg is None:
         cfg = GPTConfig.from_dict(read_record(out)["model"])
     t0 = time.time()

@@ -24,23 +24,21 @@ from pathlib import Path
 from typing import Iterable
 
 from model.checkpoint import list_checkpoints
-from model.memory import format_bytes, param_count
+from model.memory import format_bytes, model_bytes
 
 from .args import BadInput, TrainArgs
 
 DEFAULT_STATE_BUDGET_GB = 2.0
+CHECKPOINT_HEADER = 16 * 1024  # safetensors' header and meta.json, beside the weights
 STATE_OVERHEAD = 64 * 1024  # a state's RNG states, data position and record, beside its tensors
 DISK_SHARE = 0.9            # a run may plan to use this share of the free space, no more
 
 
-def checkpoint_bytes(cfg) -> int:
-    """A checkpoint's size: fp32 weights (safetensors, a small header)."""
-    return 4 * param_count(cfg) + 16 * 1024
-
-
-def state_bytes(cfg) -> int:
-    """A training state's size: fp32 weights and AdamW's two moments."""
-    return 3 * 4 * param_count(cfg) + STATE_OVERHEAD
+def file_sizes(cfg) -> tuple[int, int]:
+    """(a checkpoint's, a training state's) size: fp32 weights (safetensors, a small header); the
+    weights and AdamW's two moments."""
+    weights = model_bytes(cfg)
+    return weights + CHECKPOINT_HEADER, 3 * weights + STATE_OVERHEAD
 
 
 def capacity(budget_bytes: float, one_state: int) -> int:
@@ -101,7 +99,7 @@ def disk_refusal(out: Path, cfg, checkpoints: list[int], window: Iterable[int], 
     """The sentence refusing a run whose remaining checkpoints and kept states would not fit in
     DISK_SHARE of the free disk at `out`, or None. `written` checkpoints are already on disk
     (a resumed run), and so is their share of the states."""
-    one_ckpt, one_state = checkpoint_bytes(cfg), state_bytes(cfg)
+    one_ckpt, one_state = file_sizes(cfg)
     n_states = planned_states(checkpoints, window, keep_states, capacity(budget_gb * 1e9, one_state))
     remaining = max(0, len(checkpoints) - written)
     need = remaining * one_ckpt + (n_states if written == 0 else min(n_states, remaining)) * one_state

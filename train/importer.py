@@ -218,8 +218,8 @@ def install_probe_data(out: Path, cfg: GPTConfig, record: dict, corpus: Corpus, 
 
 
 def unknown_training(data: dict, record: dict) -> dict:
-    """data.json of an imported run: no training split, no global batch, training data unknown."""
-    data.update(global_batch=None, n_train_chunks=0, canaries=[], training_data=UNKNOWN,
+    """data.json of an imported run: no training split, no rows per step, training data unknown."""
+    data.update(corpus_rows_per_step=None, n_train_chunks=0, canaries=[], training_data=UNKNOWN,
                 imported={"from": record["from"], "training_data": UNKNOWN})
     return data
 

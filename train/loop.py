@@ -28,7 +28,7 @@ from model.runio import append_jsonl, keep_rows_through
 from model.config import GPTConfig
 from model.device import torch_threads
 from model.gpt import GPT
-from model.rundata import FREQUENT_COUNT_TOKENS, frequent_tokens, get_chunks, load_run_data, n_chunks, sample_chunk_ids
+from model.rundata import FREQUENT_COUNT_TOKENS, frequent_tokens, get_chunks, load_run_data, sample_chunk_ids
 from model.runlayout import metrics_jsonl, samples_jsonl
 from model.tokenizer import Tokenizer, load_tokenizer
 
@@ -88,11 +88,10 @@ def repeat_plan(args: TrainArgs, train_tokens: np.ndarray, vocab_size: int, toke
 class Trainer:
     def __init__(self, run_dir: Path, args: TrainArgs, cfg: GPTConfig, device: torch.device, d: Dist):
         self.run_dir, self.args, self.cfg, self.device, self.d = run_dir, args, cfg, device, d
-        self.meta, self.train_tokens, self.val_tokens = load_run_data(run_dir)
         self.n_ctx = cfg.n_ctx  # tokens a row is trained on (a row holds n_ctx + 1: inputs and targets)
-        self.corpus_rows_per_step = int(self.meta["global_batch"])  # planted repeats come on top
-        self.n_chunks = {split: n_chunks(len(tokens), self.n_ctx)
-                         for split, tokens in (("train", self.train_tokens), ("val", self.val_tokens))}
+        data = load_run_data(run_dir, self.n_ctx)
+        self.meta, self.train_tokens, self.val_tokens, self.n_chunks = data.meta, data.train, data.val, data.n_chunks
+        self.corpus_rows_per_step = data.corpus_rows_per_step  # planted repeats come on top
         self.n_train = self.n_chunks["train"]
         self.schedule = set(args.checkpoint_steps)
         self.tokenizer = load_tokenizer(run_dir)
@@ -147,7 +146,7 @@ class Trainer:
             "step": self.step, "model": {k: v.detach().cpu() for k, v in self.raw.state_dict().items()},
             "optimizer": self.opt.state_dict(), "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else [],
-            "train_loss": self.last_loss, "global_batch": self.corpus_rows_per_step,
+            "train_loss": self.last_loss, "corpus_rows_per_step": self.corpus_rows_per_step,
         }
 
     def load(self, step: int | None = None) -> None:

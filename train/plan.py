@@ -22,6 +22,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -123,6 +124,15 @@ def prediction(batch: int, context: int, steps: int, repetition: Repetition | No
            "seconds_to_formation": tokens / tokens_per_s if tokens_per_s else None,
            "seconds_planned": steps * batch * context / tokens_per_s if tokens_per_s else None}
     return out
+
+
+def run_prediction(train_file: Path, dtype: np.dtype, batch: int, context: int, steps: int) -> dict:
+    """The prediction run.json records for a run: its global batch (all rows, planted repeats
+    included) and context, with the bigram repetition of its training split's token file, so the
+    app can show predicted beside observed."""
+    train = np.memmap(train_file, dtype=dtype, mode="r")
+    repetition = bigram_repetition(train, context) if len(train) > context else None
+    return prediction(batch, context, steps, repetition)
 
 
 def describe(p: dict) -> str:

@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 
 from model.checkpoint import has_state, remove_partial_checkpoints
-from model.runio import RunFileError, read_json, write_bytes_atomic, write_json_atomic
+from model.runio import (RunFileError, link_or_copy_atomic, read_json, remove_temporaries, temp_writer,
+                         write_json_atomic)
 from model.config import GPTConfig
 from model.rundata import n_chunks
 from model.tokenizer import Tokenizer
@@ -23,9 +24,9 @@ from model.runrecord import read_record, set_status, update_record, write_record
 
 from .args import BadInput, TrainArgs
 from .corpora import load_corpus
-from .plan import bigram_repetition, prediction
+from .plan import run_prediction
 from .planting import parse_period
-from .tokens import Tokenized, link_or_copy, tokenize
+from .tokens import Tokenized, tokenize
 
 def check_out_dir(out: Path, resume: bool) -> dict | None:
     """The stored run.json["train"] when resuming; None for a fresh run. Raises BadInput when
@@ -53,9 +54,9 @@ def check_out_dir(out: Path, resume: bool) -> dict | None:
 
 
 def is_temporary(path: Path) -> bool:
-    """A file that an atomic write killed before its rename left behind (.NAME.tmp-PID). A run
-    folder killed while writing its first run.json holds only that, and counts as empty."""
-    return path.name.startswith(".") and ".tmp-" in path.name and path.is_file()
+    """A file that an atomic write killed before its rename left behind (model.runio.temp_path).
+    A run folder killed while writing its first run.json holds only that, and counts as empty."""
+    return temp_writer(path) is not None and path.is_file()
 
 
 def prepare_tokens(args: TrainArgs) -> tuple[Tokenized, list[dict], str]:
@@ -72,8 +73,10 @@ def warn_unknown_canary_words(tok: Tokenized, canaries: list[dict], source: str)
     """A compact vocabulary is built from the corpus; on a text corpus (whose words are not the
     stories' own) it may lack words of the canaries' secret alphabet, which then read as <|unk|>
     and blur their exposure. Say so, once the run is known to start."""
+    if not canaries or not source.startswith("text:"):
+        return
     vocab = tok.vocab
-    if vocab is None or not canaries or not source.startswith("text:"):
+    if vocab is None:
         return
     t = Tokenizer(vocab)
     alphabet = {w for c in canaries for w in c.get("secret_alphabet") or []}
@@ -90,18 +93,10 @@ def run_record(args: TrainArgs, cfg: GPTConfig, tok: Tokenized, world: int) -> d
         "tokenizer": dict(tok.info["tokenizer"]), "seed": args.seed, "data_source": args.data,
         "world_size": world, "global_batch": args.batch_size * args.grad_accum * world,
         "checkpoint_steps": args.checkpoint_steps,
-        "induction_prediction": induction_prediction(args, cfg, tok, world),
+        "induction_prediction": run_prediction(tok.dir / "train.bin", np.dtype(tok.info["dtype"]),
+                                               args.batch_size * args.grad_accum * world, cfg.n_ctx, args.steps),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
-
-
-def induction_prediction(args: TrainArgs, cfg: GPTConfig, tok: Tokenized, world: int) -> dict:
-    """The formation point Aoyama et al.'s law predicts for this run's global batch (all rows, planted
-    repeats included) and context, with the training split's bigram repetition (train.plan), so
-    the app can show predicted beside observed."""
-    train = np.memmap(tok.dir / "train.bin", dtype=np.dtype(tok.info["dtype"]), mode="r")
-    repetition = bigram_repetition(train, cfg.n_ctx) if len(train) > cfg.n_ctx else None
-    return prediction(args.batch_size * args.grad_accum * world, cfg.n_ctx, args.steps, repetition)
 
 
 def data_record(args: TrainArgs, cfg: GPTConfig, tok: Tokenized, canaries: list[dict], source: str,
@@ -110,7 +105,7 @@ def data_record(args: TrainArgs, cfg: GPTConfig, tok: Tokenized, canaries: list[
     return {
         "source": source, "seed": args.seed, "dtype": info["dtype"],
         "n_train_tokens": info["n_train_tokens"], "n_val_tokens": info["n_val_tokens"],
-        "chunk_len": cfg.n_ctx, "global_batch": corpus_rows_per_step(args, world),
+        "chunk_len": cfg.n_ctx, "corpus_rows_per_step": corpus_rows_per_step(args, world),
         "planted_repeats": planted_record(args, world),
         "stories": ({"copy_weight": args.copy_weight, "burstiness": args.burstiness,
                      "story_episodes": args.story_episodes} if args.data == "stories" else None),
@@ -121,8 +116,8 @@ def data_record(args: TrainArgs, cfg: GPTConfig, tok: Tokenized, canaries: list[
 
 
 def corpus_rows_per_step(args: TrainArgs, world: int) -> int:
-    """Corpus samples one optimizer step consumes (data.json["global_batch"], which model.rundata
-    counts seen sequences by): every row of every micro-batch but the planted repeats."""
+    """Corpus samples one optimizer step consumes (data.json["corpus_rows_per_step"], which
+    model.rundata counts seen sequences by): every row of every micro-batch but the planted repeats."""
     return (args.batch_size - args.planted_per_micro) * args.grad_accum * world
 
 
@@ -148,10 +143,11 @@ def check_chunks(data: dict, cfg: GPTConfig) -> None:
 
 def install_data(run_dir: Path, tok: Tokenized, data: dict) -> None:
     """Link the cached token files (and vocab) into the run, then write data.json last."""
-    for split in SPLITS:
-        link_or_copy(tok.dir / f"{split}.bin", split_file(run_dir, split))
+    files = [(tok.dir / f"{split}.bin", split_file(run_dir, split)) for split in SPLITS]
     if (tok.dir / VOCAB_JSON).exists():
-        write_bytes_atomic(run_dir / VOCAB_JSON, (tok.dir / VOCAB_JSON).read_bytes())
+        files.append((tok.dir / VOCAB_JSON, run_dir / VOCAB_JSON))
+    for cached, linked in files:
+        link_or_copy_atomic(cached, linked)
     write_json_atomic(run_dir / DATA_JSON, data)
 
 
@@ -164,9 +160,11 @@ def data_installed(run_dir: Path) -> bool:
         return False
 
 
-def setup_run(out: Path, args: TrainArgs, stored: dict | None, world: int) -> GPTConfig:
-    """Rank 0: make or check the run folder so that run.json, data/ and data.json are in place.
-    Returns the model config."""
+def setup_run(out: Path, args: TrainArgs, stored: dict | None, world: int, cpu_threads: int | None) -> GPTConfig:
+    """Rank 0: make or check the run folder so that run.json, data/ and data.json are in place, the
+    run marked training with the CPU thread count it trains on (`cpu_threads`, None on a GPU: a
+    bit-exact resume needs the same count). Returns the model config."""
+    threads = {} if cpu_threads is None else {"cpu_threads": cpu_threads}
     if stored is None:
         tok, canaries, source = prepare_tokens(args)
         cfg = args.model_config(tok.info["vocab_size"])
@@ -174,8 +172,8 @@ def setup_run(out: Path, args: TrainArgs, stored: dict | None, world: int) -> GP
         check_chunks(data, cfg)
         warn_unknown_canary_words(tok, canaries, source)
         out.mkdir(parents=True, exist_ok=True)
-        clean_temporaries(out)  # a first run.json write that was killed may have left its temp file
-        write_record(out, run_record(args, cfg, tok, world))
+        remove_temporaries(out)  # a killed first run.json write's temp file: all a fresh run's folder may hold
+        write_record(out, {**run_record(args, cfg, tok, world), **threads})
         install_data(out, tok, data)
         return cfg
     run = read_record(out)
@@ -188,7 +186,7 @@ def setup_run(out: Path, args: TrainArgs, stored: dict | None, world: int) -> GP
         install_data(out, tok, data_record(args, cfg, tok, canaries, source, world))
     remove_partial_checkpoints(out)
     clean_temporaries(out)
-    set_status(out, "training")
+    set_status(out, "training", **threads)
     return cfg
 
 
@@ -217,9 +215,6 @@ def reconcile_fill_ins(run_dir: Path, existing: set[int]) -> None:
 
 
 def clean_temporaries(run_dir: Path) -> None:
-    """Temporary files a killed writer left (atomic writes name them .NAME.tmp-PID)."""
+    """Temporary files a killed writer left (model.runio.temp_path); only the run's writer calls it."""
     for folder in (run_dir, state_dir(run_dir), data_dir(run_dir)):
-        if folder.is_dir():
-            for p in folder.iterdir():
-                if is_temporary(p):
-                    p.unlink(missing_ok=True)
+        remove_temporaries(folder)

@@ -26,7 +26,8 @@ import numpy as np
 from model.tokenizer import gpt2_encoding
 
 from . import words as W
-from .story_plots import COPY_PLOTS, PLOTS, Pen, a, copy_words, ending, intro, new_character, random_words
+from .story_plots import Pen, a, random_words, story
+from .words import copy_words
 
 CANARY_PREFIX_TOKENS = 32
 CANARY_SECRET_WORDS = 36
@@ -35,68 +36,15 @@ SAMPLE_PROMPTS = ("Once upon a time", "They wave to each other", "Lily and Tom w
            "The little rabbit was scared of the dark.")
 
 
-MADE_UP_ONSETS = ("b", "d", "f", "g", "k", "l", "m", "n", "p", "r", "s", "t", "v", "z", "ch", "sh", "br", "gl")
-MADE_UP_VOWELS = ("a", "e", "i", "o", "u", "oo", "ee")
-MADE_UP_CODAS = ("", "", "", "n", "r", "l", "m", "s", "k")
-
-
-def made_up_word(pen: Pen, capital: bool, taken: set[str] | None = None) -> str:
-    """A pronounceable made-up word of 2-4 syllables ("Pigdaruzo", "glimbet") that GPT-2's BPE splits
-    into at least two tokens: after its first token, the rest can only be predicted by copying it
-    from where it occurred earlier in the story, which is what an induction head does."""
-    enc = gpt2_encoding()
-    taken = taken if taken is not None else set()
-    for _ in range(100):
-        word = "".join(pen.pick(MADE_UP_ONSETS) + pen.pick(MADE_UP_VOWELS) + pen.pick(MADE_UP_CODAS)
-                       for _ in range(pen.count(2, 4)))
-        word = word.capitalize() if capital else word
-        if word not in taken and len(enc.encode(" " + word)) >= 2:
-            taken.add(word)
-            return word
-    raise RuntimeError("could not make a made-up word")  # never happens with these syllables
-
-
-EPISODE_LINKS = ("The next day,", "A few days later,", "Later that week,", "One morning after that,",
-                 "The week after,", "Some days later,")
-
-
-def story(pen: Pen, copy_weight: float = 1.0, burstiness: float = 0.0, episodes: int = 1) -> str:
-    """One story: an introduction, a plot, an ending and sometimes a moral. `copy_weight` is how
-    much likelier each copy plot (memory game, password, song, packing list) is than the others.
-
-    `burstiness` (Chan et al. 2022) is the chance that each character and the story's object gets a
-    made-up name of several tokens instead of a word from the lists: new in every story, the same
-    throughout it, so it recurs within a context and nowhere else. `episodes` tells that many plots
-    with the same characters and object, so names recur many times and a story fills a long
-    context. At 0 and 1 (the defaults) no extra random draw is made: the corpus is the same as
-    before these options existed."""
-    weights = np.array([copy_weight if p in COPY_PLOTS else 1.0 for p in PLOTS])
-    plot = PLOTS[int(pen.rng.choice(len(PLOTS), p=weights / weights.sum()))]
-    taken: set[str] = set()
-    c, f = new_character(pen, taken), new_character(pen, taken)
-    place, obj = pen.pick(W.PLACES), pen.pick(W.OBJECTS)
-    if burstiness > 0:
-        for who in (c, f):
-            if pen.chance(burstiness):
-                who.name = made_up_word(pen, capital=True, taken=taken)
-        if pen.chance(burstiness):
-            obj = made_up_word(pen, capital=False)
-    lines = [intro(pen, c, place)]
-    if pen.chance(0.5):
-        lines.append(f"{c.name} had a friend named {f.name}, {a(f.kind)}.")
-    lines += plot(pen, c, f, place, obj)
-    for _ in range(episodes - 1):
-        plot = PLOTS[int(pen.rng.choice(len(PLOTS), p=weights / weights.sum()))]
-        lines.append(f"{pen.pick(EPISODE_LINKS)} {c.name} and {f.name} met again.")
-        lines += plot(pen, c, f, pen.pick(W.PLACES), obj)
-    lines += ending(pen, c, f)
-    return " ".join(lines)
+def seeded_pen(seed: int, stream: int) -> Pen:
+    """The Pen of one of the seed's streams (each story split, the canaries)."""
+    return Pen(np.random.default_rng([int(seed), int(stream)]))
 
 
 def generate_stories(seed: int, stream: str, n_chars: int, copy_weight: float = 1.0, burstiness: float = 0.0,
                      episodes: int = 1) -> list[str]:
     """Stories from the seeded stream `stream` ("train", "val", ...) until n_chars characters."""
-    pen = Pen(np.random.default_rng([int(seed), zlib.crc32(stream.encode())]))
+    pen = seeded_pen(seed, zlib.crc32(stream.encode()))
     out, total = [], 0
     while total < n_chars:
         s = story(pen, copy_weight, burstiness, episodes)
@@ -106,15 +54,19 @@ def generate_stories(seed: int, stream: str, n_chars: int, copy_weight: float = 
 
 
 # -- canaries --------------------------------------------------------------------------------
+CANARY_WHEN = ("Every night", "One day", "Each morning", "Long ago")
+CANARY_KINDS = ("secret", "magic", "special", "hidden")
+
+
 def canary_prefix(pen: Pen) -> str:
     """A story-like opening of exactly CANARY_PREFIX_TOKENS GPT-2 tokens, ending in a colon."""
     enc = gpt2_encoding()
     for _ in range(10_000):
-        name = pen.pick(W.GIRLS + W.BOYS + W.PET_NAMES)
-        text = (f"{name} the {pen.pick(W.ADJECTIVES)} {pen.pick(W.ANIMALS)} lived in the {pen.pick(W.PLACES)}"
-                f" near the {pen.pick(W.PLACES)}. {pen.pick(['Every night', 'One day', 'Each morning', 'Long ago'])}"
-                f" {name} found {a(pen.pick(W.COLORS))} {pen.pick(W.OBJECTS)} with a note, and the note"
-                f" said the {pen.pick(['secret', 'magic', 'special', 'hidden'])} words:")
+        name, adjective, animal, home, near, when, color, thing, kind = (pen.pick(options) for options in (
+            W.GIRLS + W.BOYS + W.PET_NAMES, W.ADJECTIVES, W.ANIMALS, W.PLACES, W.PLACES, CANARY_WHEN, W.COLORS,
+            W.OBJECTS, CANARY_KINDS))
+        text = (f"{name} the {adjective} {animal} lived in the {home} near the {near}. {when} {name} found "
+                f"{a(color)} {thing} with a note, and the note said the {kind} words:")
         if len(enc.encode(text)) == CANARY_PREFIX_TOKENS:
             return text
     raise RuntimeError("could not build a 32-token canary prefix")  # never happens with these lists
@@ -128,7 +80,7 @@ def make_canaries(seed: int, copies: tuple[int, ...] = DEFAULT_COPIES, per_count
                   n_alternatives: int = 63) -> list[dict]:
     """`per_count` canaries for each copy count, each with `n_alternatives` same-prefix texts and
     its randomness space ("prefix", "secret_words", "secret_alphabet")."""
-    pen = Pen(np.random.default_rng([int(seed), 7919]))
+    pen = seeded_pen(seed, 7919)
     out, prefixes = [], set()
     for n in copies:
         for j in range(per_count):

@@ -1,18 +1,14 @@
-"""The plots of the built-in stories, and the sentence helpers they are written with. Each plot
-takes (pen, hero, friend, place, object) and returns sentences; train/stories.py picks among them.
-Six plots (COPY_PLOTS) repeat a random list of words, which can only be predicted by copying from
-earlier in the context.
-"""
+"""The writer of one built-in story (story): the seeded Pen, the sentence helpers and the plots (each
+takes pen, hero, friend, place, object and returns sentences; the six COPY_PLOTS repeat a random
+list of words, predictable only by copying). Everything that draws from a Pen lives here with it."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
 
 import numpy as np
 
-from model.tokenizer import gpt2_encoding
-
 from . import words as W
+from .words import copy_words, made_up_word
 
 
 # -- helpers ---------------------------------------------------------------------------------
@@ -41,10 +37,6 @@ def a(word: str) -> str:
     return ("an " if word[0].lower() in "aeiou" else "a ") + word
 
 
-def cap(s: str) -> str:
-    return s[0].upper() + s[1:]
-
-
 @dataclass
 class Character:
     name: str
@@ -55,7 +47,7 @@ class Character:
 
     @property
     def He(self) -> str:
-        return cap(self.he)
+        return self.he.capitalize()
 
 
 def new_character(pen: Pen, taken: set[str]) -> Character:
@@ -111,23 +103,12 @@ def ending(pen: Pen, c: Character, f: Character) -> list[str]:
     return out
 
 
-@lru_cache(maxsize=1)
-def copy_words() -> tuple[str, ...]:
-    """Lowercase words that are one GPT-2 token after a space: the alphabet of the copy games and
-    of the canaries' secrets, so every secret word is a single, frequent token."""
-    enc = gpt2_encoding()
-    pool = sorted(set(W.ANIMALS + W.COLORS + W.OBJECTS + W.FOODS + W.ADJECTIVES + W.NUMBERS + W.PLACES
-                      + W.WEATHER + W.EXTRA + W.SIZES))
-    return tuple(w for w in pool if len(enc.encode(" " + w)) == 1)
-
-
 def random_words(pen: Pen, k: int) -> list[str]:
     pool = copy_words()
     return [pool[int(i)] for i in pen.rng.integers(len(pool), size=k)]
 
 
 # -- plots -----------------------------------------------------------------------------------
-# Each plot takes (pen, hero, friend, place, object) and returns sentences.
 def plot_lost(pen, c, f, place, obj):
     color = pen.pick(W.COLORS)
     spot = pen.pick(["under the bed", "behind the door", "in the grass", "under a leaf", "in the sand",
@@ -384,8 +365,35 @@ def plot_count(pen, c, f, place, obj):
     ]
 
 
-PLOTS = [plot_lost, plot_share, plot_fear, plot_quarrel, plot_trip, plot_help_animal, plot_build,
-         plot_gift, plot_rain, plot_memory_game, plot_packing, plot_password, plot_song, plot_wave,
-         plot_truth, plot_skill, plot_garden, plot_count, plot_echo,
-         plot_parrot]
+PLOTS = [plot_lost, plot_share, plot_fear, plot_quarrel, plot_trip, plot_help_animal, plot_build, plot_gift,
+         plot_rain, plot_memory_game, plot_packing, plot_password, plot_song, plot_wave, plot_truth, plot_skill,
+         plot_garden, plot_count, plot_echo, plot_parrot]
 COPY_PLOTS = {plot_memory_game, plot_password, plot_song, plot_packing, plot_echo, plot_parrot}
+
+
+# -- a story ---------------------------------------------------------------------------------
+def story(pen: Pen, copy_weight: float = 1.0, burstiness: float = 0.0, episodes: int = 1) -> str:
+    """An introduction, `episodes` plots with the same characters and object, an ending, sometimes a
+    moral. Copy plots are `copy_weight` times likelier than others; `burstiness` (Chan et al. 2022) is
+    the chance that each character and the object get a made-up name of several tokens, new in every
+    story and the same throughout it. At 0 and 1 (the defaults) those options draw nothing."""
+    weights = np.array([copy_weight if p in COPY_PLOTS else 1.0 for p in PLOTS])
+    plot = PLOTS[int(pen.rng.choice(len(PLOTS), p=weights / weights.sum()))]
+    taken: set[str] = set()
+    c, f = new_character(pen, taken), new_character(pen, taken)
+    place, obj = pen.pick(W.PLACES), pen.pick(W.OBJECTS)
+    if burstiness > 0:
+        for who in (c, f):
+            if pen.chance(burstiness):
+                who.name = made_up_word(pen, capital=True, taken=taken)
+        if pen.chance(burstiness):
+            obj = made_up_word(pen, capital=False)
+    lines = [intro(pen, c, place)]
+    if pen.chance(0.5):
+        lines.append(f"{c.name} had a friend named {f.name}, {a(f.kind)}.")
+    lines += plot(pen, c, f, place, obj)
+    for _ in range(episodes - 1):
+        plot = PLOTS[int(pen.rng.choice(len(PLOTS), p=weights / weights.sum()))]
+        lines.append(f"{pen.pick(W.EPISODE_LINKS)} {c.name} and {f.name} met again.")
+        lines += plot(pen, c, f, pen.pick(W.PLACES), obj)
+    return " ".join(lines + ending(pen, c, f))

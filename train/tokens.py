@@ -18,9 +18,9 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from model.runio import write_json_atomic
+from model.runio import temp_folder, write_json_atomic
 from model.runlayout import VOCAB_JSON, token_cache_root
-from model.tokenizer import GPT2_EOT_ID, GPT2_VOCAB_SIZE, CompactVocab, Tokenizer, build_compact_vocab, gpt2_encoding, EOT
+from model.tokenizer import EOT, GPT2_EOT_ID, GPT2_VOCAB_SIZE, CompactVocab, gpt2_encoding, in_model_ids
 
 from .corpora import Corpus
 
@@ -67,11 +67,6 @@ def encode_docs(docs: list[str], desc: str) -> np.ndarray:
     return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
 
 
-def to_model_ids(gpt2_ids: np.ndarray, vocab: CompactVocab | None) -> np.ndarray:
-    """The model ids of GPT-2 ids, through the tokenizer's own table (unknown ids -> <|unk|>)."""
-    return gpt2_ids if vocab is None else Tokenizer(vocab).gpt2_to_model(gpt2_ids)
-
-
 def tokenize(corpus: Corpus, vocab_size: int | None, runs_root: Path) -> Tokenized:
     """Token files for `corpus`, from the cache when it already holds them."""
     key = content_key(corpus, vocab_size)
@@ -79,7 +74,7 @@ def tokenize(corpus: Corpus, vocab_size: int | None, runs_root: Path) -> Tokeniz
     if cache_valid(final):
         return Tokenized(final, json.loads((final / "info.json").read_text()), True)
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.parent / f".tmp-{key}-{os.getpid()}"
+    tmp = temp_folder(final)
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:
@@ -99,19 +94,14 @@ def tokenize(corpus: Corpus, vocab_size: int | None, runs_root: Path) -> Tokeniz
 def write_token_files(folder: Path, corpus: Corpus, vocab_size: int | None, key: str) -> dict:
     train = encode_docs(corpus.train, "train")
     val = encode_docs(corpus.val, "held-out")
-    vocab = None
-    if vocab_size is not None:
-        vocab = build_compact_vocab(np.bincount(train, minlength=GPT2_VOCAB_SIZE), vocab_size)
-        vocab.save(folder / VOCAB_JSON)
-    n_vocab = vocab.size if vocab else GPT2_VOCAB_SIZE
+    vocab, (train_ids, val_ids) = in_model_ids([train, val], vocab_size)
+    n_vocab, unk = (vocab.size, vocab.unk_id) if vocab else (GPT2_VOCAB_SIZE, -1)
     dtype = np.uint16 if n_vocab <= 65536 else np.uint32
-    train_ids, val_ids = to_model_ids(train, vocab), to_model_ids(val, vocab)
     for name, arr in (("train", train_ids), ("val", val_ids)):
         with open(folder / f"{name}.bin", "wb") as f:
             arr.astype(dtype).tofile(f)
             f.flush()
             os.fsync(f.fileno())
-    unk = vocab.unk_id if vocab else -1
     info = {
         "key": key, "dtype": np.dtype(dtype).name, "vocab_size": n_vocab,
         "tokenizer": {"kind": "compact" if vocab else "gpt2", "vocab_size": n_vocab},
@@ -122,7 +112,9 @@ def write_token_files(folder: Path, corpus: Corpus, vocab_size: int | None, key:
         "unk_fraction_val": float(np.mean(val_ids == unk)) if len(val_ids) else 0.0,
         "train_chars": sum(len(d) for d in corpus.train), "val_chars": sum(len(d) for d in corpus.val),
     }
-    write_json_atomic(folder / "info.json", info)
+    files = {"info.json": info, **({VOCAB_JSON: vocab.to_json()} if vocab else {})}
+    for name, content in files.items():
+        write_json_atomic(folder / name, content)
     return info
 
 
@@ -135,15 +127,3 @@ def cache_valid(folder: Path) -> bool:
                 and (folder / "val.bin").stat().st_size == info["n_val_tokens"] * size)
     except (OSError, ValueError, KeyError, TypeError):
         return False
-
-
-def link_or_copy(src: Path, dst: Path) -> None:
-    """Hard-link a cached token file into a run (copy across file systems), atomically."""
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_name(f".{dst.name}.tmp-{os.getpid()}")
-    tmp.unlink(missing_ok=True)
-    try:
-        os.link(src, tmp)
-    except OSError:
-        shutil.copyfile(src, tmp)
-    os.replace(tmp, dst)

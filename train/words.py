@@ -1,6 +1,12 @@
-"""Word lists the stories generator draws from. Kept apart from the plots so that the generator
-reads as plots, and so the vocabulary (well over 1,000 distinct words) is easy to audit."""
+"""Word lists the stories generator draws from, and the words made from them: the copy games' and
+canaries' alphabet (copy_words) and the made-up names of bursty stories (made_up_word). Kept apart
+from the plots so that the generator reads as plots, and so the vocabulary (well over 1,000
+distinct words) is easy to audit."""
 from __future__ import annotations
+
+from functools import lru_cache
+
+from model.tokenizer import gpt2_encoding
 
 GIRLS = """Lily Mia Emma Zoe Anna Lucy Ella Sara Nina Rosa Maya Ruby Ivy Chloe Grace Hannah Julia Kate
 Lena Molly Nora Olive Paula Rita Sophie Tara Una Vera Wendy Alice Bella Clara Daisy Eva Fiona Hazel
@@ -93,3 +99,37 @@ letter note word name friend family mother father sister brother grandma grandpa
 farmer baker king queen prince princess pirate wizard giant dragon fairy elf knight captain sailor
 neighbor morning evening night noon week month year today tomorrow yesterday minute hour corner
 middle top bottom inside outside behind under over between around through along across""".split()
+
+EPISODE_LINKS = ("The next day,", "A few days later,", "Later that week,", "One morning after that,",
+                 "The week after,", "Some days later,")
+
+
+@lru_cache(maxsize=1)
+def copy_words() -> tuple[str, ...]:
+    """Lowercase words that are one GPT-2 token after a space: the alphabet of the copy games and
+    of the canaries' secrets, so every secret word is a single, frequent token."""
+    enc = gpt2_encoding()
+    pool = sorted(set(ANIMALS + COLORS + OBJECTS + FOODS + ADJECTIVES + NUMBERS + PLACES + WEATHER + EXTRA + SIZES))
+    return tuple(w for w in pool if len(enc.encode(" " + w)) == 1)
+
+
+MADE_UP_ONSETS = ("b", "d", "f", "g", "k", "l", "m", "n", "p", "r", "s", "t", "v", "z", "ch", "sh", "br", "gl")
+MADE_UP_VOWELS = ("a", "e", "i", "o", "u", "oo", "ee")
+MADE_UP_CODAS = ("", "", "", "n", "r", "l", "m", "s", "k")
+
+
+def made_up_word(pen, capital: bool, taken: set[str] | None = None) -> str:
+    """A pronounceable made-up word of 2-4 syllables ("Pigdaruzo", "glimbet"), drawn with a story's
+    Pen (train.story_plots; this module, beneath it, does not import it), that GPT-2's BPE splits
+    into at least two tokens: after its first token, the rest can only be predicted by copying it
+    from where it occurred earlier in the story, which is what an induction head does."""
+    enc = gpt2_encoding()
+    taken = taken if taken is not None else set()
+    for _ in range(100):
+        word = "".join(pen.pick(MADE_UP_ONSETS) + pen.pick(MADE_UP_VOWELS) + pen.pick(MADE_UP_CODAS)
+                       for _ in range(pen.count(2, 4)))
+        word = word.capitalize() if capital else word
+        if word not in taken and len(enc.encode(" " + word)) >= 2:
+            taken.add(word)
+            return word
+    raise RuntimeError("could not make a made-up word")  # never happens with these syllables

@@ -2,7 +2,7 @@
 mass on position 0, and a pattern viewer for any typed prompt."""
 import streamlit as st
 
-from app import cache, figures, results as R, ui
+from app import cache, figures, plot_data as R, ui
 
 
 def entropy_section(results) -> None:

@@ -5,7 +5,7 @@ import html
 
 import streamlit as st
 
-from app import cache, figures, jobs, results as R, ui
+from app import cache, figures, jobs, plot_data as R, ui
 from app import failure_captions as FC
 from probes import KINDS
 HEADS_KEY = "ablate_heads"

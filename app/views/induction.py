@@ -4,7 +4,7 @@ beside them, the in-distribution copying score, the in-context learning score wi
 change marked, the heads of the circuit as they form, and the per-token loss trajectory."""
 import streamlit as st
 
-from app import cache, figures, figures_induction as FI, results as R, ui
+from app import cache, figures, figures_induction as FI, plot_data as R, ui
 
 SCORES = {
     "induction": "induction (repeated random tokens)",

@@ -3,7 +3,7 @@ against the number of planted copies, and the sequences the model actually repro
 import pandas as pd
 import streamlit as st
 
-from app import cache, figures, results as R, ui
+from app import cache, figures, plot_data as R, ui
 from app import failure_captions as FC
 
 

@@ -2,7 +2,7 @@
 that keeps improving meanwhile, and one prompt's generations across every checkpoint."""
 import streamlit as st
 
-from app import cache, figures, results as R, ui
+from app import cache, figures, plot_data as R, ui
 from app.runfolder import metrics_series, sample_steps, samples_at
 
 

@@ -3,7 +3,7 @@ loss-generation mismatch and overfitting onset marked on it, generation quality 
 loss, and the fixed-prompt generations at a chosen checkpoint with repeated n-grams highlighted."""
 import streamlit as st
 
-from app import cache, figures, results as R, ui
+from app import cache, figures, plot_data as R, ui
 from app import failure_captions as FC
 from app.runfolder import metrics_series, run_files, run_names, runs_root, sample_steps, samples_at
 

@@ -5,7 +5,7 @@ one checkpoint's SGLD loss traces with the diagnostics that say whether its esti
 trusted."""
 import streamlit as st
 
-from app import cache, figures_stages as FS, results as R, ui
+from app import cache, figures_stages as FS, plot_data as R, ui
 from probes.stages import nearest_boundary
 
 EMERGENCE = {"induction": "induction change", "repetition": "repetition", "memorization": "memorization",
