@@ -118,7 +118,7 @@ def settle_threads(given: int, recorded: int | None, device: torch.device, shari
         threads = max(1, free_cores() // max(1, sharing))
     else:
         return torch.get_num_threads()
-    torch.set_num_threads(threads)
+    set_torch_threads(threads)
     return threads
 
 

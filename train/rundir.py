@@ -88,13 +88,14 @@ def warn_unknown_canary_words(tok: Tokenized, canaries: list[dict], source: str)
 
 
 def run_record(args: TrainArgs, cfg: GPTConfig, tok: Tokenized, world: int) -> dict:
+    rows = args.batch_size * args.grad_accum * world  # every row of a step, planted repeats included
     return {
         "name": Path(args.out).name, "status": "training", "model": cfg.to_dict(), "train": args.train_dict(),
         "tokenizer": dict(tok.info["tokenizer"]), "seed": args.seed, "data_source": args.data,
-        "world_size": world, "global_batch": args.batch_size * args.grad_accum * world,
+        "world_size": world, "global_batch": rows,
         "checkpoint_steps": args.checkpoint_steps,
-        "induction_prediction": run_prediction(tok.dir / "train.bin", np.dtype(tok.info["dtype"]),
-                                               args.batch_size * args.grad_accum * world, cfg.n_ctx, args.steps),
+        "induction_prediction": run_prediction(tok.dir / "train.bin", np.dtype(tok.info["dtype"]), rows, cfg.n_ctx,
+                                               args.steps),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
 

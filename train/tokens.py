@@ -112,9 +112,9 @@ def write_token_files(folder: Path, corpus: Corpus, vocab_size: int | None, key:
         "unk_fraction_val": float(np.mean(val_ids == unk)) if len(val_ids) else 0.0,
         "train_chars": sum(len(d) for d in corpus.train), "val_chars": sum(len(d) for d in corpus.val),
     }
-    files = {"info.json": info, **({VOCAB_JSON: vocab.to_json()} if vocab else {})}
-    for name, content in files.items():
-        write_json_atomic(folder / name, content)
+    if vocab is not None:
+        write_json_atomic(folder / VOCAB_JSON, vocab.to_json())
+    write_json_atomic(folder / "info.json", info)
     return info
 
 
