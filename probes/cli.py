@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import time
 from typing import Callable
 
 from tqdm import tqdm
@@ -70,12 +71,17 @@ def yield_cpu(nice: int) -> None:
     lowers the session's group too (/proc/self/autogroup; a command typed in a shell does not lead
     its session, and the shell's group is left alone)."""
     os.nice(nice)
-    if os.getsid(0) == os.getpid():
+    if os.getsid(0) != os.getpid():
+        return
+    for _ in range(5):
         try:
             with open("/proc/self/autogroup", "w") as f:
                 f.write(str(nice))
+            return
+        except BlockingIOError:  # the kernel takes one such write per 100 ms from anyone unprivileged
+            time.sleep(0.11)
         except OSError:  # no autogroup here (or not allowed): the process's own nice is what there is
-            pass
+            return
 
 
 def default_jobs(watching: bool, device: str) -> int:
