@@ -47,6 +47,15 @@ class Cluster(Protocol):
               start: Callable[[], Any] = ...) -> None: ...
 
 MAX_JOBS = 256      # one process each: a typo must not start thousands
+MAX_WORKERS = 2     # checkpoints are independent, and two one-thread workers use a 2-core CPU fully
+
+
+def workers_for(free: int) -> int:
+    """One one-thread worker process per idle core, up to MAX_WORKERS: two busy threads per process
+    thrash a small machine, and one-thread results are the same bits whichever process computed
+    them. On 2 cores two workers probed the demo's 16 checkpoints in 62.9 s, one process on two
+    threads in 78.0 s (2026-12-03)."""
+    return max(1, min(MAX_WORKERS, free))
 
 Progress = Callable[[int, int, "int | None"], None]
 
@@ -118,26 +127,31 @@ def _init_worker(run_dir: str, sizes: ProbeSizes | None, device: str, parent: in
                    device=device)
 
 
-def _probe_in_worker(path: str, want: tuple[str, ...]) -> tuple[int, str | None]:
+def _probe_one(run_dir: Path, path: Path, tokenizer, inputs, want: tuple[str, ...], device: str,
+               ) -> tuple[int, str | None]:
     """(step, None) when done, (step, message) for a bad checkpoint."""
-    w = _WORKER
     try:
-        return probe_checkpoint(w["run_dir"], Path(path), w["tokenizer"], w["inputs"], want, w["device"]), None
+        return probe_checkpoint(run_dir, path, tokenizer, inputs, want, device), None
     except RunFileError as e:
         return step_of(path), f"{e.path}: {e.problem}"
+
+
+def _probe_in_worker(path: str, want: tuple[str, ...]) -> tuple[int, str | None]:
+    w = _WORKER
+    return _probe_one(w["run_dir"], Path(path), w["tokenizer"], w["inputs"], want, w["device"])
 
 
 def _probe_serially(run_dir: Path, todo: list[Path], want, device, sizes, report) -> None:
     tokenizer = load_tokenizer(run_dir)
     inputs = probe_inputs(run_dir, sizes, tokenizer)
     for path in todo:
-        try:
-            report(probe_checkpoint(run_dir, path, tokenizer, inputs, want, device), None)
-        except RunFileError as e:
-            report(step_of(path), f"{e.path}: {e.problem}")
+        report(*_probe_one(run_dir, path, tokenizer, inputs, want, device))
 
 
 def _probe_in_pool(run_dir: Path, todo: list[Path], want, device, sizes, report, jobs: int) -> None:
+    """`jobs` one-thread worker processes. (This process taking checkpoints too while one worker
+    fewer starts was tried: 70.2 s against 65.9 s for the demo's 16 checkpoints, medians of 4
+    pairs, 2026-12-03.)"""
     probe_inputs(run_dir, sizes)  # bad run data fails here, with its message, not inside a worker
     ctx = multiprocessing.get_context("spawn")  # never fork a process that has started torch threads
     with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=_init_worker,
@@ -277,18 +291,19 @@ def watch(run_dir: str | os.PathLike, poll: float = 5.0, widen: Callable[[], int
     """run_probes repeatedly until run.json says complete, failed or stopped, then one last pass.
 
     With `widen` the watcher follows as a guest: while the run trains, a pass takes only the oldest
-    checkpoint still to do, so the end of training is noticed within one checkpoint, and the passes
-    after it run on `widen()` threads (the cores training had). On 2 cores the demo's follower at
-    one thread beside training's two cost training ~90 s, more than the probes' own work; a guest
-    at lower priority (the CLI's --watch) uses the gaps training leaves, then the whole machine."""
+    checkpoint still to do, so the end of training is noticed within one checkpoint, and the pass
+    after it runs on one-thread workers, one per core `widen()` finds free (the cores training had;
+    `workers_for`). On 2 cores the demo's follower at one thread beside training's two cost
+    training ~90 s, more than the probes' own work; a guest at the lowest priority (the CLI's
+    --watch) uses the gaps training leaves, then the whole machine."""
     run_dir = Path(run_dir)
     done: list[int] = []
     settled: set[int] = set()  # steps done or found corrupt: never taken again (with --force, once each)
     while True:
         status = run_status(run_dir)  # read before the pass: checkpoints made before it are all listed
         ended = status in ("complete", "failed", "stopped")
-        if ended and widen is not None:
-            kwargs = {**kwargs, "threads": widen()}
+        if ended and widen is not None:  # the cores training had, split as `python -m probes` splits them
+            kwargs = {**kwargs, "jobs": workers_for(widen()), "threads": 1}
         new = run_probes(run_dir, skip=settled, most=1 if widen is not None and not ended else None, **kwargs)
         settled.update(new)
         done += new

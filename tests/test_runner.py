@@ -209,8 +209,8 @@ def test_watch_follows_a_run_in_training_until_it_completes(template, tmp_path):
 
 def test_a_guest_watcher_takes_one_checkpoint_a_pass_then_the_freed_cores_once_training_ends(run, monkeypatch):
     """runner.watch with `widen` (the CLI's --watch on CPU): while the run trains each pass takes the
-    oldest checkpoint still to do on the given threads; once training has ended, one pass on
-    widen()'s threads takes the rest."""
+    oldest checkpoint still to do on the given threads; once training has ended, one pass takes the
+    rest on one-thread workers, one per core widen() finds free (at most 2)."""
     from model.runrecord import run_status
     from probes import runner
     set_status(run, "training")
@@ -219,7 +219,7 @@ def test_a_guest_watcher_takes_one_checkpoint_a_pass_then_the_freed_cores_once_t
     def spy(run_dir, **kwargs):
         status = run_status(run_dir)
         done = real(run_dir, **kwargs)
-        calls.append((kwargs["most"], kwargs["threads"], status, done))
+        calls.append((kwargs["most"], kwargs.get("jobs", 1), kwargs["threads"], status, done))
         if len(calls) == 2:  # training ends after the second pass, with one more checkpoint
             add_checkpoint(run, 8)
             set_status(run, "complete")
@@ -227,15 +227,16 @@ def test_a_guest_watcher_takes_one_checkpoint_a_pass_then_the_freed_cores_once_t
 
     monkeypatch.setattr(runner, "run_probes", spy)
     asked = []
-    done = runner.watch(run, poll=0.01, widen=lambda: asked.append("now") or 2, threads=1)
-    assert calls == [(1, 1, "training", [0]), (1, 1, "training", [1]), (None, 2, "complete", [2, 4, 8])]
+    done = runner.watch(run, poll=0.01, widen=lambda: asked.append("now") or 3, threads=1)
+    assert calls == [(1, 1, 1, "training", [0]), (1, 1, 1, "training", [1]), (None, 2, 1, "complete", [2, 4, 8])]
     assert asked == ["now"] and sorted(done) == [*STEPS, 8]
 
 
 def test_yield_cpu_lowers_the_session_group_only_of_a_process_that_leads_its_session():
-    """Autogroup scheduling shares the CPU between sessions whatever their nice values: a follower
-    started in a session of its own (as the app's supervisor starts it) lowers its group too; a
-    command typed in a shell leaves the shell's group alone."""
+    """The guest runs under SCHED_IDLE at a higher nice value. Autogroup scheduling shares the CPU
+    between sessions whatever their nice values: a follower started in a session of its own (as
+    the app's supervisor starts it) lowers its group too; a command typed in a shell leaves the
+    shell's group alone."""
     # The file reads empty where the process sits in a cgroup of its own (CI's containers): no
     # autogroup applies there, and the process's nice is what counts.
     def session_group() -> str:
@@ -244,7 +245,8 @@ def test_yield_cpu_lowers_the_session_group_only_of_a_process_that_leads_its_ses
 
     code = ("import os, pathlib; from probes.cli import yield_cpu; before = os.nice(0); yield_cpu(7); "
             "g = pathlib.Path('/proc/self/autogroup'); "
-            "print(os.nice(0) == min(19, before + 7), (g.read_text().split() or ['none'])[-1] if g.exists() else 'none')")
+            "print(os.nice(0) == min(19, before + 7) and os.sched_getscheduler(0) == os.SCHED_IDLE, "
+            "(g.read_text().split() or ['none'])[-1] if g.exists() else 'none')")
     before = session_group()
     for leader, want_group in ((True, "7" if before != "none" else "none"), (False, before)):
         out = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=probe_env(), capture_output=True, text=True,
@@ -272,6 +274,7 @@ def test_yield_cpu_tries_again_when_the_kernel_rate_limits_the_group_write(monke
 
     monkeypatch.setattr(cli.os, "nice", lambda n: 0)
     monkeypatch.setattr(cli.os, "getsid", lambda pid: os.getpid())
+    monkeypatch.setattr(cli.os, "sched_setscheduler", lambda *a: None)  # this test process stays as it is
     monkeypatch.setattr(cli.time, "sleep", sleeps.append)
     monkeypatch.setattr(cli, "open", Busy, raising=False)
     cli.yield_cpu(10)
