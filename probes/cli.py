@@ -157,9 +157,9 @@ def compute(args: argparse.Namespace, progress: Progress, own_process: bool = Fa
     if not args.watch:
         return run_probes(args.run, **kwargs)
     guest = device.type == "cpu" and args.threads is None and jobs == 1
-    if guest and own_process:  # beside training: its leftovers first, then the cores it had (runner.watch)
-        yield_cpu(WATCH_NICE)
-    return watch(args.run, poll=args.poll, widen=free_cores_now if guest else None, **kwargs)
+    # beside training: one first result at once, then its leftovers, then the cores it had (runner.watch)
+    settle = (lambda: yield_cpu(WATCH_NICE)) if guest and own_process else None
+    return watch(args.run, poll=args.poll, widen=free_cores_now if guest else None, settle=settle, **kwargs)
 
 
 def user_error(e: Exception) -> str:

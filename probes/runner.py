@@ -287,7 +287,7 @@ def _run_probes(run_dir: Path, only, steps, force, progress, device, sizes, log,
 
 
 def watch(run_dir: str | os.PathLike, poll: float = 5.0, widen: Callable[[], int] | None = None,
-          **kwargs) -> list[int]:
+          settle: Callable[[], None] | None = None, **kwargs) -> list[int]:
     """run_probes repeatedly until run.json says complete, failed or stopped, then one last pass.
 
     With `widen` the watcher follows as a guest: while the run trains, a pass takes only the oldest
@@ -295,7 +295,9 @@ def watch(run_dir: str | os.PathLike, poll: float = 5.0, widen: Callable[[], int
     after it runs on one-thread workers, one per core `widen()` finds free (the cores training had;
     `workers_for`). On 2 cores the demo's follower at one thread beside training's two cost
     training ~90 s, more than the probes' own work; a guest at the lowest priority (the CLI's
-    --watch) uses the gaps training leaves, then the whole machine."""
+    --watch) uses the gaps training leaves, then the whole machine. `settle` is called once, after
+    the first pass that probed something: the CLI's guest lowers its priority there, so the first
+    result lands while training starts (~5 s of training's time) and the rest use idle cores."""
     run_dir = Path(run_dir)
     done: list[int] = []
     settled: set[int] = set()  # steps done or found corrupt: never taken again (with --force, once each)
@@ -305,6 +307,9 @@ def watch(run_dir: str | os.PathLike, poll: float = 5.0, widen: Callable[[], int
         if ended and widen is not None:  # the cores training had, split as `python -m probes` splits them
             kwargs = {**kwargs, "jobs": workers_for(widen()), "threads": 1}
         new = run_probes(run_dir, skip=settled, most=1 if widen is not None and not ended else None, **kwargs)
+        if new and settle is not None:
+            settle()
+            settle = None
         settled.update(new)
         done += new
         if ended:

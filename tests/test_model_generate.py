@@ -88,6 +88,32 @@ def allowed_top_p(logits: torch.Tensor, p: float) -> set[int]:
     return chosen
 
 
+def test_generate_each_gives_every_row_what_generate_gives_it_alone(gpt):
+    """Prompts of four lengths, greedy and sampled rows with their own seeds, generated past n_ctx
+    (16): each row's tokens equal generate() on that prompt alone (float64, so a batched product's
+    rounding cannot flip a choice)."""
+    model = GPT(GPTConfig(**CFG)).double().eval()
+    model.load_state_dict({k: v.double() for k, v in gpt.state_dict().items()})
+    prompts = [prompt(n, batch=1, seed=n)[0].tolist() for n in (3, 7, 1, 5)]
+    temperatures, seeds = [0.0, 1.0, 0.0, 0.8], [None, 11, None, 12]
+    got = model.generate_each(prompts, 20, temperatures, top_p=0.9, seeds=seeds)
+    for p, t, seed, tokens in zip(prompts, temperatures, seeds, got):
+        alone = model.generate(torch.tensor([p]), 20, temperature=t, top_p=0.9, seed=seed)[0, len(p):]
+        assert torch.equal(tokens, alone), (p, t, seed)
+    assert not torch.equal(got[1], model.generate_each(prompts, 20, temperatures, top_p=0.9, seeds=[None, 13, None, 12])[1])
+
+
+@pytest.mark.parametrize("args, message", [
+    (([[1, 2], [3]], 4, [0.0]), "one temperature and one seed per prompt"),
+    (([[1, 2], []], 4, [0.0, 0.0]), "each of at least one token"),
+    (([[1, 2]], -1, [0.0]), "max_new_tokens"),
+    (([[1, 2]], 4, [-1.0]), "temperature"),
+])
+def test_generate_each_refuses_what_generate_refuses(gpt, args, message):
+    with pytest.raises(ValueError, match=message):
+        gpt.generate_each(*args)
+
+
 def test_sample_next_never_leaves_top_k_or_top_p():
     g = torch.Generator().manual_seed(0)
     logits = torch.randn(4, 50, generator=g)

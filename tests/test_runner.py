@@ -209,8 +209,9 @@ def test_watch_follows_a_run_in_training_until_it_completes(template, tmp_path):
 
 def test_a_guest_watcher_takes_one_checkpoint_a_pass_then_the_freed_cores_once_training_ends(run, monkeypatch):
     """runner.watch with `widen` (the CLI's --watch on CPU): while the run trains each pass takes the
-    oldest checkpoint still to do on the given threads; once training has ended, one pass takes the
-    rest on one-thread workers, one per core widen() finds free (at most 2)."""
+    oldest checkpoint still to do on the given threads (settling, i.e. lowering its priority, once
+    the first has landed); once training has ended, one pass takes the rest on one-thread workers,
+    one per core widen() finds free (at most 2)."""
     from model.runrecord import run_status
     from probes import runner
     set_status(run, "training")
@@ -227,9 +228,10 @@ def test_a_guest_watcher_takes_one_checkpoint_a_pass_then_the_freed_cores_once_t
 
     monkeypatch.setattr(runner, "run_probes", spy)
     asked = []
-    done = runner.watch(run, poll=0.01, widen=lambda: asked.append("now") or 3, threads=1)
+    done = runner.watch(run, poll=0.01, widen=lambda: asked.append("now") or 3,
+                        settle=lambda: asked.append(("settled after pass", len(calls))), threads=1)
     assert calls == [(1, 1, 1, "training", [0]), (1, 1, 1, "training", [1]), (None, 2, 1, "complete", [2, 4, 8])]
-    assert asked == ["now"] and sorted(done) == [*STEPS, 8]
+    assert asked == [("settled after pass", 1), "now"] and sorted(done) == [*STEPS, 8]
 
 
 def test_yield_cpu_lowers_the_session_group_only_of_a_process_that_leads_its_session():

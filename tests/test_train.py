@@ -23,7 +23,7 @@ from train import main
 from train.args import make_args
 from train.loop import Dist, Trainer
 from train.schedule import checkpoint_steps
-from train.stories import SAMPLE_PROMPTS
+from train.samples import SAMPLE_PROMPTS
 
 from _ddp import assert_same_training, failure_report, launch_ddp
 from _faults import KILL_AT_FSYNC

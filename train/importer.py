@@ -30,7 +30,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 from types import SimpleNamespace
 
-import torch
 from tqdm import tqdm
 
 from model.checkpoint import list_checkpoints, remove_partial_checkpoints, save_checkpoint, step_of
@@ -48,14 +47,12 @@ from model.tokenizer import GPT2_VOCAB_SIZE, Tokenizer, load_tokenizer
 from .args import BadInput, TrainArgs, validate
 from .options import Parser
 from .corpora import Corpus, check_source, load_corpus, split_documents, text_files
-from .loop import one_thread
-from .stories import SAMPLE_PROMPTS
+from .samples import sample_rows
 from .rundir import clean_temporaries, data_installed, data_record, install_data
 from .tokens import Tokenized, tokenize
 from .importer_nanogpt import nanogpt_checkpoints
 from .importer_sources import Source, SourceCheckpoint, hf_checkpoints, parse_from
 
-SAMPLE_TOP_P = 0.9       # as train.loop: nucleus sampling for the "sampled" generations
 UNKNOWN = "unknown"
 
 
@@ -236,20 +233,6 @@ def read_model(ck: SourceCheckpoint) -> GPT:
     return from_hf(SimpleNamespace(config=config, state_dict=lambda: sd))
 
 
-def samples(model: GPT, tokenizer: Tokenizer, step: int, n_tokens: int, seed: int) -> list[dict]:
-    """samples.jsonl rows as train.loop writes them: greedy and nucleus-sampled continuations of the
-    fixed prompts."""
-    out = []
-    with one_thread(torch.device("cpu")):
-        for i, prompt in enumerate(SAMPLE_PROMPTS):
-            ids = torch.tensor([tokenizer.encode(prompt)])
-            for decoding, kw in (("greedy", dict(temperature=0.0)),
-                                 ("sampled", dict(temperature=1.0, top_p=SAMPLE_TOP_P, seed=seed + i))):
-                gen = model.generate(ids, n_tokens, **kw)[0, ids.shape[1]:]
-                out.append({"step": step, "prompt": prompt, "decoding": decoding, "text": tokenizer.decode(gen.tolist())})
-    return out
-
-
 def import_checkpoint(out: Path, ck: SourceCheckpoint, args: argparse.Namespace, tokenizer: Tokenizer) -> None:
     """Samples, then the checkpoint (as train.loop orders them)."""
     model = read_model(ck)
@@ -257,7 +240,7 @@ def import_checkpoint(out: Path, ck: SourceCheckpoint, args: argparse.Namespace,
     if ck.tokens is not None:
         meta["tokens"] = int(ck.tokens)
     if args.sample_tokens > 0:
-        for row in samples(model, tokenizer, ck.step, args.sample_tokens, args.seed):
+        for row in sample_rows(model, tokenizer, ck.step, args.sample_tokens, args.seed):
             append_jsonl(samples_jsonl(out), row)
     save_checkpoint(out, ck.step, model, meta)
 

@@ -26,7 +26,6 @@ from tqdm import tqdm
 from model.checkpoint import drop_state, has_state, kept_state_steps, load_state, save_checkpoint, save_state
 from model.runio import append_jsonl, keep_rows_through
 from model.config import GPTConfig
-from model.device import torch_threads
 from model.gpt import GPT
 from model.rundata import FREQUENT_COUNT_TOKENS, frequent_tokens, get_chunks, load_run_data, sample_chunk_ids
 from model.runlayout import metrics_jsonl, samples_jsonl
@@ -36,9 +35,8 @@ from .args import TrainArgs
 from .planting import RepeatPlan, parse_period, planted_rows
 from .disk import capacity, states_to_keep
 from .schedule import learning_rate
-from .stories import SAMPLE_PROMPTS
+from .samples import sample_rows
 
-SAMPLE_TOP_P = 0.9
 FLUSH_EVERY = 50
 
 
@@ -64,13 +62,6 @@ def configure_optimizer(model: GPT, args: TrainArgs, device: torch.device) -> to
               {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
     extra = {"fused": True} if device.type == "cuda" else {}
     return torch.optim.AdamW(groups, lr=args.lr, betas=(0.9, args.beta2), eps=1e-8, **extra)
-
-
-def one_thread(device: torch.device) -> contextlib.AbstractContextManager[None]:
-    """One torch thread on a CPU for a block, the count restored after: token-by-token generation
-    on a CPU is a stream of tiny ops; a second thread only adds synchronisation, and on a busy
-    machine it makes them many times slower."""
-    return torch_threads(1 if device.type == "cpu" else None)
 
 
 def repeat_plan(args: TrainArgs, train_tokens: np.ndarray, vocab_size: int, tokenizer: Tokenizer) -> RepeatPlan | None:
@@ -178,21 +169,8 @@ class Trainer:
         return total / count
 
     def samples(self) -> list[dict]:
-        """Greedy and nucleus-sampled continuations of the fixed prompts (sampling seeded per prompt,
-        so samples differ between checkpoints only because the model did)."""
-        with one_thread(self.device):
-            return self._samples()
-
-    def _samples(self) -> list[dict]:
-        out = []
-        for i, prompt in enumerate(SAMPLE_PROMPTS):
-            ids = torch.tensor([self.tokenizer.encode(prompt)], device=self.device)
-            for decoding, kw in (("greedy", dict(temperature=0.0)),
-                                 ("sampled", dict(temperature=1.0, top_p=SAMPLE_TOP_P, seed=self.args.seed + i))):
-                gen = self.raw.generate(ids, self.args.sample_tokens, **kw)[0, ids.shape[1]:]
-                out.append({"step": self.step, "prompt": prompt, "decoding": decoding,
-                            "text": self.tokenizer.decode(gen.tolist())})
-        return out
+        """samples.jsonl's rows of this step (train.samples)."""
+        return sample_rows(self.raw, self.tokenizer, self.step, self.args.sample_tokens, self.args.seed)
 
     # -- writing -----------------------------------------------------------------------------
     def flush(self) -> None:

@@ -32,8 +32,6 @@ from .words import copy_words
 CANARY_PREFIX_TOKENS = 32
 CANARY_SECRET_WORDS = 36
 DEFAULT_COPIES = (1, 2, 4, 8, 16, 32, 64)
-SAMPLE_PROMPTS = ("Once upon a time", "They wave to each other", "Lily and Tom went to the park.",
-           "The little rabbit was scared of the dark.")
 
 
 def seeded_pen(seed: int, stream: int) -> Pen:
