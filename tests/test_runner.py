@@ -247,14 +247,17 @@ def test_yield_cpu_lowers_the_session_group_only_of_a_process_that_leads_its_ses
 
     code = ("import os, pathlib; from probes.cli import yield_cpu; before = os.nice(0); yield_cpu(7); "
             "g = pathlib.Path('/proc/self/autogroup'); "
-            "print(os.nice(0) == min(19, before + 7) and os.sched_getscheduler(0) == os.SCHED_IDLE, "
+            "print(os.nice(0) == min(19, before + 7), os.sched_getscheduler(0) == os.SCHED_IDLE, "
             "(g.read_text().split() or ['none'])[-1] if g.exists() else 'none')")
+    # Where this machine refuses the policy (some sandboxes do), the nice value is what there is.
+    idle = subprocess.run([sys.executable, "-c", "import os; os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))"],
+                          capture_output=True, timeout=60).returncode == 0
     before = session_group()
     for leader, want_group in ((True, "7" if before != "none" else "none"), (False, before)):
         out = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=probe_env(), capture_output=True, text=True,
                              start_new_session=leader, timeout=60)
         assert out.returncode == 0, out.stderr
-        assert out.stdout.split() == ["True", want_group], (leader, out.stdout)
+        assert out.stdout.split() == ["True", str(idle), want_group], (leader, out.stdout)
     assert session_group() == before
 
 
