@@ -147,6 +147,22 @@ class GPT(HookedRootModule):
         return out, cache_dict
 
     # -- generation --------------------------------------------------------------------------
+    def next_logits(self, out: torch.Tensor, feed: torch.Tensor, cache: GenerationCache | None,
+                    ) -> tuple[torch.Tensor, GenerationCache | None]:
+        """Logits [B,V] of the token after `out` [B,P], and the cache to use next. With a cache only
+        `feed` (the tokens not yet in it) runs, and once the window is full the cache restarts over
+        the last n_ctx tokens, exactly as generation without a cache does; without one the last
+        n_ctx tokens run in full. Only the last position is read out: a prompt of P tokens would
+        otherwise make [B, P, V] logits of which one row per sequence is used."""
+        n_ctx = self.cfg.n_ctx
+        if cache is None:
+            x = self.residual(out[:, -n_ctx:])
+        else:
+            if cache.offset + feed.shape[1] > n_ctx:
+                cache, feed = GenerationCache.empty(self.cfg.n_layer), out[:, -n_ctx:]
+            x = self.residual(feed, cache=cache)
+        return self.logits_from_residual(x[:, -1:])[:, -1], cache
+
     @torch.no_grad()
     def generate(self, tokens: Any, max_new_tokens: int, temperature: float = 1.0,
                  top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
@@ -169,20 +185,12 @@ class GPT(HookedRootModule):
         gen = None
         if seed is not None:
             gen = torch.Generator(device=self.device).manual_seed(int(seed))
-        n_ctx = self.cfg.n_ctx
         cache = GenerationCache.empty(self.cfg.n_layer) if use_cache else None
-        feed = out[:, -n_ctx:]
+        feed = out[:, -self.cfg.n_ctx:]
         try:
             for _ in range(max_new_tokens):
-                if cache is None:
-                    x = self.residual(out[:, -n_ctx:])
-                else:
-                    if cache.offset + feed.shape[1] > n_ctx:
-                        cache, feed = GenerationCache.empty(self.cfg.n_layer), out[:, -n_ctx:]
-                    x = self.residual(feed, cache=cache)
-                # only the last position is read out: a prompt of P tokens would otherwise make
-                # [B, P, V] logits of which one row per sequence is used
-                nxt = sample_next(self.logits_from_residual(x[:, -1:])[:, -1], temperature, top_k, top_p, gen)
+                logits, cache = self.next_logits(out, feed, cache)
+                nxt = sample_next(logits, temperature, top_k, top_p, gen)
                 out = torch.cat([out, nxt], dim=1)
                 feed = nxt
         finally:
@@ -219,13 +227,10 @@ class GPT(HookedRootModule):
         out = torch.stack([r[:min(lengths)] for r in rows])
         was_training = self.training
         self.eval()
-        n_ctx = self.cfg.n_ctx
-        cache, feed = GenerationCache.empty(self.cfg.n_layer), out[:, -n_ctx:]
+        cache, feed = GenerationCache.empty(self.cfg.n_layer), out[:, -self.cfg.n_ctx:]
         try:
             for pos in range(min(lengths), max(lengths) + max_new_tokens):
-                if cache.offset + feed.shape[1] > n_ctx:
-                    cache, feed = GenerationCache.empty(self.cfg.n_layer), out[:, -n_ctx:]
-                logits = self.logits_from_residual(self.residual(feed, cache=cache)[:, -1:])[:, -1]
+                logits, cache = self.next_logits(out, feed, cache)
                 nxt = torch.stack([rows[i][pos:pos + 1] if pos < lengths[i] else
                                    sample_next(logits[i:i + 1], temperatures[i], None, top_p, gens[i])[0]
                                    for i in range(n)])
