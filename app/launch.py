@@ -5,9 +5,10 @@
 `make demo` runs it in the foreground with --serve (the app is up within seconds while the run
 trains and the probes follow it); the app's New-run form starts it in a session of its own, so a
 closed browser tab or a server rerun never touches it. The supervisor
-- trains RUN_DIR (continuing it with --resume when it holds a run, skipping training when the run
-  is complete) and has the probes follow it (`python -m probes RUN_DIR --watch`) from the moment
-  run.json exists;
+- starts the app server (with --serve) and, without waiting for it, trains RUN_DIR (continuing
+  it with --resume when it holds a run, skipping training when the run is complete), and has the
+  probes follow it (`python -m probes RUN_DIR --watch`) from the moment run.json exists. It
+  imports neither torch nor the model (model/__init__.py loads lazily): both starts are at once;
 - records itself in <runs>/.launch/NAME.json (model.runlayout.launch_record) while it lives, so
   the app can show that a run is being worked on, offer to stop it, and refuse to start it twice;
 - on SIGINT or SIGTERM stops training first (the trainer marks the run stopped at its last saved
@@ -24,7 +25,6 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 from typing import IO
 
@@ -36,7 +36,6 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 POLL = 0.5              # seconds between the supervisor's looks at its children
 PROBES_POLL = 2.0       # seconds between the probes watcher's looks for new checkpoints
 STOP_WAIT = {"train": 120.0, "probes": 60.0, "server": 15.0}  # grace before SIGKILL, per child
-SERVER_WAIT = 30.0      # the most training waits for the app to answer
 START_WAIT = 10.0       # how long start_background waits for the supervisor to record itself
 
 
@@ -119,20 +118,6 @@ class Supervisor:
             "serving": None if self.serve is None else {"port": self.serve[0], "address": self.serve[1]},
             "log": str(launch_log(self.run_dir))})
 
-    def wait_for_server(self) -> None:
-        """Training starts once the app answers (or SERVER_WAIT has passed): on a small machine the
-        two would slow each other's start, and the app is what the user waits for."""
-        url = f"http://127.0.0.1:{self.serve[0]}/_stcore/health" if self.serve[1] in ("127.0.0.1", "0.0.0.0") \
-            else f"http://{self.serve[1]}:{self.serve[0]}/_stcore/health"
-        deadline = time.monotonic() + SERVER_WAIT
-        while time.monotonic() < deadline and not self.stopping and not self.finished("server"):
-            try:
-                with urllib.request.urlopen(url, timeout=1) as r:
-                    if r.read().strip() == b"ok":
-                        return
-            except OSError:
-                time.sleep(0.2)
-
     def finished(self, name: str) -> bool:
         p = self.children.get(name)
         return p is not None and p.poll() is not None
@@ -156,7 +141,6 @@ class Supervisor:
             self.start("server", server_command(*self.serve), quiet=True, env=env)
             host = "localhost" if self.serve[1] == "127.0.0.1" else self.serve[1]
             self.say(f"the app is starting at http://{host}:{self.serve[0]} (Ctrl-C stops everything)")
-            self.wait_for_server()
         command = train_command(self.run_dir, self.train_argv)
         if command is None:
             self.say(f"{self.run_dir.name} is complete: no training")

@@ -1,5 +1,23 @@
-"""The GPT-2 itself: config, hooked model, tokenizer, checkpoint I/O and interop."""
-from .config import GPTConfig, PRESETS
-from .gpt import GPT, GenerationCache
+"""The GPT-2 itself: config, hooked model, tokenizer, checkpoint I/O and interop.
+
+The names below load on first use (PEP 562), so a process that only reads the run store
+(`model.runio`, `model.runlayout`, `model.runrecord`: the app's launcher, for one) does not pay
+for torch and TransformerLens: importing them took the launcher 3.3 s before it could start the
+app server and training (2026-12-03)."""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .config import GPTConfig, PRESETS
+    from .gpt import GPT, GenerationCache
 
 __all__ = ["GPT", "GPTConfig", "GenerationCache", "PRESETS"]
+_HOME = {"GPT": "gpt", "GenerationCache": "gpt", "GPTConfig": "config", "PRESETS": "config"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _HOME:
+        from importlib import import_module
+        return getattr(import_module(f".{_HOME[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

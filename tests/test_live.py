@@ -9,6 +9,7 @@ import contextlib
 import io
 import json
 import shutil
+import threading
 import time
 from pathlib import Path
 
@@ -79,6 +80,33 @@ def test_background_run_stops_cleanly_and_continues_to_the_end(tmp_path):
     assert (run / "probes" / "summary.json").exists()
     log = (tmp_path / ".launch" / "live.log").read_text()
     assert "stopped by the user at step" in log and "Traceback" not in log
+
+
+def test_the_supervisor_starts_training_without_waiting_for_the_app_and_without_torch(tmp_path, monkeypatch):
+    """Both starts are at once: a server that never answers does not hold training back (the
+    supervisor once waited for the app's health check, 3-5 s of the demo's training), and the
+    supervisor itself imports neither torch nor the model, which took it 3.3 s before either start."""
+    import subprocess
+    import sys
+    code = "import sys, app.launch, model.runio, model.runrecord; print(sorted({'torch', 'model.gpt'} & set(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], cwd=Path(launch.__file__).parents[1], capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 0 and out.stdout.split() == ["[]"], out.stdout + out.stderr
+    run, started = tmp_path / "run", tmp_path / "train-started"
+    monkeypatch.setattr(launch, "server_command", lambda port, address: [sys.executable, "-c", "import time; time.sleep(60)"])
+    monkeypatch.setattr(launch, "train_command", lambda run_dir, argv: [
+        sys.executable, "-c", f"import pathlib, time; pathlib.Path({str(started)!r}).write_text(repr(time.time()))"])
+    sup = launch.Supervisor(run, [], serve=(1, "127.0.0.1"), out=io.StringIO())
+    stopper = threading.Timer(20.0, lambda: setattr(sup, "stopping", True))  # should a wait come back
+    t0 = time.time()
+    stopper.start()
+    try:
+        sup.run()  # returns once training has ended (no run.json: no probes), the silent server stopped
+    finally:
+        stopper.cancel()
+    assert started.exists(), "training never started"
+    assert float(started.read_text()) - t0 < 10, "training waited for the app"
+    assert not pid_alive(sup.children["server"].pid)
 
 
 def test_progress_reads_the_run_files(app_roots, tmp_path):
