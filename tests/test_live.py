@@ -9,6 +9,8 @@ import contextlib
 import io
 import json
 import shutil
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -86,8 +88,6 @@ def test_the_supervisor_starts_training_without_waiting_for_the_app_and_without_
     """Both starts are at once: a server that never answers does not hold training back (the
     supervisor once waited for the app's health check, 3-5 s of the demo's training), and the
     supervisor itself imports neither torch nor the model, which took it 3.3 s before either start."""
-    import subprocess
-    import sys
     code = "import sys, app.launch, model.runio, model.runrecord; print(sorted({'torch', 'model.gpt'} & set(sys.modules)))"
     out = subprocess.run([sys.executable, "-c", code], cwd=Path(launch.__file__).parents[1], capture_output=True,
                          text=True, timeout=60)
