@@ -127,6 +127,16 @@ def _init_worker(run_dir: str, sizes: ProbeSizes | None, device: str, parent: in
                    device=device)
 
 
+def _init_forked_worker(run_dir: Path, tokenizer, inputs, device: str, parent: int) -> None:
+    """A worker forked from a runner that has run on one torch thread all along (a watcher's
+    guest): the probes, torch, the GPT-2 BPE and the run's inputs are already loaded, so it starts
+    at once instead of spending ~6 s importing and loading as a spawned one does."""
+    _exit_with_parent(parent)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    set_torch_threads(1)
+    _WORKER.update(run_dir=run_dir, tokenizer=tokenizer, inputs=inputs, device=device)
+
+
 def _probe_one(run_dir: Path, path: Path, tokenizer, inputs, want: tuple[str, ...], device: str,
                ) -> tuple[int, str | None]:
     """(step, None) when done, (step, message) for a bad checkpoint."""
@@ -148,14 +158,23 @@ def _probe_serially(run_dir: Path, todo: list[Path], want, device, sizes, report
         report(*_probe_one(run_dir, path, tokenizer, inputs, want, device))
 
 
-def _probe_in_pool(run_dir: Path, todo: list[Path], want, device, sizes, report, jobs: int) -> None:
-    """`jobs` one-thread worker processes. (This process taking checkpoints too while one worker
-    fewer starts was tried: 70.2 s against 65.9 s for the demo's 16 checkpoints, medians of 4
-    pairs, 2026-12-03.)"""
-    probe_inputs(run_dir, sizes)  # bad run data fails here, with its message, not inside a worker
-    ctx = multiprocessing.get_context("spawn")  # never fork a process that has started torch threads
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=_init_worker,
-                             initargs=(str(run_dir), sizes, device, os.getpid())) as pool:
+def _probe_in_pool(run_dir: Path, todo: list[Path], want, device, sizes, report, jobs: int,
+                   fork: bool = False) -> None:
+    """`jobs` one-thread worker processes, spawned, or with `fork` forked from this process with
+    its tokenizer and the run's inputs (only for a process that has never run more than one torch
+    thread: an OpenMP pool does not survive a fork). (This process taking checkpoints too while
+    one worker fewer starts was tried: 70.2 s against 65.9 s for the demo's 16 checkpoints, medians
+    of 4 pairs, 2026-12-03.)"""
+    if fork:
+        tokenizer = load_tokenizer(run_dir)
+        inputs = probe_inputs(run_dir, sizes, tokenizer)  # bad run data fails here, not in a worker
+        ctx = multiprocessing.get_context("fork")
+        init, initargs = _init_forked_worker, (run_dir, tokenizer, inputs, device, os.getpid())
+    else:
+        probe_inputs(run_dir, sizes)  # bad run data fails here, with its message, not inside a worker
+        ctx = multiprocessing.get_context("spawn")  # never fork a process that has started torch threads
+        init, initargs = _init_worker, (str(run_dir), sizes, device, os.getpid())
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=init, initargs=initargs) as pool:
         futures = [pool.submit(_probe_in_worker, str(p), want) for p in todo]
         try:
             for fut in as_completed(futures):
@@ -170,7 +189,7 @@ def run_probes(run_dir: str | os.PathLike, only: Iterable[str] | str | None = No
                steps: Iterable[int] | None = None, force: bool = False, progress: Progress | None = None,
                *, device: str = "cpu", sizes: ProbeSizes | None = None, log: Callable[[str], None] = stderr_log,
                skip: set[int] | None = None, threads: int | None = None, jobs: int = 1,
-               cluster: Cluster | None = None, most: int | None = None) -> list[int]:
+               cluster: Cluster | None = None, most: int | None = None, fork: bool = False) -> list[int]:
     """Compute the requested probes for every checkpoint that lacks them; return the steps done
     (sorted).
 
@@ -182,7 +201,9 @@ def run_probes(run_dir: str | os.PathLike, only: Iterable[str] | str | None = No
     `jobs` > 1 spreads checkpoints over that many worker processes of one thread each. `cluster`
     (a connected probes.ray_runner.RayCluster) sends them to Ray instead, as tasks of `threads`
     (default 1) CPUs and torch threads each. `most` takes only the oldest that many checkpoints
-    still to do (a watcher's pass beside training)."""
+    still to do (a watcher's pass beside training). `fork` starts the workers by forking this
+    process (Linux only; for a process that has run on one torch thread all along: a watcher's
+    guest, whose workers then skip the ~6 s of imports and loading a spawned worker needs)."""
     for name, value in (("threads", threads), ("jobs", jobs)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
             raise ValueError(f"{name} must be a positive integer, got {value!r}.")
@@ -192,7 +213,7 @@ def run_probes(run_dir: str | os.PathLike, only: Iterable[str] | str | None = No
         raise ValueError(f"jobs must be at most {MAX_JOBS}, got {jobs}.")
     with torch_threads(threads):
         return _run_probes(Path(run_dir), only, steps, force, progress, device, sizes, log, skip, jobs,
-                           cluster, threads or 1, most)
+                           cluster, threads or 1, most, fork and sys.platform.startswith("linux"))
 
 
 def probe_bytes(cfg: GPTConfig, sizes: ProbeSizes | None) -> int:
@@ -245,7 +266,7 @@ def jobs_that_fit(todo: list[Path], sizes: ProbeSizes | None, device: str, jobs:
 
 
 def _run_probes(run_dir: Path, only, steps, force, progress, device, sizes, log, skip, jobs, cluster,
-                threads, most) -> list[int]:
+                threads, most, fork) -> list[int]:
     read_run(run_dir)
     want = check_only(only)
     if cluster is None:
@@ -278,7 +299,7 @@ def _run_probes(run_dir: Path, only, steps, force, progress, device, sizes, log,
         if progress:
             progress(0, len(todo), None)
         if jobs > 1 and device == "cpu":
-            _probe_in_pool(run_dir, todo, want, device, sizes, report, jobs)
+            _probe_in_pool(run_dir, todo, want, device, sizes, report, jobs, fork)
         else:
             _probe_serially(run_dir, todo, want, device, sizes, report)
     if done or (read_results(run_dir) and not summary_path(run_dir).exists()):
@@ -298,14 +319,21 @@ def watch(run_dir: str | os.PathLike, poll: float = 5.0, widen: Callable[[], int
     --watch) uses the gaps training leaves, then the whole machine. `settle` is called once, after
     the first pass that probed something: the CLI's guest lowers its priority there, so the first
     result lands while training starts (~5 s of training's time) and the rest use idle cores."""
-    run_dir = Path(run_dir)
+    # a guest runs on one torch thread all along, so its catch-up workers can fork from it
+    with torch_threads(1 if widen is not None else None):
+        return _watch(Path(run_dir), poll, widen, settle, kwargs)
+
+
+def _watch(run_dir: Path, poll: float, widen: Callable[[], int] | None, settle: Callable[[], None] | None,
+           kwargs: dict) -> list[int]:
     done: list[int] = []
     settled: set[int] = set()  # steps done or found corrupt: never taken again (with --force, once each)
     while True:
         status = run_status(run_dir)  # read before the pass: checkpoints made before it are all listed
         ended = status in ("complete", "failed", "stopped")
-        if ended and widen is not None:  # the cores training had, split as `python -m probes` splits them
-            kwargs = {**kwargs, "jobs": workers_for(widen()), "threads": 1}
+        if ended and widen is not None:  # the cores training had, split as `python -m probes` splits them;
+            # the guest has run on one thread all along, so its workers are forked from it, loaded
+            kwargs = {**kwargs, "jobs": workers_for(widen()), "threads": 1, "fork": True}
         new = run_probes(run_dir, skip=settled, most=1 if widen is not None and not ended else None, **kwargs)
         if new and settle is not None:
             settle()

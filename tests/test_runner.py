@@ -134,6 +134,34 @@ def test_a_corrupt_checkpoint_is_reported_and_skipped(run, tmp_path, jobs):
         assert ours == theirs
 
 
+def test_forked_workers_start_from_this_process_and_compute_what_one_process_does(run, tmp_path, monkeypatch):
+    """`fork=True` (a guest watcher's catch-up): the workers are this process forked, so they run
+    what it has loaded (here a wrapper of _probe_one that only this process has, which a spawned
+    worker would not see), and their results are those of one process probing alone."""
+    from probes import runner
+    marks = tmp_path / "forked"
+    marks.mkdir()
+    real = runner._probe_one
+
+    def marked(run_dir, path, *args):
+        (marks / f"{os.getpid()}-{path.name}").touch()
+        return real(run_dir, path, *args)
+
+    monkeypatch.setattr(runner, "_probe_one", marked)
+    assert probes.run_probes(run, jobs=2, threads=1, fork=True) == list(STEPS)
+    seen = sorted(p.name for p in marks.iterdir())
+    assert sorted(s.split("-", 1)[1] for s in seen) == [f"step_{s:06d}" for s in STEPS]
+    assert str(os.getpid()) not in {s.split("-", 1)[0] for s in seen}  # workers, not this process
+    monkeypatch.setattr(runner, "_probe_one", real)
+    serial = Path(shutil.copytree(run, tmp_path / "serial"))
+    shutil.rmtree(serial / "probes")
+    probes.run_probes(serial, threads=1)
+    ours, theirs = read_results(run), read_results(serial)
+    for s in STEPS:
+        ours[s].pop("seconds"), theirs[s].pop("seconds")
+    assert ours == theirs
+
+
 def test_bad_input_exits_2_with_one_sentence(run, tmp_path, capsys):
     cases = [
         ([str(tmp_path / "nowhere")], "is not a folder"),
@@ -220,7 +248,7 @@ def test_a_guest_watcher_takes_one_checkpoint_a_pass_then_the_freed_cores_once_t
     def spy(run_dir, **kwargs):
         status = run_status(run_dir)
         done = real(run_dir, **kwargs)
-        calls.append((kwargs["most"], kwargs.get("jobs", 1), kwargs["threads"], status, done))
+        calls.append((kwargs["most"], kwargs.get("jobs", 1), kwargs["threads"], kwargs.get("fork", False), status, done))
         if len(calls) == 2:  # training ends after the second pass, with one more checkpoint
             add_checkpoint(run, 8)
             set_status(run, "complete")
@@ -230,7 +258,8 @@ def test_a_guest_watcher_takes_one_checkpoint_a_pass_then_the_freed_cores_once_t
     asked = []
     done = runner.watch(run, poll=0.01, widen=lambda: asked.append("now") or 3,
                         settle=lambda: asked.append(("settled after pass", len(calls))), threads=1)
-    assert calls == [(1, 1, 1, "training", [0]), (1, 1, 1, "training", [1]), (None, 2, 1, "complete", [2, 4, 8])]
+    assert calls == [(1, 1, 1, False, "training", [0]), (1, 1, 1, False, "training", [1]),
+                     (None, 2, 1, True, "complete", [2, 4, 8])]  # the catch-up's workers forked from the guest
     assert asked == [("settled after pass", 1), "now"] and sorted(done) == [*STEPS, 8]
 
 
