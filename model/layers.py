@@ -55,6 +55,43 @@ class LayerNorm(nn.Module):
         return y.to(in_dtype)
 
 
+GELU_C = 2 * math.sqrt(2 / math.pi)   # tanh GELU: 0.5 x (1 + tanh(z)) = x sigmoid(2z), with
+GELU_K = 0.044715                     # z = sqrt(2/pi) (x + 0.044715 x^3)
+GELU_BLOCK = 1 << 16                  # values per block of TanhGELUOnCPU's passes (256 KiB in float32)
+
+
+class TanhGELUOnCPU(torch.autograd.Function):
+    """GPT-2's tanh GELU in its sigmoid form, x * sigmoid(2z), computed in place: on CPU torch's
+    tanh-GELU kernel is slow (3.8 ms per million values on one thread of the development machine,
+    against 1.8 ms for this form and 0.9 for the erf GELU), and the probes' forwards spent 13% of
+    their time in it. Values agree with torch's kernel within 5e-7; the gradient is torch's own
+    gelu_backward (it is fast), so training gains the forward's saving too."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(x)
+        out = torch.empty_like(x, memory_format=torch.contiguous_format)
+        flat_x, flat_out = x.reshape(-1), out.view(-1)
+        for i in range(0, flat_x.numel(), GELU_BLOCK):  # five passes over a block that stays in cache
+            xb, ob = flat_x[i:i + GELU_BLOCK], flat_out[i:i + GELU_BLOCK]
+            torch.mul(xb, xb, out=ob).mul_(GELU_K * GELU_C).add_(GELU_C).mul_(xb).sigmoid_().mul_(xb)
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        (x,) = ctx.saved_tensors
+        return torch.ops.aten.gelu_backward(grad, x, approximate="tanh")
+
+
+def gelu(x: torch.Tensor, approximate: str) -> torch.Tensor:
+    """F.gelu, but the tanh form on CPU through TanhGELUOnCPU (elsewhere torch's fused kernel is
+    the fast one)."""
+    if approximate == "tanh" and x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64):
+        return TanhGELUOnCPU.apply(x)
+    return F.gelu(x, approximate=approximate)
+
+
 class MLP(nn.Module):
     """Position-wise 4x MLP with tanh-GELU (GPT-2's `gelu_new`), or the exact GELU when the config
     says `activation="gelu"` (nanoGPT's)."""
@@ -72,7 +109,7 @@ class MLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         pre = self.hook_pre(self.c_fc(x))
-        post = self.hook_post(F.gelu(pre, approximate=self.approximate))
+        post = self.hook_post(gelu(pre, self.approximate))
         return self.dropout(self.c_proj(post))
 
 
