@@ -104,6 +104,24 @@ def free_cores_now() -> int:
     return free_cores(cores, busy_cores(cores))
 
 
+def idle_class() -> bool:
+    """Whether this process runs under the SCHED_IDLE policy (probes.cli.yield_cpu's guest)."""
+    try:
+        return os.sched_getscheduler(0) == os.SCHED_IDLE
+    except (AttributeError, OSError):  # not Linux
+        return False
+
+
+def guest_cores() -> int:
+    """The cores one-thread workers of this process may take now (the probes' catch-up once the run
+    they follow has ended). Under SCHED_IDLE, every core: the scheduler runs such a process only on
+    cycles other work leaves, children inherit the policy, and one-thread processes have no OpenMP
+    threads to spin against anyone, so no guess is needed. A sample is a poor guess there: taken
+    the moment training ends it reads the trainer's exit as a busy core, and the demo's catch-up ran
+    on one worker, 85 s where two take 45-55 (2026-12-04). Otherwise free_cores_now."""
+    return cpu_cores() if idle_class() else free_cores_now()
+
+
 def settle_threads(given: int, recorded: int | None, device: torch.device, sharing: int = 1) -> int:
     """Set torch's CPU threads for the rest of the process and return the count (a command's run
     records it): `given` (a --threads) when positive; else `recorded` (a resumed run keeps the count

@@ -12,7 +12,7 @@ from tqdm import tqdm
 
 from model.runio import RunFileError
 from model.cliargs import ArgumentParser, run_command
-from model.device import MAX_THREADS, free_cores, free_cores_now, pick_device
+from model.device import MAX_THREADS, free_cores, guest_cores, pick_device
 from model.runlayout import probes_dir
 
 from .compute import OPTIONAL_PROBES, PROBES as PROBE_NAMES
@@ -159,7 +159,7 @@ def compute(args: argparse.Namespace, progress: Progress, own_process: bool = Fa
     guest = device.type == "cpu" and args.threads is None and jobs == 1
     # beside training: one first result at once, then its leftovers, then the cores it had (runner.watch)
     settle = (lambda: yield_cpu(WATCH_NICE)) if guest and own_process else None
-    return watch(args.run, poll=args.poll, widen=free_cores_now if guest else None, settle=settle, **kwargs)
+    return watch(args.run, poll=args.poll, widen=guest_cores if guest else None, settle=settle, **kwargs)
 
 
 def user_error(e: Exception) -> str:

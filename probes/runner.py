@@ -338,6 +338,8 @@ def _watch(run_dir: Path, poll: float, widen: Callable[[], int] | None, settle: 
         if ended and widen is not None:  # the cores training had, split as `python -m probes` splits them;
             # the guest has run on one thread all along, so its workers are forked from it, loaded
             kwargs = {**kwargs, "jobs": workers_for(widen()), "threads": 1, "fork": True}
+            kwargs.get("log", stderr_log)(f"probes: the run is {status}; the rest on up to {kwargs['jobs']} "
+                                          "one-thread worker(s)")
         new = run_probes(run_dir, skip=settled, most=1 if widen is not None and not ended else None, **kwargs)
         if new and settle is not None:
             settle()

@@ -64,3 +64,41 @@ def test_the_probes_cli_runs_one_thread_per_process_whatever_the_load(monkeypatc
         monkeypatch.setattr(cli, "free_cores", lambda free=free: free)
         assert cli.main([str(tmp_path)]) == 0
         assert (seen["jobs"], seen["threads"]) == (jobs, 1), (free, seen)
+
+
+GUEST = ("import os, sys; from model import device; "
+         "device.busy_cores = lambda cores, seconds=0.5: float(cores)  # every core busy, as a sample taken while the trainer exits reads\n"
+         "if sys.argv[1] == 'idle': os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))\n"
+         "print(device.idle_class(), device.guest_cores(), device.cpu_cores())")
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_getscheduler"), reason="no scheduling policies on this platform")
+def test_a_guest_under_sched_idle_takes_every_core_whatever_a_sample_reads():
+    """The probes' catch-up after training: under SCHED_IDLE (the --watch guest) its one-thread
+    workers get only cycles other work leaves, so it takes every core rather than trust a sample
+    (taken as the trainer exits, one read a core busy and the demo's catch-up ran on one worker);
+    a process of the normal policy keeps free_cores_now's answer."""
+    import subprocess
+    import sys
+    from pathlib import Path
+    repo = Path(__file__).resolve().parents[1]
+    allowed = subprocess.run([sys.executable, "-c", "import os; os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))"],
+                             capture_output=True, timeout=60).returncode == 0
+    for policy in ("idle", "normal") if allowed else ("normal",):
+        out = subprocess.run([sys.executable, "-c", GUEST, policy], cwd=repo, capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        idle, guest, cores = out.stdout.split()
+        assert idle == str(policy == "idle"), out.stdout
+        assert int(guest) == (int(cores) if policy == "idle" else 1), out.stdout
+
+
+def test_the_probes_cli_watcher_widens_to_the_guest_cores(monkeypatch, tmp_path):
+    """--watch on CPU with no --threads or --jobs follows as a guest whose catch-up asks guest_cores."""
+    from probes import cli
+
+    seen = {}
+    monkeypatch.setattr(cli, "watch", lambda run, **kw: seen.update(kw) or [])
+    assert cli.main([str(tmp_path), "--watch"]) == 0
+    assert seen["widen"] is device.guest_cores
+    assert cli.main([str(tmp_path), "--watch", "--jobs", "2"]) == 0
+    assert seen["widen"] is None  # the user's own count: no guest
