@@ -1,6 +1,7 @@
-"""The captions and marks of the failure-mode detectors (probes.failure_modes) for the Runs, Heads
-and Memorization pages: the loss–generation mismatch, the overfitting onset and head inequality,
-each said in one sentence from its summary.json entry. Pure functions, no Streamlit."""
+"""The captions and marks of the failure-mode detectors (probes.failure_modes, probes.overfitting,
+probes.phenomena's greedy loops) for the Runs, Heads, Memorization and Repetition pages: the
+loss–generation mismatch, overfitting (onset, early-stopping point, memorization), head inequality and
+the entropy collapse, each said from its summary.json entry. Pure functions, no Streamlit."""
 from __future__ import annotations
 
 from typing import Any, Mapping
@@ -54,27 +55,93 @@ def mismatch_stretch_at(summary: Mapping[str, Any] | None, step: int) -> Mapping
 
 
 def overfitting_caption(entry: Mapping[str, Any] | None) -> str | None:
-    """The overfitting onset the summary found (or why none): the gap's growth and the two losses
-    across it, and the rise of the memorized share of seen text."""
+    """Overfitting as the summary found it, in words: the onset (where the held-out minus training loss
+    gap starts to grow beyond noise, or why none), the early-stopping point and whether the held-out
+    loss rose after it, and verbatim memorization as a finding of its own."""
     if not isinstance(entry, Mapping):
         return None
-    mem = ""
-    if entry.get("memorized_detected"):
-        mem = (f" The memorized share of seen text (above the held-out control) rose from "
-               f"{_fmt(entry.get('memorized_before'))} to {_fmt(entry.get('memorized_after'))} from step "
-               f"{entry.get('memorized_step')}.")
     if entry.get("detected"):
         losses = ""
         if as_number(entry.get("heldout_loss_after")) is not None and as_number(entry.get("train_loss_after")) is not None:
-            losses = (f"; held-out loss {_fmt(entry.get('heldout_loss_before'))} → "
+            losses = (f"; from the reference checkpoints (to step {entry.get('reference_step')}) to the stretch, "
+                      f"held-out loss {_fmt(entry.get('heldout_loss_before'))} → "
                       f"{_fmt(entry.get('heldout_loss_after'))}, training loss {_fmt(entry.get('train_loss_before'))} "
                       f"→ {_fmt(entry.get('train_loss_after'))}")
-        note = f" Note: {entry['note']}." if entry.get("note") else ""
-        return (f"Overfitting onset at step {entry.get('step')} (after {entry.get('from_step')}): the held-out minus "
+        text = (f"Overfitting onset at step {entry.get('step')} (after {entry.get('from_step')}): the held-out minus "
                 f"training loss gap grew from {_fmt(entry.get('before'))} to {_fmt(entry.get('after'))} nats "
-                f"(threshold {_fmt(entry.get('threshold'), '.3g')}){losses}.{mem}{note}")
-    reason = entry.get("reason") or "the gap does not grow beyond noise"
-    return f"No overfitting onset detected: {reason}.{mem}"
+                f"(threshold {_fmt(entry.get('threshold'), '.3g')}, from the gap's own scatter){losses}.")
+    else:
+        text = f"No overfitting onset detected: {entry.get('reason') or 'the gap does not grow beyond noise'}."
+    stop = early_stop_sentence(entry)
+    mem = memorization_sentence(entry)
+    note = f" Note: {entry['note']}." if entry.get("note") and entry.get("detected") else ""
+    return " ".join(x for x in (text, stop, mem) if x) + note
+
+
+def early_stop_sentence(entry: Mapping[str, Any]) -> str | None:
+    """The early-stopping point (the checkpoint of the lowest held-out loss) and whether the held-out
+    loss rose beyond its noise after it; None when the summary has none (an older summary)."""
+    step = entry.get("early_stop_step")
+    if as_number(step) is None:
+        return None
+    text = f"Early-stopping point: step {step} (lowest held-out loss, {_fmt(entry.get('early_stop_loss'))} nats)"
+    rise = entry.get("heldout_rise")
+    if not isinstance(rise, Mapping):
+        return text + "."
+    if rise.get("detected"):
+        return (text + f"; after it the held-out loss rose beyond noise from step {rise.get('step')} (after "
+                f"{rise.get('from_step')}), by {_fmt(rise.get('rise'))} nats at step {rise.get('to_step')} "
+                f"(threshold {_fmt(rise.get('threshold'), '.3g')}).")
+    return text + f"; no rise of the held-out loss beyond noise after it: {rise.get('reason') or 'none found'}."
+
+
+def memorization_sentence(entry: Mapping[str, Any]) -> str | None:
+    """Verbatim memorization beside overfitting: the memorized share of seen text (above the held-out
+    control) and the canaries' first extraction, reported apart from the onset."""
+    mem = entry.get("memorization")
+    mem = mem if isinstance(mem, Mapping) else {
+        "detected": entry.get("memorized_detected"), "before": entry.get("memorized_before"),
+        "after": entry.get("memorized_after"), "step": entry.get("memorized_step"),
+        "seen_last": entry.get("seen_memorized_last"), "held_out_last": entry.get("held_out_memorized_last")}
+    canary = f" Canaries first extracted at step {mem['canary_step']}." if mem.get("canary_step") is not None else ""
+    if mem.get("detected"):
+        return (f"Verbatim memorization (a finding of its own): the memorized share of seen text (above the held-out "
+                f"control) rose from {_fmt(mem.get('before'))} to {_fmt(mem.get('after'))} from step "
+                f"{mem.get('step')}.{canary}")
+    if as_number(mem.get("seen_last")) is not None:
+        return (f"Verbatim memorization (a finding of its own) does not rise beyond noise: "
+                f"{_fmt(mem.get('seen_last'))} of seen text memorized at the last checkpoint against "
+                f"{_fmt(mem.get('held_out_last'))} of held-out text.{canary}")
+    return canary.strip() or None
+
+
+def early_stop_mark(summary: Mapping[str, Any] | None) -> dict[str, int | None]:
+    """{label: step} for the early-stopping point on the loss chart: the checkpoint of the lowest held-out
+    loss, marked only once the held-out loss has risen beyond noise after it (before that it is merely
+    the latest best checkpoint)."""
+    entry = emergence_entry(summary, "overfitting") or {}
+    rise = entry.get("heldout_rise")
+    step = entry.get("early_stop_step") if isinstance(rise, Mapping) and rise.get("detected") else None
+    return {"early-stopping point (held-out minimum)": int(step) if as_number(step) is not None else None}
+
+
+def collapse_caption(entry: Mapping[str, Any] | None) -> str | None:
+    """When the greedy continuations fall into loops and leave them (the entropy-collapse entry), with
+    the entropy along the greedy path before and during; None for an older summary."""
+    if not isinstance(entry, Mapping):
+        return None
+    if not entry.get("detected"):
+        return f"No greedy loops found: {entry.get('reason') or 'none'}."
+    end = (f"they end at step {entry['resolved_step']}" if entry.get("resolved_step") is not None
+           else "they have not ended by the last checkpoint")
+    more = len(entry.get("episodes") or []) - 1
+    again = f" Loops come back {more} more time(s): " + ", ".join(
+        f"steps {e.get('step')}–{e.get('resolved_step') if e.get('resolved_step') is not None else '…'}"
+        for e in (entry.get("episodes") or [])[1:] if isinstance(e, Mapping)) + "." if more > 0 else ""
+    return (f"Greedy loops begin at step {entry.get('step')} (after {entry.get('from_step')}; mean longest loop "
+            f"{_fmt(entry.get('loop_length_at_step'), '.0f')} tokens) and {end}. Entropy along the greedy path: "
+            f"{_fmt(entry.get('entropy_before'))} nats before, {_fmt(entry.get('entropy_during'))} during, "
+            f"{_fmt(entry.get('entropy_after'))} after.{again}")
 
 
 def inequality_mark(summary: Mapping[str, Any] | None) -> dict[str, int | None]:

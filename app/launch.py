@@ -5,10 +5,11 @@
 `make demo` runs it in the foreground with --serve (the app is up within seconds while the run
 trains and the probes follow it); the app's New-run form starts it in a session of its own, so a
 closed browser tab or a server rerun never touches it. The supervisor
+- checks every argument first, the training options with the trainer's own checks
+  (train.cli.refusal, which costs it the import of torch), so bad input writes and starts nothing;
 - starts the app server (with --serve) and, without waiting for it, trains RUN_DIR (continuing
   it with --resume when it holds a run, skipping training when the run is complete), and has the
-  probes follow it (`python -m probes RUN_DIR --watch`) from the moment run.json exists. It
-  imports neither torch nor the model (model/__init__.py loads lazily): both starts are at once;
+  probes follow it (`python -m probes RUN_DIR --watch`) from the moment run.json exists;
 - records itself in <runs>/.launch/NAME.json (model.runlayout.launch_record) while it lives, so
   the app can show that a run is being worked on, offer to stop it, and refuse to start it twice;
 - on SIGINT or SIGTERM stops training first (the trainer marks the run stopped at its last saved
@@ -20,7 +21,9 @@ from __future__ import annotations
 
 import argparse
 import fcntl
+import ipaddress
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -28,15 +31,18 @@ import time
 from pathlib import Path
 from typing import IO
 
+from model.cliargs import ArgumentParser, UsageError, run_command
 from model.runio import RunFileError, pid_alive, read_json, write_json_atomic
 from model.runlayout import launch_log, launch_record, run_json
 from model.runrecord import run_status
+from train.cli import refusal
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 POLL = 0.5              # seconds between the supervisor's looks at its children
 PROBES_POLL = 0.5       # seconds between the probes watcher's looks for new checkpoints (a look: ~4 ms)
 STOP_WAIT = {"train": 120.0, "probes": 60.0, "server": 15.0}  # grace before SIGKILL, per child
-START_WAIT = 10.0       # how long start_background waits for the supervisor to record itself
+START_WAIT = 30.0       # how long start_background waits for the supervisor to record itself (it checks the
+                        # training options first, importing torch: seconds on a busy machine)
 
 
 # -- processes ---------------------------------------------------------------------------------
@@ -68,16 +74,20 @@ def python(*args: str) -> list[str]:
     return [sys.executable, "-m", *args]
 
 
-def train_command(run_dir: Path, train_argv: list[str]) -> list[str] | None:
-    """The training command for `run_dir`: None when the run is complete, with --resume when it
-    holds a run (stopped, failed, or killed) to continue."""
-    status = run_status(run_dir, None)
-    if status == "complete":
-        return None
-    argv = python("train", *train_argv, "--out", str(run_dir))
+def train_options(run_dir: Path, train_argv: list[str]) -> list[str]:
+    """`python -m train`'s options for `run_dir`: with --resume when it holds a run (stopped,
+    failed, or killed) to continue."""
+    argv = [*train_argv, "--out", str(run_dir)]
     if run_json(run_dir).exists() and "--resume" not in train_argv:
         argv.append("--resume")
     return argv
+
+
+def train_command(run_dir: Path, train_argv: list[str]) -> list[str] | None:
+    """The training command for `run_dir`: None when the run is complete."""
+    if run_status(run_dir, None) == "complete":
+        return None
+    return python("train", *train_options(run_dir, train_argv))
 
 
 def server_command(port: int, address: str) -> list[str]:
@@ -226,21 +236,57 @@ def stop_background(run_dir: str | os.PathLike) -> bool:
     return True
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else list(argv)
-    ours, train_argv = (argv[:argv.index("--")], argv[argv.index("--") + 1:]) if "--" in argv else (argv, [])
-    p = argparse.ArgumentParser(prog="python -m app.launch", description=__doc__.split("\n\n")[0])
+def build_parser() -> ArgumentParser:
+    p = ArgumentParser(prog="python -m app.launch", description=__doc__.split("\n\n")[0])
     p.add_argument("run", help="the run folder, e.g. runs/demo")
     p.add_argument("--serve", type=int, metavar="PORT", help="also serve the app on this port until Ctrl-C")
     p.add_argument("--address", default="127.0.0.1", help="the address the app listens on (default 127.0.0.1)")
-    args = p.parse_args(ours)
-    run_dir = Path(args.run)
-    if supervisor_of(run_dir.resolve()) is not None:
-        print(f"error: {run_dir} is already being trained or probed by another process "
-              f"(see {launch_record(run_dir.resolve())}).", file=sys.stderr)
-        return 2
-    serve = (args.serve, args.address) if args.serve is not None else None
-    return Supervisor(run_dir, train_argv, serve).run()
+    return p
+
+
+HOST_NAME = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+                       r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$")
+
+
+def check_arguments(args: argparse.Namespace, train_argv: list[str]) -> Path:
+    """The run folder (resolved) once every argument has passed, before anything is printed,
+    written or started: the port and address, no supervisor already on the run, and the training
+    options as `python -m train` would take them (train.cli.refusal, the trainer's own checks).
+    UsageError (one sentence, exit 2) otherwise."""
+    if args.serve is not None and not 1 <= args.serve <= 65535:
+        raise UsageError(f"--serve takes a port from 1 to 65535, got {args.serve}.")
+    try:
+        ipaddress.ip_address(args.address)
+    except ValueError:
+        if not HOST_NAME.match(args.address):
+            raise UsageError(f"--address takes an IP address or a host name, got {args.address!r}.") from None
+    if any(a == "--out" or a.startswith("--out=") for a in train_argv):
+        raise UsageError("the run folder is the launcher's RUN_DIR; leave --out out of the training options.")
+    if not args.run.strip() or "\x00" in args.run:
+        raise UsageError(f"RUN_DIR must name a run folder, e.g. runs/demo, got {args.run!r}.")
+    run_dir = Path(args.run).resolve()
+    if supervisor_of(run_dir) is not None:
+        raise UsageError(f"{args.run} is already being trained or probed by another process "
+                         f"(see {launch_record(run_dir)}).")
+    sentence = refusal(train_options(run_dir, train_argv))
+    if sentence is not None:
+        raise UsageError(f"training options: {sentence}")
+    return run_dir
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The supervisor in the foreground; returns its exit status (2 with one sentence on stderr,
+    nothing written or started, for bad arguments; 130 when stopped)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    ours, train_argv = (argv[:argv.index("--")], argv[argv.index("--") + 1:]) if "--" in argv else (argv, [])
+
+    def body() -> int:
+        args = build_parser().parse_args(ours)
+        run_dir = check_arguments(args, train_argv)
+        serve = (args.serve, args.address) if args.serve is not None else None
+        return Supervisor(run_dir, train_argv, serve).run()
+
+    return run_command(body, (UsageError,), prefix="error: ")
 
 
 if __name__ == "__main__":

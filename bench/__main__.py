@@ -13,7 +13,7 @@ import torch
 import transformer_lens
 import transformers
 
-from . import attention_variants, attribution, demo_time, llc, probes_speed, ray_probes, speed
+from . import attention_variants, attribution, demo_time, llc, probes_speed, ray_probes, speed, train_threads
 from .common import Report
 
 # Every row (or group of rows) by name, in the order `make bench` runs them; `--only` takes these names.
@@ -30,6 +30,7 @@ ROWS: dict[str, Callable[[Report], None]] = {
     "attribution": attribution.run,
     "llc": llc.run,
     "ray_probes": ray_probes.run,
+    "train_threads": train_threads.run,
 }
 TABLES: dict[str, Callable[[], str]] = {"attention": attention_variants.run}
 # Names for several rows at once (`speed` was the section before rows could be run one by one).

@@ -4,7 +4,6 @@ plus all probes on one nano checkpoint. The command is the Makefile's demo recip
 (tests/test_bench.py checks that it still matches)."""
 from __future__ import annotations
 
-import json
 import os
 import signal
 import socket
@@ -14,6 +13,10 @@ import tempfile
 import time
 import urllib.request
 from pathlib import Path
+
+from model.checkpoint import list_checkpoints
+from model.runlayout import probes_dir, result_step, step_of
+from model.runrecord import run_status
 
 from .common import Goal, Report
 
@@ -50,15 +53,10 @@ def answers(port: int) -> bool:
         return False
 
 
-def status(run: Path) -> str | None:
-    try:
-        return json.loads((run / "run.json").read_text()).get("status")
-    except (OSError, ValueError):
-        return None
-
-
 def probed(run: Path) -> int:
-    return len(list((run / "probes").glob("step_*.json"))) if (run / "probes").is_dir() else 0
+    """Result files of the run so far (their names by model.runlayout, as the app counts them)."""
+    folder = probes_dir(run)
+    return sum(result_step(p) is not None for p in folder.iterdir()) if folder.is_dir() else 0
 
 
 def run(report: Report) -> None:
@@ -76,9 +74,9 @@ def run(report: Report) -> None:
                     marks["app"] = now
                 if "first" not in marks and probed(out) > 0:
                     marks["first"] = now
-                if "trained" not in marks and status(out) == "complete":
+                if "trained" not in marks and run_status(out, None) == "complete":
                     marks["trained"] = now
-                n_ckpt = len(list((out / "checkpoints").glob("step_*")))
+                n_ckpt = len(list_checkpoints(out))
                 if "trained" in marks and n_ckpt and probed(out) == n_ckpt:
                     marks["last"] = now
                     break
@@ -99,9 +97,9 @@ def run(report: Report) -> None:
                         detail=f"app {marks['app']:.0f} s, training done at {marks['trained']:.0f} s, last of "
                                f"{n_ckpt} checkpoints probed at {marks['last']:.0f} s; Ctrl-C stopped it all in "
                                f"{t_stop:.1f} s (exit {proc.returncode})"))
-        last = sorted((out / "checkpoints").glob("step_*"))[-1]
+        last = step_of(list_checkpoints(out)[-1])
         t = time.perf_counter()
-        subprocess.run([sys.executable, *DEMO_PROBES, str(out), "--steps", str(int(last.name[5:])), "--force"],
+        subprocess.run([sys.executable, *DEMO_PROBES, str(out), "--steps", str(last), "--force"],
                        check=True, capture_output=True)
         t_one = time.perf_counter() - t
         report.add(Goal("all probes for one `nano` checkpoint (incl. process start)", t_one, 10, unit=" s",

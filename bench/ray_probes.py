@@ -23,7 +23,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from model.checkpoint import verify_checkpoint
+from model.checkpoint import list_checkpoints, verify_checkpoint
+from model.runlayout import META, RUN_FILES, RUN_JSON, WEIGHTS, checkpoints_dir, data_dir, run_json, step_of
 from .common import Goal, NotMeasured, Report, timed_calls
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -39,11 +40,11 @@ def copy_run(src: Path, dest: Path) -> Path:
     """The files the probes read (run.json, vocab.json, data.json, data/, checkpoints/), no results
     and no training state."""
     dest.mkdir(parents=True)
-    for name in ("run.json", "vocab.json", "data.json"):
+    for name in (RUN_JSON, *RUN_FILES):
         if (src / name).exists():
             shutil.copy2(src / name, dest / name)
-    for name in ("data", "checkpoints"):
-        shutil.copytree(src / name, dest / name, ignore=shutil.ignore_patterns(".*"))
+    for folder in (data_dir, checkpoints_dir):
+        shutil.copytree(folder(src), folder(dest), ignore=shutil.ignore_patterns(".*"))
     return dest
 
 
@@ -66,7 +67,7 @@ def _read_shipped(files: dict) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / files["name"]
         folder.mkdir()
-        for name in ("meta.json", "model.safetensors"):
+        for name in (META, WEIGHTS):
             (folder / name).write_bytes(files[name])
         return len(verify_checkpoint(folder)[1])
 
@@ -77,9 +78,9 @@ def transfer_seconds(demo: Path, steps: list[int] | None) -> tuple[float, float,
     private instance of one task slot with its worker already started; and the checkpoints timed."""
     import ray
 
-    paths = sorted((demo / "checkpoints").glob("step_*"))
+    paths = list_checkpoints(demo)
     if steps:
-        paths = [p for p in paths if int(p.name[5:]) in steps]
+        paths = [p for p in paths if step_of(p) in steps]
     ray.init(address="local", num_cpus=1, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
     try:
         shared, shipped = ray.remote(_read_shared), ray.remote(_read_shipped)
@@ -87,7 +88,7 @@ def transfer_seconds(demo: Path, steps: list[int] | None) -> tuple[float, float,
 
         def ship(path: Path) -> int:
             _, weights = verify_checkpoint(path)
-            files = {"name": path.name, "meta.json": (path / "meta.json").read_bytes(), "model.safetensors": weights}
+            files = {"name": path.name, META: (path / META).read_bytes(), WEIGHTS: weights}
             return ray.get(shipped.remote(ray.put(files)))
 
         n = len(paths)
@@ -100,7 +101,7 @@ def transfer_seconds(demo: Path, steps: list[int] | None) -> tuple[float, float,
 
 def run(report: Report, demo: Path = DEMO, steps: list[int] | None = None) -> None:
     """The three rows; `steps` limits them to some checkpoints (a quick check that the row works)."""
-    if not (demo / "run.json").exists():
+    if not run_json(demo).exists():
         report.add(NotMeasured(NAME, f"≤ {RAY_GOAL:g}x", f"not measured: {demo} does not exist (make demo)"))
         return
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # private instances on 127.0.0.1 (--ray local's)
@@ -113,13 +114,13 @@ def run(report: Report, demo: Path = DEMO, steps: list[int] | None = None) -> No
     only = ["--steps", ",".join(str(s) for s in steps)] if steps else []
     with tempfile.TemporaryDirectory() as tmp:
         runs = {kind: copy_run(demo, Path(tmp) / kind) for kind in ("local", "ray", "ship")}
-        n = len(steps) if steps else len(list((demo / "checkpoints").glob("step_*")))
+        n = len(steps) if steps else len(list_checkpoints(demo))
         t_local = timed([str(runs["local"]), *LOCAL, *only])
         t_ray = timed([str(runs["ray"]), *RAY, *only])
         t_ship = timed([str(runs["ship"]), *RAY, "--ship", *only])
         idle_local = timed([str(runs["local"]), *LOCAL, *only])  # nothing left to compute: start-up alone
         idle_ray = timed([str(runs["ray"]), *RAY, *only])
-        ckpts = list((demo / "checkpoints").glob("step_*"))
+        ckpts = list_checkpoints(demo)
         size = sum(p.stat().st_size for c in ckpts for p in c.iterdir()) / len(ckpts)
     move_shared, move_ship, n_moved = transfer_seconds(demo, steps)
     report.add(Goal(NAME, t_ray / t_local, RAY_GOAL, higher_is_better=False,

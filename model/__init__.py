@@ -2,8 +2,8 @@
 
 The names below load on first use (PEP 562), so a process that only reads the run store
 (`model.runio`, `model.runlayout`, `model.runrecord`: the app's launcher, for one) does not pay
-for torch and TransformerLens: importing them took the launcher 3.3 s before it could start the
-app server and training (2026-12-03)."""
+for torch and TransformerLens, whose import would hold the launcher back seconds before it could
+start the app server and training (measured in docs/performance.md)."""
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any

@@ -12,7 +12,8 @@ What is verified on load (any damage raises CheckpointError naming the damaged f
                      tokens, losses, the hashes below) breaks the seal. Only whitespace and number
                      spelling are free, since they do not change what is read. Its "step" must also
                      match the folder name, so a meta.json copied into another step is refused.
-  model.safetensors  its sha256 is in meta.json ("sha256").
+  model.safetensors  its sha256 is in meta.json ("sha256"), and each tensor's ("tensor_sha256", see
+                     model.integrity), so damage names the tensor; older checkpoints lack the latter.
   vocab.json,        the run files that change how a checkpoint is read (vocab.json maps model ids
   data.json          to GPT-2 ids, so it decides the text a model writes; data.json says which
                      sequences a step had seen, and the batches a resumed run draws): their sha256
@@ -50,17 +51,15 @@ from safetensors.torch import save as st_save
 
 from .config import GPTConfig
 from .runio import (CheckpointError, RunFileError, as_checkpoint_error, fsync_dir, read_json, remove_temporaries,
-                    sha256_bytes, temp_folder,
-                    write_bytes_atomic)
+                    sha256_bytes, temp_folder, write_bytes_atomic)
 from .runlayout import (CHECKPOINTS_DIR, META, RUN_FILES, STATE_NAME, STATE_RECORD_NAME, STEP_NAME, WEIGHTS,
                         checkpoint_dir, checkpoints_dir, latest_json, run_json as run_json_path, state_dir, state_name,
                         state_record_name, step_of)
 from .gpt import GPT
+from .integrity import TENSOR_DIGESTS, compare_checkpoints, damaged_tensors, tensor_digests
 from .runrecord import read_record
 
 SEAL = "self_sha256"
-
-
 
 
 # -- sealed JSON: a file that carries the hash of its own content --------------------------------
@@ -163,6 +162,7 @@ def save_checkpoint(run_dir: str | os.PathLike, step: int, model: GPT, meta: dic
     weights = st_save(state)
     full_meta = {k: v for k, v in (meta or {}).items() if k != SEAL}
     full_meta.update(step=int(step), config=raw.cfg.to_dict(), sha256=sha256_bytes(weights),
+                     **{TENSOR_DIGESTS: tensor_digests(weights)},
                      time=full_meta.get("time", time.time()), run_files=run_file_hashes(run_dir))
     full_meta = seal(full_meta)
     tmp = temp_folder(final)
@@ -228,10 +228,24 @@ def verify_checkpoint(path: str | os.PathLike) -> tuple[dict, bytes]:
     except OSError as e:
         raise CheckpointError(weights_path, f"cannot be read ({e.strerror or e})") from None
     digest = sha256_bytes(data)
+    if digest != meta["sha256"] and (damaged := damaged_tensors(data, meta.get(TENSOR_DIGESTS))):  # name them
+        raise CheckpointError(weights_path, f"tensor {', '.join(damaged[:5])} does not match its sha256 in "
+                                            "meta.json: the file is corrupt, or holds another checkpoint's tensor")
     if digest != meta["sha256"]:
         raise CheckpointError(weights_path, f"sha256 {digest[:12]}… does not match meta.json "
                                             f"({str(meta['sha256'])[:12]}…): the file is truncated or corrupt")
     return meta, data
+
+
+def run_integrity(run_dir: str | os.PathLike) -> dict:
+    """model.integrity.compare_checkpoints over every checkpoint's verified meta.json (or its problem)."""
+    metas, bad = {}, {}
+    for path in list_checkpoints(run_dir):
+        try:
+            metas[step_of(path)] = read_checkpoint_meta(path)
+        except CheckpointError as e:
+            bad[step_of(path)] = f"{e.path}: {e.problem}"
+    return compare_checkpoints(metas, bad)
 
 
 def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[GPT, dict]:

@@ -118,22 +118,29 @@ def guest_cores() -> int:
     cycles other work leaves, children inherit the policy, and one-thread processes have no OpenMP
     threads to spin against anyone, so no guess is needed. A sample is a poor guess there: taken
     the moment training ends it reads the trainer's exit as a busy core, and the demo's catch-up ran
-    on one worker, 85 s where two take 45-55 (2026-12-04). Otherwise free_cores_now."""
+    on one worker, taking nearly twice as long as two (docs/performance.md). Otherwise free_cores_now."""
     return cpu_cores() if idle_class() else free_cores_now()
 
 
 def settle_threads(given: int, recorded: int | None, device: torch.device, sharing: int = 1) -> int:
-    """Set torch's CPU threads for the rest of the process and return the count (a command's run
+    """Set torch's CPU threads for the rest of a training process and return the count (the run
     records it): `given` (a --threads) when positive; else `recorded` (a resumed run keeps the count
     it recorded, since the count changes float rounding and a bit-exact resume needs the same);
-    else the free cores (free_cores) shared among `sharing` processes on this machine. On CUDA
-    nothing is set."""
+    else every core this process may use, shared among `sharing` processes on this machine. On
+    CUDA nothing is set.
+
+    Not free_cores: the count holds for the run's whole life, and a sample of the machine at its
+    start says nothing about the hours after. A run started while other work was briefly busy took
+    one thread from such a sample and kept it alone on the machine for its whole life, about 0.6 of
+    the speed two threads give (the figures, and those of the other rules tried, are in
+    bench/RESULTS.md, "Training's thread count"). With every core, work that shares the machine for
+    a while slows the steps of that while, and the rest run at full speed."""
     if given > 0:
         threads = given
     elif recorded:
         threads = int(recorded)
     elif device.type == "cpu":
-        threads = max(1, free_cores() // max(1, sharing))
+        threads = max(1, cpu_cores() // max(1, sharing))
     else:
         return torch.get_num_threads()
     set_torch_threads(threads)

@@ -21,7 +21,7 @@ from .runio import RunFileError
 from .cliargs import ArgumentParser, UsageError, run_command
 from .config import GPTConfig
 from .device import pick_device
-from .gpt import MAX_NEW_TOKENS
+from .gpt import MAX_NEW_TOKENS, check_sampling_args
 from .memory import check_fits, device_available_bytes, generate_bytes
 from .tokenizer import TokenizerError, load_tokenizer
 
@@ -74,13 +74,22 @@ def check_memory(ckpt: Path, args: argparse.Namespace, device: torch.device) -> 
                advice="free some memory or use a machine with more")
 
 
-def generate_text(args: argparse.Namespace) -> str:
-    run_dir = Path(args.run)
-    ckpt = pick_checkpoint(run_dir, args.step)
+def check_arguments(args: argparse.Namespace) -> tuple[Path, torch.device]:
+    """(checkpoint, device) once every argument has passed, before anything is loaded: the run and
+    step, the device, the sampling arguments (model.gpt.check_sampling_args, the check generate
+    makes) and the memory it would take. ValueError with one sentence otherwise."""
+    ckpt = pick_checkpoint(Path(args.run), args.step)
     device = pick_device(args.device)
     if args.max_new_tokens > MAX_NEW_TOKENS:  # 10**30 would not be a long job but a hang
         raise UsageError(f"--max-new-tokens must be at most {MAX_NEW_TOKENS}, got {args.max_new_tokens}.")
+    check_sampling_args(args.max_new_tokens, args.temperature, args.top_k, args.top_p, args.seed)
     check_memory(ckpt, args, device)
+    return ckpt, device
+
+
+def generate_text(args: argparse.Namespace) -> str:
+    run_dir = Path(args.run)
+    ckpt, device = check_arguments(args)
     model, _ = load_checkpoint(ckpt, device=device)
     tok = load_tokenizer(run_dir)
     if tok.vocab_size != model.cfg.vocab_size:

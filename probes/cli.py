@@ -6,18 +6,20 @@ from __future__ import annotations
 import argparse
 import os
 import time
+from pathlib import Path
 from typing import Callable
 
 from tqdm import tqdm
 
 from model.runio import RunFileError
 from model.cliargs import ArgumentParser, run_command
-from model.device import MAX_THREADS, free_cores, guest_cores, pick_device
+from model.device import free_cores, guest_cores, pick_device
 from model.runlayout import probes_dir
+from model.runrecord import read_run
 
-from .compute import OPTIONAL_PROBES, PROBES as PROBE_NAMES
-from .ray_runner import RayCluster
-from .runner import MAX_JOBS, Progress, run_probes, watch, workers_for
+from .compute import OPTIONAL_PROBES, PROBES as PROBE_NAMES, check_only
+from .ray_runner import RayCluster, check_device
+from .runner import Progress, check_counts, check_steps, run_probes, watch, workers_for
 
 
 def parse_steps(text: str) -> list[int]:
@@ -68,11 +70,10 @@ def yield_cpu(nice: int) -> None:
     core would otherwise idle: while training samples on one thread, evaluates, writes a
     checkpoint). Linux with autogroup scheduling shares the CPU between sessions first, whatever
     their nice values, and the app's supervisor starts each child in a session of its own: there a
-    follower at nice 10 still took a whole core from training (the demo's training 306 s beside it
-    against 180 s alone). So a process that leads its session lowers the session's group too
-    (/proc/self/autogroup; a command typed in a shell does not lead its session, and the shell's
-    group is left alone). The same hour, the demo's training ended at 190 s beside a follower at
-    nice 10 with its group lowered, at 158 s beside this guest (2026-12-03)."""
+    follower at nice 10 still took a whole core from training. So a process that leads its session
+    lowers the session's group too (/proc/self/autogroup; a command typed in a shell does not lead
+    its session, and the shell's group is left alone). SCHED_IDLE on top of that leaves training
+    faster still than nice 10 with the group lowered (the figures: docs/performance.md)."""
     os.nice(nice)
     try:
         os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
@@ -125,6 +126,26 @@ def tqdm_progress() -> tuple[Progress, Callable[[], None]]:
     return progress, close
 
 
+def check_arguments(args: argparse.Namespace) -> None:
+    """Every argument, before anything is printed, written or started (a refusal after a watcher's
+    first words, a worker pool or a Ray instance would be half a command): the run, the probe
+    names, the steps (complete checkpoints of the run), --poll, --threads and --jobs, and --device,
+    --ray and --ship as the chosen runner reads them. ValueError or RunFileError, one sentence."""
+    read_run(args.run)
+    check_only(args.only)
+    check_steps(Path(args.run), args.steps)
+    if not 0 < args.poll <= 86400:  # NaN, inf or 1e300 would crash time.sleep after a whole pass
+        raise ValueError(f"--poll must be a positive number of seconds, at most 86400, got {args.poll}.")
+    check_counts(args.threads, args.jobs)
+    if args.ray is None:
+        if args.ship:
+            raise ValueError("--ship sends checkpoints through Ray's object store; it needs --ray ADDRESS.")
+        pick_device(args.device)
+    else:
+        RayCluster(args.ray, jobs=args.jobs, ship=args.ship)  # the address and --jobs; joins nothing yet
+        check_device(args.device)
+
+
 def run_on_ray(args: argparse.Namespace, progress: Progress) -> list[int]:
     """The run through probes.ray_runner: tasks of --threads CPUs (default 1); with --ray local a
     private instance of --jobs (default as the local runner's) such tasks, shut down on exit."""
@@ -132,9 +153,6 @@ def run_on_ray(args: argparse.Namespace, progress: Progress) -> list[int]:
     jobs = args.jobs
     if jobs is None and args.ray.strip() == "local":
         jobs = default_jobs(args.watch, "cpu")
-    for name, value, most in (("threads", threads, MAX_THREADS), ("jobs", jobs, MAX_JOBS)):
-        if value is not None and not 1 <= value <= most:  # checked before a private instance is started
-            raise ValueError(f"{name} must be a positive integer, at most {most}, got {value!r}.")
     with RayCluster(args.ray, jobs=jobs, threads=threads, ship=args.ship) as cluster:
         kwargs = dict(only=args.only, steps=args.steps, force=args.force, progress=progress, device=args.device,
                       threads=threads, cluster=cluster)
@@ -142,13 +160,11 @@ def run_on_ray(args: argparse.Namespace, progress: Progress) -> list[int]:
 
 
 def compute(args: argparse.Namespace, progress: Progress, own_process: bool = False) -> list[int]:
-    """The steps computed: on Ray with --ray, else here (in this process or worker processes)."""
-    if not 0 < args.poll <= 86400:  # NaN, inf or 1e300 would crash time.sleep after a whole pass
-        raise ValueError(f"--poll must be a positive number of seconds, at most 86400, got {args.poll}.")
+    """The steps computed: on Ray with --ray, else here (in this process or worker processes).
+    Every argument is checked first (check_arguments)."""
+    check_arguments(args)
     if args.ray is not None:
         return run_on_ray(args, progress)
-    if args.ship:
-        raise ValueError("--ship sends checkpoints through Ray's object store; it needs --ray ADDRESS.")
     device = pick_device(args.device)
     jobs = args.jobs if args.jobs is not None else default_jobs(args.watch, device.type)
     threads = args.threads if args.threads is not None else default_threads(jobs, args.watch)

@@ -37,8 +37,9 @@ OPTIONAL_PROBES = (*ON_DEMAND_KINDS, "llc")
 # Bumped whenever a result's meaning or keys change, so an older result is recomputed:
 # 2: exposure against the canary's randomness space; 3: induction over several periods with its
 # positional control, per-token losses; 4: head-ablation standard errors and precision, the
-# attribution estimate, the repeated held-out text loss.
-RESULT_VERSION = 4
+# attribution estimate, the repeated held-out text loss; 5: several samples a prompt with the seq-rep-4
+# standard errors, the longest greedy loop.
+RESULT_VERSION = 5
 
 
 def check_only(only: Iterable[str] | str | None) -> tuple[str, ...]:
@@ -103,7 +104,7 @@ def fit_context(tokens: torch.Tensor, n_ctx: int) -> torch.Tensor:
 @torch.no_grad()
 def compute_probes(model: Any, tokenizer: Any, inputs: ProbeInputs, step: int,
                    only: Iterable[str] | str | None = None) -> dict:
-    """Every requested probe of one checkpoint as a JSON-able dict (see the README for the keys).
+    """Every requested probe of one checkpoint as a JSON-able dict (docs/probes.md lists the keys).
 
     `model` is a `model.GPT` or a TransformerLens model with the same hook names; only
     `model(tokens)`, `run_with_hooks` and `model.cfg` are used."""

@@ -1,7 +1,7 @@
 """The thresholds of every emergence rule and the rules in words. summarize writes both into
 summary.json beside the detections, so a reader never has to guess how a step was found: the
-detectors (probes/phenomena.py, probes/failure_modes.py) read their numbers from THRESHOLDS, and
-`rules()` states each method with those numbers filled in.
+detectors (probes/phenomena.py, probes/failure_modes.py, probes/overfitting.py) read their numbers
+from THRESHOLDS, and `rules()` states each method with those numbers filled in.
 """
 from __future__ import annotations
 
@@ -28,9 +28,12 @@ THRESHOLDS = {
     "excess_min_points": 8,          # fewer checkpoints give no answer
     "mismatch_min_tone": 0.02,       # the smallest worsening of tone that counts (bits of Jensen-Shannon divergence)
     "mismatch_min_seq_rep": 0.1,     # the smallest worsening of seq-rep-4 (above the held-out text's) that counts
-    "overfit_min_gap": 0.02,         # the smallest growth of the held-out minus training loss gap that counts (nats)
+    "measured_noise_z": 4,           # a measured noise (not read off the series): this many noise levels stand out
+    "overfit_min_gap": 0.05,         # the smallest growth of the held-out minus training loss gap that counts (nats)
+    "overfit_min_rise": 0.01,        # the smallest rise of the held-out loss after its minimum that counts (nats)
     "overfit_min_memorized": 0.05,   # the smallest rise of the memorized share of seen text that counts
     "overfit_train_fit": 20,         # metrics.jsonl fallback: training loss = a line through this many logged steps
+    "collapse_loop_share": 0.5,      # greedy continuations loop when their loops take this share of them on average
     "equal_heads_quantile": EQUAL_HEADS_QUANTILE,  # the equal-heads bound on the Gini: this quantile ...
     "equal_heads_draws": EQUAL_HEADS_DRAWS,        # ... of this many simulated measurements (also the SE draws)
     "equal_heads_seed": EQUAL_HEADS_SEED,
@@ -105,7 +108,8 @@ RULES = {
         "checkpoint."),
     "loss_generation_mismatch": (
         "Generation quality, measured apart from the loss on every checkpoint's own continuations of the fixed "
-        "prompts, each measure oriented so that higher is worse (measure): tone, |repetition.tone.jsd_unigram - "
+        "prompts (\"They wave to each other.\" among them), each measure oriented so that higher is worse "
+        "(measure) and lying in [0, 1] (range): tone, |repetition.tone.jsd_unigram - "
         "repetition.tone.floor_unigram| (the Jensen-Shannon divergence in bits between the unigram distribution "
         "of the sampled continuations, top-p 0.9 at temperature 1, and that of held-out text, taken as its "
         "distance from the floor, what held-out text of the same size scores: a model that over-uses the "
@@ -116,40 +120,79 @@ RULES = {
         "(loss_metric): memorization.held_out.loss, else head_ablation.clean_loss, else metrics.jsonl val_loss "
         "at the checkpoint. Only checkpoints where learning has begun count (held-out loss at least "
         "{learning_started_loss_drop:.0%} below the first checkpoint's; learning_started_step): a random init's "
-        "text is not a quality to fall from. For each measure and checkpoint j, the reference is the lowest "
-        "median of {excess_window} consecutive checkpoints before j (the best quality so far; ties: the latest). "
-        "j is worse beyond noise when its value is at least reference + threshold, threshold = max(the measure's "
-        "minimum, {mismatch_min_tone} bits for tone and {mismatch_min_seq_rep} for seq-rep-4; {excess_noise_z} x "
-        "noise x sqrt(1/{excess_window} + 1) x widening), and its held-out loss is below the median held-out "
-        "loss of the reference window. The tone's noise is its own sampling noise, measured on held-out text "
-        "(the median of repetition.tone.floor_unigram_sd: the spread of the tone of held-out samples of the same "
-        "size), with no widening; for the other measures noise = the mean absolute deviation of the second "
-        "differences (x[i+1] - 2 x[i] + x[i-1]) from their median, the largest left out, x sqrt(pi/12) (so "
-        "neither a trend nor a change of slope reads as noise), widened by (1 + {excess_small_sample:g}/m^2), m = "
-        "the number of second differences, because with few checkpoints that estimate is itself uncertain "
-        "(on pure Gaussian noise this gives false detections in about 2 of 10^5 series of 8 checkpoints, 1.3 of "
-        "10 and fewer with more; fewer than {excess_min_points} checkpoints give no answer). A mismatch stretch "
-        "is a run of at least {persist} consecutive such checkpoints (one cut short by the last checkpoint is not counted yet). detected when "
+        "text is not a quality to fall from. Each measure's noise is measured at every checkpoint on the "
+        "generations themselves, never read off the series: tone, the standard deviation of the tone of "
+        "held-out samples of the same size (repetition.tone.floor_unigram_sd); sampled seq-rep-4, its standard "
+        "error from the several samples of each prompt (repetition.sampled.seq_rep_4_se: sqrt(mean within-prompt "
+        "variance / (prompts x samples)), the sampling noise at the fixed prompts); greedy seq-rep-4, its "
+        "standard error across the prompts (repetition.greedy.seq_rep_4_se: sd / sqrt(prompts)). noise = the "
+        "median of that over the checkpoints where learning has begun. threshold = max(the measure's minimum, "
+        "{mismatch_min_tone} bits for tone and {mismatch_min_seq_rep} for seq-rep-4; {measured_noise_z} x noise x "
+        "sqrt(1/{excess_window} + 1), the noise of one checkpoint minus a median of {excess_window}), capped at "
+        "the width of the range (capped says so, and then nothing can be told from noise; on Gaussian noise of "
+        "known size this z gives false detections in fewer than 1 of 10^4 series of up to 30 checkpoints). For "
+        "each measure and checkpoint j, the reference is the lowest median of {excess_window} consecutive "
+        "checkpoints before j (the best quality so far; ties: the latest). j is worse beyond noise when its "
+        "value is at least reference + threshold and its held-out loss is below the median held-out loss of "
+        "the reference window. A mismatch stretch is a run of at least {persist} consecutive such checkpoints "
+        "(one cut short by the last checkpoint is not counted yet); results without the measured noise give "
+        "no answer for that measure. detected when "
         "any measure has one; the earliest is reported (ties: in the order above): from_step and step bracket "
         "its start, to_step is its last checkpoint, reference_step the last checkpoint of the reference window, "
         "before the reference level and after the median over the stretch (rise = after - before), loss_before "
         "and loss_after the held-out loss there. stretches lists every stretch of every measure; by_metric "
-        "gives each measure's noise, threshold and reason."),
+        "gives each measure's range, noise (noise_metric, noise_source), threshold and reason."),
     "overfitting": (
-        "The generalization gap (metric): memorization.loss_gap (held-out minus seen loss, the memorization "
-        "probe's two sets of the same size, scored alike) where measured, else from metrics.jsonl: val_loss "
-        "minus the training loss at the same step (a least-squares line through the last {overfit_train_fit} "
-        "logged training losses, read at that step). Onset = the first stretch of the excess rule of "
-        "loss_generation_mismatch applied to the gap over all its checkpoints (at least {persist} consecutive "
-        "checkpoints whose gap exceeds the lowest earlier median of {excess_window} consecutive checkpoints by "
-        "max({overfit_min_gap} nats, {excess_noise_z} x noise x sqrt(1/{excess_window} + 1) x (1 + "
-        "{excess_small_sample:g}/m^2)), noise from the gap's second differences): the held-out loss has "
-        "stopped following the training loss. from_step and "
-        "step bracket it, before and after are the gap's levels (reference and stretch), heldout_loss_* and "
-        "train_loss_* the two losses there. The memorized share of seen text (memorization.seen.memorized_fraction "
-        "minus the held-out control memorization.held_out.memorized_fraction) must rise by the same rule, "
-        "minimum {overfit_min_memorized}, at some checkpoint (memorized_step). detected when both hold; when "
-        "memorization was not measured, the gap alone, and note says so."),
+        "Overfitting as practitioners mean it: the held-out loss stops following the training loss. Verbatim "
+        "memorization is a finding of its own (memorization), never a condition. "
+        "Onset (detected, step, from_step): the generalization gap (metric): memorization.loss_gap (held-out "
+        "minus seen loss, the memorization probe's two sets of the same size, scored alike) where measured, else "
+        "from metrics.jsonl: val_loss minus the training loss at the same step (a least-squares line through "
+        "the last {overfit_train_fit} logged training losses, read at that step). For each checkpoint j the "
+        "reference is the lowest median of {excess_window} consecutive checkpoints before j; j stands out when "
+        "its gap exceeds it by threshold = max({overfit_min_gap} nats, {excess_noise_z} x noise x "
+        "sqrt(1/{excess_window} + 1) x (1 + {excess_small_sample:g}/m^2)), noise = the gap's residual scatter "
+        "measured on the series itself (the mean absolute deviation of its second differences x[i+1] - 2 x[i] "
+        "+ x[i-1] from their median, the largest left out, x sqrt(pi/12): neither a trend nor a change of slope "
+        "reads as noise), widened because with m second differences that estimate is itself uncertain (fewer "
+        "than {excess_min_points} checkpoints give no answer). The onset is the first run of at least {persist} "
+        "consecutive such checkpoints: from_step and step bracket it, to_step ends it, before and after are "
+        "the gap's levels (reference and stretch), heldout_loss_* and train_loss_* the two losses there; "
+        "gap_detected repeats detected. "
+        "Early stopping (early_stop_step, early_stop_loss): the checkpoint of the lowest held-out loss "
+        "(heldout_loss_metric: memorization.held_out.loss, else metrics.jsonl val_loss at the checkpoints, else "
+        "head_ablation.clean_loss; ties: the earliest). heldout_rise: whether the held-out loss rises beyond noise "
+        "after it: each later checkpoint's rise above the minimum against threshold = max({overfit_min_rise} "
+        "nats, z x noise), noise measured as the paired standard error of that rise over the held-out rows "
+        "(memorization.held_out.row_losses, the same rows at every checkpoint: sd of the per-row differences / "
+        "sqrt(rows)) with z = {measured_noise_z}, else as the series' residual scatter (second differences as "
+        "above, over the checkpoints from half the minimum's step on, x sqrt(2) for a difference of two "
+        "checkpoints, widened likewise) with z = {excess_noise_z}. detected when the last checkpoint lies above "
+        "the minimum by its threshold (a rise that came back is none): step is the first of the checkpoints, "
+        "up to the last, that all do, from_step the one before it, to_step the last; rise, noise and threshold "
+        "are the last checkpoint's; reason says why not. "
+        "Memorization (memorization; the memorized_* keys repeat it): the memorized share of seen text "
+        "(memorization.seen.memorized_fraction minus the held-out control "
+        "memorization.held_out.memorized_fraction) rising by the onset's rule, minimum "
+        "{overfit_min_memorized} (step, the memorized_step), beside the canaries' first extraction "
+        "(canary_step, the memorization entry's onset)."),
+    "entropy_collapse": (
+        "Greedy continuations of the fixed prompts falling into loops, measured directly: for each continuation "
+        "the longest repeated loop it ends in (probes.metrics.longest_loop: the longest tail periodic with some "
+        "period p that holds the pattern at least twice, length >= 2p; 0 when none), and "
+        "repetition.greedy.loop_share, the mean over the prompts of that length / the continuation's length "
+        "(metric). Beside it the mean next-token entropy along the greedy path "
+        "(repetition.greedy.predictive_entropy, nats: the entropy of each distribution the greedy tokens were "
+        "read from), which collapses as the model grows sure of its own loop. Loops begin (step) at the first "
+        "checkpoint, among those where learning has begun (held-out loss at least "
+        "{learning_started_loss_drop:.0%} below the first checkpoint's), at which loop_share is >= "
+        "{collapse_loop_share} and stays there for {persist} consecutive checkpoints (or until the last one); "
+        "from_step is the checkpoint before it. They end (resolved_step) at the first later checkpoint where it "
+        "stays below for {persist} checkpoints. detected when loops begin; episodes lists every begin and end "
+        "(loops can come back); present_at_init says whether the first checkpoint already loops (a random init "
+        "echoing itself). entropy_before, entropy_during and entropy_after are the path entropy's medians over "
+        "the learned checkpoints before, within and after the first episode; loop_length_at_step the mean "
+        "longest loop there (repetition.greedy.loop_length, tokens)."),
 }
 
 

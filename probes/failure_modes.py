@@ -1,11 +1,13 @@
 """The failure modes summary.json reports, each found across checkpoints by a rule that pure noise
-does not pass: the loss-generation mismatch (the held-out loss falls while the generations get worse),
-the overfitting onset (the held-out loss stops following the training loss and seen text gets
-memorized) and head inequality (the Gini of head importance against what equal heads measured with
-the same errors would show). The rules in words are RULES in probes/emergence_rules.py.
+does not pass: the loss-generation mismatch (the held-out loss falls while the generations get worse
+beyond their measured noise) and head inequality (the Gini of head importance against what equal heads
+measured with the same errors would show). Overfitting (the gap, the early-stopping point, verbatim
+memorization) is probes/overfitting.py, on the shared helpers here. The rules in words are RULES in
+probes/emergence_rules.py.
 """
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from .emergence import excess_stretches, level
@@ -15,6 +17,7 @@ from .phenomena import rise_emergence
 from .result_series import is_matrix
 from .trajectory import is_number
 
+
 def heldout_loss(steps: list[int], series: dict[str, list], metrics: list[dict] | None) -> tuple[str | None, list]:
     """(name, values at `steps`) of the held-out loss: the memorization probe's, else the clean loss of
     head ablation, else metrics.jsonl's val_loss logged at the checkpoint's step."""
@@ -22,14 +25,20 @@ def heldout_loss(steps: list[int], series: dict[str, list], metrics: list[dict] 
         values = series.get(key)
         if values and any(v is not None for v in values):
             return key, list(values)
+    return val_loss_at(steps, metrics)
+
+
+def val_loss_at(steps: list[int], metrics: list[dict] | None) -> tuple[str | None, list]:
+    """("metrics.val_loss", metrics.jsonl's val_loss at each of `steps`), or (None, Nones) without one."""
     val = {int(r["step"]): float(r["val_loss"]) for r in metrics or []
            if isinstance(r, dict) and is_number(r.get("step")) and is_number(r.get("val_loss"))}
     values = [val.get(s) for s in steps]
     return ("metrics.val_loss", values) if any(v is not None for v in values) else (None, [None] * len(steps))
 
 
-def _excess(steps: list[int], values: list | None, min_excess: float, below: list | None = None,
-            known_noise: float | None = None) -> dict:
+def excess(steps: list[int], values: list | None, min_excess: float, below: list | None = None,
+           known_noise: float | None = None) -> dict:
+    """`excess_stretches` with the thresholds of RULES (noise from the series itself unless known)."""
     return excess_stretches(steps, values or [], min_excess, THRESHOLDS["excess_noise_z"],
                             persist=THRESHOLDS["persist"], window=THRESHOLDS["excess_window"], below=below,
                             min_points=THRESHOLDS["excess_min_points"], known_noise=known_noise,
@@ -49,6 +58,17 @@ MISMATCH_METRICS = (("repetition.tone.jsd_unigram", "mismatch_min_tone", "tone")
                     ("repetition.sampled.seq_rep_4", "mismatch_min_seq_rep", "sampled seq-rep-4"),
                     ("repetition.greedy.seq_rep_4", "mismatch_min_seq_rep", "greedy seq-rep-4"))
 TONE_FLOOR, TEXT_SEQ_REP = "repetition.tone.floor_unigram", "repetition.heldout_seq_rep_4"
+MEASURE_RANGE = (0.0, 1.0)  # every measure: a distance between JSDs in bits, or a seq-rep-4 excess
+# Each measure's own noise, measured at every checkpoint apart from the series (probes/repetition.py).
+NOISE = {
+    "repetition.tone.jsd_unigram": ("repetition.tone.floor_unigram_sd", "the spread of the tone of held-out samples "
+                                    "of the same size (repetition.tone.floor_unigram_sd): the tone's sampling noise"),
+    "repetition.sampled.seq_rep_4": ("repetition.sampled.seq_rep_4_se", "the standard error of the sampled seq-rep-4 "
+                                     "from the several samples of each prompt (repetition.sampled.seq_rep_4_se): its "
+                                     "sampling noise at the fixed prompts"),
+    "repetition.greedy.seq_rep_4": ("repetition.greedy.seq_rep_4_se", "the standard error of the greedy seq-rep-4 "
+                                    "across the prompts (repetition.greedy.seq_rep_4_se)"),
+}
 
 
 def quality_measure(key: str, series: dict[str, list]) -> tuple[list, str]:
@@ -73,16 +93,61 @@ def quality_measure(key: str, series: dict[str, list]) -> tuple[list, str]:
     return out, (f"|{key} - {ref_key}|" if "tone" in key else f"max(0, {key} - {ref_key})")
 
 
+def measured_threshold(noise: float, min_excess: float) -> tuple[float, bool]:
+    """(threshold, capped): max(min_excess, z x noise x sqrt(1/window + 1)) for a measure whose noise
+    was measured (RULES["loss_generation_mismatch"]), capped at the width of the measure's range."""
+    raw = max(min_excess, THRESHOLDS["measured_noise_z"] * noise * math.sqrt(1 / THRESHOLDS["excess_window"] + 1))
+    width = MEASURE_RANGE[1] - MEASURE_RANGE[0]
+    return min(raw, width), raw > width
+
+
 STRETCH_KEYS = ("step", "from_step", "to_step", "reference_step", "before", "after", "rise")
 MISMATCH_KEYS = ("metric", "measure", "metrics", "loss_metric", "learning_started_step", "detected", *STRETCH_KEYS,
                  "noise", "noise_source", "threshold", "loss_before", "loss_after", "loss_change", "stretches", "by_metric",
                  "reason", "note")
-TONE_NOISE = "repetition.tone.floor_unigram_sd"
+
+
+def mismatch_measure(key: str, min_key: str, label: str, steps: list[int], series: dict[str, list],
+                     loss: list, keep: list[int]) -> dict:
+    """One measure's entry of by_metric: its noise (the median of its measured noise over the checkpoints
+    `keep`), threshold and stretches, or the reason there are none."""
+    values, measure = quality_measure(key, series)
+    noise_key, source = NOISE[key]
+    entry: dict[str, Any] = {"label": label, "measure": measure, "range": list(MEASURE_RANGE),
+                             "min_excess": THRESHOLDS[min_key], "z": THRESHOLDS["measured_noise_z"],
+                             "detected": False, "noise": None, "noise_metric": noise_key, "noise_source": None,
+                             "noise_checkpoints": 0, "threshold": None, "capped": False, "n": 0, "stretches": [],
+                             "reason": None}
+    noise_values = series.get(noise_key) or [None] * len(steps)
+    measured = [noise_values[i] for i in keep if noise_values[i] is not None]
+    if not values or all(v is None for v in values):
+        entry["reason"] = "not measured" + (" (results computed before the tone measure: rerun the probes with "
+                                            "--only repetition --force)" if "tone" in key else "")
+        return entry
+    if not measured:
+        entry["reason"] = (f"its noise ({noise_key}) was not measured: rerun the probes with --only repetition "
+                           "--force")
+        return entry
+    noise = level(list(range(len(measured))), measured, None, None)
+    threshold, capped = measured_threshold(noise, THRESHOLDS[min_key])
+    found = excess_stretches([steps[i] for i in keep], [values[i] for i in keep], threshold, 0.0,
+                             persist=THRESHOLDS["persist"], window=THRESHOLDS["excess_window"],
+                             below=[loss[i] for i in keep], known_noise=0.0, below_label="the held-out loss")
+    entry.update(noise=noise, noise_source=source, noise_checkpoints=len(measured), threshold=threshold,
+                 capped=capped, n=found["n"], reason=found["reason"])
+    if capped:
+        entry["reason"] = (f"its noise ({noise:.3g}) puts the threshold beyond the measure's range [0, 1]: no "
+                           "change can be told from noise (more prompts or samples would narrow it)")
+    entry["stretches"] = [{"metric": key, "measure": measure, **{k: st[k] for k in STRETCH_KEYS}, "n": st["n"],
+                           "loss_before": st["below_before"], "loss_after": st["below_after"]}
+                          for st in found["stretches"]] if not capped else []
+    entry["detected"] = bool(entry["stretches"])
+    return entry
 
 
 def mismatch_emergence(steps: list[int], series: dict[str, list], metrics: list[dict] | None = None) -> dict:
     """Stretches of checkpoints where the held-out loss falls while a generation-quality measure gets
-    worse beyond noise (RULES["loss_generation_mismatch"]); every key always present."""
+    worse beyond its measured noise (RULES["loss_generation_mismatch"]); every key always present."""
     out: dict[str, Any] = {k: None for k in MISMATCH_KEYS}
     out.update(metrics=[m for m, _, _ in MISMATCH_METRICS], detected=False, stretches=[], by_metric={})
     loss_key, loss = heldout_loss(steps, series, metrics)
@@ -91,29 +156,14 @@ def mismatch_emergence(steps: list[int], series: dict[str, list], metrics: list[
     keep = [i for i, s in enumerate(steps) if begun is not None and s >= begun]
     reasons = []
     for key, min_key, label in MISMATCH_METRICS:
-        values, measure = quality_measure(key, series)
-        entry: dict[str, Any] = {"label": label, "measure": measure, "min_excess": THRESHOLDS[min_key],
-                                 "detected": False, "noise": None, "noise_source": None, "threshold": None, "n": 0,
-                                 "stretches": [], "reason": None}
-        floor = [v for v in series.get(TONE_NOISE) or [] if v is not None] if "tone" in key else []
-        known = level(list(range(len(floor))), floor, None, None) if floor else None
-        if not values or all(v is None for v in values):
-            entry["reason"] = "not measured" + (" (results computed before the tone measure: rerun the probes with "
-                                                "--only repetition --force)" if "tone" in key else "")
-        elif loss_key is None:
-            entry["reason"] = "no held-out loss to compare with"
-        elif begun is None:
-            entry["reason"] = "learning has not begun (the held-out loss never falls 10% below the first checkpoint's)"
+        if loss_key is None or begun is None:
+            values, measure = quality_measure(key, series)
+            entry = {"label": label, "measure": measure, "range": list(MEASURE_RANGE), "detected": False,
+                     "noise": None, "noise_source": None, "threshold": None, "n": 0, "stretches": [],
+                     "reason": "no held-out loss to compare with" if loss_key is None else
+                     "learning has not begun (the held-out loss never falls 10% below the first checkpoint's)"}
         else:
-            found = _excess([steps[i] for i in keep], [values[i] for i in keep], THRESHOLDS[min_key],
-                            below=[loss[i] for i in keep], known_noise=known)
-            entry.update(noise=found["noise"], threshold=found["threshold"], n=found["n"], reason=found["reason"],
-                         noise_source=(f"{TONE_NOISE} (median): the tone's sampling noise, measured on held-out text"
-                                       if known is not None else "the successive differences of the series"))
-            entry["stretches"] = [{"metric": key, "measure": measure, **{k: st[k] for k in STRETCH_KEYS}, "n": st["n"],
-                                   "loss_before": st["below_before"], "loss_after": st["below_after"]}
-                                  for st in found["stretches"]]
-            entry["detected"] = bool(entry["stretches"])
+            entry = mismatch_measure(key, min_key, label, steps, series, loss, keep)
         out["by_metric"][key] = entry
         out["stretches"] += entry["stretches"]
         if entry["reason"]:
@@ -122,105 +172,15 @@ def mismatch_emergence(steps: list[int], series: dict[str, list], metrics: list[
     out["stretches"].sort(key=lambda st: (st["step"], order[st["metric"]]))
     if out["stretches"]:
         first = out["stretches"][0]
+        chosen = out["by_metric"][first["metric"]]
         out.update({k: first[k] for k in STRETCH_KEYS}, metric=first["metric"], measure=first["measure"], detected=True,
                    loss_before=first["loss_before"], loss_after=first["loss_after"],
-                   loss_change=first["loss_after"] - first["loss_before"],
-                   noise=out["by_metric"][first["metric"]]["noise"],
-                   noise_source=out["by_metric"][first["metric"]]["noise_source"],
-                   threshold=out["by_metric"][first["metric"]]["threshold"])
+                   loss_change=first["loss_after"] - first["loss_before"], noise=chosen["noise"],
+                   noise_source=chosen["noise_source"], threshold=chosen["threshold"])
     else:
         out["reason"] = "; ".join(reasons) or "no stretch found"
-    if not out["by_metric"][MISMATCH_METRICS[0][0]]["n"] and loss_key is not None:
+    if not out["by_metric"][MISMATCH_METRICS[0][0]]["n"] and loss_key is not None and begun is not None:
         out["note"] = "tone not measured: only the repetition measures were compared"
-    return out
-
-
-def train_loss_at(train: list[tuple[int, float]], step: int, n: int) -> float | None:
-    """The training loss at `step` from the logged per-step losses: a least-squares line through the
-    last `n` logged steps at or before it, read at `step` (a mean would lag behind a falling loss)."""
-    pts = [p for p in train if p[0] <= step][-n:]
-    if len(pts) < 3:
-        return None
-    xs, ys = [p[0] for p in pts], [p[1] for p in pts]
-    mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
-    sxx = sum((x - mx) ** 2 for x in xs)
-    slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sxx if sxx else 0.0
-    return my + slope * (step - mx)
-
-
-def metrics_gap(metrics: list[dict] | None, n: int) -> tuple[list[int], list[float], list[float], list[float]]:
-    """(steps, val_loss - training loss, val_loss, training loss) at every logged evaluation of
-    metrics.jsonl that has enough training losses before it."""
-    rows = [r for r in metrics or [] if isinstance(r, dict) and is_number(r.get("step"))]
-    train = sorted((int(r["step"]), float(r["loss"])) for r in rows if is_number(r.get("loss")))
-    out: tuple[list, list, list, list] = ([], [], [], [])
-    for r in sorted(rows, key=lambda r: r["step"]):
-        if not is_number(r.get("val_loss")):
-            continue
-        t = train_loss_at(train, int(r["step"]), n)
-        if t is not None:
-            for lst, v in zip(out, (int(r["step"]), float(r["val_loss"]) - t, float(r["val_loss"]), t)):
-                lst.append(v)
-    return out
-
-
-OVERFIT_KEYS = ("metric", "gap_source", "detected", *STRETCH_KEYS, "noise", "threshold", "n", "heldout_loss_before",
-                "heldout_loss_after", "train_loss_before", "train_loss_after", "gap_detected", "reason", "note",
-                "memorized_metric", "memorized_detected", "memorized_step", "memorized_from_step", "memorized_before",
-                "memorized_after", "memorized_rise", "memorized_noise", "memorized_threshold", "memorized_reason",
-                "seen_memorized_last", "held_out_memorized_last")
-
-
-def overfitting_emergence(steps: list[int], series: dict[str, list], metrics: list[dict] | None = None) -> dict:
-    """The overfitting onset (RULES["overfitting"]): where the held-out minus training loss gap grows
-    beyond noise and the memorized share of seen text rises; every key always present."""
-    out: dict[str, Any] = {k: None for k in OVERFIT_KEYS}
-    out.update(detected=False, gap_detected=False, memorized_detected=False,
-               memorized_metric="memorization.seen.memorized_fraction - memorization.held_out.memorized_fraction")
-    gap = series.get("memorization.loss_gap")
-    if gap and any(v is not None for v in gap):
-        gap_steps, held, train = steps, series.get("memorization.held_out.loss"), series.get("memorization.seen.loss")
-        out["metric"] = "memorization.loss_gap"
-        out["gap_source"] = "memorization probe: held-out minus seen loss on sets of the same size"
-    else:
-        gap_steps, gap, held, train = metrics_gap(metrics, THRESHOLDS["overfit_train_fit"])
-        out["metric"] = "metrics.val_loss - train loss"
-        out["gap_source"] = (f"metrics.jsonl: val_loss minus a line through the last {THRESHOLDS['overfit_train_fit']} "
-                             "logged training losses")
-    found = _excess(gap_steps, gap, THRESHOLDS["overfit_min_gap"])
-    out.update(noise=found["noise"], threshold=found["threshold"], n=found["n"])
-    if found["stretches"]:
-        first = found["stretches"][0]
-        out.update({k: first[k] for k in STRETCH_KEYS}, gap_detected=True)
-        ref_lo = gap_steps[max(0, gap_steps.index(first["reference_step"]) - THRESHOLDS["excess_window"] + 1)]
-        out["heldout_loss_before"] = level(gap_steps, held, ref_lo, first["reference_step"])
-        out["heldout_loss_after"] = level(gap_steps, held, first["step"], first["to_step"])
-        out["train_loss_before"] = level(gap_steps, train, ref_lo, first["reference_step"])
-        out["train_loss_after"] = level(gap_steps, train, first["step"], first["to_step"])
-    seen = series.get("memorization.seen.memorized_fraction")
-    ctrl = series.get("memorization.held_out.memorized_fraction")
-    excess = [None if a is None or b is None else a - b for a, b in zip(seen or [], ctrl or [])]
-    measured = any(v is not None for v in excess)
-    if measured:
-        mem = _excess(steps, excess, THRESHOLDS["overfit_min_memorized"])
-        out.update(memorized_noise=mem["noise"], memorized_threshold=mem["threshold"], memorized_reason=mem["reason"])
-        if mem["stretches"]:
-            m = mem["stretches"][0]
-            out.update(memorized_detected=True, memorized_step=m["step"], memorized_from_step=m["from_step"],
-                       memorized_before=m["before"], memorized_after=m["after"], memorized_rise=m["rise"])
-        known = [(a, b) for a, b in zip(seen, ctrl) if a is not None and b is not None]
-        out["seen_memorized_last"], out["held_out_memorized_last"] = known[-1]
-    else:
-        out["memorized_reason"] = "memorization not measured"
-        out["note"] = "the memorized share of seen text was not measured: the gap alone decides"
-    out["detected"] = out["gap_detected"] and (out["memorized_detected"] or not measured)
-    if not out["detected"]:
-        if not out["gap_detected"]:
-            out["reason"] = f"the gap does not grow beyond noise: {found['reason']}" if found["reason"] else \
-                "no gap series (neither the memorization probe nor metrics.jsonl has one)"
-        else:
-            out["reason"] = (f"the gap grows from step {out['step']}, but the memorized share of seen text does not "
-                             f"rise: {out['memorized_reason']}")
     return out
 
 

@@ -58,7 +58,7 @@ EXPOSURE_CANDIDATES = 32
 @dataclass(frozen=True)
 class ProbeSizes:
     """How much data each probe looks at. The defaults keep all probes of one `nano` checkpoint
-    to a few seconds on a 2-core CPU (see the README for the measured times)."""
+    to a few seconds on a 2-core CPU (docs/performance.md has the measured times)."""
 
     n_ablation: int = 16          # held-out sequences per head-ablation block (3 kinds x every head) ...
     # ... blocks are added until every delta's standard error is <= this (nats). 0.02 keeps heads whose

@@ -188,20 +188,45 @@ def repeated_ngram_mask(tokens: Sequence[int], n: int = 4) -> list[bool]:
     return mask
 
 
+def periodic_tail(tokens: Sequence[int], period: int) -> int:
+    """Length of the longest tail of `tokens` that is periodic with `period`: its last token and every
+    one before it back to the tail's start equal the token `period` places earlier, plus the `period`
+    tokens of the first copy (so a tail of span s holds s / period copies of one pattern, the last
+    perhaps cut short). At most len(tokens); `period` when nothing repeats."""
+    toks = [int(t) for t in tokens]
+    n, k = len(toks), 0
+    while k < n - period and toks[n - 1 - k] == toks[n - 1 - k - period]:
+        k += 1
+    return min(n, k + period)
+
+
+def longest_loop(tokens: Sequence[int], min_repeats: int = 2) -> tuple[int, int]:
+    """(period, length) of the longest repeated loop a continuation ends in; (0, 0) when there is none.
+
+    A loop of period p is a tail periodic with p (`periodic_tail`) that holds the pattern at least
+    `min_repeats` times: length >= min_repeats x p. The longest such tail over every period is
+    reported (ties: the smallest period), so [1, 2, 3, 1, 2, 3, 1, 2, 3] is a loop of period 3 and
+    length 9, a constant run of 10 tokens one of period 1 and length 10, and text whose end repeats
+    nothing has length 0. Greedy decoding that falls into a loop stays in it (Holtzman et al. 2020),
+    so the length says how much of the continuation the loop has taken."""
+    best = (0, 0)
+    for p in range(1, len(tokens) // max(min_repeats, 1) + 1):
+        span = periodic_tail(tokens, p)
+        if span >= min_repeats * p and span > best[1]:
+            best = (p, span)
+    return best
+
+
 def find_loop(tokens: Sequence[int], min_repeats: int = 2, min_span: int = 16) -> tuple[int, int] | None:
     """(start, period) of the periodic tail a continuation ends in, or None.
 
     Holtzman et al. (2020) call such tails repetition loops: once greedy decoding repeats a
     phrase it keeps repeating it. A tail counts as a loop when it is periodic with some period p
-    (tokens[i] == tokens[i-p] throughout), covers at least `min_repeats` periods and at least
-    `min_span` tokens. The smallest such period is reported."""
-    toks = [int(t) for t in tokens]
-    n = len(toks)
+    (`periodic_tail`), covers at least `min_repeats` periods and at least `min_span` tokens. The
+    smallest such period is reported (`longest_loop` gives the longest loop instead)."""
+    n = len(tokens)
     for p in range(1, n // max(min_repeats, 1) + 1):
-        k = 0
-        while k < n - p and toks[n - 1 - k] == toks[n - 1 - k - p]:
-            k += 1
-        span = k + p
+        span = periodic_tail(tokens, p)
         if span >= min_repeats * p and span >= min_span:
             return n - span, p
     return None

@@ -1,8 +1,9 @@
-"""When each phenomenon of the seed emerges across checkpoints: repetitive generations, the
-induction phase change (with in-context copying, the ICL score and the repeated-text gap beside
-it) and canary memorization, each from the series summary.json lines up, by the rules of
-RULES in probes/emergence_rules.py. `rise_emergence` is the phase-change rule on one series, which
-the head-concentration entry (probes/failure_modes.py) applies to the Gini of head importance.
+"""When each phenomenon of the seed emerges across checkpoints: repetitive generations, greedy loops
+(entropy collapse: when they begin and end), the induction phase change (with in-context copying, the
+ICL score and the repeated-text gap beside it) and canary memorization, each from the series
+summary.json lines up, by the rules of RULES in probes/emergence_rules.py. `rise_emergence` is the
+phase-change rule on one series, which the head-concentration entry (probes/failure_modes.py) applies
+to the Gini of head importance.
 """
 from __future__ import annotations
 
@@ -135,3 +136,54 @@ def memorization_emergence(steps: list[int], series: dict[str, list]) -> dict:
     return {"metric": "memorization.canaries.copies_N.extracted_fraction", "threshold": th, "step": onset,
             "copies": sorted(int(c) for c, s in by_copies.items() if s == onset) if onset is not None else [],
             "by_copies": by_copies}
+
+
+COLLAPSE_KEYS = ("metric", "entropy_metric", "threshold", "persist", "detected", "step", "from_step", "resolved_step",
+                 "learning_started_step", "present_at_init", "episodes", "loop_length_at_step", "entropy_before",
+                 "entropy_during", "entropy_after", "reason")
+
+
+def entropy_collapse_emergence(steps: list[int], series: dict[str, list]) -> dict:
+    """When greedy continuations fall into loops and when they leave them (RULES["entropy_collapse"]),
+    with the entropy along the greedy path before, during and after; every key always present."""
+    key, ent_key = "repetition.greedy.loop_share", "repetition.greedy.predictive_entropy"
+    th, persist = THRESHOLDS["collapse_loop_share"], THRESHOLDS["persist"]
+    out: dict[str, Any] = {k: None for k in COLLAPSE_KEYS}
+    out.update(metric=key, entropy_metric=ent_key, threshold=th, persist=persist, detected=False,
+               present_at_init=False, episodes=[])
+    known = [(s, v) for s, v in zip(steps, series.get(key) or []) if v is not None]
+    if not known:
+        out["reason"] = ("not measured (results computed before the loop length: rerun the probes with --only "
+                         "repetition --force)")
+        return out
+    begun = learning_started(steps, series)
+    has_loss = any(v is not None for k in ("head_ablation.clean_loss", "memorization.held_out.loss")
+                   for v in series.get(k) or [])
+    out["learning_started_step"], out["present_at_init"] = begun, known[0][1] >= th
+    learned = [] if has_loss and begun is None else [(s, v) for s, v in known if begun is None or s >= begun]
+    after = None
+    while True:
+        rest = [(s, v) for s, v in learned if after is None or s > after]
+        start = sustained_crossing([s for s, _ in rest], [v for _, v in rest], th, persist)
+        if start is None:
+            break
+        end = sustained_fall([s for s, _ in rest], [v for _, v in rest], th, start, persist)
+        out["episodes"].append({"step": start, "from_step": max((s for s, _ in known if s < start), default=None),
+                                "resolved_step": end})
+        if end is None:
+            break
+        after = end
+    if not out["episodes"]:
+        out["reason"] = (f"the greedy loops never take {th:.0%} of the continuations for {persist} checkpoints "
+                         "where learning has begun" if learned else "learning has not begun")
+        return out
+    first = out["episodes"][0]
+    out.update(detected=True, step=first["step"], from_step=first["from_step"], resolved_step=first["resolved_step"])
+    ent, lo = series.get(ent_key), begun if begun is not None else steps[0]
+    prev = max((s for s in steps if s < first["step"]), default=None)
+    out["entropy_before"] = level(steps, ent, lo, prev) if prev is not None and prev >= lo else None
+    last = None if first["resolved_step"] is None else max(s for s in steps if s < first["resolved_step"])
+    out["entropy_during"] = level(steps, ent, first["step"], last)
+    out["entropy_after"] = level(steps, ent, first["resolved_step"], None) if first["resolved_step"] else None
+    out["loop_length_at_step"] = value_at(steps, series.get("repetition.greedy.loop_length"), first["step"])
+    return out

@@ -19,6 +19,12 @@ mounts at the same place; it is also what `--watch` needs to follow training on 
 or, with `ship=True` (`--ship`), the driver sends the run's data files once and each checkpoint's
 verified bytes through Ray's object store, and each worker unpacks them into a private temporary
 folder (for clusters without shared storage; bench/ray_probes.py measures what it costs).
+
+Where the code lives: with `ray://HOST:PORT` (Ray Client, the `ray[client]` extra on both sides)
+the job carries this checkout's `model` and `probes` packages (`code_env`), so the cluster needs
+only the dependencies and runs the driver's probes, never another version; with `auto` this
+machine is a node and the cluster imports the installed project. Ray sends no token to an address
+it is given: a cluster with token authentication needs RAY_AUTH_MODE=token and RAY_AUTH_TOKEN here.
 """
 from __future__ import annotations
 
@@ -31,6 +37,7 @@ import shutil
 import sys
 import tempfile
 import uuid
+import warnings
 from pathlib import Path
 from typing import Any, Callable
 
@@ -53,6 +60,7 @@ MAX_RETRIES = 3          # Ray reruns a task whose worker process or node died t
 MAX_TASKS_PER_GPU = 8    # small models share a GPU; more tasks than this gain nothing but contention
 WAIT_S = 0.5             # ray.wait timeout, so Ctrl-C is seen between waits
 IN_FLIGHT = 2            # tasks submitted per slot: one running, one queued behind it
+CODE_PACKAGES = ("model", "probes")  # what a task imports of this project (probes imports only model)
 _URL = re.compile(r"^ray://(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9](?:[A-Za-z0-9.\-]*[A-Za-z0-9])?):(\d{1,5})$")
 
 
@@ -65,6 +73,23 @@ def parse_address(text: str) -> str:
     if m and 1 <= int(m.group(2)) <= 65535:
         return address
     raise ValueError(f"--ray takes local, auto or ray://HOST:PORT, got {text!r}.")
+
+
+def check_device(spec: str) -> str:
+    """--device with --ray: auto, cpu or cuda (Ray gives each task its GPU); ValueError otherwise.
+    Checked before any cluster is joined; which one it means is the cluster's to say (device_kind)."""
+    text = str(spec).strip()
+    if text not in ("auto", "cpu", "cuda"):
+        raise ValueError(f"with --ray, --device takes auto, cpu or cuda (Ray gives each task its GPU), got {spec!r}.")
+    return text
+
+
+def code_env() -> dict:
+    """(ray://) The job's runtime_env: this project's packages as the driver has them, sent with the
+    job, so that the cluster needs only the dependencies (torch, safetensors, ray[client]) and its
+    tasks never run another version of the probes than the driver's."""
+    root = Path(__file__).resolve().parents[1]
+    return {"py_modules": [str(root / name) for name in CODE_PACKAGES], "excludes": ["__pycache__"]}
 
 
 def import_ray() -> Any:
@@ -194,18 +219,27 @@ class RayCluster:
         if ray.is_initialized():
             return self
         quiet = dict(logging_level=logging.ERROR, log_to_driver=False)
+        no_token = getattr(ray.exceptions, "AuthenticationError", RuntimeError)  # RAY_AUTH_MODE=token, no token
         try:
             if self.address == "local":
                 ray.init(address="local", num_cpus=self.jobs * self.threads, include_dashboard=False, **quiet)
-            else:
-                ray.init(address=self.address, **quiet)
-        except (ConnectionError, RuntimeError, ValueError) as e:
+            elif self.address == "auto":
+                ray.init(address="auto", **quiet)
+            else:  # Ray Client: its warning on a failed connect would make the refusal more than a sentence
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    ray.init(address=self.address, runtime_env=code_env(), **quiet)
+        except (ConnectionError, RuntimeError, ValueError, no_token) as e:
             if "ray[client]" in str(e):
                 raise ValueError(f"--ray {self.address} goes through Ray Client, which is not installed here; "
                                  "install it with pip install 'ray[client]' (on the cluster too).") from None
-            first = (str(e).strip().splitlines() or [type(e).__name__])[0].rstrip(".")
-            raise ValueError(f"--ray {self.address}: no Ray cluster could be joined ({first}); start one with "
-                             "`ray start --head` or use --ray local.") from None
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0].split(". ")[0].rstrip(".")
+            advice = ("start one with `ray start --head` or use --ray local" if self.address == "auto" else
+                      "check that its head runs a Ray Client server on that port (`ray start --head "
+                      "--ray-client-server-port`, 10001 by default) that this machine reaches, and for a "
+                      "cluster with token authentication (Ray's default once ~/.ray/auth_token exists) set "
+                      "RAY_AUTH_MODE=token and RAY_AUTH_TOKEN to its token")
+            raise ValueError(f"--ray {self.address}: no Ray cluster could be joined ({first}); {advice}.") from None
         except BaseException:  # Ctrl-C while a private instance was starting: take down what did start
             ray.shutdown()
             raise
@@ -219,10 +253,7 @@ class RayCluster:
 
     def device_kind(self, spec: str) -> str:
         """cpu or cuda for the tasks, from --device and the cluster's GPUs (not this machine's)."""
-        text = str(spec).strip()
-        if text not in ("auto", "cpu", "cuda"):
-            raise ValueError(f"with --ray, --device takes auto, cpu or cuda (Ray gives each task its GPU), "
-                             f"got {spec!r}.")
+        text = check_device(spec)
         gpus = self.ray.cluster_resources().get("GPU", 0)
         if text == "cuda" and not gpus:
             raise ValueError("--device cuda was requested, but the Ray cluster has no GPU; use --device cpu or auto.")

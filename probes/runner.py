@@ -53,8 +53,8 @@ MAX_WORKERS = 2     # checkpoints are independent, and two one-thread workers us
 def workers_for(free: int) -> int:
     """One one-thread worker process per idle core, up to MAX_WORKERS: two busy threads per process
     thrash a small machine, and one-thread results are the same bits whichever process computed
-    them. On 2 cores two workers probed the demo's 16 checkpoints in 62.9 s, one process on two
-    threads in 78.0 s (2026-12-03)."""
+    them. On 2 cores two one-thread workers probe the demo's checkpoints faster than one process on
+    two threads (the figures: docs/performance.md)."""
     return max(1, min(MAX_WORKERS, free))
 
 Progress = Callable[[int, int, "int | None"], None]
@@ -64,19 +64,35 @@ def stderr_log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
+def check_steps(run_dir: Path, steps: Iterable[int] | None) -> list[Path]:
+    """The run's complete checkpoints of `steps` (all of them when None); ValueError (one sentence)
+    naming a step the run has no complete checkpoint at."""
+    ckpts = list_checkpoints(run_dir)
+    if steps is None:
+        return ckpts
+    steps = sorted({int(s) for s in steps})
+    have = {step_of(p) for p in ckpts}
+    missing = [s for s in steps if s not in have]
+    if missing:
+        raise ValueError(f"{run_dir} has no complete checkpoint at step {missing[0]}; it has steps "
+                         f"{', '.join(str(s) for s in sorted(have)) or 'none'}.")
+    return [p for p in ckpts if step_of(p) in steps]
+
+
+def check_counts(threads: int | None, jobs: int | None) -> None:
+    """ValueError (one sentence) unless `threads` and `jobs` (None: not given) are positive
+    integers within MAX_THREADS (torch crashes, a segfault, on absurd thread counts) and MAX_JOBS
+    (one process each: a typo must not start thousands)."""
+    for name, value, most in (("threads", threads, MAX_THREADS), ("jobs", jobs, MAX_JOBS)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= most):
+            raise ValueError(f"{name} must be a positive integer, at most {most}, got {value!r}.")
+
+
 def pending_checkpoints(run_dir: Path, want: tuple[str, ...], steps: Iterable[int] | None,
                         force: bool) -> list[Path]:
     """Complete checkpoints (of `steps`, when given) whose results lack a requested probe."""
-    ckpts = list_checkpoints(run_dir)
-    if steps is not None:
-        steps = sorted({int(s) for s in steps})
-        have = {step_of(p) for p in ckpts}
-        missing = [s for s in steps if s not in have]
-        if missing:
-            raise ValueError(f"{run_dir} has no complete checkpoint at step {missing[0]}; it has steps "
-                             f"{', '.join(str(s) for s in sorted(have)) or 'none'}.")
-        ckpts = [p for p in ckpts if step_of(p) in steps]
-    return [p for p in ckpts if force or not is_done(read_result(result_path(run_dir, step_of(p))), want)]
+    return [p for p in check_steps(run_dir, steps)
+            if force or not is_done(read_result(result_path(run_dir, step_of(p))), want)]
 
 
 def checkpoint_result(path: Path, tokenizer, inputs, want: tuple[str, ...], device: str) -> tuple[int, dict]:
@@ -163,8 +179,7 @@ def _probe_in_pool(run_dir: Path, todo: list[Path], want, device, sizes, report,
     """`jobs` one-thread worker processes, spawned, or with `fork` forked from this process with
     its tokenizer and the run's inputs (only for a process that has never run more than one torch
     thread: an OpenMP pool does not survive a fork). (This process taking checkpoints too while
-    one worker fewer starts was tried: 70.2 s against 65.9 s for the demo's 16 checkpoints, medians
-    of 4 pairs, 2026-12-03.)"""
+    one worker fewer starts was tried, and was slower: docs/performance.md.)"""
     if fork:
         tokenizer = load_tokenizer(run_dir)
         inputs = probe_inputs(run_dir, sizes, tokenizer)  # bad run data fails here, not in a worker
@@ -208,13 +223,7 @@ def run_probes(run_dir: str | os.PathLike, only: Iterable[str] | str | None = No
     still to do (a watcher's pass beside training). `fork` starts the workers by forking this
     process (Linux only; for a process that has run on one torch thread all along: a watcher's
     guest, whose workers then skip the ~6 s of imports and loading a spawned worker needs)."""
-    for name, value in (("threads", threads), ("jobs", jobs)):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-            raise ValueError(f"{name} must be a positive integer, got {value!r}.")
-    if threads is not None and threads > MAX_THREADS:  # torch crashes (segfault) on absurd thread counts
-        raise ValueError(f"threads must be at most {MAX_THREADS}, got {threads}.")
-    if jobs > MAX_JOBS:  # one process each: a typo must not start thousands
-        raise ValueError(f"jobs must be at most {MAX_JOBS}, got {jobs}.")
+    check_counts(threads, jobs)
     with torch_threads(threads):
         return _run_probes(Path(run_dir), only, steps, force, progress, device, sizes, log, skip, jobs,
                            cluster, threads or 1, most, fork and sys.platform.startswith("linux"))

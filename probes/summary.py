@@ -3,19 +3,21 @@
 thresholds written into summary.json itself so a reader never has to guess how it was found.
 
 This module assembles and writes it; the result files are read as series by probes/result_series.py,
-the phenomena found by probes/phenomena.py, the failure modes by probes/failure_modes.py, with the
-thresholds and rules of probes/emergence_rules.py.
+the phenomena found by probes/phenomena.py, the failure modes by probes/failure_modes.py and
+probes/overfitting.py, with the thresholds and rules of probes/emergence_rules.py.
 """
 from __future__ import annotations
 
 import os
 
+from model.checkpoint import run_integrity
 from model.runio import read_jsonl, write_json_atomic
 from model.runlayout import metrics_jsonl, summary_path
 
 from .emergence_rules import THRESHOLDS, rules
-from .failure_modes import concentration_emergence, mismatch_emergence, overfitting_emergence
-from .phenomena import induction_emergence, memorization_emergence, repetition_emergence
+from .failure_modes import concentration_emergence, mismatch_emergence
+from .overfitting import overfitting_emergence
+from .phenomena import entropy_collapse_emergence, induction_emergence, memorization_emergence, repetition_emergence
 from .result_series import flatten
 from .results import read_results
 from .stages import stages
@@ -25,16 +27,18 @@ SUMMARY_VERSION = 1
 
 
 def emergence(steps: list[int], series: dict[str, list], heads: dict[str, list],
-              metrics: list[dict] | None = None) -> dict:
+              metrics: list[dict] | None = None, row_losses: list | None = None) -> dict:
     """Each phenomenon's detection, with its rule in words beside it (the app shows it). `metrics` are
-    the rows of metrics.jsonl (for the loss-based rules where the probes measured no loss)."""
+    the rows of metrics.jsonl (for the loss-based rules where the probes measured no loss); `row_losses`
+    each step's memorization.held_out.row_losses (the overfitting rule's paired noise)."""
     found = {
         "repetition": repetition_emergence(steps, series),
         "induction": induction_emergence(steps, series, heads),
         "memorization": memorization_emergence(steps, series),
         "head_concentration": concentration_emergence(steps, series, heads),
         "loss_generation_mismatch": mismatch_emergence(steps, series, metrics),
-        "overfitting": overfitting_emergence(steps, series, metrics),
+        "overfitting": overfitting_emergence(steps, series, metrics, row_losses),
+        "entropy_collapse": entropy_collapse_emergence(steps, series),
     }
     text = rules()
     for name, entry in found.items():
@@ -56,7 +60,8 @@ def summarize(results: dict[int, dict], metrics: list[dict] | None = None) -> di
     head_keys = sorted({k for _, hd in per_step for k in hd})
     series = {k: [sc.get(k) for sc, _ in per_step] for k in scalar_keys}
     heads = {k: [hd.get(k) for _, hd in per_step] for k in head_keys}
-    found = emergence(steps, series, heads, metrics)
+    rows = [((results[s].get("memorization") or {}).get("held_out") or {}).get("row_losses") for s in steps]
+    found = emergence(steps, series, heads, metrics, rows)
     return {
         "version": SUMMARY_VERSION,
         "steps": steps,
@@ -75,5 +80,6 @@ def summarize(results: dict[int, dict], metrics: list[dict] | None = None) -> di
 def write_summary(run_dir: str | os.PathLike) -> dict:
     """Summarize every result file of a run into probes/summary.json (atomically) and return it."""
     summary = summarize(read_results(run_dir), read_jsonl(metrics_jsonl(run_dir)))
+    summary["integrity"] = run_integrity(run_dir)  # checkpoints that share weights (model/integrity.py)
     write_json_atomic(summary_path(run_dir), summary)
     return summary

@@ -103,7 +103,7 @@ def test_generation_ablation_hooks_zero_or_mean_the_chosen_heads_only(tmp_path):
     import torch
     run_dir = write_fake_run(tmp_path, "r", steps=(0,), with_probes=False)
     model, _ = load_checkpoint(checkpoint_dir(run_dir, 0))
-    tokens = torch.randint(0, model.cfg.vocab_size, (2, 10))
+    tokens = torch.randint(0, model.cfg.vocab_size, (2, 10), generator=torch.Generator().manual_seed(0))
     seen = {}
 
     def grab(z, hook):

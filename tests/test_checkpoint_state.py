@@ -19,7 +19,7 @@ from _checkpoints import edit_json, evil_bytes, sha256
 
 
 # -- training state ------------------------------------------------------------------------------
-STATE = {"step": 7, "optimizer": {"state": {0: {"exp_avg": torch.randn(3, 4)}}, "param_groups": [{"lr": 1e-3}]},
+STATE = {"step": 7, "optimizer": {"state": {0: {"exp_avg": torch.randn(3, 4, generator=torch.Generator().manual_seed(0))}}, "param_groups": [{"lr": 1e-3}]},
          "rng": {"torch": torch.get_rng_state(), "python": [3, (1, 2), None]}, "data_position": 1234, "name": "x"}
 
 

@@ -6,8 +6,10 @@ whole checkpoint folder, a probe result file). An audit hook records every file 
 meanwhile; none may resolve into the secret run, and no page may show an exception.
 
 Beside it, hypothesis throws random names at the run-name check: each is refused with ValueError
-or resolves to a folder directly inside the runs folder. (tests/test_app_runfolder.py covers the
-named cases one by one; this adds the whole-app audit and the fuzzing.)
+or resolves to a folder directly inside the runs folder, on a fixed seed in `make test` and a fresh
+one in `make stress`, either printed; HYPOTHESIS_SEED=N replays it (tests/_fuzzing.py).
+(tests/test_app_runfolder.py covers the named cases one by one; this adds the whole-app audit and
+the fuzzing.)
 """
 from __future__ import annotations
 
@@ -17,13 +19,14 @@ import sys
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 from streamlit.testing.v1 import AppTest
 
 from app.runfolder import run_files, safe_run_dir
 from model.checkpoint import checkpoint_dir
 
+import _fuzzing
 from app_fixtures import write_fake_run
 
 APP = str(Path(__file__).resolve().parents[1] / "app" / "streamlit_app.py")
@@ -136,7 +139,7 @@ names = st.one_of(
 def test_random_run_names_are_refused_or_stay_inside(world, n):
     root = world["runs"]
 
-    @settings(max_examples=n, deadline=2000, database=None, suppress_health_check=list(HealthCheck))
+    @_fuzzing.fuzz(n, stress=n == 5000, deadline_ms=2000)
     @given(name=names)
     def check(name):
         try:

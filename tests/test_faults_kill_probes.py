@@ -89,7 +89,7 @@ def check_after_kill(run: Path, ref: dict, note: str) -> list[int]:
 
 
 def kill_campaign(template: Path, tmp_path: Path, ref: dict, kills: int) -> list[str]:
-    seed = faults.draw_seed("KILL_SEED")
+    seed = faults.draw_seed("KILL_SEED", stress=kills > 2)
     with faults.replayable("KILL_SEED", seed):
         return kill_and_finish(template, tmp_path, ref, kills, seed)
 

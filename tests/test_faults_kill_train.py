@@ -158,7 +158,7 @@ def pick_moment(rng: random.Random, run: Path, ref: Reference) -> tuple[str, flo
 
 
 def kill_campaign(tmp_path: Path, ref: Reference, kills: int) -> list[str]:
-    seed = faults.draw_seed("KILL_SEED")
+    seed = faults.draw_seed("KILL_SEED", stress=kills > 3)
     with faults.replayable("KILL_SEED", seed):
         return kill_chains(tmp_path, ref, kills, seed)
 

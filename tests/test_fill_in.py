@@ -4,9 +4,9 @@ records them, refuses bad input writing nothing, and survives a kill."""
 import hashlib
 import json
 import random
+import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -164,7 +164,7 @@ def test_bad_ckpt_window_is_refused(tmp_path, capsys):
 
 
 def test_a_killed_fill_in_leaves_every_checkpoint_readable_and_finishes_when_rerun(runs, tmp_path):
-    seed = int(__import__("os").environ.get("KILL_SEED", time.time_ns() % 10_000))
+    seed = int(os.environ.get("KILL_SEED", 4242))  # fixed in make test; KILL_SEED=N tries another
     note = f"(reproduce with KILL_SEED={seed})"
     dense, _ = runs
     run = tmp_path / "run"

@@ -5,11 +5,18 @@ paths and random junk, in random order. The property: exit status 0 (valid input
 one sentence on stderr and no traceback (and for train, nothing created in --out); never another
 exception, never a hang (each example runs under a deadline).
 
+Every refusal is checked to come before any action: nothing on stdout, no file or folder created,
+removed or rewritten anywhere under the test's folder (for train the token cache too, for probes
+the run's results), and no process, worker pool or Ray instance started (_fuzzing.Starts).
+
 Training itself is not run: arguments that pass every check reach the trainer, which is replaced
 by a stub that raises `Accepted` (so each example costs the checks and the corpus setup, not the
 training). Arguments that only size the work (steps, batch size, corpus size, tokens to generate)
 are drawn from ranges that fit this machine when valid; their validity limits are fuzzed, not
 whether a huge but valid job finishes.
+
+`make test` runs each fuzzer on a fixed seed, `make stress` on a fresh one; either is printed, and
+HYPOTHESIS_SEED=N replays it (tests/_fuzzing.py).
 """
 from __future__ import annotations
 
@@ -19,13 +26,18 @@ import shutil
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import example, given
 from hypothesis import strategies as st
 
+import _fuzzing
 import model.generate as generate_cli
 import probes.cli as probes_cli
+import probes.runner as probes_runner
 import train.cli as train_cli
+from _fuzzing import (Accepted, changes, floats, huge, ints, junk, mostly, one_sentence, refused_cleanly, sized,
+                      starts, tree)  # noqa: F401 (starts: a fixture)
 from probes.compute import PROBES
+from probes.ray_runner import RayCluster
 
 from model.runrecord import set_status
 
@@ -34,53 +46,11 @@ EXAMPLES = [pytest.param(FAST, id="fast"), pytest.param(STRESS, id="stress", mar
 
 
 def fuzz(n: int, deadline_ms: int = 20_000):
-    return settings(max_examples=n, deadline=deadline_ms, database=None, print_blob=True,
-                    suppress_health_check=list(HealthCheck))
-
-
-def one_sentence(err: str) -> str:
-    """The error line, after checking there is exactly one and no traceback (progress bars, which
-    redraw with carriage returns, are not lines)."""
-    assert "Traceback" not in err, err
-    lines = [l for l in err.replace("\r", "\n").splitlines() if l.strip() and not l.lstrip().startswith(("probes:  ", "train:"))
-             and "it/s" not in l and "ckpt/s" not in l and "s/ckpt" not in l]
-    assert len(lines) == 1, lines
-    assert len(lines[0]) > 10 and lines[0].rstrip().endswith((".", ")")), lines[0]
-    return lines[0]
-
-
-# -- value strategies ----------------------------------------------------------------------------
-junk = st.one_of(st.text(max_size=6), st.sampled_from(["", " ", "-1", "1e3", "0x10", "nan", "inf", "-inf", "1_000",
-                                                       "--", "-", "--help=1", "ü", "\x00"]))
-huge = st.sampled_from([str(2 ** 63), str(2 ** 64), str(10 ** 30), "9" * 400, str(-(2 ** 63) - 1)])
-
-
-def mostly(valid, *bad):
-    """A valid value three times in four, so that examples with every flag valid are common."""
-    return st.one_of(valid, valid, valid, st.one_of(*bad))
-
-
-def ints(lo: int, hi: int):
-    return mostly(st.integers(lo, hi).map(str), st.integers(-5, 0).map(str), huge, junk)
-
-
-def floats(lo: float, hi: float):
-    return mostly(st.floats(lo, hi).map(repr), st.floats(allow_nan=True, allow_infinity=True).map(repr),
-                  st.sampled_from(["nan", "inf", "-inf", "1e309", "-0.0", "0"]), junk)
-
-
-def sized(lo: float, hi: float, limit: float):
-    """A size argument: small valid values, or values the CLI must refuse (never a huge valid one,
-    which would be a legitimately long job rather than a hang)."""
-    return mostly(st.floats(lo, hi).map(repr), st.floats(max_value=0).map(repr), st.floats(min_value=limit).map(repr),
-                  st.sampled_from(["nan", "inf", "-inf", "1e309", "-0.0", "0"]), junk)
+    """A fixed, printed seed for the fast set, a fresh one for the stress set (_fuzzing.fuzz)."""
+    return _fuzzing.fuzz(n, stress=n == STRESS, deadline_ms=deadline_ms)
 
 
 # -- python -m train -----------------------------------------------------------------------------
-class Accepted(Exception):
-    """The arguments passed every check and the run folder was set up: training would start."""
-
-
 class StubTrainer:
     def __init__(self, *args, **kwargs):
         raise Accepted
@@ -131,7 +101,9 @@ def train_argvs(world: dict):
         "--canary-copies": st.one_of(st.sampled_from(["1,2", "none", "0", "1,,2", "-1", "1.5", "a"]), junk),
         "--canaries-per-count": ints(1, 2), "--copy-weight": st.one_of(floats(0, 3), st.sampled_from(["1e308", "1e300", "1e7"])), "--weight-decay": floats(0, 1),
         "--grad-clip": floats(0, 10), "--min-lr-ratio": floats(0, 1), "--beta2": floats(0.5, 0.999),
-        "--eval-batches": ints(1, 10 ** 6), "--sample-tokens": ints(0, 8),
+        "--eval-batches": ints(1, 10 ** 6), "--sample-tokens": ints(0, 8), "--max-docs": ints(0, 50),
+        "--val-data": st.one_of(st.sampled_from([f"text:{root / n}" for n in ("one.txt", "corpus.txt", "empty.txt",
+                                                                               "missing.txt")] + ["stories"]), junk),
         "--config": st.sampled_from([str(root / n) for n in ("cfg.toml", "bad.toml", "broken.toml", "nan.toml",
                                                              "unknown.yaml", "list.yaml", "missing.toml", "a_file")]),
     }
@@ -152,9 +124,10 @@ def out_arg(world: dict, kind: str) -> list[str]:
 
 
 @pytest.mark.parametrize("n", EXAMPLES)
-def test_train_cli_exits_0_or_2_with_one_sentence(train_world, monkeypatch, capsys, n):
+def test_train_cli_exits_0_or_2_with_one_sentence(train_world, monkeypatch, capsys, starts, n):
     monkeypatch.setattr(train_cli, "Trainer", StubTrainer)
-    monkeypatch.setenv("WORKBENCH_CACHE", str(train_world["root"] / "cache"))
+    monkeypatch.setenv("WORKBENCH_CACHE", str(train_world["root"] / "cache"))  # under the root: a refusal caches nothing
+    starts.patch(monkeypatch, train_cli.dist, "init_process_group")
     seen = Counter()
 
     @fuzz(n)
@@ -167,23 +140,21 @@ def test_train_cli_exits_0_or_2_with_one_sentence(train_world, monkeypatch, caps
         rnd.shuffle(pairs)
         argv = [x for pair in pairs for x in pair] + switches
         out = Path(argv[argv.index("--out") + 1]) if "--out" in argv else None
-        existed = out is not None and out.exists()
+        before = tree(train_world["root"])
         capsys.readouterr()
+        starts.take()
         try:
             status = train_cli.main(argv)
         except Accepted:
             assert out is not None and (out / "run.json").is_file() and (out / "data.json").is_file(), argv
             seen["accepted"] += 1
             return
-        err = capsys.readouterr().err
+        printed, err = capsys.readouterr()
         seen[status] += 1
         if status == 0:
             assert "--help" in argv, (argv, err)
             return
-        assert status == 2, (argv, status, err)
-        one_sentence(err)
-        if out is not None and not existed and out.parent.is_dir():
-            assert not out.exists(), f"bad input, yet {out} was created: {argv}"
+        refused_cleanly(status, printed, err, before, tree(train_world["root"]), starts.take(), argv)
 
     check()
     print(f"train CLI: {dict(seen)}")
@@ -212,35 +183,60 @@ def probes_argvs(world: dict):
                      .map(",".join), junk)
     steps = st.one_of(st.lists(st.sampled_from([0, 3, 1, -1, 2 ** 70]), min_size=1, max_size=3)
                       .map(lambda s: ",".join(map(str, s))), junk)
+    ray = st.one_of(st.sampled_from(["local", "auto", "ray://127.0.0.1:6379", "ray://h:0", "ray://", "cluster"]), junk)
     flags = {"--only": only, "--steps": steps, "--device": st.one_of(st.sampled_from(["cpu", "cuda", "auto", "gpu"]), junk),
              "--poll": floats(0.01, 10), "--threads": st.one_of(ints(1, 2), st.just("100000")),
-             "--jobs": st.one_of(st.just("1"), st.integers(-2, 0).map(str), st.just("100000"), junk)}
+             "--jobs": st.one_of(st.just("1"), st.integers(-2, 0).map(str), st.just("100000"), junk),
+             "--ray": ray}
     pairs = st.lists(st.sampled_from(sorted(flags)), max_size=4, unique=True).flatmap(
         lambda names: st.tuples(*[flags[n].map(lambda v, n=n: [n, v]) for n in names]))
-    switches = st.lists(st.sampled_from(["--force", "--watch", "--help", "--bogus"]), max_size=2, unique=True)
+    switches = st.lists(st.sampled_from(["--force", "--watch", "--help", "--bogus", "--ship"]), max_size=2, unique=True)
     return st.tuples(runs, pairs, switches)
 
 
+class RayWouldStart(Exception):
+    """Every argument passed and a Ray cluster would be started or joined now."""
+
+
 @pytest.mark.parametrize("n", EXAMPLES)
-def test_probes_cli_exits_0_or_2_with_one_sentence(probe_world, capsys, n):
+def test_probes_cli_exits_0_or_2_with_one_sentence(probe_world, monkeypatch, capsys, starts, n):
+    def no_ray(self):
+        raise RayWouldStart
+
+    monkeypatch.setattr(RayCluster, "__enter__", no_ray)
+    starts.patch(monkeypatch, probes_runner, "ProcessPoolExecutor")
     seen = Counter()
+    run = str(probe_world["run"])
 
     @fuzz(n)
     @given(args=probes_argvs(probe_world))
+    @example(args=(run, (["--only", ""],), ["--watch"]))  # found by the fuzzer: the watcher spoke, then refused
+    @example(args=(run, (["--only", "telepathy"], ["--jobs", "2"]), ["--watch", "--force"]))
+    @example(args=(run, (["--steps", "1"],), ["--force"]))
+    @example(args=(run, (["--ray", "ray://h:0"],), []))
+    @example(args=(run, (["--device", "gpu"], ["--jobs", "2"]), ["--force"]))
     def check(args):
         run, pairs, switches = args
         if "--force" in switches and "--jobs" not in [p[0] for p in pairs]:
             pairs = pairs + (["--jobs", "1"],)  # recomputing is fine; spawning worker pools each time is slow
         argv = [run] + [x for pair in pairs for x in pair] + switches
+        before = tree(probe_world["root"])
         capsys.readouterr()
-        status = probes_cli.main(argv)
-        err = capsys.readouterr().err
+        starts.take()
+        try:
+            status = probes_cli.main(argv)
+        except RayWouldStart:
+            printed, err = capsys.readouterr()
+            assert "--ray" in argv and not printed and not err and not changes(before, tree(probe_world["root"])), argv
+            seen["ray"] += 1
+            return
+        printed, err = capsys.readouterr()
         seen[status] += 1
         assert status in (0, 2), (argv, status, err)
         if status == 2:
-            one_sentence(err)
+            refused_cleanly(status, printed, err, before, tree(probe_world["root"]), starts.take(), argv)
         elif "--help" not in argv:
-            assert "--bogus" not in argv
+            assert "--bogus" not in argv and ("--ship" not in argv or "--ray" in argv), argv
 
     check()
     print(f"probes CLI: {dict(seen)}")
@@ -275,7 +271,7 @@ def generate_argvs(world: dict):
 
 
 @pytest.mark.parametrize("n", EXAMPLES)
-def test_generate_cli_exits_0_or_2_with_one_sentence(probe_world, capsys, n):
+def test_generate_cli_exits_0_or_2_with_one_sentence(probe_world, capsys, starts, n):
     seen = Counter()
 
     @fuzz(n)
@@ -284,7 +280,9 @@ def test_generate_cli_exits_0_or_2_with_one_sentence(probe_world, capsys, n):
         required, optional, drop, switches = args
         pairs = [p for i, p in enumerate(required) if i != drop] + list(optional)
         argv = [x for pair in pairs for x in pair] + switches
+        before = tree(probe_world["root"])
         capsys.readouterr()
+        starts.take()
         try:
             status = generate_cli.main(argv)
         except SystemExit as e:  # argparse --help exits; that is fine for a CLI entry point
@@ -297,7 +295,7 @@ def test_generate_cli_exits_0_or_2_with_one_sentence(probe_world, capsys, n):
         seen[status] += 1
         assert status in (0, 2), (argv, status, err)
         if status == 2:
-            one_sentence(err)
+            refused_cleanly(status, out, err, before, tree(probe_world["root"]), starts.take(), argv)
         else:
             assert isinstance(out, str) and not err.strip(), (argv, err)
 

@@ -3,7 +3,9 @@ GPT.generate arguments and prompts, and the tokenizer. The property is always th
 either succeeds with a result that obeys the contract, or raises ValueError with a message; never
 another exception, never a hang (every example runs under a deadline).
 
-The example counts are small in `make test` and large in `make stress` (same tests, marked).
+The example counts are small in `make test` and large in `make stress` (same tests, marked); the
+fast set runs on a fixed seed, the stress set on a fresh one, either printed, and HYPOTHESIS_SEED=N
+replays it (tests/_fuzzing.py).
 """
 from __future__ import annotations
 
@@ -14,9 +16,10 @@ from dataclasses import fields
 import numpy as np
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
+import _fuzzing
 from model.config import PRESETS, GPTConfig, attention_kinds
 from model.gpt import GPT
 from model.tokenizer import EOT, build_compact_vocab, load_tokenizer
@@ -26,10 +29,9 @@ EXAMPLES = [pytest.param(FAST, id="fast"), pytest.param(STRESS, id="stress", mar
 
 
 def fuzz(n: int, deadline_ms: int = 2000):
-    """Hypothesis settings for `n` examples: no example database (nothing written into the repo),
-    a per-example deadline (a hang fails the test), derandomized only when asked to be."""
-    return settings(max_examples=n, deadline=deadline_ms, database=None, print_blob=True,
-                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+    """`n` examples on a fixed, printed seed for the fast set, a fresh one for the stress set, whose
+    examples keep a per-example deadline (a hang fails the test); no example database (_fuzzing.fuzz)."""
+    return _fuzzing.fuzz(n, stress=n == STRESS, deadline_ms=deadline_ms)
 
 
 # -- values of every kind a config file, a JSON run.json or a caller could hand over -----------

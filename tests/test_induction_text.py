@@ -3,6 +3,7 @@ statistics (against hand counts) and formation law (against the paper's numbers)
 score's windows at several context lengths, on document-aligned rows."""
 import hashlib
 import math
+import os
 import re
 import subprocess
 import sys
@@ -175,7 +176,7 @@ def test_icl_from_window_losses_equals_icl_from_every_loss(chunked, monkeypatch)
     """The probes read out only the ICL windows of the rows that reach them; the score must be the
     one every per-position loss gives (a random GPT, documents of random lengths; seed printed).
     chunked=False takes the path of a model without a readout to apply to chosen positions."""
-    seed = int(np.random.default_rng().integers(1 << 16))
+    seed = int(os.environ.get("TEST_SEED", 4242))  # fixed in make test; TEST_SEED=N tries another
     print("seed", seed)
     torch.manual_seed(seed)
     model = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=32, n_ctx=256, vocab_size=97)).eval()

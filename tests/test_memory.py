@@ -232,7 +232,10 @@ def test_huge_shapes_are_refused_before_any_data_is_made(tmp_path, monkeypatch, 
 def test_a_normal_run_fits_and_a_small_machine_refuses_it(monkeypatch):
     args = TrainArgs(preset="nano", out="x")
     d = train_cli.Dist(rank=0, world=1, local_rank=0)
-    need = train_bytes(GPTConfig.preset("nano", vocab_size=4096), args.batch_size)
+    # nano's default vocabulary holds every token of the corpus, known only once it is tokenized:
+    # the check sizes the largest it can be (GPT-2's ids and the two specials)
+    assert args.largest_model.vocab_size == 50258
+    need = train_bytes(args.largest_model, args.batch_size)
     monkeypatch.setattr(memory, "available_bytes", lambda: int(need / 0.9) + 1)
     train_cli.check_memory(args, d, torch.device("cpu"))  # fits
     monkeypatch.setattr(memory, "available_bytes", lambda: need)  # within the 10% margin: refused
@@ -242,7 +245,7 @@ def test_a_normal_run_fits_and_a_small_machine_refuses_it(monkeypatch):
 
 def test_local_ddp_ranks_share_the_machine(monkeypatch):
     args = TrainArgs(preset="nano", out="x")
-    need = train_bytes(GPTConfig.preset("nano", vocab_size=4096), args.batch_size)
+    need = train_bytes(args.largest_model, args.batch_size)
     monkeypatch.setattr(memory, "available_bytes", lambda: 2 * need)
     d = train_cli.Dist(rank=0, world=4, local_rank=0)
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")

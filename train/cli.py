@@ -15,6 +15,7 @@ import time
 from datetime import timedelta
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -24,10 +25,11 @@ from model.config import GPTConfig
 from model.cliargs import run_command
 from model.device import pick_device, settle_threads, torch_threads
 from model.memory import GPT2_VOCAB, TooLarge, check_training_fits
+from model.tokenizer import in_model_ids
 from model.runlayout import RUN_JSON, metrics_jsonl
 from model.runrecord import read_record, set_status
 
-from .args import BadInput, TrainArgs, resolve
+from .args import MIN_VOCAB_COVERAGE, BadInput, TrainArgs, resolve
 from .options import requested
 from .corpora import check_source, load_corpus
 from .disk import check_disk
@@ -35,7 +37,7 @@ from .fillin import check_fill_in, run_fill_in, tidy_after_a_kill
 from .loop import Dist, Trainer
 from .plan import bigram_repetition, describe, measure_speed, prediction
 from .tokens import encode_docs
-from .rundir import check_out_dir, setup_run
+from .rundir import check_out_dir, check_world, setup_run
 
 
 def dist_from_env() -> Dist:
@@ -141,6 +143,8 @@ def prepare(explicit: dict, resume: bool, d: Dist) -> tuple[Path, dict | None, T
         raise BadInput("--out is required (the run folder, e.g. runs/demo).")
     out = Path(explicit["out"])
     stored = check_out_dir(out, resume)
+    if stored is not None:
+        check_world(out, d.world)
     args = resolve(explicit, stored, str(out))
     device = device_for(args.device, d)
     check_memory(args, d, device)
@@ -241,12 +245,12 @@ def fill_in(explicit: dict, windows: str, d: Dist) -> int:
     run's device with its recorded CPU thread count, so the added checkpoints are the ones the run
     would have saved."""
     out, args, run, plan = check_fill_in(explicit, windows, d)
+    device = device_for(args.device, d)
+    check_memory(args, d, device)
     tidy_after_a_kill(out)
     if plan is None:
         print(f"{out}: every checkpoint of --fill-in {windows} exists already; nothing to do.", file=sys.stderr)
         return 0
-    device = device_for(args.device, d)
-    check_memory(args, d, device)
     recorded = run.get("cpu_threads")
     set_threads(args, d, device, recorded if isinstance(recorded, int) else None)
     t0 = time.time()
@@ -290,12 +294,17 @@ def plan(explicit: dict, d: Dist) -> int:
     check_source(args)
     set_threads(args, d, device, None)
     sample = resolve({**explicit, "out": args.out, "corpus_mb": min(args.corpus_mb, PLAN_CORPUS_MB)}, None, args.out)
-    cfg = args.model_config(args.vocab_limit or GPT2_VOCAB)
     ids = encode_docs(load_corpus(sample).train, "plan")  # as the token pipeline lays the documents out
+    vocab, (model_ids,) = in_model_ids([ids], args.vocab_limit)
+    cfg = args.model_config(vocab.size if vocab else GPT2_VOCAB)
     repetition = bigram_repetition(ids[: PLAN_CONTEXTS * cfg.n_ctx + 1], cfg.n_ctx)
     speed = measure_speed(cfg, args.batch_size) if device.type == "cpu" else None
     batch = args.batch_size * args.grad_accum * d.world
     print(describe(prediction(batch, cfg.n_ctx, args.steps, repetition, speed)))
+    coverage = float(np.mean(model_ids != vocab.unk_id)) if vocab else 1.0
+    print(f"vocabulary: {cfg.vocab_size} ids ({'compact' if vocab else 'GPT-2 BPE'}), covering {coverage:.3%} of the "
+          "training tokens" + ("" if coverage >= MIN_VOCAB_COVERAGE else
+                                f"; below {MIN_VOCAB_COVERAGE:.1%}, the rest read as <|unk|> (leave --vocab-size unset)"))
     return 0
 
 

@@ -4,6 +4,7 @@ built-in stories and text:PATH; train.stories makes and plants them, the same wa
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import socket
@@ -27,21 +28,54 @@ class Corpus:
 
 
 def load_corpus(args: TrainArgs) -> Corpus:
-    """The documents of `args.data`. Bad input (missing file, empty corpus, offline TinyStories)
-    raises BadInput with one sentence."""
+    """The documents of `args.data`, the held-out ones from `args.val_data` when it is given. Bad
+    input (missing file, empty corpus, offline TinyStories) raises BadInput with one sentence."""
     if args.data == "stories":
-        return stories_corpus(args)
-    if args.data == "tinystories":
-        return tinystories_corpus(args)
-    if args.data.startswith("text:"):
-        return text_corpus(args.data[5:], args.seed, args.val_fraction, args.canary_counts, args.canaries_per_count)
-    raise BadInput(f"unknown data source {args.data!r}; use stories, tinystories or text:PATH.")
+        corpus = stories_corpus(args)
+    elif args.data == "tinystories":
+        corpus = tinystories_corpus(args)
+    elif args.data.startswith("text:"):
+        corpus = text_corpus(args.data[5:], args.seed, args.val_fraction, args.canary_counts, args.canaries_per_count,
+                             max_docs=args.max_docs, held_out=bool(args.val_data))
+    else:
+        raise BadInput(f"unknown data source {args.data!r}; use stories, tinystories or text:PATH.")
+    if args.val_data:
+        corpus.val = read_documents(args.val_data[5:])
+    return corpus
 
 
 def check_source(args: TrainArgs) -> None:
-    """Cheap checks every DDP rank can make before any work (a missing path, above all)."""
-    if args.data.startswith("text:"):
-        text_files(args.data[5:])
+    """Cheap checks every DDP rank can make before any work: a missing path, above all, and a
+    held-out file that is the training text itself (its loss would measure recall, not held-out
+    loss)."""
+    train_files = text_files(args.data[5:]) if args.data.startswith("text:") else []
+    if not args.val_data:
+        return
+    val_files = text_files(args.val_data[5:], "held-out data")
+    for v in val_files:
+        if v.stat().st_size == 0:
+            raise BadInput(f"the held-out file {v} is empty.")
+        same = [t for t in train_files if t.resolve() == v.resolve() or file_digest(t) == file_digest(v)]
+        if same:
+            raise BadInput(f"--val-data {v} is the training text {same[0]} itself; hold out text the model does "
+                           "not train on.")
+
+
+def file_digest(path: Path) -> str:
+    """sha256 of a file's bytes (data.json records the held-out file's)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def held_out_record(val_data: str) -> dict | None:
+    """What data.json says of --val-data: the path and each file's sha256, None without one."""
+    if not val_data:
+        return None
+    return {"source": val_data, "files": [{"path": str(f), "sha256": file_digest(f), "bytes": f.stat().st_size}
+                                          for f in text_files(val_data[5:])]}
 
 
 def stories_corpus(args: TrainArgs) -> Corpus:
@@ -53,15 +87,16 @@ def stories_corpus(args: TrainArgs) -> Corpus:
 
 
 # -- text:PATH -----------------------------------------------------------------------------
-def text_files(path: str) -> list[Path]:
+def text_files(path: str, what: str = "data") -> list[Path]:
+    """The .txt files of a file or folder path (`what` names it in the refusal: data, held-out data)."""
     p = Path(path)
     if not p.exists():
-        raise BadInput(f"data path {path} does not exist.")
+        raise BadInput(f"{what} path {path} does not exist.")
     if p.is_file():
         return [p]
     files = sorted(f for f in p.rglob("*.txt") if f.is_file())
     if not files:
-        raise BadInput(f"data folder {path} holds no .txt files.")
+        raise BadInput(f"{what} folder {path} holds no .txt files.")
     return files
 
 
@@ -79,10 +114,8 @@ def split_held_out(docs: list[str], seed: int, fraction: float) -> tuple[list[st
     return [d for i, d in enumerate(docs) if i not in held], [d for i, d in enumerate(docs) if i in held]
 
 
-def text_corpus(path: str, seed: int, fraction: float, copies: tuple[int, ...] = (), per_count: int = 4) -> Corpus:
-    """The documents of a text file or folder, a seeded held-out share, and the canaries of
-    `copies` (per_count for each count; none by default) planted among the training documents at
-    seeded places, each copy its own document, after the split, so none is held out."""
+def read_documents(path: str) -> list[str]:
+    """The documents of a text file or folder (split_documents), BadInput when there are none."""
     docs: list[str] = []
     for f in text_files(path):
         try:
@@ -91,10 +124,25 @@ def text_corpus(path: str, seed: int, fraction: float, copies: tuple[int, ...] =
             raise BadInput(f"{f} is not UTF-8 text.") from None
     if not docs:
         raise BadInput(f"the corpus at {path} is empty.")
-    if len(docs) < 2:
+    return docs
+
+
+def text_corpus(path: str, seed: int, fraction: float, copies: tuple[int, ...] = (), per_count: int = 4,
+                max_docs: int = 0, held_out: bool = False) -> Corpus:
+    """The documents of a text file or folder (its first `max_docs` when that is set), a seeded
+    held-out share (none when `held_out`: the held-out text comes from a file of its own), and the
+    canaries of `copies` (per_count for each count; none by default) planted among the training
+    documents at seeded places, each copy its own document, after the split, so none is held out."""
+    docs = read_documents(path)
+    if max_docs:
+        docs = docs[:max_docs]
+    if held_out:
+        train, val = docs, []
+    elif len(docs) < 2:
         raise BadInput(f"the corpus at {path} holds a single document; a held-out split needs at least two "
                        "(separate stories with blank lines or <|endoftext|>).")
-    train, val = split_held_out(docs, seed, fraction)
+    else:
+        train, val = split_held_out(docs, seed, fraction)
     canaries = make_canaries(seed, tuple(copies), per_count) if copies else []
     return Corpus(f"text:{path}", plant(train, canaries, seed) if canaries else train, val, canaries)
 

@@ -32,12 +32,13 @@ from types import SimpleNamespace
 
 from tqdm import tqdm
 
-from model.checkpoint import list_checkpoints, remove_partial_checkpoints, save_checkpoint, step_of
+from model.checkpoint import list_checkpoints, remove_partial_checkpoints, run_integrity, save_checkpoint, step_of
 from model.cliargs import run_command
 from model.device import torch_threads
 from model.runio import RunFileError, append_jsonl, read_jsonl, write_bytes_atomic
 from model.config import GPTConfig
 from model.gpt import GPT
+from model.integrity import identical_sentence
 from model.interop import from_hf
 from model.rundata import n_chunks
 from model.runlayout import RUN_JSON, metrics_jsonl, samples_jsonl
@@ -199,12 +200,15 @@ def write_run_json(out: Path, cfg: GPTConfig, record: dict, steps: list[int]) ->
 
 
 def tokenize_probe_text(out: Path, record: dict, corpus: Corpus) -> Tokenized:
-    """The probe text in the shared token cache, checked to give the probes two sequences."""
-    tok = tokenize(corpus, None, out.resolve().parent)
-    if n_chunks(tok.info["n_val_tokens"], record["seq_len"]) < 2:
-        raise BadInput(f"the probe text from --data {record['data']} has {tok.info['n_val_tokens']} tokens, too few "
-                       f"for two held-out sequences of {record['seq_len']} + 1; give more text or a smaller --seq-len.")
-    return tok
+    """The probe text in the shared token cache, checked to give the probes two sequences before
+    it is cached (a refused text leaves nothing behind)."""
+    def check(info: dict) -> None:
+        if n_chunks(info["n_val_tokens"], record["seq_len"]) < 2:
+            raise BadInput(f"the probe text from --data {record['data']} has {info['n_val_tokens']} tokens, too few "
+                           f"for two held-out sequences of {record['seq_len']} + 1; give more text or a smaller "
+                           "--seq-len.")
+
+    return tokenize(corpus, None, out.resolve().parent, check=check)
 
 
 def install_probe_data(out: Path, cfg: GPTConfig, record: dict, corpus: Corpus, tok: Tokenized) -> None:
@@ -330,6 +334,9 @@ def run_import(args: argparse.Namespace) -> int:
     done = f" (steps {', '.join(str(ck.step) for ck in todo)})" if todo else ""
     already = f"; {len(ckpts) - len(todo)} already there" if len(todo) < len(ckpts) else ""
     print(f"{out}: imported {len(todo)} checkpoint(s){done}{already}. Next: python -m probes {out}")
+    stale = identical_sentence(run_integrity(out))  # from the per-tensor digests just written
+    if stale:
+        print(stale, file=sys.stderr)
     return 0
 
 

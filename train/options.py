@@ -53,8 +53,8 @@ def build_parser() -> Parser:
     add("--attention", help=f"attention kind: {', '.join(attention_kinds())} (default standard)")
     add("--attn-only", action="store_const", const=True,
         help="attention-only blocks: no MLP and no ln2 (Olsson et al. 2022)")
-    add("--threads", type=int, help="CPU threads (default 0 = auto: the cores not busy with other work when training starts, "
-                                         "measured over half a second; a resumed run keeps its recorded count)")
+    add("--threads", type=int, help="CPU threads (default 0 = every core this process may use, for the whole run; "
+                                    "a resumed run keeps its recorded count)")
     add("--config", help="a .toml or .yaml file of these options (underscored names)")
     add("--resume", action="store_const", const=True, help="continue the run in --out from its state/")
     add("--plan", action="store_const", const=True,
@@ -65,9 +65,14 @@ def build_parser() -> Parser:
     add("--n-embd", type=int, help="override the preset's width")
     add("--n-ctx", type=int, help="override the preset's context length")
     add("--dropout", type=float, help="dropout (default the preset's, 0)")
-    add("--vocab-size", help="compact vocabulary size, or gpt2 (default 4096 for nano, gpt2 otherwise)")
+    add("--vocab-size", help="compact vocabulary size, or gpt2 (default: for nano a compact vocabulary holding every "
+                             "token of the training text, gpt2 otherwise)")
     add("--corpus-mb", type=float, help=f"stories: training text size in MB; tinystories: cap (default {d.corpus_mb})")
-    add("--val-fraction", type=float, help=f"held-out share of the corpus (default {d.val_fraction})")
+    add("--val-fraction", type=float, help=f"held-out share of the corpus (default {d.val_fraction}; not with --val-data)")
+    add("--val-data", metavar="text:PATH",
+        help="held-out text from its own file or folder (recorded with its digest in data.json); default: a "
+             "seeded --val-fraction of the training corpus")
+    add("--max-docs", type=int, help="text:PATH: train on the first N documents only (default 0 = all)")
     add("--canary-copies", help=f"stories, text:PATH: copy counts of the canaries, none = no canaries (default {d.canary_copies})")
     add("--canaries-per-count", type=int, help=f"stories, text:PATH: canaries per copy count (default {d.canaries_per_count})")
     add("--copy-weight", type=float, help=f"stories: weight of the copy plots (default {d.copy_weight})")

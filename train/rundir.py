@@ -22,8 +22,8 @@ from model.tokenizer import Tokenizer
 from model.runlayout import DATA_JSON, RUN_JSON, SPLITS, VOCAB_JSON, data_dir, split_file, state_dir
 from model.runrecord import read_record, set_status, update_record, write_record
 
-from .args import BadInput, TrainArgs
-from .corpora import load_corpus
+from .args import MIN_VOCAB_COVERAGE, BadInput, TrainArgs
+from .corpora import held_out_record, load_corpus
 from .plan import run_prediction
 from .planting import parse_period
 from .tokens import Tokenized, tokenize
@@ -53,6 +53,15 @@ def check_out_dir(out: Path, resume: bool) -> dict | None:
     return None
 
 
+def check_world(out: Path, world: int) -> None:
+    """BadInput when the run in `out` was trained by another number of processes: resuming it with
+    `world` would change the global batch. Checked before the process group starts."""
+    trained = read_record(out).get("world_size", 1)
+    if int(trained) != world:
+        raise BadInput(f"{out} was trained by {trained} process(es); resume it with the same "
+                       "number so that the global batch stays the same.")
+
+
 def is_temporary(path: Path) -> bool:
     """A file that an atomic write killed before its rename left behind (model.runio.temp_path).
     A run folder killed while writing its first run.json holds only that, and counts as empty."""
@@ -66,7 +75,9 @@ def prepare_tokens(args: TrainArgs) -> tuple[Tokenized, list[dict], str]:
     if not corpus.train or not corpus.val:
         raise BadInput(f"the corpus {args.data} is empty.")
     runs_root = Path(args.out).resolve().parent
-    return tokenize(corpus, args.vocab_limit, runs_root), corpus.canaries, corpus.source
+    n_ctx = args.largest_model.n_ctx  # the run's context whatever the vocabulary turns out to be
+    return (tokenize(corpus, args.vocab_limit, runs_root, check=lambda info: check_chunks(info, n_ctx)),
+            corpus.canaries, corpus.source)
 
 
 def warn_unknown_canary_words(tok: Tokenized, canaries: list[dict], source: str) -> None:
@@ -112,8 +123,29 @@ def data_record(args: TrainArgs, cfg: GPTConfig, tok: Tokenized, canaries: list[
                      "story_episodes": args.story_episodes} if args.data == "stories" else None),
         **{f"n_{split}_chunks": n_chunks(info[f"n_{split}_tokens"], cfg.n_ctx) for split in SPLITS},
         "canaries": canaries, "cache_key": info["key"],
+        "held_out": held_out_record(args.val_data),
+        "max_docs": args.max_docs or None,
+        "vocab_coverage": vocab_coverage(info),
         "stats": {k: v for k, v in info.items() if k not in ("key", "dtype", "tokenizer")},
     }
+
+
+def vocab_coverage(info: dict) -> dict:
+    """The share of training and held-out tokens inside the model's vocabulary (1.0 for GPT-2's
+    own; a compact vocabulary maps the rest to <|unk|>)."""
+    return {"train": 1.0 - info.get("unk_fraction_train", 0.0), "held_out": 1.0 - info.get("unk_fraction_val", 0.0),
+            "vocab_size": info["vocab_size"], "tokenizer": info["tokenizer"]["kind"]}
+
+
+def warn_low_coverage(tok: Tokenized) -> None:
+    """A compact vocabulary that leaves more than 0.1% of the training tokens out makes the model
+    learn <|unk|> as a word, and its generations show it: say so, with the size that would cover."""
+    cover = vocab_coverage(tok.info)
+    if cover["train"] < MIN_VOCAB_COVERAGE:
+        print(f"warning: the {cover['vocab_size']}-id vocabulary covers {cover['train']:.2%} of the training tokens "
+              f"(below {MIN_VOCAB_COVERAGE:.1%}): the rest read as <|unk|>, which the model learns and generates; "
+              f"--vocab-size {tok.info['distinct_gpt2_tokens'] + 1} or leaving it unset covers them all.",
+              file=sys.stderr)
 
 
 def corpus_rows_per_step(args: TrainArgs, world: int) -> int:
@@ -133,13 +165,14 @@ def planted_record(args: TrainArgs, world: int) -> dict | None:
             "tokens": "random spans of the training split's most frequent tokens (model.rundata.frequent_tokens)"}
 
 
-def check_chunks(data: dict, cfg: GPTConfig) -> None:
-    """BadInput when a split of the data record holds less than one training sequence."""
+def check_chunks(info: dict, n_ctx: int) -> None:
+    """BadInput when a split of the tokenized corpus (its token counts, `info`) holds less than one
+    training sequence: checked before the tokens are cached or the run folder is made."""
     for split in SPLITS:
-        if data[f"n_{split}_chunks"] < 1:
+        if n_chunks(info[f"n_{split}_tokens"], n_ctx) < 1:
             name = "training" if split == "train" else "held-out"
-            raise BadInput(f"the {name} split has {data[f'n_{split}_tokens']} tokens, fewer than one "
-                           f"sequence of n_ctx + 1 = {cfg.n_ctx + 1}; use a larger corpus or a smaller --n-ctx.")
+            raise BadInput(f"the {name} split has {info[f'n_{split}_tokens']} tokens, fewer than one "
+                           f"sequence of n_ctx + 1 = {n_ctx + 1}; use a larger corpus or a smaller --n-ctx.")
 
 
 def install_data(run_dir: Path, tok: Tokenized, data: dict) -> None:
@@ -170,18 +203,14 @@ def setup_run(out: Path, args: TrainArgs, stored: dict | None, world: int, cpu_t
         tok, canaries, source = prepare_tokens(args)
         cfg = args.model_config(tok.info["vocab_size"])
         data = data_record(args, cfg, tok, canaries, source, world)
-        check_chunks(data, cfg)
         warn_unknown_canary_words(tok, canaries, source)
+        warn_low_coverage(tok)
         out.mkdir(parents=True, exist_ok=True)
         remove_temporaries(out)  # a killed first run.json write's temp file: all a fresh run's folder may hold
         write_record(out, {**run_record(args, cfg, tok, world), **threads})
         install_data(out, tok, data)
         return cfg
-    run = read_record(out)
-    cfg = GPTConfig.from_dict(run["model"])
-    if int(run.get("world_size", 1)) != world:
-        raise BadInput(f"{out} was trained by {run.get('world_size', 1)} process(es); resume it with the same "
-                       "number so that the global batch stays the same.")
+    cfg = GPTConfig.from_dict(read_record(out)["model"])
     if not data_installed(out):
         tok, canaries, source = prepare_tokens(args)
         install_data(out, tok, data_record(args, cfg, tok, canaries, source, world))

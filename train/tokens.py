@@ -14,6 +14,7 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 from tqdm import tqdm
@@ -67,18 +68,27 @@ def encode_docs(docs: list[str], desc: str) -> np.ndarray:
     return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
 
 
-def tokenize(corpus: Corpus, vocab_size: int | None, runs_root: Path) -> Tokenized:
-    """Token files for `corpus`, from the cache when it already holds them."""
+def tokenize(corpus: Corpus, vocab_size: int | None, runs_root: Path,
+             check: Callable[[dict], None] | None = None) -> Tokenized:
+    """Token files for `corpus`, from the cache when it already holds them. `check(info)` (the
+    counts info.json holds) may refuse the corpus (e.g. too few tokens for one sequence): it runs
+    before anything is written, so a refused corpus leaves no cache entry behind."""
     key = content_key(corpus, vocab_size)
     final = token_cache_root(runs_root) / key
     if cache_valid(final):
-        return Tokenized(final, json.loads((final / "info.json").read_text()), True)
+        info = json.loads((final / "info.json").read_text())
+        if check is not None:
+            check(info)
+        return Tokenized(final, info, True)
+    tokens = encode_corpus(corpus, vocab_size, key)
+    if check is not None:
+        check(tokens.info)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_folder(final)
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:
-        info = write_token_files(tmp, corpus, vocab_size, key)
+        info = write_token_files(tmp, tokens)
         try:
             os.replace(tmp, final)
         except OSError:  # another process finished the same corpus first: use theirs
@@ -91,17 +101,23 @@ def tokenize(corpus: Corpus, vocab_size: int | None, runs_root: Path) -> Tokeniz
     return Tokenized(final, info, False)
 
 
-def write_token_files(folder: Path, corpus: Corpus, vocab_size: int | None, key: str) -> dict:
+@dataclass
+class Encoded:
+    """A corpus tokenized in memory: the model ids of each split, the compact vocabulary (None for
+    GPT-2's) and the info.json its cache entry will hold."""
+    train: np.ndarray
+    val: np.ndarray
+    vocab: CompactVocab | None
+    info: dict
+
+
+def encode_corpus(corpus: Corpus, vocab_size: int | None, key: str) -> Encoded:
+    """`corpus` tokenized in memory (nothing is written: tokenize checks it first)."""
     train = encode_docs(corpus.train, "train")
     val = encode_docs(corpus.val, "held-out")
     vocab, (train_ids, val_ids) = in_model_ids([train, val], vocab_size)
     n_vocab, unk = (vocab.size, vocab.unk_id) if vocab else (GPT2_VOCAB_SIZE, -1)
     dtype = np.uint16 if n_vocab <= 65536 else np.uint32
-    for name, arr in (("train", train_ids), ("val", val_ids)):
-        with open(folder / f"{name}.bin", "wb") as f:
-            arr.astype(dtype).tofile(f)
-            f.flush()
-            os.fsync(f.fileno())
     info = {
         "key": key, "dtype": np.dtype(dtype).name, "vocab_size": n_vocab,
         "tokenizer": {"kind": "compact" if vocab else "gpt2", "vocab_size": n_vocab},
@@ -112,10 +128,21 @@ def write_token_files(folder: Path, corpus: Corpus, vocab_size: int | None, key:
         "unk_fraction_val": float(np.mean(val_ids == unk)) if len(val_ids) else 0.0,
         "train_chars": sum(len(d) for d in corpus.train), "val_chars": sum(len(d) for d in corpus.val),
     }
-    if vocab is not None:
-        write_json_atomic(folder / VOCAB_JSON, vocab.to_json())
-    write_json_atomic(folder / "info.json", info)
-    return info
+    return Encoded(train_ids, val_ids, vocab, info)
+
+
+def write_token_files(folder: Path, tokens: Encoded) -> dict:
+    """The cache entry's files in `folder` (fsynced; tokenize renames the folder into place)."""
+    dtype = np.dtype(tokens.info["dtype"])
+    for name, arr in (("train", tokens.train), ("val", tokens.val)):
+        with open(folder / f"{name}.bin", "wb") as f:
+            arr.astype(dtype).tofile(f)
+            f.flush()
+            os.fsync(f.fileno())
+    if tokens.vocab is not None:
+        write_json_atomic(folder / VOCAB_JSON, tokens.vocab.to_json())
+    write_json_atomic(folder / "info.json", tokens.info)
+    return tokens.info
 
 
 def cache_valid(folder: Path) -> bool:

@@ -1,14 +1,22 @@
 """Repetition: when greedy generations fall into loops ("wave wave wave"), beside the held-out loss
-that keeps improving meanwhile, and one prompt's generations across every checkpoint."""
+that keeps improving meanwhile; the longest loop the greedy continuations end in and the entropy along
+the greedy path, with when loops begin and end (summary.json's entropy_collapse); and one prompt's
+generations across every checkpoint, each with its loop."""
+import html
+
 import streamlit as st
 
 from app import cache, figures, plot_data as R, ui
+from app import failure_captions as FC
 from app.runfolder import metrics_series, sample_steps, samples_at
 
 
 def metrics_section(run, results, log_x) -> None:
     summary = cache.probe_summary(run)
-    marks = {"repetition emerges": R.emergence_step(summary, "repetition")}
+    collapse = R.emergence_entry(summary, "entropy_collapse") or {}
+    marks = {"repetition emerges": R.emergence_step(summary, "repetition"),
+             **R.emergence_mark(summary, "entropy_collapse", "loops begin"),
+             "loops end": collapse.get("resolved_step") if collapse.get("detected") else None}
     val = metrics_series(run.path)["val"]
     main = {f"{d} seq-rep-4": R.scalar(results, f"repetition.{d}.seq_rep_4") for d in ("greedy", "sampled")}
     main = {k: v for k, v in main.items() if v[0]}
@@ -22,15 +30,24 @@ def metrics_section(run, results, log_x) -> None:
     rule = R.emergence_rule(summary, "repetition")
     if rule:
         st.caption(f"Emergence rule: {rule}")
+    caption = FC.collapse_caption(R.emergence_entry(summary, "entropy_collapse"))
+    if caption:
+        st.caption(caption)
+    collapse_rule = R.emergence_rule(summary, "entropy_collapse")
+    if collapse_rule:
+        with st.expander("How greedy loops and the entropy collapse are found"):
+            st.caption(collapse_rule)
     panels = [
         ("Distinct n-grams", "distinct fraction",
          {f"{d} distinct-{n}": f"repetition.{d}.distinct_{n}" for d in ("greedy", "sampled") for n in (1, 2)}),
         ("Continuations ending in a loop", "fraction",
          {f"{d}": f"repetition.{d}.loop_fraction" for d in ("greedy", "sampled")}),
-        ("Predictive entropy along the continuation", "nats",
+        ("Predictive entropy along the continuation (greedy: along the greedy path)", "nats",
          {f"{d}": f"repetition.{d}.predictive_entropy" for d in ("greedy", "sampled")}),
         ("Teacher-forced repetition (Welleck)", "fraction",
          {"rep/128": "repetition.rep_128", "wrep/128": "repetition.wrep_128"}),
+        ("Longest loop the greedy continuations end in", "tokens",
+         {"mean over the prompts": "repetition.greedy.loop_length", "longest": "repetition.greedy.loop_length_max"}),
     ]
     cols = st.columns(2)
     for i, (title, y, paths) in enumerate(panels):
@@ -41,23 +58,34 @@ def metrics_section(run, results, log_x) -> None:
                                      key=f"panel{i}")
 
 
-def continuations_by_step(run, results) -> dict[tuple[str, str], dict[int, str]]:
-    """{(prompt, decoding): {step: text}} from the probe results, else from samples.jsonl."""
-    out: dict[tuple[str, str], dict[int, str]] = {}
+def loop_note(c: dict) -> str:
+    """The longest loop a recorded continuation ends in, in words ("" when none was recorded)."""
+    length, period = c.get("longest_loop_length"), c.get("longest_loop_period")
+    if not isinstance(length, int) or isinstance(length, bool):
+        return ""
+    return f" · loop: the last {length} tokens repeat with period {period}" if length else " · no loop"
+
+
+def continuations_with_loops(run, results) -> dict[tuple[str, str], dict[int, tuple[str, str]]]:
+    """{(prompt, decoding): {step: (text, its loop in words)}} from the probe results, else from
+    samples.jsonl (whose rows record no loop)."""
+    out: dict[tuple[str, str], dict[int, tuple[str, str]]] = {}
     for step in sorted(results):
         for c in R.get(results[step], "repetition.continuations") or []:
             if isinstance(c, dict):
-                out.setdefault((str(c.get("prompt", "")), str(c.get("decoding", ""))), {})[step] = str(c.get("text", ""))
+                out.setdefault((str(c.get("prompt", "")), str(c.get("decoding", ""))), {})[step] = (
+                    str(c.get("text", "")), loop_note(c))
     if not out:
         for step in sample_steps(run.path):
             for row in samples_at(run.path, step):
-                out.setdefault((str(row.get("prompt", "")), str(row.get("decoding", ""))), {})[step] = str(row.get("text", ""))
+                out.setdefault((str(row.get("prompt", "")), str(row.get("decoding", ""))), {})[step] = (
+                    str(row.get("text", "")), "")
     return out
 
 
 def generations_section(run, results) -> None:
     st.subheader("One prompt across all checkpoints")
-    table = continuations_by_step(run, results)
+    table = continuations_with_loops(run, results)
     if not table:
         st.info("No generations were recorded.")
         return
@@ -66,9 +94,10 @@ def generations_section(run, results) -> None:
     prompt = cols[0].selectbox("Prompt", prompts, key="rep_prompt")
     decodings = sorted({d for p, d in table if p == prompt})
     decoding = cols[1].radio("Decoding", decodings, key="rep_decoding", horizontal=True)
-    st.caption("Repeated 4-grams are highlighted.")
-    for step, text in sorted(table.get((prompt, decoding), {}).items()):
-        ui.highlighted_text(text, prefix=f"<b>step {step}</b> · ")
+    st.caption("Repeated 4-grams are highlighted; each step says the longest loop its continuation ends in "
+               "(probes.metrics.longest_loop: a tail that repeats with one period at least twice).")
+    for step, (text, loop) in sorted(table.get((prompt, decoding), {}).items()):
+        ui.highlighted_text(text, prefix=f"<b>step {step}</b>{html.escape(loop)} · ")
 
 
 def render() -> None:

@@ -1,11 +1,21 @@
 """Runs: config, train and held-out loss with checkpoint markers (several runs comparable) and the
-loss-generation mismatch and overfitting onset marked on it, generation quality beside the held-out
-loss, and the fixed-prompt generations at a chosen checkpoint with repeated n-grams highlighted."""
+loss-generation mismatch, the overfitting onset and the early-stopping point marked on it, generation
+quality beside the held-out loss, and the fixed-prompt generations at a chosen checkpoint with
+repeated n-grams highlighted."""
 import streamlit as st
 
 from app import cache, figures, plot_data as R, ui
 from app import failure_captions as FC
 from app.runfolder import metrics_series, run_files, run_names, runs_root, sample_steps, samples_at
+from model.integrity import identical_sentence
+
+
+def integrity_section(run) -> None:
+    """One sentence when two steps have identical weights (summary.json's integrity section, from the
+    checkpoints' per-tensor digests): one of them is probably stale or mislabelled."""
+    sentence = identical_sentence((cache.probe_summary(run) or {}).get("integrity"))
+    if sentence:
+        st.warning(sentence)
 
 
 def loss_section(run) -> None:
@@ -32,9 +42,10 @@ def loss_section(run) -> None:
 
 
 def failure_marks(summary) -> dict:
-    """The loss-generation mismatch and the overfitting onset, as the summary found them."""
+    """The loss-generation mismatch, the overfitting onset and the early-stopping point (once the
+    held-out loss has risen after it), as the summary found them."""
     return {**R.emergence_mark(summary, "loss_generation_mismatch", "loss–generation mismatch"),
-            **R.emergence_mark(summary, "overfitting", "overfitting onset")}
+            **R.emergence_mark(summary, "overfitting", "overfitting onset"), **FC.early_stop_mark(summary)}
 
 
 def quality_section(run, log_x: bool) -> None:
@@ -59,11 +70,11 @@ def quality_section(run, log_x: bool) -> None:
         key="quality_chart")
     rule = R.emergence_rule(summary, "loss_generation_mismatch")
     if rule:
-        with st.expander("How the mismatch and the overfitting onset are found"):
+        with st.expander("How the mismatch, the overfitting onset and the early-stopping point are found"):
             st.caption(f"Loss–generation mismatch: {rule}")
             over = R.emergence_rule(summary, "overfitting")
             if over:
-                st.caption(f"Overfitting onset: {over}")
+                st.caption(f"Overfitting: {over}")
 
 
 def config_section(run) -> None:
@@ -103,6 +114,7 @@ def render() -> None:
     run = ui.current_run("Runs")
     if run is None:
         return
+    ui.guarded(lambda: integrity_section(run))
     ui.guarded(lambda: loss_section(run))
     ui.guarded(lambda: quality_section(run, bool(st.session_state.get("log_x", False))))
     ui.guarded(lambda: config_section(run))
