@@ -20,6 +20,7 @@ from model.runrecord import read_record
 from .common import Goal, Report
 
 STEPS = 240
+ROUNDS = 1  # each round: the three runs, about a minute each on 2 cores
 BUSY_S = 10.0
 TRAIN = ["--preset", "nano", "--data", "stories", "--corpus-mb", "0.3", "--steps", str(STEPS), "--eval-every", "1000",
          "--ckpt-every", "1000", "--sample-tokens", "0", "--canary-copies", "none", "--keep-states", "latest"]
@@ -54,7 +55,7 @@ def run(report: Report) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         results: dict[str, list[tuple[float, int]]] = {"alone": [], "busy": [], "old": []}
-        for i in range(2):  # interleaved, so a drift of the machine falls on all three alike
+        for i in range(ROUNDS):  # interleaved, so a drift of the machine falls on all three alike
             results["alone"].append(train_run(root / f"alone{i}", [], False))
             results["busy"].append(train_run(root / f"busy{i}", [], True))
             old = max(1, cpu_cores() - 1)  # what free_cores read with one core busy
@@ -67,4 +68,4 @@ def run(report: Report) -> None:
         detail=f"every core ({threads['busy']} threads): {speed['busy']:,.0f} tok/s against {speed['alone']:,.0f} alone "
                f"({threads['alone']} threads); the old rule's count ({threads['old']} thread(s), the cores not busy at "
                f"the start): {speed['old']:,.0f} tok/s = {speed['old'] / speed['alone']:.2f}x; second half of "
-               f"{STEPS} steps, median of 2 interleaved rounds"))
+               f"{STEPS} steps, median of {ROUNDS} interleaved round(s)"))

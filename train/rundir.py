@@ -94,7 +94,8 @@ def warn_unknown_canary_words(tok: Tokenized, canaries: list[dict], source: str)
     unknown = sorted(w for w in alphabet if t.unk_id in t.encode(" " + w))
     if unknown:
         print(f"warning: {len(unknown)} of the {len(alphabet)} canary secret words (e.g. {unknown[0]!r}) are not in "
-              f"the {vocab.size}-id vocabulary; their exposure is measured less sharply (raise --vocab-size).",
+              f"the {vocab.size}-id vocabulary, built from the training text, which never uses them; their exposure is "
+              "measured less sharply (--vocab-size gpt2 keeps every word).",
               file=sys.stderr)
 
 
