@@ -1,6 +1,7 @@
 """The Stages page's figure builders: the local learning coefficient over training beside the
 held-out loss, with stage boundaries and the other emergence steps on the same step axis, and one
 checkpoint's SGLD loss traces. Like app.figures, they take plain numbers and return a `go.Figure`.
+Beside them, the page's estimate of what computing the LLC costs (`llc_seconds`).
 """
 from __future__ import annotations
 
@@ -13,6 +14,42 @@ from plotly.subplots import make_subplots
 from .figure_common import HEIGHT, _log_x, _mark_steps, _num, x_of
 
 LLC_COLOUR, LOSS_COLOUR, BOUNDARY_COLOUR = "#6a3d9a", "#7f7f7f", "#ff7f0e"
+
+# The llc probe's measured cost (bench/llc.py's row): one checkpoint of a nano model of the induction
+# recipe's shape (2 layers, width 128, context 128, a compact vocabulary of about 1,400 ids) takes
+# 42-46 s on a 2-core CPU, one worker on one thread.
+LLC_SECONDS_NANO = 45.0
+NANO_SHAPE = {"n_layer": 2, "n_embd": 128, "n_ctx": 128, "vocab_size": 1400}
+LLC_COST_SENTENCE = "about 45 s per nano checkpoint on a 2-core CPU, one worker on one thread"
+
+
+def _row_cost(n_layer: int, n_embd: int, n_ctx: int, vocab_size: int, attn_only: bool = False) -> float:
+    """Multiply-adds of one row of `n_ctx` tokens through the model: the blocks' weights (12 d^2 a
+    layer, 4 d^2 attention-only), attention over the row (2 n_ctx d a layer) and the unembedding."""
+    per_token = n_layer * ((4 if attn_only else 12) * n_embd ** 2 + 2 * n_ctx * n_embd) + n_embd * vocab_size
+    return float(n_ctx * per_token)
+
+
+def llc_seconds(model: Mapping | None) -> float:
+    """Estimated seconds of the llc probe on one checkpoint of `model` (run.json["model"]): the
+    measured nano cost scaled by the compute of one row, since the SGLD settings (chains, steps,
+    rows per step) are the same for every model size (probes/llc_settings.py). The nano cost when
+    the config is missing or unreadable."""
+    try:
+        shape = {k: int(model[k]) for k in NANO_SHAPE}  # type: ignore[index]
+        attn_only = bool(model.get("attn_only"))  # type: ignore[union-attr]
+    except (TypeError, KeyError, ValueError):
+        return LLC_SECONDS_NANO
+    return LLC_SECONDS_NANO * _row_cost(**shape, attn_only=attn_only) / _row_cost(**NANO_SHAPE)
+
+
+def duration(seconds: float) -> str:
+    """`seconds` as a person reads an estimate: 40 s, 12 min, 1.5 h."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
 
 
 def llc_over_training(steps: Sequence[int], llc: Sequence[float | None], std: Sequence[float | None],

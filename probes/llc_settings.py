@@ -13,7 +13,7 @@ Each setting has a reason, and only the step size is measured per model size:
 - n_beta = devinterp.utils.default_nbeta(n) = n / log n, with n the tokens one SGLD batch averages
   its loss over (batch_size x context): the per-token loss is their mean.
 - chains 2, draws 96 after a burn-in of 24, batch 16 rows cycling through 64 fixed rows: the cost
-  budget (about 15 s per nano checkpoint on a 2-core CPU, bench/llc.py), with the burn-in over three
+  budget (measured by bench/llc.py; see bench/RESULTS.md), with the burn-in over three
   relaxation times 2 / (lr x gamma) of the directions only the localization holds.
 - lr (the step size epsilon) is calibrated per model shape as devinterp's calibration notebooks
   advise (the estimate should not depend on the step size): `python -m bench.llc --calibrate RUN`

@@ -1,15 +1,18 @@
-"""The Stages page: what is pending (and the command) while no checkpoint has an LLC estimate, and
-once the llc probe has results, the LLC over training with its boundaries beside the held-out loss,
-and one checkpoint's SGLD traces; plus its figure builders without Streamlit."""
+"""The Stages page: what is pending while no checkpoint has an LLC estimate, with the button that
+computes it for the chosen checkpoints (one background job every session shares) and its cost;
+once the llc probe has results, the LLC over training with its boundaries beside the held-out
+loss, and one checkpoint's SGLD traces; plus its figure builders and cost estimate without Streamlit."""
 from __future__ import annotations
 
 import json
 import shutil
+import threading
 
 import numpy as np
 import pytest
 
-from app import figures_stages as FS
+import probes
+from app import figures_stages as FS, jobs
 from app_fixtures import write_fake_run
 from model.runio import read_json, write_json_atomic
 from probes.llc import llc_summary
@@ -43,8 +46,60 @@ def test_page_says_what_is_pending_and_the_command(root, monkeypatch):
     assert_no_exception(at, "stages")
     assert at.title[0].value == "Stages"
     assert "No checkpoint of this run has an LLC estimate yet" in texts(at.info)
-    assert f"python -m probes {root / 'fake'} --only llc" in texts(at.code)
+    assert "about 45 s per nano checkpoint on a 2-core CPU, one worker on one thread" in texts(at.info)
+    assert at.multiselect(key="llc_steps").value == list(STEPS)  # every checkpoint without it, by default
+    assert at.button(key="llc_compute").label == f"Compute the LLC at {len(STEPS)} checkpoints"
+    assert texts(at.code) == f"python -m probes {root / 'fake'} --only llc"
+    at.multiselect(key="llc_steps").set_value([0, 64]).run()
+    assert texts(at.code) == f"python -m probes {root / 'fake'} --only llc --steps 0,64"
+    each = FS.llc_seconds(read_json(root / "fake" / "run.json")["model"])
+    assert f"for the 2 chosen" in texts(at.caption) and f"about {FS.duration(2 * each)} for" in texts(at.caption)
     assert not chart_keys(at)
+
+
+def test_the_llc_button_computes_the_chosen_checkpoint_in_one_job_every_session_shares(app_roots, monkeypatch,
+                                                                                        tmp_path):
+    """The smallest trained run, one checkpoint chosen: the button starts the llc probe there in the
+    background (held open while a second session looks: it sees the progress, not a second button,
+    and asking again joins the same job); once done the page draws the estimate."""
+    root = tmp_path / "runs"
+    shutil.copytree(app_roots["computed"], root)
+    run = root / "small"
+    steps = sorted(probes.read_results(run))
+    calls, real, release = [], probes.run_probes, threading.Event()
+
+    def held(*args, **kwargs):
+        calls.append(kwargs)
+        release.wait(60)
+        return real(*args, **kwargs)
+    monkeypatch.setattr(probes, "run_probes", held)
+    first = open_app(root, monkeypatch, "stages")
+    first.multiselect(key="llc_steps").set_value([steps[0]]).run()
+    first.button(key="llc_compute").click().run()
+    assert "being computed" in texts(first.info)
+    second = open_app(root, monkeypatch, "stages")
+    assert "being computed" in texts(second.info) and not [b for b in second.button if b.key == "llc_compute"]
+    job = jobs.running(run)
+    assert jobs.start_probes(run, steps, only=["llc"]) is job
+    release.set()
+    assert job.wait(timeout=300) and job.error is None
+    assert len(calls) == 1 and calls[0]["only"] == ("llc",) and calls[0]["steps"] == [steps[0]]
+    first.run()
+    assert_no_exception(first, "stages after computing the LLC")
+    results = probes.read_results(run)
+    assert [s for s in steps if "llc" in results[s]] == [steps[0]]
+    (llc,) = [t for t in chart_keys(first)["stages"]["data"] if t.get("meta", {}).get("role") == "llc"]
+    assert llc["customdata"] == [steps[0]] and np.allclose(llc["y"], [results[steps[0]]["llc"]["mean"]])
+    assert f"1 of {len(steps)} checkpoints have an LLC estimate" in texts(first.caption)
+    assert first.multiselect(key="llc_steps").value == []  # the rest stays offered, none chosen
+    assert steps[0] not in first.multiselect(key="llc_steps").options and first.button(key="llc_compute").disabled
+
+
+def test_llc_cost_is_the_measured_nano_cost_scaled_by_compute_per_row():
+    assert FS.llc_seconds(FS.NANO_SHAPE) == pytest.approx(45.0) and FS.llc_seconds(None) == 45.0
+    assert 3 < FS.llc_seconds({**FS.NANO_SHAPE, "n_embd": 256}) / 45.0 < 3.5  # width doubled: 3.2x the compute
+    assert FS.llc_seconds({**FS.NANO_SHAPE, "attn_only": True}) < 45.0
+    assert [FS.duration(s) for s in (42, 600, 7200)] == ["42 s", "10 min", "2.0 h"]
 
 
 def test_page_draws_the_llc_its_boundaries_and_a_checkpoints_traces(root, monkeypatch, tmp_path):

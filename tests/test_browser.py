@@ -5,11 +5,14 @@ show no exception; a screenshot of each lands in tests/artifacts/.
 Skipped only when no Chromium binary is found (`.ci/run` installs one)."""
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
@@ -39,30 +42,47 @@ def chromium_path() -> str | None:
     return None
 
 
-@pytest.fixture(scope="module")
-def server(request):
+def needs_chromium() -> str:
     chromium = chromium_path()
     if chromium is None:
         pytest.skip("No Chromium found (looked for /usr/bin/chromium and chromium on PATH): "
                     "install it with `apt-get install -y chromium` or run .ci/run.")
-    root = request.getfixturevalue("app_roots")["computed"]  # only once Chromium is known to be there
+    return chromium
+
+
+@contextlib.contextmanager
+def serving(root: Path, log: Path | None = None, **env: str) -> Iterator[str]:
+    """`streamlit run app` on the runs folder `root` (and `env`), its output in `log` when given;
+    yields its URL once it answers, and stops it afterwards."""
     port = free_port()
-    env = dict(os.environ, WORKBENCH_RUNS=str(root), PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
+    env = dict(os.environ, WORKBENCH_RUNS=str(root), PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1", **env)
+    out = open(log, "w") if log is not None else subprocess.PIPE
     proc = subprocess.Popen(
         [sys.executable, "-m", "streamlit", "run", "app", "--server.port", str(port), "--server.address",
          "127.0.0.1", "--server.headless", "true", "--browser.gatherUsageStats", "false",
          "--server.fileWatcherType", "none"],
-        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_healthy(url, proc)
-        yield url, chromium
+        wait_healthy(url, proc, output=(lambda: log.read_text()) if log is not None else None)
+        yield url
     finally:
         proc.terminate()
         try:
             proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
             proc.kill()
+        if log is not None:
+            out.close()
+
+
+@pytest.fixture(scope="module")
+def server(request):
+    chromium = needs_chromium()
+    root = request.getfixturevalue("app_roots")["computed"]  # only once Chromium is known to be there
+    log = request.getfixturevalue("tmp_path_factory").mktemp("server") / "server.log"  # a pipe nobody reads fills
+    with serving(root, log) as url:
+        yield url, chromium
 
 
 def wait_until_idle(page, timeout_ms: int = 60_000) -> None:
@@ -183,3 +203,76 @@ def test_four_browser_sessions_at_once_keep_their_own_numbers(server, app_roots)
                 assert metric.locator("[data-testid='stMetricValue']").inner_text().strip() == loss, (heads, kind)
         finally:
             browser.close()
+
+
+def test_llc_button_and_new_run_form_in_chromium(app_roots, tmp_path):
+    """The app offers what the command line offers, clicked in a browser: on the smallest trained
+    run the Stages page's button computes the LLC at the one checkpoint chosen and draws it; the
+    New-run form shows the preset's sizes, refuses a bad burstiness with the command line's own
+    sentence, and starts a run with the stories' knobs and a held-out file, which run.json records."""
+    from playwright.sync_api import expect, sync_playwright
+
+    from app import launch
+    from model.runrecord import read_record, record_or_none
+    from probes.results import read_results
+    from train import main as train_main
+    from test_live import wait_for
+
+    chromium = needs_chromium()
+    root, data = tmp_path / "runs", tmp_path / "texts"
+    shutil.copytree(app_roots["computed"] / "small", root / "small")
+    data.mkdir()
+    (data / "held.txt").write_text("A dog ran to the park and played with a red ball.\n\n" * 400)
+    steps = sorted(read_results(root / "small"))
+    form_run = root / "formrun"
+    with serving(root, tmp_path / "server.log", WORKBENCH_DATA=str(data)) as url, sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS, headless=True)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 2000})
+            page.goto(f"{url}/stages", wait_until="domcontentloaded")
+            page.get_by_text("No checkpoint of this run has an LLC estimate yet").wait_for(timeout=60_000)
+            wait_until_idle(page)
+            page.locator(".st-key-llc_steps [aria-label='Clear all']").click()
+            wait_until_idle(page)
+            page.locator(".st-key-llc_steps input").click()
+            page.get_by_role("option", name=str(steps[0]), exact=True).click()
+            page.keyboard.press("Escape")
+            page.get_by_role("button", name="Compute the LLC at 1 checkpoint").click()
+            page.locator(".st-key-stages .js-plotly-plot").first.wait_for(state="visible", timeout=120_000)
+            page.get_by_text(f"1 of {len(steps)} checkpoints have an LLC estimate").wait_for(timeout=30_000)
+            assert [s for s, r in read_results(root / "small").items() if "llc" in r] == [steps[0]]
+            ARTIFACTS.mkdir(parents=True, exist_ok=True)
+            page.screenshot(path=str(ARTIFACTS / "stages-llc.png"), full_page=True)
+
+            page.goto(f"{url}/new_run", wait_until="domcontentloaded")
+            page.get_by_role("heading", name="New run").wait_for(timeout=60_000)
+            wait_until_idle(page)
+            for label, value in (("Layers", "4"), ("Heads", "4"), ("Width", "128"), ("Context", "128")):
+                expect(page.get_by_label(label, exact=True)).to_have_value(value)  # the nano preset's sizes, not 0
+            page.get_by_label("Run name (a folder in the runs folder)").fill("formrun")
+            for label, value in (("Layers", "1"), ("Heads", "2"), ("Width", "32"), ("Context", "32"), ("Steps", "2"),
+                                 ("Burstiness", "1.5"), ("Story episodes", "2"), ("Corpus (MB)", "0.1")):
+                page.get_by_label(label, exact=True).fill(value)
+            page.get_by_role("button", name="Start training").click()
+            error = page.locator("[data-testid='stAlertContentError']")
+            error.first.wait_for(timeout=60_000)
+            err = io.StringIO()
+            with contextlib.redirect_stderr(err):
+                assert train_main(["--preset", "nano", "--data", "stories", "--burstiness", "1.5",
+                                   "--out", str(form_run)]) == 2
+            assert error.first.inner_text().strip() == err.getvalue().strip()
+            page.get_by_label("Burstiness", exact=True).fill("1")
+            page.locator(".st-key-new_val_file").click()
+            page.get_by_role("option", name="held.txt").click()
+            page.get_by_role("button", name="Start training").click()
+            page.get_by_text("is training in the background").wait_for(timeout=60_000)
+        finally:
+            browser.close()
+    try:
+        record = wait_for(lambda: record_or_none(form_run), 60)
+        train = record["train"]
+        assert (train["burstiness"], train["story_episodes"], train["n_layer"], train["n_ctx"]) == (1.0, 2, 1, 32)
+        assert train["val_data"] == f"text:{(data / 'held.txt').resolve()}" and read_record(form_run)["model"]["n_embd"] == 32
+    finally:
+        launch.stop_background(form_run)
+        wait_for(lambda: launch.supervisor_of(form_run.resolve()) is None, 60)

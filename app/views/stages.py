@@ -2,10 +2,11 @@
 beside the held-out loss, with the stage boundaries summary.json["stages"] finds, the emergence
 steps of the other phenomena and the per-token-loss trajectory's turn on the same step axis, and
 one checkpoint's SGLD loss traces with the diagnostics that say whether its estimate can be
-trusted."""
+trusted. The LLC is computed on request, for the checkpoints chosen, as a background job every
+session watching the run shares (app/jobs.py, as the Heads page's on-demand ablations)."""
 import streamlit as st
 
-from app import cache, figures_stages as FS, plot_data as R, ui
+from app import cache, figures_stages as FS, jobs, plot_data as R, ui
 from probes.stages import nearest_boundary
 
 EMERGENCE = {"induction": "induction change", "repetition": "repetition", "memorization": "memorization",
@@ -13,11 +14,36 @@ EMERGENCE = {"induction": "induction change", "repetition": "repetition", "memor
              "overfitting": "overfitting onset"}
 
 
-def pending(run) -> None:
+def pending() -> None:
     st.info("No checkpoint of this run has an LLC estimate yet: the llc probe is not in the default set (it samples "
-            "SGLD chains, about 15 s per nano checkpoint on a 2-core CPU). Compute it with:")
-    st.code(f"python -m probes {run.path} --only llc", language="bash")
-    st.caption("Add --steps S1,S2,... for a subset of checkpoints; the page then shows what is computed.")
+            f"SGLD chains, {FS.LLC_COST_SENTENCE}). Compute it below for the checkpoints you choose.")
+
+
+def compute_section(run, results) -> None:
+    """Offer the llc probe on the checkpoints the user chooses among those without an estimate, as
+    the Heads page offers its on-demand ablations: one shared background job per run (app/jobs.py),
+    whose progress every session watching the run sees; the same computation as the command shown."""
+    job = jobs.running(run.path)
+    if job is not None:
+        if not run.missing_probes:  # else ui.probe_results shows this job's progress already
+            ui.probe_progress(job)
+        return
+    missing = [s for s in sorted(results) if not isinstance(results[s].get("llc"), dict)]
+    if not missing:
+        return
+    kept = st.session_state.get("llc_steps")  # a choice made before some of it was computed keeps the rest
+    st.session_state["llc_steps"] = missing if kept is None else [s for s in kept if s in missing]
+    chosen = st.multiselect("Checkpoints to estimate the LLC at", missing, key="llc_steps")
+    each = FS.llc_seconds(run.info.get("model"))
+    st.caption(f"The llc probe takes {FS.LLC_COST_SENTENCE}; for this run's model about {FS.duration(each)} per "
+               f"checkpoint (scaled by its compute per token), so about {FS.duration(each * len(chosen))} for the "
+               f"{len(chosen)} chosen.")
+    if st.button(f"Compute the LLC at {len(chosen)} checkpoint{'s' * (len(chosen) != 1)}", key="llc_compute",
+                 type="primary", disabled=not chosen):
+        ui.probe_progress(jobs.start_probes(run.path, chosen, only=["llc"]))
+    steps = f" --steps {','.join(map(str, chosen))}" if chosen and chosen != missing else ""
+    st.caption("The same from a terminal:")
+    st.code(f"python -m probes {run.path} --only llc{steps}", language="bash")
 
 
 def marks_of(summary) -> dict:
@@ -90,12 +116,14 @@ def render() -> None:
     if results is None:
         return
     if not any(isinstance(r.get("llc"), dict) for r in results.values()):
-        pending(run)
+        pending()
+        ui.guarded(lambda: compute_section(run, results))
         return
     log_x = ui.log_x_toggle("log_x", True)
     summary = cache.probe_summary(run)
     ui.guarded(lambda: overview_section(run, results, summary, log_x))
     ui.guarded(lambda: traces_section(results))
+    ui.guarded(lambda: compute_section(run, results))
 
 
 ui.guarded(render)
