@@ -31,10 +31,8 @@ training recipe and the probes' seed are a run's description, not how its checkp
 data/*.bin (their lengths are checked against data.json; hashing them would cost a pass over the
 whole corpus per load), metrics/samples/probe results (reports, rebuilt or re-read by line).
 The seals guard against damage and careless edits, not against someone who recomputes them.
-
-Files written before these seals existed (no "self_sha256") are refused with a sentence saying so:
-an old meta.json cannot be told apart from an edited one.
-"""
+Files written before these seals existed (no "self_sha256") are refused: an old meta.json cannot be
+told apart from an edited one."""
 from __future__ import annotations
 
 import io
@@ -46,8 +44,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load as st_load
-from safetensors.torch import save as st_save
+from safetensors.torch import load as st_load, save as st_save
 
 from .config import GPTConfig
 from .runio import (CheckpointError, RunFileError, as_checkpoint_error, fsync_dir, read_json, remove_temporaries,
@@ -238,10 +235,13 @@ def verify_checkpoint(path: str | os.PathLike) -> tuple[dict, bytes]:
 
 
 def run_integrity(run_dir: str | os.PathLike) -> dict:
-    """model.integrity.compare_checkpoints over every checkpoint's verified meta.json (or its problem)."""
-    metas, bad = {}, {}
+    """model.integrity.compare_checkpoints over every checkpoint's verified meta.json (or its problem).
+    A meta.json that lies outside the run folder (a link) is not opened: it is a bad checkpoint."""
+    metas, bad, inside = {}, {}, os.path.realpath(run_dir) + os.sep
     for path in list_checkpoints(run_dir):
         try:
+            if not os.path.realpath(path / META).startswith(inside):
+                raise CheckpointError(path / META, "lies outside the run folder, so it is not read")
             metas[step_of(path)] = read_checkpoint_meta(path)
         except CheckpointError as e:
             bad[step_of(path)] = f"{e.path}: {e.problem}"
