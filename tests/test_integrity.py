@@ -207,3 +207,16 @@ def test_the_runs_page_says_when_two_steps_have_identical_weights(fake_run, tmp_
     assert not at.exception
     warnings = [str(w.value) for w in at.warning]
     assert "Steps 2 and 4 have identical weights: one of them is probably stale or mislabelled." in warnings, warnings
+
+
+def test_a_checkpoint_linked_from_outside_the_run_is_not_opened(fake_run, tmp_path):
+    """The app runs probe jobs in its own process, confined to the runs folder: the integrity pass
+    must not open a meta.json that a link points outside the run (it is a bad checkpoint)."""
+    run = copy_of(fake_run(), tmp_path)
+    outside = Path(shutil.copytree(checkpoint_dir(run, 2), tmp_path / "elsewhere"))
+    shutil.rmtree(checkpoint_dir(run, 2))
+    checkpoint_dir(run, 2).symlink_to(outside)
+    integrity = run_integrity(run)
+    assert integrity["checked"] == 3
+    assert [b["step"] for b in integrity["bad_checkpoints"]] == [2]
+    assert "outside the run folder" in integrity["bad_checkpoints"][0]["problem"]
