@@ -113,7 +113,7 @@ stories-run: $(STAMP)
 		echo "$(RUNS)/stories is complete: skipping training"; \
 	else \
 		$(PY) -m train $(STORIES_TRAIN) --data text:$(DATA) --val-data text:$(VAL) --out $(RUNS)/stories \
-			$$( [ -d $(RUNS)/stories/state ] && echo --resume ) || exit $$?; \
+			$$( [ -f $(RUNS)/stories/run.json ] && echo --resume ) || exit $$?; \
 	fi
 	$(PY) -m probes $(RUNS)/stories
 

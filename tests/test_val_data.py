@@ -8,6 +8,8 @@ from __future__ import annotations
 import hashlib
 import json
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -134,3 +136,48 @@ def test_a_small_vocabulary_on_real_text_warns_with_its_coverage(tmp_path, texts
     assert cover["train"] < 0.999
     err = capsys.readouterr().err
     assert f"covers {cover['train']:.2%} of the training tokens" in err and "<|unk|>" in err
+
+
+def test_an_unreadable_held_out_file_is_refused_in_one_sentence(tmp_path, texts, capsys, monkeypatch):
+    """A file the user may not read (simulated: this suite may run as root, who reads anything)."""
+    train, val = texts
+    real_read_text, real_open = Path.read_text, open
+
+    def read_text(self, *a, **k):
+        if self == val:
+            raise PermissionError(13, "Permission denied")
+        return real_read_text(self, *a, **k)
+
+    def guarded_open(file, *a, **k):
+        if Path(file) == val:
+            raise PermissionError(13, "Permission denied")
+        return real_open(file, *a, **k)
+    monkeypatch.setattr(Path, "read_text", read_text)
+    monkeypatch.setattr("builtins.open", guarded_open)
+    out = tmp_path / "runs" / "r"
+    assert main(["--out", str(out), "--data", f"text:{train}", "--val-data", f"text:{val}", *TINY]) == 2
+    line = one_sentence(capsys)
+    assert f"{val} cannot be read (Permission denied)." in line, line
+    assert not out.exists()
+
+
+def test_a_run_recorded_before_the_covering_vocabulary_resumes_at_its_own_size(tmp_path, texts):
+    """A nano run.json written when vocab_size null meant 4,096 ids: killed before its data was
+    installed, its resume tokenizes at the model's own size (run.json's model), not at what null
+    means today, so the token ids still fit its embedding."""
+    train, _ = texts
+    run = tmp_path / "runs" / "old"
+    common = ["--out", str(run), "--data", f"text:{train}", *TINY]
+    assert main(common + ["--vocab-size", "300"]) == 0
+    record = json.loads((run / "run.json").read_text())
+    record["train"]["vocab_size"] = None  # as such a run recorded it
+    record["status"] = "training"
+    (run / "run.json").write_text(json.dumps(record))
+    vocab_before = (run / "vocab.json").read_bytes()
+    for name in ("data.json", "vocab.json"):
+        (run / name).unlink()  # killed between run.json and the data install
+    for f in (run / "data").iterdir():
+        f.unlink()
+    assert main(["--out", str(run), "--resume", "--device", "cpu", "--threads", "1"]) == 0
+    assert (run / "vocab.json").read_bytes() == vocab_before
+    assert read_data_meta(run)["vocab_coverage"]["vocab_size"] == 300 == record["model"]["vocab_size"]

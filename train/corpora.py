@@ -64,9 +64,12 @@ def check_source(args: TrainArgs) -> None:
 def file_digest(path: Path) -> str:
     """sha256 of a file's bytes (data.json records the held-out file's)."""
     h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
+    try:
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+    except OSError as e:
+        raise BadInput(f"{path} cannot be read ({e.strerror or e}).") from None
     return h.hexdigest()
 
 
@@ -122,6 +125,8 @@ def read_documents(path: str) -> list[str]:
             docs += split_documents(f.read_text(encoding="utf-8"))
         except UnicodeDecodeError:
             raise BadInput(f"{f} is not UTF-8 text.") from None
+        except OSError as e:
+            raise BadInput(f"{f} cannot be read ({e.strerror or e}).") from None
     if not docs:
         raise BadInput(f"the corpus at {path} is empty.")
     return docs

@@ -68,7 +68,7 @@ def build_parser() -> Parser:
     add("--vocab-size", help="compact vocabulary size, or gpt2 (default: for nano a compact vocabulary holding every "
                              "token of the training text, gpt2 otherwise)")
     add("--corpus-mb", type=float, help=f"stories: training text size in MB; tinystories: cap (default {d.corpus_mb})")
-    add("--val-fraction", type=float, help=f"held-out share of the corpus (default {d.val_fraction}; not with --val-data)")
+    add("--val-fraction", type=float, help=f"held-out share of the corpus (default {d.val_fraction}; ignored with --val-data)")
     add("--val-data", metavar="text:PATH",
         help="held-out text from its own file or folder (recorded with its digest in data.json); default: a "
              "seeded --val-fraction of the training corpus")

@@ -68,15 +68,17 @@ def is_temporary(path: Path) -> bool:
     return temp_writer(path) is not None and path.is_file()
 
 
-def prepare_tokens(args: TrainArgs) -> tuple[Tokenized, list[dict], str]:
+def prepare_tokens(args: TrainArgs, vocab_limit: int | None = None) -> tuple[Tokenized, list[dict], str]:
     """(token cache entry, canaries, source) for the run's corpus: generated/read, then tokenized
-    unless the cache already has it."""
+    unless the cache already has it; at `vocab_limit` when given (a resumed run's own size), else
+    at the options' (args.vocab_limit)."""
     corpus = load_corpus(args)
     if not corpus.train or not corpus.val:
         raise BadInput(f"the corpus {args.data} is empty.")
     runs_root = Path(args.out).resolve().parent
     n_ctx = args.largest_model.n_ctx  # the run's context whatever the vocabulary turns out to be
-    return (tokenize(corpus, args.vocab_limit, runs_root, check=lambda info: check_chunks(info, n_ctx)),
+    limit = vocab_limit if vocab_limit is not None else args.vocab_limit
+    return (tokenize(corpus, limit, runs_root, check=lambda info: check_chunks(info, n_ctx)),
             corpus.canaries, corpus.source)
 
 
@@ -211,9 +213,13 @@ def setup_run(out: Path, args: TrainArgs, stored: dict | None, world: int, cpu_t
         write_record(out, {**run_record(args, cfg, tok, world), **threads})
         install_data(out, tok, data)
         return cfg
-    cfg = GPTConfig.from_dict(read_record(out)["model"])
+    record = read_record(out)
+    cfg = GPTConfig.from_dict(record["model"])
     if not data_installed(out):
-        tok, canaries, source = prepare_tokens(args)
+        # the run's own vocabulary size, not what its options mean today (a nano run recorded
+        # vocab_size null when that meant 4,096 ids)
+        compact = (record.get("tokenizer") or {}).get("kind") == "compact"
+        tok, canaries, source = prepare_tokens(args, cfg.vocab_size if compact else None)
         install_data(out, tok, data_record(args, cfg, tok, canaries, source, world))
     remove_partial_checkpoints(out)
     clean_temporaries(out)
