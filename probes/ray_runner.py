@@ -36,6 +36,7 @@ import re
 import shutil
 import sys
 import tempfile
+import time
 import uuid
 import warnings
 from pathlib import Path
@@ -195,6 +196,24 @@ def probe_task(run_dir: str, ckpt: str | dict, want: tuple[str, ...], device: st
 
 
 # -- the driver side ---------------------------------------------------------------------------
+CLIENT_INIT_TRIES = 3  # a Ray Client connection's init, tried again after an empty failure from the server
+
+
+def client_init(ray: Any, address: str, kwargs: dict) -> None:
+    """`ray.init(address)` through Ray Client, tried again (CLIENT_INIT_TRIES in all) when the
+    server's answer to the client's init is a failure with no message: on a loaded head the proxy's
+    data channel has answered so while it started the client's own server, and a second connection
+    joined. A failure that says what went wrong (no server on the port, no token) is not retried."""
+    for attempt in range(CLIENT_INIT_TRIES):
+        try:
+            ray.init(address=address, **kwargs)
+            return
+        except ConnectionAbortedError as e:
+            if str(e).strip() != "Initialization failure from server:" or attempt == CLIENT_INIT_TRIES - 1:
+                raise
+            ray.shutdown()
+            time.sleep(1 + attempt)
+
 class RayCluster:
     """A connection to Ray for the length of a `with` block. `local` starts a private instance of
     jobs x threads CPUs on this machine (listening on 127.0.0.1 only) and shuts it down on exit;
@@ -228,7 +247,7 @@ class RayCluster:
             else:  # Ray Client: its warning on a failed connect would make the refusal more than a sentence
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
-                    ray.init(address=self.address, runtime_env=code_env(), **quiet)
+                    client_init(ray, self.address, dict(runtime_env=code_env(), **quiet))
         except (ConnectionError, RuntimeError, ValueError, no_token) as e:
             if "ray[client]" in str(e):
                 raise ValueError(f"--ray {self.address} goes through Ray Client, which is not installed here; "

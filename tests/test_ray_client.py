@@ -82,8 +82,15 @@ def shipped_code(head) -> dict[str, bytes]:
     return found
 
 
-def check_client_run(run: Path, done: subprocess.CompletedProcess, reference: dict) -> None:
-    assert done.returncode == 0, done.stderr[-3000:]
+def client_server_logs(head) -> str:
+    """The tails of the head's Ray Client logs (the proxy's and each client's own server's): what a
+    failed connection's message leaves out."""
+    logs = sorted(head.temp_dir.glob("session_*/logs/ray_client_server*.err"))
+    return "\n".join(f"--- {p.name}\n" + p.read_text(errors="replace")[-1500:] for p in logs)
+
+
+def check_client_run(run: Path, done: subprocess.CompletedProcess, reference: dict, head=None) -> None:
+    assert done.returncode == 0, done.stderr[-3000:] + (client_server_logs(head) if head else "")
     assert "Traceback" not in done.stderr, done.stderr[-3000:]
     assert done.stdout.strip() == f"probes: computed {len(STEPS)} checkpoint(s); results in {probes_dir(run)}."
     check_results(run, reference, STEPS)
@@ -110,7 +117,7 @@ def test_a_cluster_not_joined_is_refused_with_one_sentence(head, template, tmp_p
 def test_probes_through_ray_client_equal_the_local_runners(head, template, tmp_path, reference):
     run = Path(shutil.copytree(template, tmp_path / "run"))
     done = probes_cli(run, "--ray", head.client)
-    check_client_run(run, done, reference)
+    check_client_run(run, done, reference, head)
     code = shipped_code(head)  # what the tasks imported: the driver's own files, whatever the cluster has
     for rel in ("probes/ray_runner.py", "probes/compute.py", "model/checkpoint.py"):
         assert code.get(rel) == (REPO / rel).read_bytes(), f"{rel} was not shipped as this checkout has it"
@@ -122,4 +129,39 @@ def test_ship_through_ray_client_equals_the_local_runner(head, template, tmp_pat
     this side of the client (ray.put through the client server), and the tasks unpack them."""
     run = Path(shutil.copytree(template, tmp_path / "run"))
     done = probes_cli(run, "--ray", head.client, "--ship")
-    check_client_run(run, done, reference)
+    check_client_run(run, done, reference, head)
+
+
+class FlakyRay:
+    """Stands in for the ray module: ray.init fails with each of `failures` in turn, then joins."""
+
+    def __init__(self, *failures: Exception):
+        self.failures, self.inits, self.shutdowns = list(failures), 0, 0
+
+    def init(self, address: str, **kwargs) -> None:
+        self.inits += 1
+        if self.failures:
+            raise self.failures.pop(0)
+
+    def shutdown(self) -> None:
+        self.shutdowns += 1
+
+
+def test_an_empty_init_failure_from_the_server_is_tried_again_and_any_other_is_not(monkeypatch):
+    """The one CI failure of the ship test: the server answered the client's init with a failure and
+    no message. client_init connects again (up to CLIENT_INIT_TRIES in all); a failure that says
+    something (no token, no server) goes straight to the refusal."""
+    monkeypatch.setattr(ray_runner.time, "sleep", lambda s: None)
+    empty = ConnectionAbortedError("Initialization failure from server:\n")
+    ray = FlakyRay(empty, empty)
+    ray_runner.client_init(ray, "ray://h:1", {})
+    assert (ray.inits, ray.shutdowns) == (3, 2)
+    ray = FlakyRay(*[empty] * ray_runner.CLIENT_INIT_TRIES)
+    with pytest.raises(ConnectionAbortedError):
+        ray_runner.client_init(ray, "ray://h:1", {})
+    assert ray.inits == ray_runner.CLIENT_INIT_TRIES
+    said = ConnectionAbortedError("Initialization failure from server:\nCall to `ray.init()` on the server failed")
+    ray = FlakyRay(said)
+    with pytest.raises(ConnectionAbortedError):
+        ray_runner.client_init(ray, "ray://h:1", {})
+    assert ray.inits == 1
