@@ -12,6 +12,8 @@
                                checkpoint, and latest.json, for --resume and --fill-in
       probes/step_000128.json  every probe result for that checkpoint
       probes/summary.json      the series across checkpoints and when each phenomenon emerges
+      probes/prompt/           one prompt through the run (probes.prompt): step_000128-<key>.json per
+                               checkpoint, prompt and options, keyed by the checkpoint's weight digest
     <runs>/.cache/tokens/<hash>/   tokenized corpora shared by runs ($WORKBENCH_CACHE/tokens/ if set)
 
 Every other module asks this one for a name or a path; what is inside each file is owned by the
@@ -38,6 +40,7 @@ STATE_DIR = "state"
 LATEST = "latest.json"
 PROBES_DIR = "probes"
 SUMMARY_JSON = "summary.json"
+PROMPT_DIR = "prompt"
 CACHE_DIR = ".cache"
 CACHE_ENV = "WORKBENCH_CACHE"
 
@@ -140,6 +143,13 @@ def result_step(path: str | os.PathLike) -> int | None:
 
 def summary_path(run_dir: str | os.PathLike) -> Path:
     return probes_dir(run_dir) / SUMMARY_JSON
+
+
+def prompt_cache_path(run_dir: str | os.PathLike, step: int, key: str) -> Path:
+    """probes/prompt/step_000128-<key>.json: one checkpoint's entry of a prompt followed through the
+    run (probes.prompt), `key` naming the prompt, the options and the checkpoint's weight digest. Not
+    a result file (result_step ignores it): a cache any process may fill, and delete."""
+    return probes_dir(run_dir) / PROMPT_DIR / f"{step_name(step)}-{key}.json"
 
 
 def token_cache_root(runs_root: str | os.PathLike) -> Path:

@@ -200,10 +200,8 @@ CLIENT_INIT_TRIES = 3  # a Ray Client connection's init, tried again after an em
 
 
 def client_init(ray: Any, address: str, kwargs: dict) -> None:
-    """`ray.init(address)` through Ray Client, tried again (CLIENT_INIT_TRIES in all) when the
-    server's answer to the client's init is a failure with no message: on a loaded head the proxy's
-    data channel has answered so while it started the client's own server, and a second connection
-    joined. A failure that says what went wrong (no server on the port, no token) is not retried."""
+    """`ray.init(address)` through Ray Client, tried again when the server fails the client's init
+    with no message (seen once in CI on a loaded head); a failure that says why is not retried."""
     for attempt in range(CLIENT_INIT_TRIES):
         try:
             ray.init(address=address, **kwargs)
