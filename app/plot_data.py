@@ -9,18 +9,10 @@ from __future__ import annotations
 import html
 from typing import Any, Mapping, Sequence
 
+from probes.result_series import get, is_matrix  # noqa: F401 (the one reader by path; pages use R.is_matrix)
 from probes.results import ablation_key
 
 Results = Mapping[int, Mapping[str, Any]]
-
-
-def get(d: Any, path: str) -> Any:
-    """d["a"]["b"]... for path "a.b...", or None where any part is missing."""
-    for part in path.split("."):
-        if not isinstance(d, Mapping) or part not in d:
-            return None
-        d = d[part]
-    return d
 
 
 def scalar(results: Results, path: str) -> tuple[list[int], list[float]]:
@@ -33,11 +25,6 @@ def scalar(results: Results, path: str) -> tuple[list[int], list[float]]:
             steps.append(int(step))
             values.append(float(v))
     return steps, values
-
-
-def is_matrix(v: Any) -> bool:
-    return (isinstance(v, Sequence) and len(v) > 0 and all(isinstance(r, Sequence) and len(r) > 0 for r in v)
-            and len({len(r) for r in v}) == 1)
 
 
 def matrices(results: Results, path: str) -> tuple[list[int], list[list[list[float]]]]:

@@ -1,7 +1,9 @@
-"""The thresholds of every emergence rule and the rules in words. summarize writes both into
-summary.json beside the detections, so a reader never has to guess how a step was found: the
-detectors (probes/phenomena.py, probes/failure_modes.py, probes/overfitting.py) read their numbers
-from THRESHOLDS, and `rules()` states each method with those numbers filled in.
+"""Every rule over a series of checkpoints, with its thresholds, in words: the emergence and
+failure-mode rules (THRESHOLDS and RULES: summarize writes both into summary.json beside the
+detections, so a reader never has to guess how a step was found; the detectors in
+probes/phenomena.py, probes/failure_modes.py and probes/overfitting.py read their numbers from
+THRESHOLDS, and `rules()` states each method with those numbers filled in), and the rules of loss
+spikes, developmental stages, the loss trajectory and sibling runs parting, whose modules apply them.
 """
 from __future__ import annotations
 
@@ -198,3 +200,77 @@ RULES = {
 
 def rules() -> dict[str, str]:
     return {k: v.format(**THRESHOLDS) for k, v in RULES.items()}
+
+
+# -- the rules over other series, stated here too: loss spikes in a training log (probes/loss_spikes.py),
+# developmental stages on the LLC series (probes/stages.py), the per-token loss trajectory
+# (probes/trajectory.py) and when two sibling runs part (probes/run_pairs.py).
+# Calibrated on the nano preset trained on stories with each attention kind (same data order): the
+# hardest batches sit up to 76% above the median of the 20 losses before them, at the same steps in
+# every run and with no jump in grad norm — the data, not the optimizer. A spike is therefore a
+# loss more than double the recent median (the page lets one lower the line to look at those too).
+SPIKE_RATIO = 1.0
+SPIKE_WINDOW = 20
+
+
+def spike_rule(ratio: float = SPIKE_RATIO, window: int = SPIKE_WINDOW) -> str:
+    """The spike definition in words, as the page states it."""
+    return (f"A loss spike is a logged train loss more than {ratio:.0%} above (over {1 + ratio:g}x) the median "
+            f"of the {window} "
+            f"logged train losses before it (rows with fewer than {window} before them are not judged); "
+            "consecutive rows above that line count as one spike, placed at its first row.")
+
+
+SPIKE_RULE = spike_rule()
+
+STAGE_RULE = (
+    "Series: llc.mean (the LLC estimate of each checkpoint, mean over SGLD chains), over the checkpoints "
+    "that have one, in step order. Smoothed: each value replaced by the median of itself and its two "
+    "neighbours (the ends keep theirs), so a single outlying checkpoint cannot make a boundary. Noise: the "
+    "larger of the curvature noise of the raw series (the mean absolute deviation of its second differences "
+    "from their median, the largest left out, x sqrt(pi/12); neither a trend nor a change of slope inflates "
+    "it) and the median over checkpoints of the spread over chains (llc.std). Threshold h = max({min_share:.0%} "
+    "of the median |LLC|, {noise_z:g} x noise x sqrt(2) x (1 + {small_sample:g}/m^2)), m the second differences "
+    "the noise rests on (with few checkpoints the noise estimate is itself uncertain). A boundary is a turning "
+    "point of the smoothed series, found by the zigzag rule: following the series, the running extreme of the "
+    "current trend becomes a boundary once the series has moved back from it by at least h (a peak where "
+    "rising turns to falling, a trough where falling turns to rising); the first trend is the first move of h. "
+    "step is the checkpoint of the extreme (where the smoothing flattens an extreme into equal values, the one "
+    "whose own estimate is the extreme), from_step and to_step the checkpoints on either side of it (the trend "
+    "changes between them); value is its estimate, change_before and change_after the changes of the estimates "
+    "into and out of it (from the previous boundary or the first checkpoint, to the next boundary or the last). trusted "
+    "says whether the estimates at from_step, step and to_step all passed the llc probe's diagnostics. Fewer "
+    "than {min_points} checkpoints with an LLC give no boundaries. Stages are the stretches between boundaries.")
+MIN_SHARE, NOISE_Z, MIN_POINTS = 0.05, 6.0, 6
+STAGE_RULE = STAGE_RULE.format(min_share=MIN_SHARE, noise_z=NOISE_Z, small_sample=SMALL_SAMPLE, min_points=MIN_POINTS)
+
+TRAJECTORY_RULE = (
+    "Per-token loss trajectory (Olsson et al. 2022): rows = checkpoints, columns = the losses of the "
+    "same held-out target tokens (induction.token_losses, the first n_tokens of the fixed held-out "
+    "sequences); each column is centred on its mean over checkpoints and the matrix is decomposed by "
+    "SVD. pc1 and pc2 are each checkpoint's coordinates on the first two principal components, "
+    "explained their shares of the total variance. Sign convention: each component is oriented so "
+    "that its coordinate at the last checkpoint is >= its coordinate at the first (ties, within "
+    "1e-9 of the component's scale: its first non-zero coordinate is positive). Checkpoints whose token count differs from the "
+    "last checkpoint's are left out. turn: where the path turns most in the (pc1, pc2) plane: for each "
+    "checkpoint k with {window} checkpoints on each side, the angle between its direction of travel "
+    "before (p_k - p_(k-{window})) and after (p_(k+{window}) - p_k), counted only where both moves are at "
+    "least {min_share:.0%} of the path's extent (the largest distance between two of its points), so "
+    "late jitter in a path that has come to rest cannot win; turn_step is the checkpoint of the "
+    "largest angle, angle_deg that angle.")
+TURN_WINDOW, TURN_MIN_SHARE = 3, 0.05
+TRAJECTORY_RULE = TRAJECTORY_RULE.format(window=TURN_WINDOW, min_share=TURN_MIN_SHARE)
+
+PAIR_Z = 3.0            # a difference counts when it is this many standard errors ...
+PAIR_PERSIST = 2        # ... at this many consecutive shared checkpoints
+PAIR_MIN_TONE = 0.02    # bits: smaller tone differences are not a difference in the text
+PAIR_MIN_LOSS = 0.01    # nats: smaller held-out loss differences are not worth a verdict
+
+PAIR_RULE = (f"At each checkpoint both runs have probed: tone difference = |A - B| of repetition.tone.jsd_unigram, "
+             f"its noise sqrt(sd_A^2 + sd_B^2) with sd = repetition.tone.floor_unigram_sd; held-out loss difference "
+             f"= A - B of memorization.held_out.loss, its noise the paired standard error sd(row_A - row_B)/sqrt(n) over "
+             f"memorization.held_out.row_losses. A measure parts at the first checkpoint where |difference| >= "
+             f"max(minimum, {PAIR_Z:g} x noise) there and at the next {PAIR_PERSIST - 1} shared checkpoint(s) (a "
+             f"crossing at the last checkpoint is not counted yet); minimum {PAIR_MIN_TONE} bits for tone, "
+             f"{PAIR_MIN_LOSS} nats for the loss. from_step is the shared checkpoint before it. first says which "
+             f"measure parted first ('same' when at the same checkpoint).")

@@ -1,30 +1,14 @@
 """Loss spikes in a training log: a metric of the run, not of one checkpoint.
 
-The app's "Compare runs" page counts and marks them; the rule and its calibration live here so
-that it is stated once.
+The app's "Compare runs" page counts and marks them; the rule and its calibration are stated once,
+in probes/emergence_rules.py.
 """
 from __future__ import annotations
 
 import statistics
 from typing import Sequence
 
-# Calibrated on the nano preset trained on stories with each attention kind (same data order): the
-# hardest batches sit up to 76% above the median of the 20 losses before them, at the same steps in
-# every run and with no jump in grad norm — the data, not the optimizer. A spike is therefore a
-# loss more than double the recent median (the page lets one lower the line to look at those too).
-SPIKE_RATIO = 1.0
-SPIKE_WINDOW = 20
-
-
-def spike_rule(ratio: float = SPIKE_RATIO, window: int = SPIKE_WINDOW) -> str:
-    """The spike definition in words, as the page states it."""
-    return (f"A loss spike is a logged train loss more than {ratio:.0%} above (over {1 + ratio:g}x) the median "
-            f"of the {window} "
-            f"logged train losses before it (rows with fewer than {window} before them are not judged); "
-            "consecutive rows above that line count as one spike, placed at its first row.")
-
-
-SPIKE_RULE = spike_rule()
+from .emergence_rules import SPIKE_RATIO, SPIKE_RULE, SPIKE_WINDOW, spike_rule  # noqa: F401 (the rule, stated there)
 
 
 def spike_flags(losses: Sequence[float], ratio: float = SPIKE_RATIO, window: int = SPIKE_WINDOW) -> list[bool]:

@@ -5,7 +5,7 @@ traces and per-token losses are nothing to follow as a series.
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Mapping, Sequence
 
 from .trajectory import is_number
 
@@ -14,9 +14,22 @@ SKIP_KEYS = {"continuations", "seconds", "items", "seen_examples", "sampling", "
              "training_repeat_periods", "trace"}
 
 
+def get(result: Any, path: str) -> Any:
+    """result["a"]["b"]... for the dotted path "a.b...", or None where any part is missing: the one
+    reader of a probe result (or of summary.json) by path, for the summary, the pages and run pairs."""
+    for part in path.split("."):
+        if not isinstance(result, Mapping) or part not in result:
+            return None
+        result = result[part]
+    return result
+
+
 def is_matrix(v: Any) -> bool:
-    return (isinstance(v, list) and len(v) > 0 and all(isinstance(r, list) and r for r in v)
-            and all(is_number(x) for r in v for x in r))
+    """A [layer][head] matrix: non-empty rows of one length, every entry a real number."""
+    return (isinstance(v, Sequence) and not isinstance(v, str) and len(v) > 0
+            and all(isinstance(r, Sequence) and not isinstance(r, str) and len(r) > 0 for r in v)
+            and len({len(r) for r in v}) == 1
+            and all(isinstance(x, (int, float)) and not isinstance(x, bool) for r in v for x in r))
 
 
 def flatten(obj: Any, path: str, scalars: dict[str, float | None], heads: dict[str, list]) -> None:
@@ -30,7 +43,7 @@ def flatten(obj: Any, path: str, scalars: dict[str, float | None], heads: dict[s
         scalars[path] = None
     elif is_number(obj):
         scalars[path] = float(obj)
-    elif is_matrix(obj):
+    elif is_matrix(obj) and all(is_number(x) for r in obj for x in r):
         heads[path] = obj
         flat = [float(x) for r in obj for x in r]
         scalars[f"{path}.max"] = max(flat)

@@ -16,28 +16,8 @@ from __future__ import annotations
 import math
 from typing import Any, Mapping
 
-PAIR_Z = 3.0            # a difference counts when it is this many standard errors ...
-PAIR_PERSIST = 2        # ... at this many consecutive shared checkpoints
-PAIR_MIN_TONE = 0.02    # bits: smaller tone differences are not a difference in the text
-PAIR_MIN_LOSS = 0.01    # nats: smaller held-out loss differences are not worth a verdict
-
-RULE = (f"At each checkpoint both runs have probed: tone difference = |A - B| of repetition.tone.jsd_unigram, "
-        f"its noise sqrt(sd_A^2 + sd_B^2) with sd = repetition.tone.floor_unigram_sd; held-out loss difference "
-        f"= A - B of memorization.held_out.loss, its noise the paired standard error sd(row_A - row_B)/sqrt(n) over "
-        f"memorization.held_out.row_losses. A measure parts at the first checkpoint where |difference| >= "
-        f"max(minimum, {PAIR_Z:g} x noise) there and at the next {PAIR_PERSIST - 1} shared checkpoint(s) (a "
-        f"crossing at the last checkpoint is not counted yet); minimum {PAIR_MIN_TONE} bits for tone, "
-        f"{PAIR_MIN_LOSS} nats for the loss. from_step is the shared checkpoint before it. first says which "
-        f"measure parted first ('same' when at the same checkpoint).")
-
-
-def _get(result: Mapping[str, Any], dotted: str) -> Any:
-    node: Any = result
-    for key in dotted.split("."):
-        if not isinstance(node, Mapping):
-            return None
-        node = node.get(key)
-    return node
+from .result_series import get
+from .emergence_rules import PAIR_MIN_LOSS, PAIR_MIN_TONE, PAIR_PERSIST, PAIR_RULE as RULE, PAIR_Z  # noqa: F401
 
 
 def _number(v: Any) -> float | None:
@@ -46,8 +26,8 @@ def _number(v: Any) -> float | None:
 
 def tone_difference(a: Mapping, b: Mapping) -> tuple[float, float] | None:
     """(|A - B| of the tone, its noise) at one checkpoint; None when either lacks the tone."""
-    ta, tb = _number(_get(a, "repetition.tone.jsd_unigram")), _number(_get(b, "repetition.tone.jsd_unigram"))
-    sa, sb = _number(_get(a, "repetition.tone.floor_unigram_sd")), _number(_get(b, "repetition.tone.floor_unigram_sd"))
+    ta, tb = _number(get(a, "repetition.tone.jsd_unigram")), _number(get(b, "repetition.tone.jsd_unigram"))
+    sa, sb = _number(get(a, "repetition.tone.floor_unigram_sd")), _number(get(b, "repetition.tone.floor_unigram_sd"))
     if None in (ta, tb, sa, sb):
         return None
     return abs(ta - tb), math.sqrt(sa * sa + sb * sb)
@@ -56,7 +36,7 @@ def tone_difference(a: Mapping, b: Mapping) -> tuple[float, float] | None:
 def loss_difference(a: Mapping, b: Mapping) -> tuple[float, float] | None:
     """(A - B of the held-out loss, its paired standard error) at one checkpoint; None when either
     lacks per-row losses or the rows are not the same number (then they are not the same rows)."""
-    ra, rb = _get(a, "memorization.held_out.row_losses"), _get(b, "memorization.held_out.row_losses")
+    ra, rb = get(a, "memorization.held_out.row_losses"), get(b, "memorization.held_out.row_losses")
     if not isinstance(ra, list) or not isinstance(rb, list) or len(ra) != len(rb) or len(ra) < 2:
         return None
     d = [float(x) - float(y) for x, y in zip(ra, rb)]

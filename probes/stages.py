@@ -11,26 +11,7 @@ from typing import Any, Mapping, Sequence
 
 from .emergence import SMALL_SAMPLE, _median, curvature_noise
 
-STAGE_RULE = (
-    "Series: llc.mean (the LLC estimate of each checkpoint, mean over SGLD chains), over the checkpoints "
-    "that have one, in step order. Smoothed: each value replaced by the median of itself and its two "
-    "neighbours (the ends keep theirs), so a single outlying checkpoint cannot make a boundary. Noise: the "
-    "larger of the curvature noise of the raw series (the mean absolute deviation of its second differences "
-    "from their median, the largest left out, x sqrt(pi/12); neither a trend nor a change of slope inflates "
-    "it) and the median over checkpoints of the spread over chains (llc.std). Threshold h = max({min_share:.0%} "
-    "of the median |LLC|, {noise_z:g} x noise x sqrt(2) x (1 + {small_sample:g}/m^2)), m the second differences "
-    "the noise rests on (with few checkpoints the noise estimate is itself uncertain). A boundary is a turning "
-    "point of the smoothed series, found by the zigzag rule: following the series, the running extreme of the "
-    "current trend becomes a boundary once the series has moved back from it by at least h (a peak where "
-    "rising turns to falling, a trough where falling turns to rising); the first trend is the first move of h. "
-    "step is the checkpoint of the extreme (where the smoothing flattens an extreme into equal values, the one "
-    "whose own estimate is the extreme), from_step and to_step the checkpoints on either side of it (the trend "
-    "changes between them); value is its estimate, change_before and change_after the changes of the estimates "
-    "into and out of it (from the previous boundary or the first checkpoint, to the next boundary or the last). trusted "
-    "says whether the estimates at from_step, step and to_step all passed the llc probe's diagnostics. Fewer "
-    "than {min_points} checkpoints with an LLC give no boundaries. Stages are the stretches between boundaries.")
-MIN_SHARE, NOISE_Z, MIN_POINTS = 0.05, 6.0, 6
-STAGE_RULE = STAGE_RULE.format(min_share=MIN_SHARE, noise_z=NOISE_Z, small_sample=SMALL_SAMPLE, min_points=MIN_POINTS)
+from .emergence_rules import MIN_POINTS, MIN_SHARE, NOISE_Z, STAGE_RULE  # noqa: F401 (the rule, stated there)
 
 
 def _finite(v: Any) -> bool:

@@ -12,22 +12,7 @@ from typing import Any
 import numpy as np
 
 
-TRAJECTORY_RULE = (
-    "Per-token loss trajectory (Olsson et al. 2022): rows = checkpoints, columns = the losses of the "
-    "same held-out target tokens (induction.token_losses, the first n_tokens of the fixed held-out "
-    "sequences); each column is centred on its mean over checkpoints and the matrix is decomposed by "
-    "SVD. pc1 and pc2 are each checkpoint's coordinates on the first two principal components, "
-    "explained their shares of the total variance. Sign convention: each component is oriented so "
-    "that its coordinate at the last checkpoint is >= its coordinate at the first (ties, within "
-    "1e-9 of the component's scale: its first non-zero coordinate is positive). Checkpoints whose token count differs from the "
-    "last checkpoint's are left out. turn: where the path turns most in the (pc1, pc2) plane: for each "
-    "checkpoint k with {window} checkpoints on each side, the angle between its direction of travel "
-    "before (p_k - p_(k-{window})) and after (p_(k+{window}) - p_k), counted only where both moves are at "
-    "least {min_share:.0%} of the path's extent (the largest distance between two of its points), so "
-    "late jitter in a path that has come to rest cannot win; turn_step is the checkpoint of the "
-    "largest angle, angle_deg that angle.")
-TURN_WINDOW, TURN_MIN_SHARE = 3, 0.05
-TRAJECTORY_RULE = TRAJECTORY_RULE.format(window=TURN_WINDOW, min_share=TURN_MIN_SHARE)
+from .emergence_rules import TRAJECTORY_RULE, TURN_MIN_SHARE, TURN_WINDOW  # noqa: F401 (the rule, stated there)
 
 
 def is_number(v: Any) -> bool:
