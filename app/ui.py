@@ -181,6 +181,30 @@ def probe_results(run: RunFiles, key: str) -> dict[int, dict] | None:
     return results
 
 
+def finding(caption: str | None, rule: str | None, how: str) -> None:
+    """A detector's finding under its chart: the caption (when there is one), and the rule it
+    follows in words inside an expander titled `how` (when the summary states it)."""
+    if caption:
+        st.caption(caption)
+    if rule:
+        with st.expander(how):
+            st.caption(rule)
+
+
+def results_page(title: str, key: str, body: Callable[[RunFiles, dict[int, dict]], None]) -> None:
+    """A page over the picked run's probe results: the run (current_run), its results (probe_results:
+    each says why when there are none), then `body(run, results)`; an error is shown on the page
+    rather than as a traceback. Every results page is built this way."""
+    def render() -> None:
+        run = current_run(title)
+        if run is None:
+            return
+        results = probe_results(run, key)
+        if results is not None:
+            body(run, results)
+    guarded(render)
+
+
 def offer_probes(run: RunFiles, steps: Sequence[int], key: str) -> None:
     """Offer to run the probes on checkpoints that lack results. The computation runs once per run
     whichever session asks (app/jobs.py); every session then watches its progress bar, which a

@@ -22,6 +22,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
+import pytest
+
+import probes.ray_runner as ray_runner
+from model.runio import pid_alive
 from probes.results import read_results
 
 MARK_VAR = "PROBES_TEST_RAY_HEAD"  # marks the head's processes, so none can hide from stop_head
@@ -40,6 +44,23 @@ def check_results(run: Path, reference: dict, steps=None) -> None:
     for s in steps:
         assert without_timing(got[s]) == reference["results"][s], f"step {s} differs from the local runner's"
     assert [p.name for p in (run / "probes").iterdir() if p.name.startswith(".")] == []
+
+
+def run_template(steps: tuple[int, ...]):
+    """A module fixture `template`: the session's fake run with `steps` (conftest.py `fake_run`),
+    shared, so every test of the module copies it."""
+    @pytest.fixture(scope="module")
+    def template(fake_run) -> Path:
+        return fake_run(steps=steps)
+    return template
+
+
+def no_stale_kits() -> None:
+    """Ray SIGKILLs its workers at shutdown, so --ship's private folders outlive them until the next
+    --ship sweeps them: sweep now and check that none of a dead worker is left."""
+    tmp = Path(tempfile.gettempdir())
+    ray_runner._remove_stale_kits(tmp)
+    assert [p for p in tmp.glob("probes-ship-*-*") if not pid_alive(int(p.name.split("-")[2]))] == []
 
 
 def session_processes(session: str) -> list[int]:

@@ -44,3 +44,12 @@ def wait_healthy(url: str, proc: subprocess.Popen | None = None, timeout: float 
             return
         time.sleep(every)
     raise AssertionError(f"the server did not answer at {url} within {timeout} s: {said(False)}")
+
+
+def stop_server(proc: subprocess.Popen, grace: float = 10) -> None:
+    """SIGTERM to a server under test, SIGKILL if it has not exited `grace` seconds later."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()

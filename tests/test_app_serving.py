@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from _serving import free_port, wait_healthy
+from _serving import free_port, stop_server, wait_healthy
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -48,11 +48,7 @@ def serve(cmd: list[str], port: int, tmp_path: Path) -> tuple[set[str], str]:
         time.sleep(0.5)  # the URLs are printed after the server is up
         return listening_addresses(port), log.read_text()
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_server(proc)
 
 
 @pytest.mark.skipif(not Path("/proc/net/tcp").exists(), reason="needs Linux /proc/net/tcp")

@@ -16,7 +16,7 @@ from typing import Iterator
 
 import pytest
 
-from _serving import free_port, wait_healthy
+from _serving import free_port, stop_server, wait_healthy
 
 REPO = Path(__file__).resolve().parents[1]
 ARTIFACTS = REPO / "tests" / "artifacts"
@@ -67,11 +67,7 @@ def serving(root: Path, log: Path | None = None, **env: str) -> Iterator[str]:
         wait_healthy(url, proc, output=(lambda: log.read_text()) if log is not None else None)
         yield url
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_server(proc)
         if log is not None:
             out.close()
 
@@ -83,6 +79,22 @@ def server(request):
     log = request.getfixturevalue("tmp_path_factory").mktemp("server") / "server.log"  # a pipe nobody reads fills
     with serving(root, log) as url:
         yield url, chromium
+
+
+def form_is_refused_as_the_cli_refuses(page, fields, argv: list[str]) -> None:
+    """On the New-run page: name the run formrun, fill `fields` ((label, value) pairs), press Start
+    training; the error shown is, word for word, what `python -m train ARGV` says on refusing."""
+    from train import main as train_main
+    page.get_by_label("Run name (a folder in the runs folder)").fill("formrun")
+    for label, value in fields:
+        page.get_by_label(label, exact=True).fill(value)
+    page.get_by_role("button", name="Start training").click()
+    error = page.locator("[data-testid='stAlertContentError']")
+    error.first.wait_for(timeout=60_000)
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        assert train_main(argv) == 2
+    assert error.first.inner_text().strip() == err.getvalue().strip()
 
 
 def wait_until_idle(page, timeout_ms: int = 60_000) -> None:
@@ -249,18 +261,10 @@ def test_llc_button_and_new_run_form_in_chromium(app_roots, tmp_path):
             wait_until_idle(page)
             for label, value in (("Layers", "4"), ("Heads", "4"), ("Width", "128"), ("Context", "128")):
                 expect(page.get_by_label(label, exact=True)).to_have_value(value)  # the nano preset's sizes, not 0
-            page.get_by_label("Run name (a folder in the runs folder)").fill("formrun")
-            for label, value in (("Layers", "1"), ("Heads", "2"), ("Width", "32"), ("Context", "32"), ("Steps", "2"),
-                                 ("Burstiness", "1.5"), ("Story episodes", "2"), ("Corpus (MB)", "0.1")):
-                page.get_by_label(label, exact=True).fill(value)
-            page.get_by_role("button", name="Start training").click()
-            error = page.locator("[data-testid='stAlertContentError']")
-            error.first.wait_for(timeout=60_000)
-            err = io.StringIO()
-            with contextlib.redirect_stderr(err):
-                assert train_main(["--preset", "nano", "--data", "stories", "--burstiness", "1.5",
-                                   "--out", str(form_run)]) == 2
-            assert error.first.inner_text().strip() == err.getvalue().strip()
+            form_is_refused_as_the_cli_refuses(
+                page, (("Layers", "1"), ("Heads", "2"), ("Width", "32"), ("Context", "32"), ("Steps", "2"),
+                       ("Burstiness", "1.5"), ("Story episodes", "2"), ("Corpus (MB)", "0.1")),
+                ["--preset", "nano", "--data", "stories", "--burstiness", "1.5", "--out", str(form_run)])
             page.get_by_label("Burstiness", exact=True).fill("1")
             page.locator(".st-key-new_val_file").click()
             page.get_by_role("option", name="held.txt").click()

@@ -5,8 +5,6 @@ starts a run that completes and is probed; SIGINT to the supervisor (a terminal'
 nothing running and the run marked stopped, not failed."""
 from __future__ import annotations
 
-import contextlib
-import io
 import re
 import signal
 import subprocess
@@ -22,10 +20,9 @@ from model.checkpoint import list_checkpoints
 from model.runio import read_json
 from model.runlayout import result_path, step_of
 from probes.results import read_result
-from train import main as train_main
 from _small_run import small_run_argv
 from _serving import free_port, wait_healthy
-from test_browser import ARTIFACTS, CHROMIUM_ARGS, chromium_path, wait_until_idle
+from test_browser import ARTIFACTS, CHROMIUM_ARGS, chromium_path, form_is_refused_as_the_cli_refuses, wait_until_idle
 from test_live import wait_for
 
 REPO = Path(__file__).resolve().parents[1]
@@ -73,19 +70,10 @@ def test_live_demo_in_chromium(tmp_path):
                 page.goto(f"{url}/new_run", wait_until="domcontentloaded")
                 page.get_by_role("heading", name="New run").wait_for(timeout=60_000)
                 wait_until_idle(page)
-                page.get_by_label("Run name (a folder in the runs folder)").fill("formrun")
-                for label, value in (("Layers", "1"), ("Heads", "2"), ("Width", "32"), ("Context", "100000000"),
-                                     ("Steps", "30")):
-                    page.get_by_label(label, exact=True).fill(value)
-                page.get_by_role("button", name="Start training").click()
-                error = page.locator("[data-testid='stAlertContentError']")
-                error.first.wait_for(timeout=60_000)
-                err = io.StringIO()
-                with contextlib.redirect_stderr(err):
-                    assert train_main(["--preset", "nano", "--data", "stories", "--steps", "30", "--lr", "0.002",
-                                       "--n-layer", "1", "--n-head", "2", "--n-embd", "32", "--n-ctx", "100000000",
-                                       "--out", str(root / "formrun")]) == 2
-                assert error.first.inner_text().strip() == err.getvalue().strip()
+                form_is_refused_as_the_cli_refuses(
+                    page, (("Layers", "1"), ("Heads", "2"), ("Width", "32"), ("Context", "100000000"), ("Steps", "30")),
+                    ["--preset", "nano", "--data", "stories", "--steps", "30", "--lr", "0.002", "--n-layer", "1",
+                     "--n-head", "2", "--n-embd", "32", "--n-ctx", "100000000", "--out", str(root / "formrun")])
                 page.get_by_label("Context", exact=True).fill("32")
                 page.get_by_role("button", name="Start training").click()
                 page.get_by_text("is training in the background").wait_for(timeout=60_000)

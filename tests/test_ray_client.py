@@ -13,17 +13,15 @@ import json
 import shutil
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import pytest
 
 import probes.ray_runner as ray_runner
-from model.runio import pid_alive
 from model.runlayout import probes_dir, summary_path
 from probes.results import read_results
 
-from _ray import check_results, free_ports, ray_head, without_ray_settings, without_timing
+from _ray import check_results, no_stale_kits, run_template, free_ports, ray_head, without_ray_settings, without_timing
 
 pytest.importorskip("ray")
 pytest.importorskip("grpc", reason="ray:// needs ray[client] (make install)")
@@ -45,10 +43,7 @@ def probes_cli(run: Path, *argv: str, token: str | None = TOKEN, timeout: float 
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
 
 
-@pytest.fixture(scope="module")
-def template(fake_run) -> Path:
-    """The session's fake run with STEPS (conftest.py): shared, so every test copies it."""
-    return fake_run(steps=STEPS)
+template = run_template(STEPS)
 
 
 @pytest.fixture(scope="module")
@@ -67,9 +62,7 @@ def head():
     its workers with SIGKILL, so --ship's private folders outlive them: swept here, none left."""
     with ray_head(TOKEN, num_cpus=2) as h:
         yield h
-    tmp = Path(tempfile.gettempdir())
-    ray_runner._remove_stale_kits(tmp)
-    assert [p for p in tmp.glob("probes-ship-*-*") if not pid_alive(int(p.name.split("-")[2]))] == []
+    no_stale_kits()
 
 
 def shipped_code(head) -> dict[str, bytes]:

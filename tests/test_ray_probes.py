@@ -16,7 +16,6 @@ import random
 import shutil
 import signal
 import sys
-import tempfile
 import threading
 import time
 from collections import Counter
@@ -31,12 +30,11 @@ from model.config import GPTConfig
 from probes.cli import main
 from probes.inputs import ProbeSizes
 from probes.ray_runner import RayCluster, gpu_fraction, tasks_per_gpu
-from model.runio import pid_alive
 from probes.results import read_results
 from probes.runner import probe_bytes
 
 import _faults as faults
-from _ray import check_results, session_processes, without_timing
+from _ray import check_results, no_stale_kits, run_template, session_processes, without_timing
 from _runs import add_checkpoint, corrupt_checkpoint
 from model.runrecord import set_status
 
@@ -83,17 +81,10 @@ def cluster():
     while session_processes(session) and time.time() < deadline:
         time.sleep(0.2)
     assert session_processes(session) == [], "the test cluster left processes running"
-    # Ray SIGKILLs its workers at shutdown, so --ship's private folders outlive them until the next
-    # --ship sweeps them: sweep now and check that none of a dead worker is left
-    tmp = Path(tempfile.gettempdir())
-    ray_runner._remove_stale_kits(tmp)
-    assert [p for p in tmp.glob("probes-ship-*-*") if not pid_alive(int(p.name.split("-")[2]))] == []
+    no_stale_kits()
 
 
-@pytest.fixture(scope="module")
-def template(fake_run) -> Path:
-    """The session's fake run with STEPS (conftest.py): shared, so every test copies it."""
-    return fake_run(steps=STEPS)
+template = run_template(STEPS)
 
 
 @pytest.fixture(scope="module")

@@ -7,6 +7,7 @@ import streamlit as st
 
 from app import cache, figures, jobs, plot_data as R, ui
 from app import failure_captions as FC
+from app.runfolder import RunFiles
 from probes import KINDS
 HEADS_KEY = "ablate_heads"
 
@@ -171,12 +172,8 @@ def evolution_section(run, results, kind, log_x) -> None:
             marks={"concentration": R.emergence_step(summary, "head_concentration"),
                    **(FC.inequality_mark(summary) if kind == "zero" else {})}), key="gini")
         caption = FC.concentration_caption(entry) if entry else None
-        if caption:
-            st.caption(("" if kind == "zero" else "Zero ablation: ") + caption)
-        rule = R.emergence_rule(summary, "head_concentration")
-        if rule:
-            with st.expander("How head inequality is measured and tested"):
-                st.caption(rule)
+        ui.finding(caption and ("" if kind == "zero" else "Zero ablation: ") + caption,
+                   R.emergence_rule(summary, "head_concentration"), "How head inequality is measured and tested")
 
 
 def on_demand_section(run, results, steps, kind, step) -> None:
@@ -201,13 +198,7 @@ def on_demand_section(run, results, steps, kind, step) -> None:
         ui.probe_progress(jobs.start_probes(run.path, missing, only=[f"head_ablation_{kind}"]))
 
 
-def render() -> None:
-    run = ui.current_run("Heads")
-    if run is None:
-        return
-    results = ui.probe_results(run, "heads")
-    if results is None:
-        return
+def render(run: RunFiles, results: dict[int, dict]) -> None:
     steps = R.steps_having(results, "head_ablation")
     if not steps:
         st.info("The probe results hold no head-ablation data (computed with --only?).")
@@ -232,4 +223,4 @@ def render() -> None:
     ui.guarded(lambda: evolution_section(run, results, kind, log_x))
 
 
-ui.guarded(render)
+ui.results_page("Heads", "heads", render)

@@ -5,6 +5,7 @@ change marked, the heads of the circuit as they form, and the per-token loss tra
 import streamlit as st
 
 from app import cache, figures, figures_induction as FI, plot_data as R, ui
+from app.runfolder import RunFiles
 
 SCORES = {
     "induction": "induction (repeated random tokens)",
@@ -133,13 +134,7 @@ def per_head_section(results) -> None:
                     key="induction_map")
 
 
-def render() -> None:
-    run = ui.current_run("Induction")
-    if run is None:
-        return
-    results = ui.probe_results(run, "induction")
-    if results is None:
-        return
+def render(run: RunFiles, results: dict[int, dict]) -> None:
     log_x = ui.log_x_toggle("log_x", True)
     ui.guarded(lambda: overview_section(run, results, log_x))
     ui.guarded(lambda: heads_forming_section(run, results, log_x))
@@ -147,4 +142,4 @@ def render() -> None:
     ui.guarded(lambda: per_head_section(results))
 
 
-ui.guarded(render)
+ui.results_page("Induction", "induction", render)

@@ -5,6 +5,7 @@ import streamlit as st
 
 from app import cache, figures, plot_data as R, ui
 from app import failure_captions as FC
+from app.runfolder import RunFiles
 
 
 def scores_section(run, results, log_x) -> None:
@@ -26,13 +27,8 @@ def scores_section(run, results, log_x) -> None:
         series, "Pythia memorization score (32-token prefix → 32 greedy tokens)", "score / fraction",
         log_x=log_x, marks=onset, secondary={"held-out − seen loss": gap} if gap[0] else None,
         secondary_title="loss gap (nats)"), key="memorization")
-    caption = FC.overfitting_caption(R.emergence_entry(summary, "overfitting"))
-    if caption:
-        st.caption(caption)
-    rule = R.emergence_rule(summary, "overfitting")
-    if rule:
-        with st.expander("How the overfitting onset is found"):
-            st.caption(rule)
+    ui.finding(FC.overfitting_caption(R.emergence_entry(summary, "overfitting")),
+               R.emergence_rule(summary, "overfitting"), "How the overfitting onset is found")
 
 
 def training_data_unknown(results) -> str | None:
@@ -99,13 +95,7 @@ def examples_section(results) -> None:
         st.caption("No training sequence is reproduced verbatim at this checkpoint.")
 
 
-def render() -> None:
-    run = ui.current_run("Memorization")
-    if run is None:
-        return
-    results = ui.probe_results(run, "memorization")
-    if results is None:
-        return
+def render(run: RunFiles, results: dict[int, dict]) -> None:
     unknown = training_data_unknown(results)
     if unknown:
         st.info(unknown)
@@ -115,4 +105,4 @@ def render() -> None:
     ui.guarded(lambda: examples_section(results))
 
 
-ui.guarded(render)
+ui.results_page("Memorization", "memorization", render)

@@ -8,7 +8,7 @@ import streamlit as st
 
 from app import cache, figures, plot_data as R, ui
 from app import failure_captions as FC
-from app.runfolder import metrics_series, sample_steps, samples_at
+from app.runfolder import RunFiles, metrics_series, sample_steps, samples_at
 
 
 def metrics_section(run, results, log_x) -> None:
@@ -30,13 +30,8 @@ def metrics_section(run, results, log_x) -> None:
     rule = R.emergence_rule(summary, "repetition")
     if rule:
         st.caption(f"Emergence rule: {rule}")
-    caption = FC.collapse_caption(R.emergence_entry(summary, "entropy_collapse"))
-    if caption:
-        st.caption(caption)
-    collapse_rule = R.emergence_rule(summary, "entropy_collapse")
-    if collapse_rule:
-        with st.expander("How greedy loops and the entropy collapse are found"):
-            st.caption(collapse_rule)
+    ui.finding(FC.collapse_caption(R.emergence_entry(summary, "entropy_collapse")),
+               R.emergence_rule(summary, "entropy_collapse"), "How greedy loops and the entropy collapse are found")
     panels = [
         ("Distinct n-grams", "distinct fraction",
          {f"{d} distinct-{n}": f"repetition.{d}.distinct_{n}" for d in ("greedy", "sampled") for n in (1, 2)}),
@@ -100,16 +95,10 @@ def generations_section(run, results) -> None:
         ui.highlighted_text(text, prefix=f"<b>step {step}</b>{html.escape(loop)} · ")
 
 
-def render() -> None:
-    run = ui.current_run("Repetition")
-    if run is None:
-        return
-    results = ui.probe_results(run, "repetition")
-    if results is None:
-        return
+def render(run: RunFiles, results: dict[int, dict]) -> None:
     log_x = ui.log_x_toggle("log_x", True)
     ui.guarded(lambda: metrics_section(run, results, log_x))
     ui.guarded(lambda: generations_section(run, results))
 
 
-ui.guarded(render)
+ui.results_page("Repetition", "repetition", render)

@@ -7,6 +7,7 @@ session watching the run shares (app/jobs.py, as the Heads page's on-demand abla
 import streamlit as st
 
 from app import cache, figures_stages as FS, jobs, plot_data as R, ui
+from app.runfolder import RunFiles
 from probes.stages import nearest_boundary
 
 EMERGENCE = {"induction": "induction change", "repetition": "repetition", "memorization": "memorization",
@@ -108,13 +109,7 @@ def traces_section(results) -> None:
                f"{s.get('calibration')}.")
 
 
-def render() -> None:
-    run = ui.current_run("Stages")
-    if run is None:
-        return
-    results = ui.probe_results(run, "stages")
-    if results is None:
-        return
+def render(run: RunFiles, results: dict[int, dict]) -> None:
     if not any(isinstance(r.get("llc"), dict) for r in results.values()):
         pending()
         ui.guarded(lambda: compute_section(run, results))
@@ -126,4 +121,4 @@ def render() -> None:
     ui.guarded(lambda: compute_section(run, results))
 
 
-ui.guarded(render)
+ui.results_page("Stages", "stages", render)
