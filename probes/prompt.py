@@ -13,7 +13,6 @@ refilled or replaced by other weights gets a new key, so an old result is never 
 """
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import sys
@@ -57,6 +56,7 @@ class PromptRequest:
     tokenizer: Tokenizer
     ids: list[int] = field(default_factory=list)
     corrupted_ids: list[int] | None = None
+    problems: dict[int, str] = field(default_factory=dict)  # step: why its meta.json failed verification
 
 
 def check_count(name: str, value: object, low: int, high: int, high_text: str | None = None) -> int:
@@ -68,9 +68,9 @@ def check_count(name: str, value: object, low: int, high: int, high_text: str | 
 def check_request(run_dir: str | Path, text: str, steps: Sequence[int] | None = None, tokens: int = DEFAULT_TOKENS,
                   seed: int = 0, corrupted: str | None = None) -> PromptRequest:
     """Every argument, before anything is computed or written: the run, the text, --tokens, --seed,
-    the steps (complete checkpoints of the run, each with a verified meta.json), the prompt's length
-    in the run's tokens (at most the context) and the corrupted prompt's (the prompt's). ValueError
-    or RunFileError, one sentence."""
+    the steps (complete checkpoints of the run, at least one with a verified meta.json: the others
+    get an error entry), the prompt's length in the run's tokens (at most the context) and the
+    corrupted prompt's (the prompt's). ValueError or RunFileError, one sentence."""
     run_dir = Path(run_dir)
     read_run(run_dir)
     if not isinstance(text, str) or not text.strip():
@@ -80,9 +80,17 @@ def check_request(run_dir: str | Path, text: str, steps: Sequence[int] | None = 
     checkpoints = check_steps(run_dir, steps)
     if not checkpoints:
         raise ValueError(f"{run_dir} has no complete checkpoint yet.")
-    metas = {step_of(p): read_checkpoint_meta(p) for p in checkpoints}
+    metas, problems, first_error = {}, {}, None
+    for path in checkpoints:
+        try:
+            metas[step_of(path)] = read_checkpoint_meta(path)
+        except RunFileError as e:
+            problems[step_of(path)], first_error = f"{e.path}: {e.problem}.", first_error or e
+    if not metas:
+        raise first_error
     tokenizer = load_tokenizer(run_dir)
-    request = PromptRequest(run_dir, text, tokens, seed, corrupted, checkpoints, metas, tokenizer, tokenizer.encode(text))
+    request = PromptRequest(run_dir, text, tokens, seed, corrupted, checkpoints, metas, tokenizer,
+                            tokenizer.encode(text), problems=problems)
     n_ctx = min(int(meta["config"].get("n_ctx", 0)) for meta in metas.values())
     if len(request.ids) > n_ctx:
         raise ValueError(f"The prompt is {len(request.ids)} tokens long, more than the model's context of {n_ctx}.")
@@ -102,7 +110,7 @@ def cache_spec(request: PromptRequest, meta: dict) -> dict:
     checkpoint's weight digest and run files (vocab.json decides the text) from its sealed meta.json."""
     return {"version": CACHE_VERSION, "prompt": request.text, "tokens": request.tokens, "seed": request.seed,
             "corrupted": request.corrupted, "temperature": SAMPLE_TEMPERATURE, "top_p": SAMPLE_TOP_P,
-            "run_files": meta.get("run_files")}
+            "weights": meta["sha256"], "run_files": meta.get("run_files")}
 
 
 def cache_key(spec: dict) -> str:
@@ -139,12 +147,19 @@ def checkpoint_result(request: PromptRequest, path: Path, cache: bool = True,
                       device: str | torch.device = "cpu") -> dict:
     """One checkpoint's entry: from the cache when it holds one for these weights, else computed
     (and stored). The key is taken again from the meta.json that load_checkpoint verifies, so a
-    checkpoint replaced after the request was checked is keyed by its new weights."""
+    checkpoint replaced after the request was checked is keyed by its new weights. A checkpoint
+    that fails verification gets {"error": the damaged file and its problem} instead, as the
+    probes runner reports and skips one."""
     step = step_of(path)
+    if step in request.problems:
+        return {"error": request.problems[step]}
     spec = cache_spec(request, request.metas[step])
     if cache and (hit := read_cached(cache_path(request, step, spec), spec)) is not None:
         return hit
-    model, meta = load_checkpoint(path, device)
+    try:
+        model, meta = load_checkpoint(path, device)
+    except RunFileError as e:
+        return {"error": f"{e.path}: {e.problem}."}
     spec = cache_spec(request, meta)
     entry = checkpoint_entry(model, request.tokenizer, request.ids, request.tokens, request.seed,
                              request.corrupted_ids)

@@ -32,13 +32,13 @@ import torch
 from model.gpt import GPT
 from model.tokenizer import Tokenizer
 
-from .forward import final_residual, readout, resid_pre_name, token_losses, z_name
+from .forward import final_resid_name, final_residual, readout, resid_pre_name, token_losses, z_name
+from .inputs import ProbeSizes
 from .metrics import longest_loop
 
-# Sampled continuations: nucleus sampling at temperature 1, as the repetition probe samples
-# (probes.inputs.ProbeSizes: temperature 1.0, top_p 0.9).
-SAMPLE_TEMPERATURE = 1.0
-SAMPLE_TOP_P = 0.9
+# Sampled continuations: nucleus sampling as the repetition probe samples (its defaults).
+SAMPLE_TEMPERATURE = ProbeSizes.temperature
+SAMPLE_TOP_P = ProbeSizes.top_p
 PATCH_ROWS = 64  # patched runs per batched forward: bounds the activations of a wide model
 SCALE_NAME = "ln_final.hook_scale"
 PATCHING_METRIC = ("restored fraction of the logit difference at the last prompt position, clean answer minus "
@@ -104,8 +104,9 @@ def capture(model: Any, ids: Sequence[int], names: Sequence[str]) -> tuple[torch
     return logits[0].float(), {name: act[0] for name, act in cache.items()}
 
 
-def lens_names(n_layers: int) -> list[str]:
-    return [resid_pre_name(layer) for layer in range(n_layers)] + [f"blocks.{n_layers - 1}.hook_resid_post"]
+def lens_names(model: GPT) -> list[str]:
+    """The hooks of the residual streams the lens reads, in lens_labels' order."""
+    return [resid_pre_name(layer) for layer in range(model.cfg.n_layer)] + [final_resid_name(model)]
 
 
 def logit_lens(model: GPT, ids: Sequence[int], acts: dict[str, torch.Tensor]) -> dict:
@@ -113,7 +114,7 @@ def logit_lens(model: GPT, ids: Sequence[int], acts: dict[str, torch.Tensor]) ->
     probability, and the rank (0 = the top token) and probability of the prompt token that comes
     next (None at the last position, where the prompt says nothing)."""
     n_layers = model.cfg.n_layer
-    stack = torch.stack([acts[name] for name in lens_names(n_layers)])  # [L+1, P, M]
+    stack = torch.stack([acts[name] for name in lens_names(model)])  # [L+1, P, M]
     logits = readout(model)(stack).float()  # ln_final recomputed per stream, then W_U
     probs = torch.softmax(logits, dim=-1)
     top_p, top = probs.max(dim=-1)
@@ -238,15 +239,15 @@ def checkpoint_entry(model: GPT, tokenizer: Tokenizer, ids: Sequence[int], token
     model.eval()
     n_layers = model.cfg.n_layer
     greedy, sampled = continuations(model, ids, tokens, seed)
-    names = [*lens_names(n_layers), *dla_names(model), *([z_name(layer) for layer in range(n_layers)]
+    names = [*lens_names(model), *dla_names(model), *([z_name(layer) for layer in range(n_layers)]
                                                         if corrupted_ids is not None else [])]
     logits, acts = capture(model, ids, names)
-    losses = token_losses(logits[None, :-1], torch.tensor([list(ids[1:])], device=logits.device))[0]
+    losses = token_losses(logits[None, :-1], torch.tensor([list(ids[1:])], dtype=torch.long, device=logits.device))[0]
     lens = logit_lens(model, ids, acts)
     lens["top_token"] = [tokenizer.token_strings(row) for row in lens["top"]]
     positions = direct_logit_attribution(model, ids, logits, acts)
-    for entry in positions:
-        entry["target_token"] = tokenizer.decode([entry["target"]])
+    for at in positions:
+        at["target_token"] = tokenizer.decode([at["target"]])
     entry = {"greedy": tokenizer.decode(greedy), "greedy_ids": greedy, "sampled": tokenizer.decode(sampled),
              "sampled_ids": sampled, "token_losses": floats(losses), "loop": loop_entry(greedy), "logit_lens": lens,
              "dla": {**positions[-1], "positions": positions}}

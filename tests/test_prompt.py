@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # building a bridge must not reach the hub
@@ -19,19 +21,20 @@ from transformer_lens import patching
 
 from model.checkpoint import checkpoint_dir, load_checkpoint
 from model.interop import to_transformer_lens
-from model.runlayout import probes_dir
+from model.runlayout import META, WEIGHTS, probes_dir
 from model.tokenizer import load_tokenizer
 from probes.metrics import longest_loop
 from probes.prompt import cache_key, main, prompt_timelapse
 from probes.prompt_measures import SAMPLE_TEMPERATURE, SAMPLE_TOP_P, checkpoint_entry, loop_entry
 
-from _runs import add_checkpoint
+from _runs import add_checkpoint, corrupt_checkpoint
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 TEXT = "They wave to each other"
 STEPS = (0, 1, 2, 4)  # the fake run's checkpoints (_runs.write_run's default)
 TOL = 1e-4
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -111,6 +114,13 @@ def test_the_command_prints_what_direct_forward_passes_give(own_run, capsys):
     status, out, _ = cli(capsys, own_run, TEXT, "--tokens", 12, "--seed", 5, "--steps", "4,1")
     again = json.loads(out)["checkpoints"]
     assert status == 0 and again == [c for c in result["checkpoints"] if c["step"] in (1, 4)]
+
+
+def test_a_one_token_prompt_has_no_losses_and_no_next_token_but_everything_else(run):
+    model, tok = model_at(run, 4), load_tokenizer(run)
+    entry = checkpoint_entry(model, tok, [7], 4, 0, [8])
+    assert entry["token_losses"] == [] and entry["logit_lens"]["next_rank"] == [[None]] * 3
+    assert len(entry["greedy_ids"]) == 4 and entry["dla"]["position"] == 0 and "patching" in entry
 
 
 # -- against TransformerLens on the bridge --------------------------------------------------------------
@@ -220,6 +230,11 @@ def test_a_result_is_reused_only_for_the_same_prompt_options_and_checkpoint(own_
     assert plant(own_run, "MARKER") == len(STEPS)  # one file per checkpoint
     greedy = lambda result: [c["greedy"] for c in result["checkpoints"]]  # noqa: E731
     assert greedy(prompt_timelapse(own_run, TEXT, tokens=6, seed=1)) == ["MARKER"] * len(STEPS)  # served from disk
+    # ... to another process too: the command as users run it
+    done = subprocess.run([sys.executable, "-m", "probes.prompt", str(own_run), TEXT, "--tokens", "6", "--seed", "1",
+                           "--steps", "0"], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert greedy(json.loads(done.stdout)) == ["MARKER"]
     for other in (dict(text=TEXT, tokens=6, seed=2), dict(text=TEXT + ".", tokens=6, seed=1),
                   dict(text=TEXT, tokens=7, seed=1), dict(text=TEXT, tokens=6, seed=1, corrupted="They wave to each again")):
         assert "MARKER" not in greedy(prompt_timelapse(own_run, **other)), other
@@ -235,8 +250,22 @@ def test_a_result_is_reused_only_for_the_same_prompt_options_and_checkpoint(own_
 
 def test_progress_is_reported_per_checkpoint_and_nothing_is_written_without_the_cache(run):
     seen: list[tuple[int, int]] = []
+    before = listing(run)
     result = prompt_timelapse(run, TEXT, tokens=3, progress=lambda done, total: seen.append((done, total)), cache=False)
     assert seen == [(i, len(STEPS)) for i in range(len(STEPS) + 1)] and len(result["checkpoints"]) == len(STEPS)
+    assert listing(run) == before
+
+
+def test_a_damaged_checkpoint_gets_an_error_entry_and_the_others_their_results(own_run, capsys):
+    corrupt_checkpoint(own_run, 2)
+    meta = checkpoint_dir(own_run, 1) / META
+    meta.write_text(meta.read_text().replace('"step": 1', '"step": 11'))
+    status, out, err = cli(capsys, own_run, TEXT, "--tokens", 3)
+    entries = {c["step"]: c for c in json.loads(out)["checkpoints"]}
+    assert status == 0 and sorted(entries) == list(STEPS)
+    assert set(entries[2]) == {"step", "error"} and WEIGHTS in entries[2]["error"]
+    assert set(entries[1]) == {"step", "error"} and META in entries[1]["error"]
+    assert entries[0]["greedy_ids"] and entries[4]["greedy_ids"]
 
 
 # -- refusals ----------------------------------------------------------------------------------------
