@@ -131,6 +131,16 @@ def test_every_page_renders_its_main_chart_in_chromium(server):
                 # the chart really drew: plotly put an SVG with data traces inside it
                 assert main_chart.first.locator(".main-svg").count() > 0, f"{name}: main chart has no SVG"
                 assert page.locator(".js-plotly-plot").count() >= 1
+            # the Prompt page: Compute follows the essay's prompt through every checkpoint
+            page.goto(f"{url}/prompt", wait_until="domcontentloaded")
+            page.get_by_role("heading", name="Prompt").first.wait_for(timeout=60_000)
+            wait_until_idle(page)
+            page.get_by_role("button", name="Compute").click()
+            page.locator(".st-key-prompt_lens .js-plotly-plot .main-svg").first.wait_for(state="visible", timeout=60_000)
+            wait_until_idle(page)
+            page.screenshot(path=str(ARTIFACTS / "prompt-page.png"), full_page=True)
+            assert page.locator("[data-testid='stException']").count() == 0, "prompt: exception shown"
+            assert page.locator("[data-testid='stAlertContentError']").count() == 0, page.inner_text("body")[:2000]
         finally:
             browser.close()
 
