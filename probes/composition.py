@@ -23,13 +23,12 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
-import numpy as np
 import torch
 
 from model.gpt import GPT
 
 KINDS = ("q", "k", "v")
-BASELINE_DRAWS = 4000      # random head pairs behind the chance distribution of the score
+BASELINE_DRAWS = 2000      # random orientations behind each pair's chance distribution of the score
 BASELINE_QUANTILE = 0.999  # an edge exceeds chance above this quantile of it
 BASELINE_SEED = 0
 
@@ -148,40 +147,62 @@ def composition_scores(w: HeadWeights) -> dict[str, torch.Tensor]:
 
 
 @lru_cache(maxsize=8)
-def _baseline_draws(d_model: int, d_head: int, draws: int, seed: int) -> tuple[float, ...]:
-    """`draws` scores between random writer and reader heads (see `composition_baseline`)."""
+def _haar_blocks(dim: int, k: int, draws: int, seed: int) -> torch.Tensor:
+    """[draws, k, k] squared entries of the top-left k x k block of `draws` random orthogonal
+    dim x dim matrices (Haar): the first k rows of the orthonormal frame QR makes of a dim x k
+    Gaussian matrix (its columns' signs do not matter once squared)."""
     gen = torch.Generator().manual_seed(seed)
-    scores = []
-    for start in range(0, draws, 500):
-        n = min(500, draws - start)
-        W_V, W_Q, W_K = (torch.randn(n, 1, d_model, d_head, generator=gen, dtype=torch.float64) for _ in range(3))
-        W_O = torch.randn(n, 1, d_head, d_model, generator=gen, dtype=torch.float64)
-        W_V, W_Q, W_K = (x - x.mean(-2, keepdim=True) for x in (W_V, W_Q, W_K))  # centred as folded weights are
-        W_O = W_O - W_O.mean(-1, keepdim=True)
-        G_V, G_O, G_Q, G_K = _gram_left(W_V), _gram_right(W_O), _gram_left(W_Q), _gram_left(W_K)
-        writer = {"W_O": W_O, "G_V": G_V, "ov_norm": (G_V * G_O).sum((-2, -1)).sqrt()}
-        reader = {"W_Q": W_Q, "G_K": G_K, "qk_norm": (G_Q * G_K).sum((-2, -1)).sqrt()}
-        scores.append(_pair_scores(writer, reader, "q").flatten())
-    return tuple(float(v) for v in torch.cat(scores))
+    parts = []
+    for start in range(0, draws, 250):
+        G = torch.randn(min(250, draws - start), dim, k, generator=gen, dtype=torch.float64)
+        parts.append(torch.linalg.qr(G)[0][:, :k, :] ** 2)
+    return torch.cat(parts)
 
 
-def composition_baseline(d_model: int, d_head: int, draws: int = BASELINE_DRAWS,
-                         quantile: float = BASELINE_QUANTILE, seed: int = BASELINE_SEED) -> dict:
-    """The chance distribution of a composition score at these shapes: the score between a writer
-    head (W_V, W_O) and a reader head (W_Q, W_K) whose four factors have independent Gaussian
-    entries, centred as folded weights are. The score is scale-free, so the factors' norms do not
-    change it; the Q-, K- and V-scores of such heads share one distribution. `threshold` is its
-    `quantile`; an edge above it exceeds chance. Cached per shape: every checkpoint of a run has
-    the same."""
-    x = np.asarray(_baseline_draws(int(d_model), int(d_head), int(draws), int(seed)))
-    return {"mean": float(x.mean()), "sd": float(x.std(ddof=1)), "quantile": quantile,
-            "threshold": float(np.quantile(x, quantile)),
-            "quantiles": {q: float(np.quantile(x, float(q))) for q in ("0.5", "0.9", "0.99", "0.999")},
-            "draws": int(draws), "seed": int(seed), "d_model": int(d_model), "d_head": int(d_head),
-            "definition": ("the composition score between two heads whose W_V, W_O, W_Q and W_K have independent "
-                           f"Gaussian entries of these shapes (d_model {d_model}, d_head {d_head}), centred as the "
-                           f"folded weights are; {draws} draws, seed {seed}; the same for Q, K and V; threshold = "
-                           f"its {quantile} quantile. The score is scale-free: the norms do not change it")}
+def squared_singular_values(left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
+    """[..., D] squared singular values of left @ right (left [..., M, D], right [..., D, M]),
+    largest first: those of R @ right, with left = Q R (QR), never forming the [M, M] product."""
+    R = torch.linalg.qr(left)[1]
+    return torch.linalg.svdvals(R @ right) ** 2
+
+
+def null_thresholds(w: HeadWeights, draws: int = BASELINE_DRAWS, quantile: float = BASELINE_QUANTILE,
+                    seed: int = BASELINE_SEED) -> dict[str, torch.Tensor]:
+    """{"q", "k", "v"} -> [L, H, L, H]: for each pair of a head and a later head, the `quantile` of
+    its score under the null of no alignment: both heads' matrices kept as they are (same shapes,
+    same singular values, so the same norms) and what the reader reads turned to a random
+    orientation against what the writer writes (a Haar-random rotation of the d_model - 1
+    dimensional space the folded weights live in). Then score^2 = sum_ij a_i b_j c_ij^2 / (sum a
+    sum b), a and b the two matrices' squared singular values and c the top block of a random
+    orthogonal matrix; its mean is 1 / (d_model - 1) whatever the heads. Low-rank heads spread
+    it widely (two rank-1 heads score |cos| of two random directions), many-dimensional ones
+    narrowly. Drawn `draws` times from one seeded set of rotations, shared by every pair and
+    checkpoint of a model's shape. 0 where l2 <= l1."""
+    L, H, M, D = w.W_Q.shape
+    k = min(D, M - 1)
+    blocks = _haar_blocks(M - 1, k, int(draws), int(seed))
+
+    def shares(sv: torch.Tensor) -> torch.Tensor:  # each squared singular value's share (a zero head: 0)
+        return torch.nan_to_num(sv / sv.sum(-1, keepdim=True))
+
+    writer = shares(squared_singular_values(w.W_V, w.W_O)[..., :k])
+    qk = shares(squared_singular_values(w.W_Q, w.W_K.transpose(-2, -1))[..., :k])
+    out = {kind: torch.zeros(L, H, L, H, dtype=torch.float64) for kind in KINDS}
+    for reader, kinds in ((qk, ("q", "k")), (writer, ("v",))):
+        for l1 in range(L - 1):
+            s2 = torch.einsum("hi,nij,lgj->nhlg", writer[l1], blocks, reader[l1 + 1:])
+            threshold = torch.quantile(s2.clamp(min=0).sqrt(), quantile, dim=0)
+            for kind in kinds:
+                out[kind][l1, :, l1 + 1:, :] = threshold
+    return out
+
+
+def baseline_definition(d_model: int, draws: int, quantile: float, seed: int) -> str:
+    return (f"the score of the same two heads under random relative orientation: what the reader reads turned by a "
+            f"Haar-random rotation of the {d_model - 1}-dimensional space the folded weights live in, both heads' "
+            f"matrices otherwise kept (same shapes, same singular values, so the same norms); threshold[kind] per "
+            f"pair = its {quantile} quantile over {draws} rotations (seed {seed}); chance_rms = the root mean square "
+            "of the score under it, 1 / sqrt(d_model - 1) for every pair")
 
 
 def copying_scores(w: HeadWeights) -> torch.Tensor:
@@ -213,17 +234,20 @@ FOLDING = ("LayerNorm folded as TransformerLens folds it: ln1's gain into W_Q, W
 @torch.no_grad()
 def composition_result(model: Any) -> dict:
     """The `composition` entry of a result: per kind the [L][H][L][H] scores (layout of
-    `composition_scores`), the head names, the chance baseline at the model's shapes and how many
-    pairs of each kind exceed it."""
+    `composition_scores`), the head names, the chance baseline of every pair (`null_thresholds`)
+    and how many pairs of each kind exceed it."""
     w = folded_weights(model)
     L, H, M, D = w.W_Q.shape
-    scores = composition_scores(w)
-    baseline = composition_baseline(M, D)
+    scores, thresholds = composition_scores(w), null_thresholds(w)
     attention = getattr(model.cfg, "attention", "standard")
     note = {"gated": "gated attention: the output gate is not in the weights' OV circuit and is left out",
             "linear": "linear attention: queries and keys meet through a feature map, not a bilinear form; the "
                       "Q- and K-scores read the weights before it"}.get(attention)
     return {"heads": [head_name(l, h) for l in range(L) for h in range(H)],
             **{kind: nested(scores[kind]) for kind in KINDS},
-            "above": {kind: int((scores[kind] > baseline["threshold"]).sum()) for kind in KINDS},
-            "baseline": baseline, "definition": DEFINITION, "folding": FOLDING, "note": note}
+            "above": {kind: int((scores[kind] > thresholds[kind]).sum()) for kind in KINDS},
+            "baseline": {"threshold": {kind: nested(thresholds[kind]) for kind in KINDS},
+                         "chance_rms": (M - 1) ** -0.5, "quantile": BASELINE_QUANTILE, "draws": BASELINE_DRAWS,
+                         "seed": BASELINE_SEED,
+                         "definition": baseline_definition(M, BASELINE_DRAWS, BASELINE_QUANTILE, BASELINE_SEED)},
+            "definition": DEFINITION, "folding": FOLDING, "note": note}

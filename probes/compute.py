@@ -6,7 +6,8 @@ attention statistics of both the attention_entropy and the induction probe (in-c
 one plain pass over the held-out memorization set gives per-position losses (loss gap, ICL
 score, the per-token losses of the loss trajectory) and argmax predictions (rep/wrep). The
 other held-out token sets are prefixes of the same rows, so the pattern pass and the head
-ablation sweep's clean passes take their losses from that one pass and read nothing out.
+ablation sweep's clean passes take their losses from that one pass and read nothing out. The head
+roles take the induction probe's random-token scores from its result, so those passes run once.
 """
 from __future__ import annotations
 
@@ -17,15 +18,18 @@ import torch
 
 from .ablation import DEFAULT_KINDS, head_ablation_probe
 from .attention import HeldoutPatternStats, attention_entropy_result
+from .composition import composition_result
 from .head_replacement import KINDS
 from .forward import final_residual, forward_rows, model_device, shape_of, split_tokens, token_stats
+from .head_roles import head_roles_result
 from .induction import document_window_losses, induction_result
 from .llc import llc_result
 from .inputs import ProbeInputs
 from .memorization import memorization_result
 from .repetition import repetition_result
 
-PROBES = ("head_ablation", "attention_entropy", "memorization", "repetition", "induction")
+PROBES = ("head_ablation", "attention_entropy", "memorization", "repetition", "induction", "head_roles",
+          "composition")
 # Computed only when asked for by name (--only llc): the LLC (probes/llc.py) samples SGLD chains,
 # 45 s of CPU per nano checkpoint measured alone (bench/RESULTS.md), more than all the default probes together.
 # The exact mean and resample head-ablation sweeps, each as long as the default zero sweep (on `tiny`
@@ -38,8 +42,9 @@ OPTIONAL_PROBES = (*ON_DEMAND_KINDS, "llc")
 # 2: exposure against the canary's randomness space; 3: induction over several periods with its
 # positional control, per-token losses; 4: head-ablation standard errors and precision, the
 # attribution estimate, the repeated held-out text loss; 5: several samples a prompt with the seq-rep-4
-# standard errors, the longest greedy loop.
-RESULT_VERSION = 5
+# standard errors, the longest greedy loop; 6: head roles and composition in the default set (head_roles
+# takes the induction probe's random-token scores from its result, so it comes after it).
+RESULT_VERSION = 6
 
 
 def check_only(only: Iterable[str] | str | None) -> tuple[str, ...]:
@@ -155,6 +160,11 @@ def compute_probes(model: Any, tokenizer: Any, inputs: ProbeInputs, step: int,
                 documents = (document_window_losses(model, rows, valid), valid)
             result[name] = induction_result(model, inputs.random_sets, stats, heldout.losses, inputs.training_periods,
                                             heldout=attention_tokens, documents=documents)
+        elif name == "head_roles":
+            result[name] = head_roles_result(model, inputs.random_sets, inputs.training_periods,
+                                             induction=result.get("induction"))
+        elif name == "composition":
+            result[name] = composition_result(model)
         elif name == "llc":
             with torch.enable_grad():  # SGLD steps on the loss's gradient
                 result[name] = llc_result(model, tokenizer, inputs)

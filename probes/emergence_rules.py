@@ -39,6 +39,13 @@ THRESHOLDS = {
     "equal_heads_quantile": EQUAL_HEADS_QUANTILE,  # the equal-heads bound on the Gini: this quantile ...
     "equal_heads_draws": EQUAL_HEADS_DRAWS,        # ... of this many simulated measurements (also the SE draws)
     "equal_heads_seed": EQUAL_HEADS_SEED,
+    # circuits (probes/circuits.py): a handover needs a lead of at least this (score units) ...
+    "handover_min_lead": 0.05,
+    "handover_noise_z": 4,           # ... and of this many noise levels of the two heads' difference ...
+    "handover_small_sample": 50,     # ... widened by (1 + this / m^2), m = the differences the noise rests on
+    "handover_min_points": 6,        # fewer checkpoints from a role's appearance on give no handover
+    "edge_min_rise": 0.02,           # the induction K-edge's score rise that counts (composition-score units)
+    "edge_within_share": 0.15,       # the K-edge lines up with the induction change within this share of its step
 }
 
 RULES = {
@@ -195,6 +202,34 @@ RULES = {
         "echoing itself). entropy_before, entropy_during and entropy_after are the path entropy's medians over "
         "the learned checkpoints before, within and after the first episode; loop_length_at_step the mean "
         "longest loop there (repetition.greedy.loop_length, tokens)."),
+    "circuits": (
+        "Heads are named L{{layer}}H{{head}}. roles: each head role of head_roles (previous_token, duplicate_token, "
+        "induction, sink, local, copying; their definitions are in each result's head_roles.definitions) appears "
+        "by the induction rule (rules.induction) applied to the best head's score head_roles.ROLE.max, minimum rise "
+        "{induction_min_rise}: step and from_step are the two checkpoints bracketing the change, head the best "
+        "head at step (for induction the same change and head as the induction entry); role_rises gives every "
+        "role's rise and, when it does not appear, the reason. handovers: after a role appears, the head holding "
+        "it hands it over at checkpoint step (from_step the one before) when another head's score exceeds the "
+        "holder's by more than a margin there and at the next {persist} - 1 checkpoints (a lead cut short by the "
+        "last checkpoint does not count yet), margin = max({handover_min_lead}, {handover_noise_z} x noise x (1 + "
+        "{handover_small_sample}/m^2)), noise = that of the difference of the two heads' series from the role's "
+        "appearance on (the mean absolute deviation of its m successive differences from their median, the "
+        "largest left out, x sqrt(pi)/2), widened because a noise level resting on few differences is too often "
+        "far too small; fewer than {handover_min_points} checkpoints from the appearance on give no handover. "
+        "Near-equal heads trade places within the margin and hand nothing over (4 x 4 equal heads with Gaussian "
+        "noise, 2,000 series each: a false handover in 1% of series of 6 checkpoints, 0.35% of 8, 0.15% of 12, "
+        "0.05% of 20, none of 40). When several heads qualify at one checkpoint, the one with the largest "
+        "smallest lead takes over and then holds the role. edges: for each composition kind "
+        "(q, k, v) and each pair of a head and a head of a later layer, the first checkpoint (step; from_step "
+        "the one before) at which the score is at or above the threshold its result states "
+        "for the pair (composition.baseline.threshold[kind]: a high quantile of the pair's score when what the "
+        "later head reads is turned to a random orientation against what the earlier one writes, both heads' "
+        "matrices otherwise kept) after being below it, and stays there for {persist} checkpoints; edges above "
+        "it from the first checkpoint on never rise and are not listed. induction_k_edge: the K-composition edge "
+        "from the best previous-token head of an earlier layer at the induction change to the induction head there, "
+        "with the step it crosses its baseline and the largest sustained rise of its score by the induction "
+        "rule (minimum rise {edge_min_rise}); each lines up when it lies within {edge_within_share:.0%} of the "
+        "induction change's step of that step."),
 }
 
 

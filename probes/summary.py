@@ -4,7 +4,8 @@ thresholds written into summary.json itself so a reader never has to guess how i
 
 This module assembles and writes it; the result files are read as series by probes/result_series.py,
 the phenomena found by probes/phenomena.py, the failure modes by probes/failure_modes.py and
-probes/overfitting.py, with the thresholds and rules of probes/emergence_rules.py.
+probes/overfitting.py, the heads' roles and connections by probes/circuits.py, with the thresholds and
+rules of probes/emergence_rules.py.
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from model.checkpoint import run_integrity
 from model.runio import read_jsonl, write_json_atomic
 from model.runlayout import metrics_jsonl, summary_path
 
+from .circuits import circuits
 from .emergence_rules import THRESHOLDS, rules
 from .failure_modes import concentration_emergence, mismatch_emergence
 from .overfitting import overfitting_emergence
@@ -70,6 +72,7 @@ def summarize(results: dict[int, dict], metrics: list[dict] | None = None) -> di
         "heads": heads,
         "emergence": found,
         "induction_circuit": induction_circuit(steps, heads, found["induction"]),
+        "circuits": circuits(steps, results, series, heads, found["induction"]),  # roles, handovers, edges
         "trajectory": loss_trajectory(results),
         "stages": stages(steps, results),  # the LLC series and its stage boundaries (probes/stages.py)
         "thresholds": dict(THRESHOLDS),

@@ -3,8 +3,8 @@ Olsson et al. (2022): head L0H0 is a previous-token head that writes the previou
 subspace of its own, and head L1H0 an induction head whose key reads that subspace (K-composition
 with L0H0) and whose query reads the current token, so it attends to the token after an earlier
 occurrence of the current one and copies it (its OV circuit maps each token to itself). The other
-head of each layer keeps small random weights. Shared by the head-role, composition and circuit
-tests.
+head of each layer keeps small random weights, unless `moved` puts the induction head there.
+Shared by the head-role, composition and circuit tests.
 
 Residual stream (d_model = 2 V + n_ctx): dims [0, V) the token, [V, V + n_ctx) the position,
 [V + n_ctx, 2 V + n_ctx) the previous token (written by L0H0). Each layer's two heads have
@@ -46,9 +46,10 @@ def circuit_parts() -> dict[str, torch.Tensor]:
 
 @torch.no_grad()
 def circuit_model(previous: float = 1.0, induction: float = 1.0, seed: int = 0, jitter: float = 0.0,
-                  jitter_seed: int = 0) -> GPT:
+                  jitter_seed: int = 0, moved: float = 0.0) -> GPT:
     """The model with L0H0's weights at `previous` x the circuit and L1H0's at `induction` x it (0:
-    only the random init's weights, N(0, 0.02) from `seed`, which every head keeps underneath).
+    only the random init's weights, N(0, 0.02) from `seed`, which every head keeps underneath);
+    `moved` x the induction head's weights go to L1H1 (the job moving to another head).
     `jitter` adds N(0, jitter) noise from `jitter_seed` to every attention weight: a checkpoint's
     wobble."""
     torch.manual_seed(seed)
@@ -59,11 +60,12 @@ def circuit_model(previous: float = 1.0, induction: float = 1.0, seed: int = 0, 
     model.wpe.weight[torch.arange(N_CTX), POS + torch.arange(N_CTX)] = 1.0
     parts = circuit_parts()
     gen = torch.Generator().manual_seed(jitter_seed)
-    for layer, scale in ((0, previous), (1, induction)):
-        attn = model.blocks[layer].attn
-        for i, name in enumerate(("W_Q", "W_K", "W_V")):  # head 0's rows of c_attn [3M, M] are [i*M, i*M + D)
-            attn.c_attn.weight[i * M:i * M + D] += scale * parts[f"{layer}.{name}"].t()
-        attn.c_proj.weight[:, :D] += scale * parts[f"{layer}.W_O"].t()
-        for w in (attn.c_attn.weight, attn.c_proj.weight):
+    for layer, head, scale in ((0, 0, previous), (1, 0, induction), (1, 1, moved)):
+        attn, rows = model.blocks[layer].attn, slice(head * D, (head + 1) * D)
+        for i, name in enumerate(("W_Q", "W_K", "W_V")):  # head h's rows of c_attn [3M, M]: i*M + h*D ...
+            attn.c_attn.weight[i * M:(i + 1) * M][rows] += scale * parts[f"{layer}.{name}"].t()
+        attn.c_proj.weight[:, rows] += scale * parts[f"{layer}.W_O"].t()
+    for block in model.blocks:
+        for w in (block.attn.c_attn.weight, block.attn.c_proj.weight):
             w += jitter * torch.randn(w.shape, generator=gen)
     return model
