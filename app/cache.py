@@ -14,15 +14,16 @@ from typing import Any
 import streamlit as st
 import torch
 
-from model.checkpoint import load_checkpoint
-from model.runio import RunFileError, CheckpointError, read_json
+from store.checkpoint import load_checkpoint
+from store.runio import RunFileError, CheckpointError, read_json
 from model.config import GPTConfig
 from model import memory
-from model.runlayout import (META, RUN_FILES, WEIGHTS, checkpoint_dir, data_json, metrics_jsonl, summary_path,
+from store.runlayout import (META, RUN_FILES, WEIGHTS, checkpoint_dir, data_json, metrics_jsonl, summary_path,
                              vocab_json)
-from model.tokenizer import Tokenizer, load_tokenizer
+from model.tokenizer import Tokenizer
+from store.vocab import load_tokenizer
 import probes
-from probes.ablation import generation_hooks
+from probes.measure.ablation import generation_hooks
 
 from . import analysis
 from .runfolder import RunFiles, file_key, metrics_series, verify_checkpoint
@@ -224,7 +225,7 @@ def _generation(run_dir: str, step: int, key: CheckpointKey, heads: tuple[tuple[
 
 def generation(run: RunFiles, step: int, heads: list[tuple[int, int]], kind: str, prompt: str,
                max_new_tokens: int = 48) -> dict[str, Any]:
-    """Greedy continuation of `prompt` with `heads` ablated as `probes.ablation.generation_hooks`
+    """Greedy continuation of `prompt` with `heads` ablated as `probes.measure.ablation.generation_hooks`
     does it: zero, the held-out mean, or a held-out sequence's z at the same position."""
     load_model(run, step)
     key = checkpoint_key(run, step)

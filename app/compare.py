@@ -1,6 +1,6 @@
 """Side-by-side runs (the attention-variants study): each run's attention kind, and the per-run
 series and summary row the "Compare runs" page plots (loss spikes counted by the probes' rule,
-probes/loss_spikes.py). Pure functions, no Streamlit.
+probes/analyse/loss_spikes.py). Pure functions, no Streamlit.
 
 `results` is {step: probe result} as in app/plot_data.py; `metrics` is app.runfolder.metrics_series
 output ({"train", "val", "grad_norm"} -> (steps, values)).
@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from typing import Any, Mapping, Sequence
 
-from probes.loss_spikes import SPIKE_RATIO, loss_spikes
-from probes.run_pairs import pair_verdict
+from probes.analyse.loss_spikes import SPIKE_RATIO, loss_spikes
+from probes.analyse.run_pairs import pair_verdict
 
 from . import plot_data as R
 
@@ -89,7 +89,7 @@ def summary_row(name: str, kind: str, status: str, metrics: Mapping[str, Series]
 def pair_rows(runs: Sequence[tuple[str, R.Results]]) -> list[dict[str, Any]]:
     """One row per pair of runs (in the order given): the first shared checkpoint where their
     generations differ beyond noise and the first where their held-out losses do, and which came
-    first (probes/run_pairs.py holds the rule)."""
+    first (probes/analyse/run_pairs.py holds the rule)."""
     rows = []
     for i, (name_a, res_a) in enumerate(runs):
         for name_b, res_b in runs[i + 1:]:

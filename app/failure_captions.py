@@ -1,5 +1,5 @@
-"""The captions and marks of the failure-mode detectors (probes.failure_modes, probes.overfitting,
-probes.phenomena's greedy loops) for the Runs, Heads, Memorization and Repetition pages: the
+"""The captions and marks of the failure-mode detectors (probes.analyse.failure_modes, probes.analyse.overfitting,
+probes.analyse.phenomena's greedy loops) for the Runs, Heads, Memorization and Repetition pages: the
 loss–generation mismatch, overfitting (onset, early-stopping point, memorization), head inequality and
 the entropy collapse, each said from its summary.json entry. Pure functions, no Streamlit."""
 from __future__ import annotations

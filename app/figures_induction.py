@@ -73,7 +73,7 @@ def induction_head_panels(series: Mapping[str, tuple[Sequence[int], Sequence[Mat
 def loss_trajectory(steps: Sequence[int], pc1: Sequence[float], pc2: Sequence[float],
                     explained: Sequence[float], mark_step: int | None = None,
                     mark_label: str = "induction phase change") -> go.Figure:
-    """The checkpoints' path through per-token-loss space (probes.summary's trajectory): PC1 vs PC2
+    """The checkpoints' path through per-token-loss space (probes.analyse.summary's trajectory): PC1 vs PC2
     as a line through the checkpoints in training order, each labelled with its step, the
     checkpoint at `mark_step` drawn as a star."""
     share = [f" ({100 * float(e):.0f}% of variance)" if i < len(explained) else "" for i, e in

@@ -50,7 +50,7 @@ def token_chips_html(tokens: Sequence[str]) -> str:
 
 
 def loop_words(loop: Mapping[str, Any] | None) -> str:
-    """The loop a continuation ends in, in words (probes.metrics.longest_loop's: a tail that repeats
+    """The loop a continuation ends in, in words (probes.measure.metrics.longest_loop's: a tail that repeats
     with one period at least twice)."""
     if not isinstance(loop, Mapping) or not loop.get("length"):
         return "no loop"

@@ -33,7 +33,7 @@ def _row_cost(n_layer: int, n_embd: int, n_ctx: int, vocab_size: int, attn_only:
 def llc_seconds(model: Mapping | None) -> float:
     """Estimated seconds of the llc probe on one checkpoint of `model` (run.json["model"]): the
     measured nano cost scaled by the compute of one row, since the SGLD settings (chains, steps,
-    rows per step) are the same for every model size (probes/llc_settings.py). The nano cost when
+    rows per step) are the same for every model size (probes/measure/llc_settings.py). The nano cost when
     the config is missing or unreadable."""
     try:
         shape = {k: int(model[k]) for k in NANO_SHAPE}  # type: ignore[index]

@@ -10,7 +10,7 @@ closed browser tab or a server rerun never touches it. The supervisor
 - starts the app server (with --serve) and, without waiting for it, trains RUN_DIR (continuing
   it with --resume when it holds a run, skipping training when the run is complete), and has the
   probes follow it (`python -m probes RUN_DIR --watch`) from the moment run.json exists;
-- records itself in <runs>/.launch/NAME.json (model.runlayout.launch_record) while it lives, so
+- records itself in <runs>/.launch/NAME.json (store.runlayout.launch_record) while it lives, so
   the app can show that a run is being worked on, offer to stop it, and refuse to start it twice;
 - on SIGINT or SIGTERM stops training first (the trainer marks the run stopped at its last saved
   state: `make demo` again continues it), then the probes (a result file is whole or absent), then
@@ -32,9 +32,9 @@ from pathlib import Path
 from typing import IO
 
 from model.cliargs import ArgumentParser, UsageError, run_command
-from model.runio import RunFileError, pid_alive, read_json, write_json_atomic
-from model.runlayout import launch_log, launch_record, run_json
-from model.runrecord import run_status
+from store.runio import RunFileError, pid_alive, read_json, write_json_atomic
+from store.runlayout import launch_log, launch_record, run_json
+from store.runrecord import run_status
 from train.cli import refusal
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

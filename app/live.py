@@ -9,9 +9,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from statistics import median
 
-from model.checkpoint import list_checkpoints
-from model.runlayout import metrics_jsonl, probes_dir, result_step, run_json, summary_path
-from model.runrecord import record_or_none
+from store.checkpoint import list_checkpoints
+from store.runlayout import metrics_jsonl, probes_dir, result_step, run_json, summary_path
+from store.runrecord import record_or_none
 
 from .launch import supervisor_of
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 import html
 from typing import Any, Mapping, Sequence
 
-from probes.result_series import get, is_matrix  # noqa: F401 (the one reader by path; pages use R.is_matrix)
-from probes.results import ablation_key
+from probes.analyse.result_series import get, is_matrix  # noqa: F401 (the one reader by path; pages use R.is_matrix)
+from probes.measure.results import ablation_key
 
 Results = Mapping[int, Mapping[str, Any]]
 
@@ -43,7 +43,7 @@ ABLATION_PER_KIND = ("delta_se", "gini", "top_share", "attribution", "attributio
 
 def ablation_path(result: Any, kind: str, part: str | None = None) -> str:
     """The dotted path of the exact `kind` head-ablation sweep in one result, wherever the probes
-    stored it (`probes.results.ablation_key`: `head_ablation`, or `head_ablation_<kind>` computed on
+    stored it (`probes.measure.results.ablation_key`: `head_ablation`, or `head_ablation_<kind>` computed on
     demand): the [L][H] matrix without `part`; PART.KIND for a per-kind part (ABLATION_PER_KIND);
     PART for the sweep's own (clean_loss, n_sequences, precision, attribution_sequences)."""
     key = ablation_key(result, kind) or "head_ablation"

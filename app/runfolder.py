@@ -3,7 +3,7 @@
 The app is read-only and confined to its runs folder ($WORKBENCH_RUNS or ./runs): a run name is a
 single folder name, never a path, and anything that resolves outside the folder (a `..`, an
 absolute path, a symlink pointing elsewhere) is refused with one sentence. Everything the pages
-show about a run's files is gathered here through model.checkpoint, the one module that knows the
+show about a run's files is gathered here through store.checkpoint, the one module that knows the
 layout.
 """
 from __future__ import annotations
@@ -13,11 +13,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
 
-from model.checkpoint import list_checkpoints
-from model.runio import RunFileError, read_jsonl
-from model.runrecord import read_record
-from model.checkpoint import verify_checkpoint as verify_files
-from model.runlayout import (META, RUN_ENTRIES, WEIGHTS, metrics_jsonl, probes_dir, result_step, run_json,
+from store.checkpoint import list_checkpoints
+from store.runio import RunFileError, read_jsonl
+from store.runrecord import read_record
+from store.checkpoint import verify_checkpoint as verify_files
+from store.runlayout import (META, RUN_ENTRIES, WEIGHTS, metrics_jsonl, probes_dir, result_step, run_json,
                              samples_jsonl, step_of)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

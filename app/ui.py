@@ -10,11 +10,11 @@ from typing import Callable, Sequence
 
 import streamlit as st
 
-from model.runio import RunFileError
+from store.runio import RunFileError
 from model.tokenizer import gpt2_encoding
 
 from . import cache, jobs, launch, live
-from probes.metrics import repeated_ngram_mask
+from probes.measure.metrics import repeated_ngram_mask
 
 from .plot_data import highlight_html
 from .runfolder import (DEMO_COMMAND, DEMO_TRAIN_COMMAND, RunFiles, run_files, run_names, runs_root,

@@ -13,8 +13,8 @@ import torch
 
 from model import GPT, GPTConfig
 from model.device import torch_threads
-from probes.ablation import head_ablation_sweep
-from probes.attribution import agreement, head_attribution
+from probes.measure.ablation import head_ablation_sweep
+from probes.measure.attribution import agreement, head_attribution
 from .common import Goal, Report, median_time
 
 SPEEDUP_GOAL = 20.0

@@ -14,9 +14,9 @@ import time
 import urllib.request
 from pathlib import Path
 
-from model.checkpoint import list_checkpoints
-from model.runlayout import probes_dir, result_step, step_of
-from model.runrecord import run_status
+from store.checkpoint import list_checkpoints
+from store.runlayout import probes_dir, result_step, step_of
+from store.runrecord import run_status
 
 from .common import Goal, Report
 
@@ -54,7 +54,7 @@ def answers(port: int) -> bool:
 
 
 def probed(run: Path) -> int:
-    """Result files of the run so far (their names by model.runlayout, as the app counts them)."""
+    """Result files of the run so far (their names by store.runlayout, as the app counts them)."""
     folder = probes_dir(run)
     return sum(result_step(p) is not None for p in folder.iterdir()) if folder.is_dir() else 0
 

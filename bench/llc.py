@@ -1,4 +1,4 @@
-"""The llc probe's cost per checkpoint, and the step-size calibration of probes/llc_settings.py.
+"""The llc probe's cost per checkpoint, and the step-size calibration of probes/measure/llc_settings.py.
 
 `python -m bench.llc [RUN] [--steps S,...]` times the llc probe (its calibrated settings: SGLD
 chains with devinterp) on checkpoints of a nano run, one torch thread as the probes runner's
@@ -6,7 +6,7 @@ workers use, and prints seconds per checkpoint with the estimate and whether its
 trust it. `make bench` calls `run(report)` on the last checkpoint of a nano run it trains for 20 steps,
 so the row needs no run of yours.
 
-`python -m bench.llc --calibrate RUN` runs the calibration of probes/llc_settings.py on the run's
+`python -m bench.llc --calibrate RUN` runs the calibration of probes/measure/llc_settings.py on the run's
 last checkpoint: the estimate at every step size of LR_GRID, and the largest step size whose
 estimate is trusted and within CALIBRATION_TOLERANCE of the next smaller one's.
 """
@@ -20,13 +20,13 @@ from pathlib import Path
 
 import torch
 
-from model.checkpoint import list_checkpoints, load_checkpoint, step_of
+from store.checkpoint import list_checkpoints, load_checkpoint, step_of
 from model.device import torch_threads
-from model.tokenizer import load_tokenizer
+from store.vocab import load_tokenizer
 import train
-from probes.inputs import probe_inputs
-from probes.llc import NextTokenLoss, llc_result, sample_llc, sampling_rows
-from probes.llc_settings import CALIBRATION_TOLERANCE, LR_GRID, settings_for
+from probes.measure.inputs import probe_inputs
+from probes.measure.llc import NextTokenLoss, llc_result, sample_llc, sampling_rows
+from probes.measure.llc_settings import CALIBRATION_TOLERANCE, LR_GRID, settings_for
 from .common import Goal, Report
 
 SECONDS_GOAL = 20.0  # per nano checkpoint on a 2-core CPU, with diagnostics that say the estimate settled
@@ -55,7 +55,7 @@ def time_checkpoints(run: Path, steps: list[int] | None = None, threads: int = 1
 
 def calibrate(run: Path, grid: tuple[float, ...] = LR_GRID, threads: int = 1) -> tuple[list[dict], float | None]:
     """(one row per step size: lr, mean, std, trusted, change from the next smaller step size; the
-    chosen step size or None) on the run's last checkpoint, as probes/llc_settings.py describes."""
+    chosen step size or None) on the run's last checkpoint, as probes/measure/llc_settings.py describes."""
     with torch_threads(threads):
         tok = load_tokenizer(run)
         inputs = probe_inputs(run, tokenizer=tok)

@@ -2,7 +2,7 @@
 
 - all probes of one `tiny` checkpoint against one training step of the same model (8 x 512);
 - the exact head-ablation sweep against its FLOP floor (its FLOPs, as counted by
-  `probes.ablation.sweep_flops`, at this machine's measured fp32 matmul peak).
+  `probes.measure.ablation.sweep_flops`, at this machine's measured fp32 matmul peak).
 
 Run alone with `python -m bench --only probes_tiny,sweep_floor`; `make bench` runs them with the rest.
 """
@@ -17,11 +17,11 @@ from pathlib import Path
 import torch
 
 from model import GPT, GPTConfig
-from probes import ablation
-from probes.inputs import ProbeSizes, probe_inputs
-from probes.results import read_result
-from probes.runner import run_probes
-from model.runlayout import result_path
+from probes.measure import ablation
+from probes.measure.inputs import ProbeSizes, probe_inputs
+from probes.measure.results import read_result
+from probes.run.runner import run_probes
+from store.runlayout import result_path
 from .common import Goal, NotMeasured, Report, median_time, timed_calls
 from .speed import matmul_peak_flops, train_step_fn
 
@@ -45,7 +45,7 @@ def make_tiny_run(out: Path) -> Path:
 
 
 def bench_probes_tiny(report: Report, repeats: int = 3) -> None:
-    """All probes of the step-1 checkpoint, in this process through `probes.runner.run_probes`
+    """All probes of the step-1 checkpoint, in this process through `probes.run.runner.run_probes`
     (reading the run's inputs, loading the checkpoint, computing, writing the result: everything
     but process start), against one training step (forward, backward, AdamW) of GPT(tiny) at
     8 x 512. The steps are timed back to back as training runs them (a step right after a probe
@@ -86,7 +86,7 @@ def bench_sweep_floor(report: Report, preset: str = "tiny", repeats: int = 3) ->
     name = f"exact head-ablation sweep vs its FLOP floor, `{preset}` ({batch}x{positions})"
     if not hasattr(ablation, "sweep_flops"):
         report.add(NotMeasured(name, f"≤ {FLOOR_GOAL:g}x", "not measured: sweep_flops missing "
-                               "(probes.ablation.sweep_flops(cfg, batch, positions) does not exist yet)"))
+                               "(probes.measure.ablation.sweep_flops(cfg, batch, positions) does not exist yet)"))
         return
     torch.manual_seed(0)
     model = GPT(cfg).eval()

@@ -23,8 +23,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from model.checkpoint import list_checkpoints, verify_checkpoint
-from model.runlayout import META, RUN_FILES, RUN_JSON, WEIGHTS, checkpoints_dir, data_dir, run_json, step_of
+from store.checkpoint import list_checkpoints, verify_checkpoint
+from store.runlayout import META, RUN_FILES, RUN_JSON, WEIGHTS, checkpoints_dir, data_dir, run_json, step_of
 from .common import Goal, NotMeasured, Report, timed_calls
 
 ROOT = Path(__file__).resolve().parents[1]

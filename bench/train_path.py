@@ -20,7 +20,7 @@ from pathlib import Path
 import train.cli  # imported before tracing: import-time code is not the path
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("model", "train", "probes", "app")
+PACKAGES = ("model", "store", "train", "probes", "app")
 LOOP = ("train.loop", "run")
 RUN = ["--preset", "nano", "--data", "stories", "--steps", "1", "--warmup", "0", "--batch-size", "2",
        "--eval-every", "1", "--eval-batches", "1", "--sample-tokens", "4", "--device", "cpu", "--seed", "0"]
@@ -38,12 +38,14 @@ def module_of(filename: str) -> str | None:
 
 
 class PathTrace:
-    """The cross-module call sites taken from the first traced call until the loop."""
+    """The cross-module call sites taken from the first traced call until `end` (module, function)
+    is called (the training loop, by default; None: until the traced call returns)."""
 
-    def __init__(self) -> None:
+    def __init__(self, end: tuple[str, str] | None = LOOP) -> None:
         self.entries: dict[str, list[tuple[str, int, str]]] = collections.defaultdict(list)
         self.seen: set[tuple[str, int, str]] = set()
         self.done = False
+        self.end = end
 
     def __call__(self, frame, event: str, arg) -> None:
         if self.done or event != "call":
@@ -51,7 +53,7 @@ class PathTrace:
         module = module_of(frame.f_code.co_filename)
         if module is None:
             return
-        if (module, frame.f_code.co_name) == LOOP:
+        if (module, frame.f_code.co_name) == self.end:
             self.done = True
             sys.setprofile(None)
             return
@@ -85,16 +87,21 @@ def trace_training_path(out: Path) -> PathTrace:
     return trace
 
 
-def main(argv: list[str] | None = None) -> int:
-    argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args(argv)
-    with tempfile.TemporaryDirectory() as tmp:
-        trace = trace_training_path(Path(tmp) / "run")
+def report(trace: PathTrace) -> None:
+    """The count and, per module returned to, how often and from where."""
     total, back = trace.returns()
     print(f"modules on the path: {len(trace.entries)}; entries: {sum(len(e) for e in trace.entries.values())}; "
           f"returns to a module already left: {total}")
     for module, n in back.most_common():
         sources = collections.Counter(source for source, _, _ in trace.entries[module])
         print(f"  {module}: {n} (entered from " + ", ".join(f"{k} {v}x" for k, v in sources.most_common()) + ")")
+
+
+def main(argv: list[str] | None = None) -> int:
+    argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args(argv)
+    with tempfile.TemporaryDirectory() as tmp:
+        trace = trace_training_path(Path(tmp) / "run")
+    report(trace)
     return 0
 
 

@@ -14,8 +14,8 @@ import time
 from pathlib import Path
 
 from model.device import cpu_cores
-from model.runlayout import metrics_jsonl
-from model.runrecord import read_record
+from store.runlayout import metrics_jsonl
+from store.runrecord import read_record
 
 from .common import Goal, Report
 

@@ -17,8 +17,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from transformer_lens.hook_points import HookPoint
 
-from .config import GPTConfig, register_attention
-from .layers import causal_mask, is_hooked
+from model.config import GPTConfig, register_attention
+from model.layers import causal_mask, is_hooked
 
 
 @register_attention("standard")

@@ -105,7 +105,7 @@ def free_cores_now() -> int:
 
 
 def idle_class() -> bool:
-    """Whether this process runs under the SCHED_IDLE policy (probes.cli.yield_cpu's guest)."""
+    """Whether this process runs under the SCHED_IDLE policy (probes.run.cli.yield_cpu's guest)."""
     try:
         return os.sched_getscheduler(0) == os.SCHED_IDLE
     except (AttributeError, OSError):  # not Linux

@@ -18,9 +18,9 @@ from transformer_lens.ActivationCache import ActivationCache
 from transformer_lens.HookedRootModule import HookedRootModule
 from transformer_lens.hook_points import HookPoint
 
-from . import attention  # noqa: F401  (registers the attention kinds into model.config.ATTENTION)
-from .config import ATTENTION, GPTConfig
-from .layers import Block, LayerNorm, init_scale
+from model import attention  # noqa: F401  (registers the attention kinds into model.config.ATTENTION)
+from model.config import ATTENTION, GPTConfig
+from model.layers import Block, LayerNorm, init_scale
 
 
 @dataclass

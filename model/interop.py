@@ -21,8 +21,8 @@ from typing import Any
 
 import torch
 
-from .config import GPTConfig
-from .gpt import GPT
+from model.config import GPTConfig
+from model.gpt import GPT
 
 # HF activation names that are the tanh-approximated GELU GPT-2 uses.
 TANH_GELUS = ("gelu_new", "gelu_pytorch_tanh", "gelu_fast")

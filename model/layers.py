@@ -8,7 +8,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from transformer_lens.hook_points import HookPoint
 
-from .config import GPTConfig
+from model.config import GPTConfig
 
 
 def is_hooked(hook: HookPoint) -> bool:

@@ -18,8 +18,6 @@ from typing import Iterable, Mapping, Sequence
 import numpy as np
 import tiktoken
 
-from .runio import write_json_atomic
-from .runlayout import vocab_json
 
 EOT = "<|endoftext|>"
 UNK = "<|unk|>"
@@ -121,9 +119,6 @@ class CompactVocab:
     def to_json(self) -> dict:
         return {"format": "compact-gpt2", "gpt2_ids": self.gpt2_ids,
                 "special": {UNK: self.unk_id, EOT: self.eot_id}}
-
-    def save(self, path: str | os.PathLike) -> None:
-        write_json_atomic(path, self.to_json())
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "CompactVocab":
@@ -233,15 +228,11 @@ def in_model_ids(splits: Sequence[np.ndarray], size: int | None) -> tuple[Compac
 
 
 def load_tokenizer(vocab: CompactVocab | str | os.PathLike | None = None) -> Tokenizer:
-    """The GPT-2 tokenizer; with `vocab` (a CompactVocab, a vocab.json, or a run folder holding
-    one) mapped into that compact vocabulary. A run folder without vocab.json uses full GPT-2."""
+    """The GPT-2 tokenizer; with `vocab` (a CompactVocab or a vocab.json file) mapped into that
+    compact vocabulary. A run folder's tokenizer: `store.vocab.load_tokenizer`."""
     if vocab is None or isinstance(vocab, CompactVocab):
         return Tokenizer(vocab)
     path = Path(vocab)
-    if path.is_dir():
-        path = vocab_json(path)
-        if not path.exists():
-            return Tokenizer(None)
     if not path.exists():
         raise ValueError(f"vocabulary file {path} does not exist.")
     return Tokenizer(CompactVocab.load(path))

@@ -1,7 +1,7 @@
 """`python -m probes runs/NAME [--watch] [--only ...] [--steps ...] [--force]`."""
 import sys
 
-from .cli import main
+from probes.run.cli import main
 
 if __name__ == "__main__":  # guarded: worker processes re-import this module
     sys.exit(main())

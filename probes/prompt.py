@@ -3,10 +3,10 @@ prompt followed through every checkpoint of a run, printed as JSON.
 
 For each checkpoint: the greedy and a sampled continuation, the longest loop the greedy one ends in,
 the loss of each prompt token, the logit lens, the heads' direct logit attribution and, with
---corrupted, activation patching (probes.prompt_measures defines each). `prompt_timelapse` is the
+--corrupted, activation patching (probes.measure.prompt_measures defines each). `prompt_timelapse` is the
 same for the app, with a progress callback.
 
-Each checkpoint's entry is cached on disk (model.runlayout.prompt_cache_path), written atomically so
+Each checkpoint's entry is cached on disk (store.runlayout.prompt_cache_path), written atomically so
 that every process and app session shares it, under a key of the prompt, the options and the
 checkpoint's weight digest (the sha256 of its weights file, sealed into its meta.json): a checkpoint
 refilled or replaced by other weights gets a new key, so an old result is never served for it.
@@ -23,16 +23,17 @@ from typing import Callable, Sequence
 import torch
 from tqdm import tqdm
 
-from model.checkpoint import load_checkpoint, read_checkpoint_meta
+from store.checkpoint import load_checkpoint, read_checkpoint_meta
 from model.cliargs import ArgumentParser, run_command
-from model.runio import RunFileError, read_json, write_json_atomic
-from model.runlayout import prompt_cache_path, step_of
-from model.runrecord import read_run
-from model.tokenizer import Tokenizer, load_tokenizer
+from store.runio import RunFileError, read_json, write_json_atomic
+from store.runlayout import prompt_cache_path, step_of
+from store.runrecord import read_run
+from model.tokenizer import Tokenizer
+from store.vocab import load_tokenizer
 
-from .cli import parse_steps, user_error
-from .prompt_measures import SAMPLE_TEMPERATURE, SAMPLE_TOP_P, checkpoint_entry
-from .runner import check_steps
+from probes.run.cli import parse_steps, user_error
+from probes.measure.prompt_measures import SAMPLE_TEMPERATURE, SAMPLE_TOP_P, checkpoint_entry
+from probes.run.runner import check_steps
 
 ESSAY_PROMPT = "They wave to each other"
 DEFAULT_TOKENS = 32

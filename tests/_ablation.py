@@ -1,5 +1,5 @@
-"""The naive head-ablation reference the batched sweeps of probes.ablation are checked against:
-one plain run_with_hooks per head, written out here and never through probes.ablation's own
+"""The naive head-ablation reference the batched sweeps of probes.measure.ablation are checked against:
+one plain run_with_hooks per head, written out here and never through probes.measure.ablation's own
 ablate() or sweeps."""
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from probes.ablation import resample_permutation
+from probes.measure.ablation import resample_permutation
 
 
 @torch.no_grad()

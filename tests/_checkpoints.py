@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from model import checkpoint as ck
+from store import checkpoint as ck
 
 
 class Evil:

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from model.checkpoint import list_checkpoints, load_checkpoint
-from model.runio import read_json, read_jsonl
+from store.checkpoint import list_checkpoints, load_checkpoint
+from store.runio import read_json, read_jsonl
 
 
 def free_port() -> int:

@@ -192,7 +192,7 @@ def finish(p: subprocess.Popen, timeout: float = 300) -> str:
 # fsync the folder last), so a test can kill training or a fill-in at any write it chooses.
 KILL_AT_FSYNC = """
 import os, signal, sys
-import model.checkpoint as ck, model.runio as runio
+import store.checkpoint as ck, store.runio as runio
 n_calls, die_at = 0, int(sys.argv[1])
 real = runio.fsync_dir
 def fsync_then_maybe_die(path):

@@ -24,9 +24,9 @@ from typing import Iterator
 
 import pytest
 
-import probes.ray_runner as ray_runner
-from model.runio import pid_alive
-from probes.results import read_results
+import probes.run.ray_runner as ray_runner
+from store.runio import pid_alive
+from probes.measure.results import read_results
 
 MARK_VAR = "PROBES_TEST_RAY_HEAD"  # marks the head's processes, so none can hide from stop_head
 

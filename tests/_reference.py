@@ -3,7 +3,7 @@
 `largest_log_step_rise` is the naive phase-change rule: the consecutive pair of checkpoints with the
 largest rise per unit of log(1 + step). Late pairs are narrow in log-step, so a small late wobble
 outranks a large early jump; the tests show on the same series that
-`probes.emergence.largest_sustained_rise` does not fall for it.
+`probes.analyse.emergence.largest_sustained_rise` does not fall for it.
 """
 from __future__ import annotations
 

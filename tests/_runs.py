@@ -11,11 +11,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from model.checkpoint import WEIGHTS, checkpoint_dir, save_checkpoint
-from model.runio import write_json_atomic
+from store.checkpoint import WEIGHTS, checkpoint_dir, save_checkpoint
+from store.runio import write_json_atomic
 from model.config import GPTConfig
 from model.gpt import GPT
 from model.tokenizer import build_compact_vocab, gpt2_encoding
+from store.vocab import save_vocab
 
 NAMES = ("Tom", "Mia", "Ben", "Lily", "Sam", "Anna")
 PLACES = ("park", "forest", "beach", "garden", "farm")
@@ -56,7 +57,7 @@ def write_run(root: Path, name: str = "run", steps: tuple[int, ...] = (0, 1, 2, 
     counts = np.bincount(train_ids, minlength=50257)
     counts += np.bincount(enc.encode(" ".join(CANARY_ALTERNATIVES)), minlength=50257)
     vocab = build_compact_vocab(counts, 400)
-    vocab.save(run / "vocab.json")
+    save_vocab(vocab, run / "vocab.json")
     to_model = np.full(50257, vocab.unk_id, dtype=np.int64)
     to_model[np.asarray(vocab.gpt2_ids)] = np.arange(len(vocab.gpt2_ids))
     to_model[50256] = vocab.eot_id

@@ -10,8 +10,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from model.runrecord import run_status
-from model.runlayout import run_json as run_json_path
+from store.runrecord import run_status
+from store.runlayout import run_json as run_json_path
 from train import main
 
 SMALL_RUN = dict(

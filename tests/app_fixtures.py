@@ -18,14 +18,15 @@ from _runs import corrupt_checkpoint  # noqa: F401  (re-exported for the app tes
 import numpy as np
 import torch
 
-from model.checkpoint import list_checkpoints, save_checkpoint
-from model.runio import append_jsonl, write_json_atomic
+from store.checkpoint import list_checkpoints, save_checkpoint
+from store.runio import append_jsonl, write_json_atomic
 from model.config import GPTConfig
 from model.gpt import GPT
 from model.tokenizer import build_compact_vocab, gpt2_encoding
+from store.vocab import save_vocab
 import probes
-from probes.compute import ON_DEMAND_KINDS
-from probes.inputs import ProbeSizes
+from probes.measure.compute import ON_DEMAND_KINDS
+from probes.measure.inputs import ProbeSizes
 
 STORY = ("Once upon a time, Tom and Mia went to the park. They wave to each other. Tom said, "
          "\"Look, a red ball!\" Mia was happy. The sun was warm and the birds sang. ")
@@ -58,7 +59,7 @@ def write_fake_run(root: Path, name: str = "fake", steps: tuple[int, ...] = (0, 
     enc = gpt2_encoding()
     ids = enc.encode(STORY * 40)
     vocab = build_compact_vocab(np.bincount(ids, minlength=50257), 128)
-    vocab.save(run / "vocab.json")
+    save_vocab(vocab, run / "vocab.json")
     to_model = {g: i for i, g in enumerate(vocab.gpt2_ids)}
     tokens = np.array([to_model.get(i, vocab.unk_id) for i in ids], dtype=np.uint16)
     (run / "data").mkdir()

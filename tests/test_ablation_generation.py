@@ -9,7 +9,7 @@ import torch
 
 from model.config import GPTConfig
 from model.gpt import GPT
-from probes.ablation import generation_hooks, head_means, resample_source
+from probes.measure.ablation import generation_hooks, head_means, resample_source
 
 N_CTX = 16
 

@@ -14,12 +14,12 @@ import torch
 from streamlit.testing.v1 import AppTest
 
 import probes
-from probes.results import ablation_key
+from probes.measure.results import ablation_key
 from app import jobs
 from app_fixtures import corrupt_step, write_fake_run
-from model.checkpoint import checkpoint_dir, list_checkpoints, load_checkpoint, step_of
-from model.runio import read_json
-from model.tokenizer import load_tokenizer
+from store.checkpoint import checkpoint_dir, list_checkpoints, load_checkpoint, step_of
+from store.runio import read_json
+from store.vocab import load_tokenizer
 
 APP = str(Path(__file__).resolve().parents[1] / "app" / "streamlit_app.py")
 PAGES = ["runs", "heads", "attention", "memorization", "repetition", "induction"]
@@ -171,8 +171,8 @@ def test_heads_page_shows_the_attribution_estimate_with_its_agreement(app_roots,
 def test_interactive_ablation_of_every_kind_matches_the_probe(app_roots, monkeypatch, kind):
     """Loss and generation for each kind, on the real run (whose held-out rows carry n_ctx + 1
     tokens): the loss change of one head equals the probe's sweep value for that head and kind,
-    and the ablated generation is the one probes.ablation.generation_hooks gives."""
-    from probes.ablation import generation_hooks
+    and the ablated generation is the one probes.measure.ablation.generation_hooks gives."""
+    from probes.measure.ablation import generation_hooks
     from app.analysis import greedy_continuation
     run = app_roots["computed"] / "small"
     results = probes.read_results(run)

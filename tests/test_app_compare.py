@@ -13,7 +13,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 import probes
-from model.runio import read_jsonl
+from store.runio import read_jsonl
 
 APP = str(Path(__file__).resolve().parents[1] / "app" / "streamlit_app.py")
 SPIKE_STEP = 30

@@ -16,8 +16,8 @@ import pytest
 import probes
 from app import figures_prompt as FP, jobs
 from app.figures import unique_labels
-from model.checkpoint import list_checkpoints, step_of
-from model.tokenizer import load_tokenizer
+from store.checkpoint import list_checkpoints, step_of
+from store.vocab import load_tokenizer
 from probes.prompt import ESSAY_PROMPT, check_request, prompt_timelapse
 from test_app import assert_no_exception, chart_keys, close, open_app, texts
 

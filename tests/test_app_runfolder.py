@@ -8,11 +8,11 @@ import shutil
 import pytest
 
 from app.analysis import attention_patterns
-from probes.ablation import generation_hooks, head_means
+from probes.measure.ablation import generation_hooks, head_means
 from app.runfolder import (inside, metrics_series, run_files, run_names, runs_root, safe_run_dir,
                            sample_steps, samples_at, verify_checkpoint)
 from app_fixtures import corrupt_checkpoint, write_fake_run
-from model.checkpoint import checkpoint_dir, load_checkpoint
+from store.checkpoint import checkpoint_dir, load_checkpoint
 
 
 @pytest.fixture(scope="module")

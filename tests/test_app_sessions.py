@@ -32,9 +32,9 @@ import probes
 from app import cache, jobs
 from app.analysis import attention_patterns, greedy_continuation
 from app.runfolder import run_files
-from model.checkpoint import checkpoint_dir, load_checkpoint
-from model.tokenizer import load_tokenizer
-from probes.ablation import generation_hooks
+from store.checkpoint import checkpoint_dir, load_checkpoint
+from store.vocab import load_tokenizer
+from probes.measure.ablation import generation_hooks
 
 # an exception in any session's script thread fails the test, not just a warning
 pytestmark = pytest.mark.filterwarnings("error::pytest.PytestUnhandledThreadExceptionWarning")

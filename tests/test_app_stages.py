@@ -14,11 +14,11 @@ import pytest
 import probes
 from app import figures_stages as FS, jobs
 from app_fixtures import write_fake_run
-from model.runio import read_json, write_json_atomic
-from probes.llc import llc_summary
-from probes.llc_settings import LLCSettings
-from probes.stages import nearest_boundary
-from probes.summary import write_summary
+from store.runio import read_json, write_json_atomic
+from probes.measure.llc import llc_summary
+from probes.measure.llc_settings import LLCSettings
+from probes.analyse.stages import nearest_boundary
+from probes.analyse.summary import write_summary
 from test_app import chart_keys, open_app, texts, assert_no_exception
 
 STEPS = (0, 1, 2, 4, 8, 16, 32, 64)
@@ -26,7 +26,7 @@ LEVELS = [4.0, 12.0, 20.0, 28.0, 36.0, 28.0, 20.0, 12.0]  # a peak at step 8
 
 
 def fake_llc(level: float, trusted: bool = True) -> dict:
-    """An llc result as the probe writes it (probes.llc.llc_summary), from made-up flat traces."""
+    """An llc result as the probe writes it (probes.measure.llc.llc_summary), from made-up flat traces."""
     s = LLCSettings(lr=3e-5, localization=1e4, n_beta=100.0, chains=2, draws=40, burnin=10, batch_size=16,
                     n_sequences=64)
     spread = 0.0001 if trusted else 0.05  # an untrusted estimate: its chains disagree

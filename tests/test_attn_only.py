@@ -18,11 +18,11 @@ import torch.nn.functional as F
 
 import probes
 from model import GPT, GPTConfig
-from model.checkpoint import list_checkpoints, load_checkpoint, step_of
+from store.checkpoint import list_checkpoints, load_checkpoint, step_of
 from model.interop import from_hf, to_hf, to_transformer_lens
 from model.memory import param_count, train_bytes
-from model.runio import read_json
-from probes.results import read_results
+from store.runio import read_json
+from probes.measure.results import read_results
 from _small_run import small_run_argv
 
 from test_interop import max_diff, max_diff_masked, perturb

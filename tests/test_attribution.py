@@ -11,9 +11,9 @@ import torch.nn.functional as F
 import probes
 from model.config import GPTConfig
 from model.gpt import GPT
-from probes.ablation import head_ablation_sweep, resample_permutation
-from probes.attribution import agreement, head_attribution, ranks, spearman, top_overlap, z_and_grads
-from probes.results import ablation_key
+from probes.measure.ablation import head_ablation_sweep, resample_permutation
+from probes.measure.attribution import agreement, head_attribution, ranks, spearman, top_overlap, z_and_grads
+from probes.measure.results import ablation_key
 
 KINDS = ("zero", "mean", "resample")
 SEED = 3  # weights and tokens of the tiny models below
@@ -51,7 +51,7 @@ def clean_z(model: GPT, inputs: torch.Tensor) -> list[torch.Tensor]:
 
 
 def target_z(kind: str, zh: torch.Tensor, perm: torch.Tensor) -> torch.Tensor:
-    """The ablated value of one head's z [B,P,D], as the module docstring of probes.ablation says."""
+    """The ablated value of one head's z [B,P,D], as the module docstring of probes.measure.ablation says."""
     if kind == "zero":
         return torch.zeros_like(zh)
     if kind == "mean":
@@ -135,8 +135,8 @@ def test_agreement_with_the_exact_sweep_on_a_trained_run(small_run):
     z furthest, so it is the least reliable kind (at the last checkpoint of this run its Spearman is
     about 0.2 against about 0.7 for mean and 1.0 for resample); the average over the trained
     checkpoints is positive for every kind, and the last checkpoint for mean and resample."""
-    from model.checkpoint import list_checkpoints, load_checkpoint
-    from probes.inputs import heldout_tokens
+    from store.checkpoint import list_checkpoints, load_checkpoint
+    from probes.measure.inputs import heldout_tokens
 
     tokens = heldout_tokens(small_run, n=16)
     checkpoints = [c for c in list_checkpoints(small_run) if int(c.name.split("_")[-1]) >= 10]
@@ -202,7 +202,7 @@ def test_exported_from_probes():
 def test_probe_stores_the_first_block_estimate_and_its_agreement_with_the_stored_sweep():
     """Three blocks of 4 sequences: the estimate is the one of the first block (the batch an
     unsized sweep would use), the agreement is against the exact matrices stored beside it."""
-    from probes.ablation import head_ablation_probe
+    from probes.measure.ablation import head_ablation_probe
 
     model, tokens = tiny_model(torch.float64), tiny_tokens(batch=12)
     res = head_ablation_probe(model, tokens, block=4, target_se=1e-12, max_sequences=12, kinds=KINDS)
@@ -240,7 +240,7 @@ def test_agreement_in_the_runners_result_files_equals_agreement_of_the_stored_ma
 
 def test_an_undefined_spearman_is_stored_as_none_for_strict_json():
     import json
-    from probes.attribution import attribution_result
+    from probes.measure.attribution import attribution_result
 
     model, tokens = tiny_model(torch.float32), tiny_tokens()
     out = attribution_result(model, tokens, {"zero": np.ones((2, 4))})

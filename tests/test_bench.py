@@ -127,7 +127,7 @@ def test_a_partial_run_writes_no_results_unless_asked(monkeypatch, tmp_path, cap
 
 
 def test_sweep_floor_says_not_measured_without_sweep_flops(monkeypatch):
-    from probes import ablation
+    from probes.measure import ablation
 
     monkeypatch.delattr(ablation, "sweep_flops", raising=False)
     report = common.Report()
@@ -135,7 +135,7 @@ def test_sweep_floor_says_not_measured_without_sweep_flops(monkeypatch):
     (row,) = report.goals
     assert isinstance(row, common.NotMeasured) and not row.met
     assert row.row().endswith("| — | ≤ 1.5x | not measured | not measured: sweep_flops missing "
-                              "(probes.ablation.sweep_flops(cfg, batch, positions) does not exist yet) |")
+                              "(probes.measure.ablation.sweep_flops(cfg, batch, positions) does not exist yet) |")
 
 
 def makefile_recipe(target: str) -> list[str]:

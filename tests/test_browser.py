@@ -190,7 +190,7 @@ def test_four_browser_sessions_at_once_keep_their_own_numbers(server, app_roots)
     from playwright.sync_api import sync_playwright
 
     import probes
-    from model.checkpoint import checkpoint_dir, list_checkpoints, load_checkpoint, step_of
+    from store.checkpoint import checkpoint_dir, list_checkpoints, load_checkpoint, step_of
 
     url, chromium = server
     run = app_roots["computed"] / "small"
@@ -235,8 +235,8 @@ def test_llc_button_and_new_run_form_in_chromium(app_roots, tmp_path):
     from playwright.sync_api import expect, sync_playwright
 
     from app import launch
-    from model.runrecord import read_record, record_or_none
-    from probes.results import read_results
+    from store.runrecord import read_record, record_or_none
+    from probes.measure.results import read_results
     from train import main as train_main
     from test_live import wait_for
 

@@ -15,11 +15,11 @@ from pathlib import Path
 import pytest
 
 from app import launch
-from model.runio import pid_alive
-from model.checkpoint import list_checkpoints
-from model.runio import read_json
-from model.runlayout import result_path, step_of
-from probes.results import read_result
+from store.runio import pid_alive
+from store.checkpoint import list_checkpoints
+from store.runio import read_json
+from store.runlayout import result_path, step_of
+from probes.measure.results import read_result
 from _small_run import small_run_argv
 from _serving import free_port, wait_healthy
 from test_browser import ARTIFACTS, CHROMIUM_ARGS, chromium_path, form_is_refused_as_the_cli_refuses, wait_until_idle

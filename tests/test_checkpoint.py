@@ -19,9 +19,9 @@ from safetensors.torch import save as st_save
 
 from app.runfolder import verify_checkpoint
 from model import GPT, GPTConfig
-from model import checkpoint as ck, runio
-from model.checkpoint import checkpoint_dir, list_checkpoints, load_checkpoint, load_state, save_checkpoint, save_state, step_of
-from model.runio import CheckpointError
+from store import checkpoint as ck, runio
+from store.checkpoint import checkpoint_dir, list_checkpoints, load_checkpoint, load_state, save_checkpoint, save_state, step_of
+from store.runio import CheckpointError
 
 from _checkpoints import Evil, edit_json, evil_bytes, sha256
 
@@ -114,7 +114,7 @@ def test_write_bytes_atomic_keeps_old_content_on_failure(tmp_path, monkeypatch):
 
 
 def test_every_writers_temporary_name_is_recognised_and_only_dead_writers_leftovers_go(tmp_path, model, monkeypatch):
-    """model.runio owns the temporary names: what each writer really leaves when it dies before its
+    """store.runio owns the temporary names: what each writer really leaves when it dies before its
     rename (an atomic file write, a checkpoint folder, the folder a re-save parks) is recognised,
     with its writer's pid; a live writer's temporary survives a sweep that spares live writers."""
     real_replace = os.replace

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from model import checkpoint as ck, runio
-from model.checkpoint import load_state, save_state
-from model.runio import CheckpointError, read_jsonl
+from store import checkpoint as ck, runio
+from store.checkpoint import load_state, save_state
+from store.runio import CheckpointError, read_jsonl
 
 from _checkpoints import edit_json, evil_bytes, sha256
 

@@ -11,13 +11,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import probes.ablation as ablation
-import probes.forward as forward
+import probes.measure.ablation as ablation
+import probes.measure.forward as forward
 from model.config import GPTConfig
 from model.gpt import GPT
-from probes.ablation import (clean_run, head_ablation_probe, head_ablation_sweep, sequence_deltas, standard_errors,
+from probes.measure.ablation import (clean_run, head_ablation_probe, head_ablation_sweep, sequence_deltas, standard_errors,
                              sweep_flops)
-from probes.forward import final_residual, readout, stats_from_residual, token_stats
+from probes.measure.forward import final_residual, readout, stats_from_residual, token_stats
 
 from _ablation import naive_head_ablation, token_losses
 

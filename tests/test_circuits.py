@@ -9,12 +9,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from probes.circuits import edge_rises, handovers, induction_k_edge
-from probes.composition import composition_result
-from probes.head_roles import head_roles_result
-from probes.induction import multi_period_scores
-from probes.random_tokens import random_periods, random_token_sets
-from probes.summary import summarize
+from probes.analyse.circuits import edge_rises, handovers, induction_k_edge
+from probes.measure.composition import composition_result
+from probes.measure.head_roles import head_roles_result
+from probes.measure.induction import multi_period_scores
+from probes.measure.random_tokens import random_periods, random_token_sets
+from probes.analyse.summary import summarize
 
 from _induction_circuit import BOS, N_CTX, V, circuit_model
 

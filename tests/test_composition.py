@@ -13,7 +13,7 @@ import torch
 
 from model import GPT, GPTConfig
 from model.interop import to_hf, to_transformer_lens
-from probes.composition import (KINDS, composition_result, composition_scores, copying_scores, folded_weights,
+from probes.measure.composition import (KINDS, composition_result, composition_scores, copying_scores, folded_weights,
                                 null_thresholds)
 
 from _induction_circuit import V, circuit_model

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 import train.tokens as tokens_mod
-from model.runio import read_json
-from model.rundata import get_chunks, load_tokens, n_chunks, read_data_meta, sample_chunk_ids, seen_chunk_ids
-from model.tokenizer import load_tokenizer
+from store.runio import read_json
+from store.rundata import get_chunks, load_tokens, n_chunks, read_data_meta, sample_chunk_ids, seen_chunk_ids
+from store.vocab import load_tokenizer
 from train import main
 from train.args import BadInput
 from train.corpora import Corpus, split_documents, split_held_out, text_corpus
@@ -135,7 +135,7 @@ def test_canaries_in_token_stream_exactly_as_recorded(small_run):
 def test_a_data_json_written_before_corpus_rows_per_step_had_its_name_reads_the_same(small_run):
     """Runs written before the rename kept the corpus rows per step as "global_batch" (a name that
     in run.json means every row): they still count seen sequences the same way."""
-    from model.rundata import corpus_rows_per_step, seen_chunk_ids
+    from store.rundata import corpus_rows_per_step, seen_chunk_ids
     meta = read_data_meta(small_run)
     old = {k: v for k, v in meta.items() if k != "corpus_rows_per_step"} | {"global_batch": meta["corpus_rows_per_step"]}
     assert corpus_rows_per_step(old) == corpus_rows_per_step(meta) == 8
@@ -181,9 +181,9 @@ def test_training_batches_are_the_seen_chunks(small_run):
 def test_text_corpus_plants_canaries_that_the_probes_measure(tmp_path):
     """text:PATH gets the canaries stories gets (same generator, same record in data.json), each
     copy its own training document, none held out; the memorization probe has exposure rows."""
-    from model.runlayout import result_path
-    from probes.results import read_result
-    from probes.runner import run_probes
+    from store.runlayout import result_path
+    from probes.measure.results import read_result
+    from probes.run.runner import run_probes
     from train.stories import make_canaries
 
     corpus_file = tmp_path / "stories.txt"

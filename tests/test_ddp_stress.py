@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from model.runio import read_json
+from store.runio import read_json
 
 from _ddp import failure_report, launch_ddp
 

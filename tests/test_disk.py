@@ -8,11 +8,11 @@ import random
 
 import pytest
 
-from model.checkpoint import kept_state_steps, list_checkpoints, load_checkpoint
+from store.checkpoint import kept_state_steps, list_checkpoints, load_checkpoint
 from model.config import GPTConfig
 from model.memory import param_count
-from model.runio import read_json
-from model.runlayout import state_dir, state_name, step_of
+from store.runio import read_json
+from store.runlayout import state_dir, state_name, step_of
 from train import disk, main
 from train.schedule import checkpoint_steps
 from _small_run import make_small_run, small_run_argv

@@ -80,7 +80,7 @@ def python_sources(repo: Path = REPO) -> list[Path]:
 
 def test_the_checks_find_what_they_look_for(tmp_path):
     assert slug("The phase change (`make induction`)") == "the-phase-change-make-induction"
-    assert slug("A run on disk (`model/runlayout.py`)") == "a-run-on-disk-modelrunlayoutpy"
+    assert slug("A run on disk (`store/runlayout.py`)") == "a-run-on-disk-storerunlayoutpy"
     assert slug("Threads: one_rule, re-read?") == "threads-one_rule-re-read"
     assert anchors("# Title\n## Setup\n## Setup\n```\n# not a heading\n```\n") == {"title", "setup", "setup-1"}
     text = "[a](x.md) ![b](img.png) `[c](code.md)` [d](https://e.org/f) [g](#h)\n```\n[i](j.md)\n```\n"

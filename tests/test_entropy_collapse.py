@@ -13,11 +13,11 @@ import pytest
 from app import failure_captions as FC
 from app_fixtures import probe_result, write_fake_run
 from probes import summarize
-from probes.emergence_rules import THRESHOLDS, rules
-from probes.inputs import REPETITION_PROMPTS
-from probes.metrics import find_loop, longest_loop, periodic_tail, seq_rep_n
-from probes.phenomena import COLLAPSE_KEYS
-from probes.repetition import SAMPLES_PER_PROMPT, prompt_se
+from probes.analyse.emergence_rules import THRESHOLDS, rules
+from probes.measure.inputs import REPETITION_PROMPTS
+from probes.measure.metrics import find_loop, longest_loop, periodic_tail, seq_rep_n
+from probes.analyse.phenomena import COLLAPSE_KEYS
+from probes.measure.repetition import SAMPLES_PER_PROMPT, prompt_se
 
 
 # -- the loop measure --------------------------------------------------------------------------

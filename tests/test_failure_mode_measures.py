@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from probes.emergence import SMALL_SAMPLE, curvature_noise, excess_stretches
-from probes.emergence_rules import THRESHOLDS
-from probes.head_inequality import head_inequality
-from probes.metrics import gini, jensen_shannon, ngram_counts, tone_distance, top_share
-from probes.repetition import tone_result
+from probes.analyse.emergence import SMALL_SAMPLE, curvature_noise, excess_stretches
+from probes.analyse.emergence_rules import THRESHOLDS
+from probes.analyse.head_inequality import head_inequality
+from probes.measure.metrics import gini, jensen_shannon, ngram_counts, tone_distance, top_share
+from probes.measure.repetition import tone_result
 
 
 # -- the tone measure --------------------------------------------------------------------------

@@ -19,11 +19,11 @@ import pytest
 from app import figures, plot_data as R
 from app import failure_captions as FC
 from probes import summarize, write_summary
-from probes.emergence_rules import rules
-from probes.failure_modes import CONCENTRATION_LEVEL_KEYS, MISMATCH_KEYS
-from probes.overfitting import OVERFIT_KEYS
-from probes.metrics import gini, top_share
-from probes.phenomena import RISE_KEYS
+from probes.analyse.emergence_rules import rules
+from probes.analyse.failure_modes import CONCENTRATION_LEVEL_KEYS, MISMATCH_KEYS
+from probes.analyse.overfitting import OVERFIT_KEYS
+from probes.measure.metrics import gini, top_share
+from probes.analyse.phenomena import RISE_KEYS
 
 STEPS = [0, 1, 2, 4, 8, 16, 32, 64, 100, 200, 300, 400, 500, 600, 700, 800, 900, 1000, 1100, 1200]  # 20
 N_HEADS = (4, 4)

@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 from streamlit.testing.v1 import AppTest
 
 from app.runfolder import run_files, safe_run_dir
-from model.checkpoint import checkpoint_dir
+from store.checkpoint import checkpoint_dir
 
 import _fuzzing
 from app_fixtures import write_fake_run

@@ -1,7 +1,7 @@
 """Random truncations, bit flips and deletions of every file a checkpoint or the training state
 depends on ("every byte that changes behaviour is verified"): the weights, meta.json,
 the state file, latest.json, and the run files they record (vocab.json, data.json, run.json's model
-config). The loaders either raise model.checkpoint.CheckpointError naming the damaged file, or load
+config). The loaders either raise store.checkpoint.CheckpointError naming the damaged file, or load
 exactly what was saved: config, meta, weights and state compared in full. The only damage allowed
 to load is damage that changes no content a reader gets (JSON whitespace, a trailing newline cut),
 and run.json for a checkpoint (which does not read it). Never another exception, never code
@@ -33,8 +33,8 @@ import pytest
 import torch
 from safetensors.torch import load as st_load
 
-from model.checkpoint import META, WEIGHTS, checkpoint_dir, load_checkpoint, load_state, save_checkpoint, save_state, seal
-from model.runio import CheckpointError
+from store.checkpoint import META, WEIGHTS, checkpoint_dir, load_checkpoint, load_state, save_checkpoint, save_state, seal
+from store.runio import CheckpointError
 from model.config import GPTConfig
 from model.gpt import GPT
 

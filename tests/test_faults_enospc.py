@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from model.checkpoint import has_state, list_checkpoints, load_checkpoint, load_state, step_of
-from model.runio import read_json, read_jsonl
+from store.checkpoint import has_state, list_checkpoints, load_checkpoint, load_state, step_of
+from store.runio import read_json, read_jsonl
 from train import main
 from _small_run import small_run_argv
 

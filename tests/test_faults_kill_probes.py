@@ -25,8 +25,8 @@ import pytest
 import torch
 
 import probes
-from probes.compute import PROBES, RESULT_VERSION
-from probes.results import read_results
+from probes.measure.compute import PROBES, RESULT_VERSION
+from probes.measure.results import read_results
 
 import _faults as faults
 

@@ -31,8 +31,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from model.checkpoint import SEAL, has_state, list_checkpoints, load_checkpoint, load_state, step_of
-from model.runio import read_json, read_jsonl
+from store.checkpoint import SEAL, has_state, list_checkpoints, load_checkpoint, load_state, step_of
+from store.runio import read_json, read_jsonl
 from train import main as train_main
 from _small_run import small_run_argv
 

@@ -137,7 +137,7 @@ def test_canary_figures_match_the_canary_results():
 
 
 def canary_group(copies: int, exposure: float, rank: float) -> dict:
-    """A group as probes.memorization.canary_results writes it for a stories run (36 words from 437)."""
+    """A group as probes.measure.memorization.canary_results writes it for a stories run (36 words from 437)."""
     return {"copies": copies, "n": 4, "extracted_fraction": 1.0 if copies >= 32 else 0.0, "mean_score": 0.5,
             "exposure": exposure, "exposure_extrapolated": exposure, "exposure_rank": rank,
             "exposure_rank_cap": 5.0, "n_candidates": 32, "randomness_space_log2": 36 * math.log2(437),
@@ -196,6 +196,6 @@ def test_repeated_ngram_mask_and_highlight_escape_model_output():
 
 def test_app_mask_agrees_with_the_probes_definition():
     from app.ui import ngram_mask
-    from probes import metrics
+    from probes.measure import metrics
     for toks in ([1, 2, 3, 4, 1, 2, 3, 4, 9], [5] * 9, [1, 2, 1, 2, 1, 2, 3], list(range(10))):
         assert [bool(x) for x in metrics.repeated_ngram_mask(toks, 4)] == ngram_mask(toks, 4)

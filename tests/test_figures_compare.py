@@ -11,7 +11,7 @@ from _figures import RESULTS, STEPS, emerging_summary, trace_named
 
 # -- run comparison (attention-variants study) ------------------------------------------------
 def test_loss_spikes_known_answer():
-    from probes import loss_spikes as C
+    from probes.analyse import loss_spikes as C
     assert (C.SPIKE_RATIO, C.SPIKE_WINDOW) == (1.0, 20)  # the rule the page states by default
     assert "more than 100% above (over 2x) the median of the 20 logged" in C.SPIKE_RULE
     losses = [2.0] * 41

@@ -45,7 +45,7 @@ def test_the_induction_page_says_why_when_nothing_was_detected():
 
 def test_icl_wording_names_the_averaged_positions():
     import torch
-    from probes.induction import icl_score
+    from probes.measure.induction import icl_score
     real = icl_score(torch.ones(2, 128))
     assert R.icl_definition(real) == real["definition"]
     assert "118-127" in R.icl_definition(real) and "45-54" in R.icl_definition(real)

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from model.checkpoint import SEAL, list_checkpoints, load_checkpoint, load_state, step_of
-from model.runio import read_json
+from store.checkpoint import SEAL, list_checkpoints, load_checkpoint, load_state, step_of
+from store.runio import read_json
 from train import main
 
 from _faults import KILL_AT_FSYNC
@@ -94,7 +94,7 @@ def test_fill_in_is_bit_identical_and_writes_only_the_missing_checkpoints(runs, 
 
 
 def test_probes_compute_the_filled_in_checkpoints(runs):
-    from probes.runner import run_probes
+    from probes.run.runner import run_probes
     _, sparse = runs
     if 10 not in steps_of(sparse):
         assert main(["--out", str(sparse), "--fill-in", "0:40:10"]) == 0

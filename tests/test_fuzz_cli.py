@@ -1,5 +1,5 @@
 """Property-based fuzzing (hypothesis) of the three command lines, called in-process through their
-main(argv): `python -m train`, `python -m probes`, `python -m model.generate`. Arguments are
+main(argv): `python -m train`, `python -m probes`, `python -m store.generate`. Arguments are
 drawn per flag from valid values, values out of range, non-numbers, NaN/inf, huge integers, odd
 paths and random junk, in random order. The property: exit status 0 (valid input), or 2 with
 one sentence on stderr and no traceback (and for train, nothing created in --out); never another
@@ -30,16 +30,16 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 import _fuzzing
-import model.generate as generate_cli
-import probes.cli as probes_cli
-import probes.runner as probes_runner
+import store.generate as generate_cli
+import probes.run.cli as probes_cli
+import probes.run.runner as probes_runner
 import train.cli as train_cli
 from _fuzzing import (Accepted, changes, floats, huge, ints, junk, mostly, one_sentence, refused_cleanly, sized,
                       starts, tree)  # noqa: F401 (starts: a fixture)
-from probes.compute import PROBES
-from probes.ray_runner import RayCluster
+from probes.measure.compute import PROBES
+from probes.run.ray_runner import RayCluster
 
-from model.runrecord import set_status
+from store.runrecord import set_status
 
 FAST, STRESS = 40, 600
 EXAMPLES = [pytest.param(FAST, id="fast"), pytest.param(STRESS, id="stress", marks=pytest.mark.stress)]
@@ -252,7 +252,7 @@ def test_probes_watch_refuses_a_poll_it_could_not_sleep(probe_world, capsys):
         assert "--poll must be" in one_sentence(capsys.readouterr().err)
 
 
-# -- python -m model.generate --------------------------------------------------------------------
+# -- python -m store.generate --------------------------------------------------------------------
 def generate_argvs(world: dict):
     root = world["root"]
     prompts = mostly(st.text(min_size=1, max_size=30), st.sampled_from(["", " ", "<|endoftext|>", "Once upon a time",

@@ -22,7 +22,8 @@ from hypothesis import strategies as st
 import _fuzzing
 from model.config import PRESETS, GPTConfig, attention_kinds
 from model.gpt import GPT
-from model.tokenizer import EOT, build_compact_vocab, load_tokenizer
+from model.tokenizer import EOT, build_compact_vocab
+from store.vocab import load_tokenizer
 
 FAST, STRESS = 60, 2000
 EXAMPLES = [pytest.param(FAST, id="fast"), pytest.param(STRESS, id="stress", marks=pytest.mark.stress)]

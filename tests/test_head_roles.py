@@ -12,11 +12,11 @@ import torch
 from model import GPT, GPTConfig
 from model.interop import to_transformer_lens
 from model.tokenizer import gpt2_encoding
-from probes.head_roles import (LOCAL_WINDOW, ROLES, chance_levels, head_roles_result, local_score,
+from probes.measure.head_roles import (LOCAL_WINDOW, ROLES, chance_levels, head_roles_result, local_score,
                                positional_rows, positional_scores, uniform_pattern)
-from probes.induction import multi_period_scores, random_token_scores
-from probes.metrics import sink_mass
-from probes.random_tokens import random_periods, random_token_sets
+from probes.measure.induction import multi_period_scores, random_token_scores
+from probes.measure.metrics import sink_mass
+from probes.measure.random_tokens import random_periods, random_token_sets
 
 from _induction_circuit import BOS, N_CTX, V, circuit_model
 
@@ -173,7 +173,7 @@ def test_hand_built_previous_token_and_induction_heads(monkeypatch):
     # with the induction probe's result of the same checkpoint, its scores are used as they are: no
     # random-token forward runs twice
     shared = multi_period_scores(model, sets, N_CTX)
-    monkeypatch.setattr("probes.head_roles.multi_period_scores", lambda *a, **k: pytest.fail("ran twice"))
+    monkeypatch.setattr("probes.measure.head_roles.multi_period_scores", lambda *a, **k: pytest.fail("ran twice"))
     again = head_roles_result(model, sets, induction=shared)
     assert all(again[r] == out[r] for r in ROLES)
 
@@ -181,11 +181,11 @@ def test_hand_built_previous_token_and_induction_heads(monkeypatch):
 def test_compute_probes_runs_each_random_token_set_once(fake_run, monkeypatch):
     """With induction and head_roles in the default set, the random-token passes run once each (as
     with the induction probe alone); head_roles alone runs them itself, with the same numbers."""
-    import probes.induction as induction
-    from model.checkpoint import list_checkpoints, load_checkpoint
+    import probes.measure.induction as induction
+    from store.checkpoint import list_checkpoints, load_checkpoint
     from model.tokenizer import load_tokenizer
-    from probes.compute import compute_probes
-    from probes.inputs import ProbeSizes, probe_inputs
+    from probes.measure.compute import compute_probes
+    from probes.measure.inputs import ProbeSizes, probe_inputs
 
     run = fake_run()
     inputs = probe_inputs(run, ProbeSizes(n_random=2, n_ablation=2, n_ablation_max=2, n_attention=2, n_memorization=4))

@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from _importer import HF_STEPS, NANO_STEPS, REPO, SEED, nano_forward, random_tokens, run_import
-from model.checkpoint import checkpoint_dir, list_checkpoints, load_checkpoint, step_of
-from model.runio import read_json, read_jsonl
-from model.rundata import read_data_meta
+from store.checkpoint import checkpoint_dir, list_checkpoints, load_checkpoint, step_of
+from store.runio import read_json, read_jsonl
+from store.rundata import read_data_meta
 
 
 # -- shared imports ---------------------------------------------------------------------------------
@@ -84,8 +84,8 @@ def test_nanogpt_checkpoints_import_with_equal_logits(world):
 
 
 def test_probes_run_on_an_imported_run_and_say_what_is_unknown(world, capsys):
-    from probes.cli import main as probes_main
-    from probes.results import read_results
+    from probes.run.cli import main as probes_main
+    from probes.measure.results import read_results
 
     run = world["runs"] / "hf"
     assert probes_main([str(run), "--jobs", "1"]) == 0, capsys.readouterr().err
@@ -123,7 +123,7 @@ def shown(elements) -> str:
 
 
 def test_every_app_page_renders_an_imported_run(world, monkeypatch, capsys):
-    from probes.cli import main as probes_main
+    from probes.run.cli import main as probes_main
 
     run = world["runs"] / "hf"
     assert probes_main([str(run), "--jobs", "1"]) == 0  # a no-op when the probes test ran first
@@ -137,7 +137,7 @@ def test_every_app_page_renders_an_imported_run(world, monkeypatch, capsys):
 
 
 def test_memorization_page_says_the_training_data_is_unknown(world, monkeypatch):
-    from probes.cli import main as probes_main
+    from probes.run.cli import main as probes_main
 
     assert probes_main([str(world["runs"] / "hf"), "--jobs", "1"]) == 0
     for page, at in app_pages(world["runs"], monkeypatch):

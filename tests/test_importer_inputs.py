@@ -15,9 +15,9 @@ import torch
 
 from _importer import (HF_STEPS, REPO, SEED, make_hf_run, nano_file, nano_forward, nano_state, probe_text,
                        random_tokens, run_import)
-from model.checkpoint import checkpoint_dir, list_checkpoints, load_checkpoint, step_of
-from model.runio import read_json, read_jsonl
-from model.rundata import read_data_meta
+from store.checkpoint import checkpoint_dir, list_checkpoints, load_checkpoint, step_of
+from store.runio import read_json, read_jsonl
+from store.rundata import read_data_meta
 
 
 # -- re-running ------------------------------------------------------------------------------------

@@ -15,9 +15,9 @@ import torch.nn.functional as F
 
 from model.config import GPTConfig
 from model.gpt import GPT
-from probes.induction import (TRAJECTORY_TOKENS, control_scores, multi_period_scores, random_token_scores,
+from probes.measure.induction import (TRAJECTORY_TOKENS, control_scores, multi_period_scores, random_token_scores,
                               trajectory_losses)
-from probes.inputs import (ProbeSizes, fresh_random_tokens, probe_inputs, random_periods, random_token_sets,
+from probes.measure.inputs import (ProbeSizes, fresh_random_tokens, probe_inputs, random_periods, random_token_sets,
                            repeated_random_tokens, training_repeat_periods)
 
 from _runs import write_run
@@ -225,7 +225,7 @@ def test_trajectory_losses_are_the_first_tokens_row_by_row_and_the_position_mean
 def test_repeated_text_loss_compares_the_same_tokens_first_and_repeated():
     """Against a naive computation from whole logits: the first copy's and the repeat's losses
     are over the same target tokens, and a span longer than half the context is cut to fit."""
-    from probes.induction import repeated_text_loss
+    from probes.measure.induction import repeated_text_loss
     seed = 7
     print("seed", seed)
     torch.manual_seed(seed)

@@ -15,10 +15,10 @@ import torch
 
 from model.tokenizer import gpt2_encoding
 from model import GPT, GPTConfig
-from probes import induction
-from probes.forward import token_stats
-from probes.induction import ICL_MIN_LATE, icl_score
-from probes.documents import document_rows
+from probes.measure import induction
+from probes.measure.forward import token_stats
+from probes.measure.induction import ICL_MIN_LATE, icl_score
+from probes.measure.documents import document_rows
 from train.plan import (FORMATION_T, bigram_repetition, formation_step, formation_tokens, prediction,
                         window_repetition)
 from train.stories import generate_stories
@@ -205,7 +205,7 @@ def test_document_rows_start_at_documents_and_count_their_positions():
 
 # -- the trajectory's turn --------------------------------------------------------------------
 def test_trajectory_turn_finds_the_corner_and_ignores_jitter_at_rest():
-    from probes.trajectory import trajectory_turn
+    from probes.analyse.trajectory import trajectory_turn
     steps = list(range(0, 3000, 100))
     pc1 = list(range(10)) + [9] * 10 + [9.0] * 10
     pc2 = [0] * 10 + list(range(1, 11)) + [10.0] * 10

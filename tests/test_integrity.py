@@ -1,7 +1,7 @@
 """A checkpoint series that can be trusted: every checkpoint records the sha256 of each tensor's bytes
 (a damaged tensor is named on load), a checkpoint folder copied over another step's is refused and
 skipped by the probes, and two steps with identical weights are reported in summary.json, by the
-importer and on the Runs page (model/integrity.py, model/checkpoint.py)."""
+importer and on the Runs page (store/integrity.py, store/checkpoint.py)."""
 from __future__ import annotations
 
 import hashlib
@@ -13,12 +13,12 @@ import pytest
 import torch
 
 from _importer import nano_file, nano_state, probe_text, run_import
-from model.checkpoint import (CheckpointError, load_checkpoint, read_checkpoint_meta, run_integrity, save_checkpoint,
+from store.checkpoint import (CheckpointError, load_checkpoint, read_checkpoint_meta, run_integrity, save_checkpoint,
                               seal, verify_checkpoint)
-from model.integrity import RULE, TENSOR_DIGESTS, compare_checkpoints
-from model.runlayout import META, WEIGHTS, checkpoint_dir, result_path, summary_path
+from store.integrity import RULE, TENSOR_DIGESTS, compare_checkpoints
+from store.runlayout import META, WEIGHTS, checkpoint_dir, result_path, summary_path
 from probes import run_probes
-from probes.summary import write_summary
+from probes.analyse.summary import write_summary
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 CHEAP = "attention_entropy"  # one cheap probe is enough to drive the runner and the summary
@@ -30,7 +30,7 @@ def copy_of(run: Path, tmp_path: Path) -> Path:
 
 def tensor_spans(weights: bytes) -> dict[str, tuple[int, int]]:
     """{name: (start, end)} of each tensor's bytes in a safetensors file, read from its header here
-    (independently of model.integrity)."""
+    (independently of store.integrity)."""
     n = int.from_bytes(weights[:8], "little")
     header = json.loads(weights[8:8 + n])
     return {k: (8 + n + v["data_offsets"][0], 8 + n + v["data_offsets"][1]) for k, v in header.items()

@@ -19,11 +19,11 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from app import launch, live
-from model.runio import pid_alive
-from model.checkpoint import list_checkpoints
-from model.runio import read_json, read_jsonl
-from model.runlayout import launch_record, result_path, step_of
-from probes.results import read_result
+from store.runio import pid_alive
+from store.checkpoint import list_checkpoints
+from store.runio import read_json, read_jsonl
+from store.runlayout import launch_record, result_path, step_of
+from probes.measure.results import read_result
 from train import main as train_main
 from _small_run import small_run_argv
 

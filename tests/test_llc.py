@@ -1,4 +1,4 @@
-"""The llc probe (probes/llc.py on devinterp): the estimator on models whose learning coefficient
+"""The llc probe (probes/measure/llc.py on devinterp): the estimator on models whose learning coefficient
 is known, its diagnostics, determinism under a seed, and the probe on a tiny real run through the
 probes runner (--only llc, merged results, is_done, the worker-process pool)."""
 from __future__ import annotations
@@ -15,14 +15,14 @@ from torch import nn
 
 import probes
 from _runs import write_run
-from model.runlayout import result_path
-from model.tokenizer import load_tokenizer
-from probes.compute import OPTIONAL_PROBES, PROBES, check_only
-from probes.inputs import probe_inputs
-from probes.llc import llc_summary, sample_llc, sampling_rows
-from probes.llc_settings import CALIBRATED, LLCSettings, settings_for
-from probes.results import is_done, read_result
-from probes.runner import pending_checkpoints
+from store.runlayout import result_path
+from store.vocab import load_tokenizer
+from probes.measure.compute import OPTIONAL_PROBES, PROBES, check_only
+from probes.measure.inputs import probe_inputs
+from probes.measure.llc import llc_summary, sample_llc, sampling_rows
+from probes.measure.llc_settings import CALIBRATED, LLCSettings, settings_for
+from probes.measure.results import is_done, read_result
+from probes.run.runner import pending_checkpoints
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -12,17 +12,17 @@ from pathlib import Path
 import pytest
 import torch
 
-import model.generate as generate_cli
-import probes.cli as probes_cli
-import probes.runner as probes_runner
+import store.generate as generate_cli
+import probes.run.cli as probes_cli
+import probes.run.runner as probes_runner
 import train.cli as train_cli
 from model import memory
 from model.config import GPTConfig
 from model.gpt import GPT
-from model.runlayout import checkpoint_dir
+from store.runlayout import checkpoint_dir
 from model.memory import (TRAIN_OVERHEAD, TooLarge, check_fits, format_bytes, forward_bytes, generate_bytes,
                           kv_cache_bytes, model_bytes, param_count, train_bytes)
-from probes.inputs import ProbeSizes
+from probes.measure.inputs import ProbeSizes
 from train.args import BadInput, TrainArgs
 
 

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from probes import emergence as E, metrics as M
+from probes.analyse import emergence as E
+from probes.measure import metrics as M
 
 from _reference import largest_log_step_rise
 
@@ -192,7 +193,7 @@ def skewnorm_moments(xi: float, omega: float, alpha: float) -> tuple[float, floa
 
 def skewnorm_log_cdf_by_quadrature(x: float, xi: float, omega: float, alpha: float) -> float:
     """log P(X <= x) by 60-digit adaptive quadrature of the density 2/omega phi(z) Phi(alpha z):
-    an implementation independent of probes.metrics (mpmath, not torch; the density, not a grid)."""
+    an implementation independent of probes.measure.metrics (mpmath, not torch; the density, not a grid)."""
     mpmath = pytest.importorskip("mpmath")
     mpmath.mp.dps = 60
     z = (x - xi) / omega
@@ -317,7 +318,7 @@ def test_largest_sustained_rise_refuses_settings_that_break_its_words(bad, words
 
 
 def test_icl_score_averages_a_window_at_each_end():
-    from probes.induction import icl_score
+    from probes.measure.induction import icl_score
     losses = torch.arange(128, dtype=torch.float32).repeat(3, 1)  # loss = position
     r = icl_score(losses)
     assert (r["early_position"], r["late_position"]) == (50, 127)  # 500 does not fit: the last position

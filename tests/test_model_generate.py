@@ -1,5 +1,5 @@
 """GPT.generate (KV cache vs recomputation, sampling, truncation, hooks) and the
-`python -m model.generate` command line."""
+`python -m store.generate` command line."""
 from __future__ import annotations
 
 import os
@@ -11,10 +11,11 @@ import pytest
 import torch
 
 from model import GPT, GPTConfig
-from model.checkpoint import checkpoint_dir, save_checkpoint
-from model.generate import main
+from store.checkpoint import checkpoint_dir, save_checkpoint
+from store.generate import main
 from model.gpt import sample_next
-from model.tokenizer import build_compact_vocab, load_tokenizer
+from model.tokenizer import build_compact_vocab
+from store.vocab import load_tokenizer, save_vocab
 
 CFG = dict(n_layer=2, n_head=2, n_embd=32, n_ctx=16, vocab_size=61)
 ROOT = Path(__file__).resolve().parents[1]
@@ -176,7 +177,7 @@ def run_dir(tmp_path_factory) -> Path:
     for t in base.encode(TEXT):
         counts[t] = counts.get(t, 0) + 1
     vocab = build_compact_vocab(counts, 40)
-    vocab.save(run / "vocab.json")
+    save_vocab(vocab, run / "vocab.json")
     for step, seed in ((0, 0), (5, 1)):
         torch.manual_seed(seed)
         model = GPT(GPTConfig(**{**CFG, "vocab_size": vocab.size}))
@@ -189,7 +190,7 @@ def run_dir(tmp_path_factory) -> Path:
 
 
 def expected_continuation(run: Path, step: int, prompt_text: str, n: int) -> str:
-    from model.checkpoint import load_checkpoint
+    from store.checkpoint import load_checkpoint
 
     model, _ = load_checkpoint(checkpoint_dir(run, step))
     tok = load_tokenizer(run)
@@ -252,10 +253,10 @@ def test_cli_missing_run_no_checkpoints_and_corrupt_checkpoint(tmp_path, run_dir
 
 def test_cli_runs_as_a_module(run_dir):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    ok = subprocess.run([sys.executable, "-m", "model.generate", "--run", str(run_dir), "--prompt", "The cat",
+    ok = subprocess.run([sys.executable, "-m", "store.generate", "--run", str(run_dir), "--prompt", "The cat",
                          "--max-new-tokens", "5", "--temperature", "0"], capture_output=True, text=True, env=env, cwd=ROOT)
     assert ok.returncode == 0, ok.stderr
     assert ok.stdout == expected_continuation(run_dir, 5, "The cat", 5) + "\n"
-    bad = subprocess.run([sys.executable, "-m", "model.generate", "--run", str(run_dir), "--prompt", "x", "--step", "9"],
+    bad = subprocess.run([sys.executable, "-m", "store.generate", "--run", str(run_dir), "--prompt", "x", "--step", "9"],
                          capture_output=True, text=True, env=env, cwd=ROOT)
     assert bad.returncode == 2 and bad.stderr.startswith("error: ") and "Traceback" not in bad.stderr

@@ -16,10 +16,10 @@ import numpy as np
 import pytest
 
 from probes import summarize
-from probes.emergence import SMALL_SAMPLE, curvature_noise
-from probes.emergence_rules import THRESHOLDS
-from probes.failure_modes import MISMATCH_METRICS
-from probes.overfitting import HELDOUT_RISE_KEYS, MEMORIZATION_KEYS, OVERFIT_KEYS, paired_se
+from probes.analyse.emergence import SMALL_SAMPLE, curvature_noise
+from probes.analyse.emergence_rules import THRESHOLDS
+from probes.analyse.failure_modes import MISMATCH_METRICS
+from probes.analyse.overfitting import HELDOUT_RISE_KEYS, MEMORIZATION_KEYS, OVERFIT_KEYS, paired_se
 
 REAL_STEPS = [0, 1, 2, 4, 8, 16, 32, 64, 128] + list(range(250, 3001, 250))
 # The held-out loss and the gap (held-out minus training) of the run, by hand, at REAL_STEPS.

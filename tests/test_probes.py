@@ -12,11 +12,11 @@ import torch
 import probes
 from model.config import GPTConfig
 from model.gpt import GPT
-from model.rundata import read_data_meta, seen_chunk_ids, get_chunks, load_tokens
-from model.tokenizer import load_tokenizer
-from probes.ablation import ablate, head_ablation_sweep
-from probes.compute import compute_probes
-from probes.inputs import ProbeSizes, probe_inputs
+from store.rundata import read_data_meta, seen_chunk_ids, get_chunks, load_tokens
+from store.vocab import load_tokenizer
+from probes.measure.ablation import ablate, head_ablation_sweep
+from probes.measure.compute import compute_probes
+from probes.measure.inputs import ProbeSizes, probe_inputs
 
 from _ablation import naive_head_ablation
 from _runs import write_run
@@ -77,7 +77,7 @@ def run(tmp_path_factory):
 @pytest.mark.parametrize("kind", ["zero", "mean", "resample"])
 def test_batched_sweep_equals_a_naive_loop_of_single_head_hooks(model, tokens, kind):
     """The naive reference (tests/_ablation.py) is one plain run_with_hooks per head, not ablate()."""
-    perm = probes.ablation.resample_permutation(5, 0)
+    perm = probes.measure.ablation.resample_permutation(5, 0)
     assert sorted(perm.tolist()) == list(range(5)) and all(perm[i] != i for i in range(5))
     naive = naive_head_ablation(model, tokens, kind).mean(-1)  # every sequence has the same length
     sweep = head_ablation_sweep(model, tokens, kind)
@@ -95,7 +95,7 @@ def test_batched_sweep_equals_a_naive_loop_of_single_head_hooks(model, tokens, k
             calls.append(positions)
             return rows
         with pytest.MonkeyPatch.context() as mp:
-            mp.setattr(probes.ablation, "sweep_rows", budget)
+            mp.setattr(probes.measure.ablation, "sweep_rows", budget)
             grouped = head_ablation_sweep(model, tokens, kind)
         assert calls, "the sweep no longer asks for its memory budget"
         assert np.abs(grouped - naive).max() <= 1e-5, rows
@@ -149,7 +149,7 @@ def test_probe_inputs_are_fixed_by_the_run_seed_and_seen_sequences_were_seen(run
 
 
 def test_compute_probes_returns_every_result_key_with_finite_values(run):
-    from model.checkpoint import list_checkpoints, load_checkpoint
+    from store.checkpoint import list_checkpoints, load_checkpoint
     inputs = probe_inputs(run, SMALL)
     model, meta = load_checkpoint(list_checkpoints(run)[-1])
     result = compute_probes(model, load_tokenizer(run), inputs, 3)
@@ -200,7 +200,7 @@ def assert_close(a, b, path="", tol=1e-4):
 
 
 def test_probes_on_the_transformer_lens_bridge_equal_probes_on_gpt(run):
-    from model.checkpoint import list_checkpoints, load_checkpoint
+    from store.checkpoint import list_checkpoints, load_checkpoint
     from model.interop import to_transformer_lens
     inputs = probe_inputs(run, SMALL)
     tokenizer = load_tokenizer(run)
@@ -216,9 +216,9 @@ def test_shared_heldout_losses_give_the_same_results_with_less_readout(run, monk
     """The pattern pass and the sweep's clean passes take their per-token losses from the held-out
     set's one pass (their rows are its first rows): every number equals that of separate readouts
     (to float32 rounding), and fewer positions are read out."""
-    from model.checkpoint import list_checkpoints, load_checkpoint
-    import probes.compute as compute
-    import probes.forward as forward
+    from store.checkpoint import list_checkpoints, load_checkpoint
+    import probes.measure.compute as compute
+    import probes.measure.forward as forward
     inputs = probe_inputs(run, SMALL)
     tokenizer = load_tokenizer(run)
     model, _ = load_checkpoint(list_checkpoints(run)[-1])

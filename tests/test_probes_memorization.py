@@ -12,11 +12,11 @@ import torch
 import probes
 from model.config import GPTConfig
 from model.gpt import GPT
-from model.rundata import read_data_meta
-from model.tokenizer import load_tokenizer
-from probes.canaries import Canary, canary_space, draw_candidates
-from probes.inputs import ProbeSizes, tokenize_canaries
-from probes.memorization import canary_results, continuation_nll, greedy_scores
+from store.rundata import read_data_meta
+from store.vocab import load_tokenizer
+from probes.measure.canaries import Canary, canary_space, draw_candidates
+from probes.measure.inputs import ProbeSizes, tokenize_canaries
+from probes.measure.memorization import canary_results, continuation_nll, greedy_scores
 
 from _runs import write_run
 
@@ -97,7 +97,7 @@ def test_continuation_nll_with_the_opening_run_once_equals_full_sequences(attent
     assert continuation_nll(m, head, tails) == pytest.approx(naive, abs=1e-4)
     assert continuation_nll(NotOurGPT(m), head, tails) == pytest.approx(naive, abs=1e-4)
     with pytest.MonkeyPatch.context() as mp:  # chunks of 2 rows, each with its own copy of the cache
-        mp.setattr(probes.memorization, "logit_rows", lambda model, positions: 2)
+        mp.setattr(probes.measure.memorization, "logit_rows", lambda model, positions: 2)
         assert continuation_nll(m, head, tails) == pytest.approx(naive, abs=1e-4)
     assert len({round(v, 3) for v in naive}) == len(naive)  # the tails differ, so the check means something
 
@@ -220,7 +220,7 @@ def test_a_memorized_canary_has_an_exposure_far_beyond_the_rank_cap():
 
 
 def test_copy_loss_separates_copy_positions_from_the_rest():
-    from probes.attention import HeldoutPatternStats
+    from probes.measure.attention import HeldoutPatternStats
     tokens = torch.tensor([[9, 1, 2, 3, 7, 1, 2, 3, 8]])  # one copy query: position 6 (see test_metrics)
     stats = HeldoutPatternStats(1, tokens, entropy=False, copying=True)
     losses = torch.arange(8, dtype=torch.float32)[None]

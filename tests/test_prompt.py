@@ -1,4 +1,4 @@
-"""One prompt through a run (`python -m probes.prompt`, probes.prompt_measures): the command's JSON
+"""One prompt through a run (`python -m probes.prompt`, probes.measure.prompt_measures): the command's JSON
 against direct forward passes and generation of each checkpoint; the logit lens, direct logit
 attribution and activation patching against TransformerLens' own computations on the bridge with
 the same weights; the loop entry on hand-made sequences; the cache's keys; and refusals."""
@@ -19,13 +19,13 @@ import torch
 import torch.nn.functional as F
 from transformer_lens import patching
 
-from model.checkpoint import checkpoint_dir, load_checkpoint
+from store.checkpoint import checkpoint_dir, load_checkpoint
 from model.interop import to_transformer_lens
-from model.runlayout import META, WEIGHTS, probes_dir
-from model.tokenizer import load_tokenizer
-from probes.metrics import longest_loop
+from store.runlayout import META, WEIGHTS, probes_dir
+from store.vocab import load_tokenizer
+from probes.measure.metrics import longest_loop
 from probes.prompt import cache_key, main, prompt_timelapse
-from probes.prompt_measures import SAMPLE_TEMPERATURE, SAMPLE_TOP_P, checkpoint_entry, loop_entry
+from probes.measure.prompt_measures import SAMPLE_TEMPERATURE, SAMPLE_TOP_P, checkpoint_entry, loop_entry
 
 from _runs import add_checkpoint, corrupt_checkpoint
 

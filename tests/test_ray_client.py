@@ -4,7 +4,7 @@ Client server on 127.0.0.1 (tests/_ray.py `ray_head`: 2 CPUs, every port chosen 
 authentication as Ray sets it up by default, stopped at the end with every process it started
 checked gone). The results, with and without --ship, equal the local runner's (`python -m probes
 RUN --jobs 1 --threads 1`) on a copy of the same run, and the job carried this checkout's code
-(probes/ray_runner.py `code_env`). A cluster not joined (nothing on the port, or no token) is
+(probes/run/ray_runner.py `code_env`). A cluster not joined (nothing on the port, or no token) is
 refused with one sentence and exit status 2.
 """
 from __future__ import annotations
@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
-import probes.ray_runner as ray_runner
-from model.runlayout import probes_dir, summary_path
-from probes.results import read_results
+import probes.run.ray_runner as ray_runner
+from store.runlayout import probes_dir, summary_path
+from probes.measure.results import read_results
 
 from _ray import check_results, no_stale_kits, run_template, free_ports, ray_head, without_ray_settings, without_timing
 
@@ -112,7 +112,7 @@ def test_probes_through_ray_client_equal_the_local_runners(head, template, tmp_p
     done = probes_cli(run, "--ray", head.client)
     check_client_run(run, done, reference, head)
     code = shipped_code(head)  # what the tasks imported: the driver's own files, whatever the cluster has
-    for rel in ("probes/ray_runner.py", "probes/compute.py", "model/checkpoint.py"):
+    for rel in ("probes/run/ray_runner.py", "probes/measure/compute.py", "store/checkpoint.py"):
         assert code.get(rel) == (REPO / rel).read_bytes(), f"{rel} was not shipped as this checkout has it"
     assert not any("__pycache__" in rel for rel in code)
 

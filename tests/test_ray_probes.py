@@ -1,4 +1,4 @@
-"""Probes on Ray (probes/ray_runner.py, `python -m probes RUN --ray ADDRESS`): the same numbers as
+"""Probes on Ray (probes/run/ray_runner.py, `python -m probes RUN --ray ADDRESS`): the same numbers as
 the local runner at the same thread count, every result written once by the driver, whole files
 after a worker or a node dies mid-task or Ctrl-C, a corrupt checkpoint skipped, --watch, --ship,
 and bad input or a missing Ray refused with one sentence.
@@ -24,19 +24,19 @@ from pathlib import Path
 import pytest
 
 import probes
-import probes.ray_runner as ray_runner
+import probes.run.ray_runner as ray_runner
 from model.memory import MARGIN, TooLarge
 from model.config import GPTConfig
-from probes.cli import main
-from probes.inputs import ProbeSizes
-from probes.ray_runner import RayCluster, gpu_fraction, tasks_per_gpu
-from probes.results import read_results
-from probes.runner import probe_bytes
+from probes.run.cli import main
+from probes.measure.inputs import ProbeSizes
+from probes.run.ray_runner import RayCluster, gpu_fraction, tasks_per_gpu
+from probes.measure.results import read_results
+from probes.run.runner import probe_bytes
 
 import _faults as faults
 from _ray import check_results, no_stale_kits, run_template, session_processes, without_timing
 from _runs import add_checkpoint, corrupt_checkpoint
-from model.runrecord import set_status
+from store.runrecord import set_status
 
 ray = pytest.importorskip("ray")
 

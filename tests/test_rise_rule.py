@@ -1,4 +1,4 @@
-"""The phase-change rule (probes.emergence.largest_sustained_rise with the summary's thresholds) on
+"""The phase-change rule (probes.analyse.emergence.largest_sustained_rise with the summary's thresholds) on
 synthetic series whose answer is known by construction: the rise of level that a late wobble, a
 transient spike, noise or uneven checkpoint spacing cannot fool, and the noise estimate it rests on.
 The same series through `probes.summarize` are in test_summary.py."""
@@ -9,8 +9,8 @@ import statistics
 
 import pytest
 
-from probes.emergence import difference_noise, largest_sustained_rise
-from probes.emergence_rules import THRESHOLDS
+from probes.analyse.emergence import difference_noise, largest_sustained_rise
+from probes.analyse.emergence_rules import THRESHOLDS
 
 from _reference import largest_log_step_rise
 from _synthetic_series import DEMO_STEPS, issue_series, wobbly_jump

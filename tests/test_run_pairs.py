@@ -1,4 +1,4 @@
-"""When two sibling runs part (probes/run_pairs.py, the learning-rate study's verdicts on the
+"""When two sibling runs part (probes/analyse/run_pairs.py, the learning-rate study's verdicts on the
 Compare page): series with a known parting of the text and of the loss are found at the right
 checkpoint, in the right order; noise alone never parts; identical runs never part. The series are
 built from a real result of the probes (a small run's memorization and repetition entries), with
@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 
 from app import compare as C
-from model.tokenizer import load_tokenizer
-from probes.compute import compute_probes
-from probes.inputs import ProbeSizes, probe_inputs
-from probes.run_pairs import PAIR_MIN_LOSS, PAIR_MIN_TONE, PAIR_PERSIST, PAIR_Z, loss_difference, pair_verdict
-from probes.results import read_results
-from probes.runner import run_probes
+from store.vocab import load_tokenizer
+from probes.measure.compute import compute_probes
+from probes.measure.inputs import ProbeSizes, probe_inputs
+from probes.analyse.run_pairs import PAIR_MIN_LOSS, PAIR_MIN_TONE, PAIR_PERSIST, PAIR_Z, loss_difference, pair_verdict
+from probes.measure.results import read_results
+from probes.run.runner import run_probes
 
 from _runs import write_run
 
@@ -30,7 +30,7 @@ STEPS = list(range(0, 1100, 100))
 def real(fake_run) -> dict:
     """One real result (memorization and repetition) of a small run's checkpoint: step 0 of the
     session's default fake run (test_runner.py's), the same files as a fake run of step 0 alone."""
-    from model.checkpoint import checkpoint_dir, load_checkpoint
+    from store.checkpoint import checkpoint_dir, load_checkpoint
     run = fake_run(steps=(0, 1, 2, 4))
     model, _ = load_checkpoint(checkpoint_dir(run, 0))
     return compute_probes(model, load_tokenizer(run), probe_inputs(run, SMALL), 0, ["memorization", "repetition"])

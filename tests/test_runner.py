@@ -15,18 +15,18 @@ from pathlib import Path
 import pytest
 
 import probes
-from model.checkpoint import load_checkpoint
-from model.runio import write_json_atomic
-from model.runlayout import checkpoint_dir, result_path
-from probes.cli import main
-from probes.ablation import head_ablation_probe
-from probes.compute import fit_context
-from probes.inputs import probe_inputs
-from probes.results import ablation_key, is_done, read_results
-from probes.summary import summarize, write_summary
+from store.checkpoint import load_checkpoint
+from store.runio import write_json_atomic
+from store.runlayout import checkpoint_dir, result_path
+from probes.run.cli import main
+from probes.measure.ablation import head_ablation_probe
+from probes.measure.compute import fit_context
+from probes.measure.inputs import probe_inputs
+from probes.measure.results import ablation_key, is_done, read_results
+from probes.analyse.summary import summarize, write_summary
 
 from _runs import add_checkpoint, corrupt_checkpoint
-from model.runrecord import set_status
+from store.runrecord import set_status
 
 REPO = Path(__file__).resolve().parents[1]
 STEPS = (0, 1, 2, 4)
@@ -138,7 +138,7 @@ def test_forked_workers_start_from_this_process_and_compute_what_one_process_doe
     """`fork=True` (a guest watcher's catch-up): the workers are this process forked, so they run
     what it has loaded (here a wrapper of _probe_one that only this process has, which a spawned
     worker would not see), and their results are those of one process probing alone."""
-    from probes import runner
+    from probes.run import runner
     marks = tmp_path / "forked"
     marks.mkdir()
     real = runner._probe_one
@@ -240,8 +240,8 @@ def test_a_guest_watcher_takes_one_checkpoint_a_pass_then_the_freed_cores_once_t
     oldest checkpoint still to do on the given threads (settling, i.e. lowering its priority, once
     the first has landed); once training has ended, one pass takes the rest on one-thread workers,
     one per core widen() finds free (at most 2)."""
-    from model.runrecord import run_status
-    from probes import runner
+    from store.runrecord import run_status
+    from probes.run import runner
     set_status(run, "training")
     real, calls = runner.run_probes, []
 
@@ -275,7 +275,7 @@ def test_yield_cpu_lowers_the_session_group_only_of_a_process_that_leads_its_ses
         g = Path("/proc/self/autogroup")
         return (g.read_text().split() or ["none"])[-1] if g.exists() else "none"
 
-    code = ("import os, pathlib; from probes.cli import yield_cpu; "
+    code = ("import os, pathlib; from probes.run.cli import yield_cpu; "
             "g = pathlib.Path('/proc/self/autogroup'); "
             "group = lambda: (g.read_text().split() or ['none'])[-1] if g.exists() else 'none'; "
             "before, mine = os.nice(0), group(); yield_cpu(7); "
@@ -300,7 +300,7 @@ def test_yield_cpu_lowers_the_session_group_only_of_a_process_that_leads_its_ses
 def test_yield_cpu_tries_again_when_the_kernel_rate_limits_the_group_write(monkeypatch):
     """Unprivileged writes to /proc/self/autogroup are taken one per 100 ms system-wide (EAGAIN
     otherwise): two followers starting together must both get their group lowered."""
-    import probes.cli as cli
+    import probes.run.cli as cli
     writes, sleeps = [], []
 
     class Busy:

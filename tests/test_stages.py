@@ -1,4 +1,4 @@
-"""The stage rule of probes/stages.py: turning points of the LLC series on series with known
+"""The stage rule of probes/analyse/stages.py: turning points of the LLC series on series with known
 boundaries, none on noise, a spike or a steady climb; and summary.json["stages"] from results."""
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import random
 import numpy as np
 import pytest
 
-from probes.stages import MIN_POINTS, STAGE_RULE, median3, stage_boundaries, stages, turning_points
-from probes.summary import summarize
+from probes.analyse.stages import MIN_POINTS, STAGE_RULE, median3, stage_boundaries, stages, turning_points
+from probes.analyse.summary import summarize
 
 STEPS = [0, 1, 2, 4, 8, 16, 32, 50, 100, 150, 200, 250, 300, 350, 400, 450, 500, 550, 600, 700, 800, 900, 1000, 1200]
 

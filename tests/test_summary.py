@@ -9,11 +9,11 @@ import pytest
 import torch
 
 from probes import summarize
-from probes.emergence_rules import THRESHOLDS, rules
-from probes.induction import icl_score
-from probes.metrics import gini
-from probes.phenomena import RISE_KEYS
-from probes.trajectory import principal_trajectory
+from probes.analyse.emergence_rules import THRESHOLDS, rules
+from probes.measure.induction import icl_score
+from probes.measure.metrics import gini
+from probes.analyse.phenomena import RISE_KEYS
+from probes.analyse.trajectory import principal_trajectory
 
 from _synthetic_series import DEMO_STEPS, issue_series, wobbly_jump
 
@@ -28,7 +28,7 @@ def matrix(top: float, rest: float, L: int = 2, H: int = 4) -> list[list[float]]
 
 def probe_result(step: int, induction: float, copying: float, icl_late_loss: float, top_head: float,
                  tokens_per_step: int = 2048) -> dict:
-    """A result file's content with the keys the probes write (see probes.compute and
+    """A result file's content with the keys the probes write (see probes.measure.compute and
     tests/test_probes.REQUIRED_KEYS); the ICL entry comes from the real `icl_score`."""
     losses = torch.full((4, 128), 4.0)
     losses[:, 118:128] = icl_late_loss

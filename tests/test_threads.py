@@ -56,7 +56,7 @@ def test_the_probes_cli_runs_one_thread_per_process_whatever_the_load(monkeypatc
     busy one, so its results are the same bits either way (a 2-thread process rounds differently).
     The device is told by its type (a torch.device never equals "cpu"); otherwise the CLI would run
     in-process on every free core and give results that depend on the load."""
-    from probes import cli
+    from probes.run import cli
 
     seen = {}
     (tmp_path / "run.json").write_text("{}")  # a run (with no checkpoints) for the CLI's argument checks
@@ -95,7 +95,7 @@ def test_a_guest_under_sched_idle_takes_every_core_whatever_a_sample_reads():
 
 def test_the_probes_cli_watcher_widens_to_the_guest_cores(monkeypatch, tmp_path):
     """--watch on CPU with no --threads or --jobs follows as a guest whose catch-up asks guest_cores."""
-    from probes import cli
+    from probes.run import cli
 
     seen = {}
     (tmp_path / "run.json").write_text("{}")  # a run (with no checkpoints) for the CLI's argument checks

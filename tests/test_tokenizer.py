@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from model import tokenizer as tk
-from model.tokenizer import (EOT, UNK, CompactVocab, TokenizerError, build_compact_vocab, gpt2_encoding,
-                             load_tokenizer)
+from model.tokenizer import EOT, UNK, CompactVocab, TokenizerError, build_compact_vocab, gpt2_encoding
+from store.vocab import load_tokenizer, save_vocab
 
 SAMPLES = [
     "Hello world",
@@ -178,7 +178,7 @@ def test_compact_round_trip_and_unk(compact, tmp_path):
 
 def test_compact_vocab_save_load_and_run_folder(compact, tmp_path):
     vocab, _ = compact
-    vocab.save(tmp_path / "vocab.json")
+    save_vocab(vocab, tmp_path / "vocab.json")
     assert CompactVocab.load(tmp_path / "vocab.json") == vocab
     from_run = load_tokenizer(tmp_path)
     assert from_run.vocab_size == vocab.size and from_run.encode("The cat") == load_tokenizer(vocab).encode("The cat")

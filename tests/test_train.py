@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 import torch
 
-from model.checkpoint import list_checkpoints, load_checkpoint, step_of
-from model.runio import read_json, read_jsonl
+from store.checkpoint import list_checkpoints, load_checkpoint, step_of
+from store.runio import read_json, read_jsonl
 from model.config import GPTConfig
-from model.rundata import get_chunks, load_tokens
+from store.rundata import get_chunks, load_tokens
 from train import main
 from train.args import make_args
 from train.loop import Dist, Trainer

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from model.checkpoint import list_checkpoints
+from store.checkpoint import list_checkpoints
 from _small_run import small_run_argv
 
 

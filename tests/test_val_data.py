@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from model.runio import read_json
-from model.rundata import load_tokens, read_data_meta
-from model.tokenizer import load_tokenizer
+from store.runio import read_json
+from store.rundata import load_tokens, read_data_meta
+from store.vocab import load_tokenizer
 from train import main
 from train.args import COVERING_VOCAB
 from train.corpora import split_documents

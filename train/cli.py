@@ -19,15 +19,15 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from model.checkpoint import kept_state_steps
-from model.runio import RunFileError, read_jsonl
+from store.checkpoint import kept_state_steps
+from store.runio import RunFileError, read_jsonl
 from model.config import GPTConfig
 from model.cliargs import run_command
 from model.device import pick_device, settle_threads, torch_threads
 from model.memory import GPT2_VOCAB, TooLarge, check_training_fits
 from model.tokenizer import in_model_ids
-from model.runlayout import RUN_JSON, metrics_jsonl
-from model.runrecord import read_record, set_status
+from store.runlayout import RUN_JSON, metrics_jsonl
+from store.runrecord import read_record, set_status
 
 from .args import MIN_VOCAB_COVERAGE, BadInput, TrainArgs, resolve
 from .options import requested

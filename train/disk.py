@@ -23,7 +23,7 @@ import shutil
 from pathlib import Path
 from typing import Iterable
 
-from model.checkpoint import list_checkpoints
+from store.checkpoint import list_checkpoints
 from model.memory import format_bytes, model_bytes
 
 from .args import BadInput, TrainArgs

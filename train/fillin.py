@@ -1,8 +1,8 @@
 """`python -m train --out RUN --fill-in START:END:EVERY`: add checkpoints to a finished run.
 
-A run keeps its training state at every checkpoint (state/state_NNNNNN.pt, model.checkpoint), and
+A run keeps its training state at every checkpoint (state/state_NNNNNN.pt, store.checkpoint), and
 training is a pure function of the state and the step (batches come from the seeded chunk order,
-model.rundata). So the run is retrained in memory from the kept state at or before the first
+store.rundata). So the run is retrained in memory from the kept state at or before the first
 missing step, and only the missing checkpoints of the windows are written: no existing checkpoint,
 metrics row, sample or state is touched. On the CPU with the run's recorded thread count the
 retrained steps are bit-identical to the original ones; each step's loss is compared with the one
@@ -24,11 +24,11 @@ from pathlib import Path
 
 import torch
 
-from model.checkpoint import has_state, kept_state_steps, list_checkpoints, read_latest, remove_partial_checkpoints
+from store.checkpoint import has_state, kept_state_steps, list_checkpoints, read_latest, remove_partial_checkpoints
 from model.config import GPTConfig
-from model.runio import RunFileError, read_jsonl
-from model.runrecord import read_record
-from model.runlayout import RUN_JSON, metrics_jsonl, step_of
+from store.runio import RunFileError, read_jsonl
+from store.runrecord import read_record
+from store.runlayout import RUN_JSON, metrics_jsonl, step_of
 
 from .args import BadInput, TrainArgs, parse_window_option, resolve
 from .loop import Dist, Trainer

@@ -6,7 +6,7 @@
 `hf:DIR` is one `save_pretrained` folder or a Trainer output folder of `checkpoint-N` folders;
 `nanogpt:PATH` one nanoGPT checkpoint file or a folder of them (see train.importer_sources). The
 run gets run.json (with an "imported" record), data.json and data/ through train.rundir, a
-checkpoint per source step through model.checkpoint.save_checkpoint (so every integrity check
+checkpoint per source step through store.checkpoint.save_checkpoint (so every integrity check
 holds), the fixed-prompt generations a trained run has, and, from a Trainer's log, metrics.jsonl.
 
 The --data text (any source `python -m train` accepts: every document of text:PATH, or the
@@ -32,18 +32,19 @@ from types import SimpleNamespace
 
 from tqdm import tqdm
 
-from model.checkpoint import list_checkpoints, remove_partial_checkpoints, run_integrity, save_checkpoint, step_of
+from store.checkpoint import list_checkpoints, remove_partial_checkpoints, run_integrity, save_checkpoint, step_of
 from model.cliargs import run_command
 from model.device import torch_threads
-from model.runio import RunFileError, append_jsonl, read_jsonl, write_bytes_atomic
+from store.runio import RunFileError, append_jsonl, read_jsonl, write_bytes_atomic
 from model.config import GPTConfig
 from model.gpt import GPT
-from model.integrity import identical_sentence
+from store.integrity import identical_sentence
 from model.interop import from_hf
-from model.rundata import n_chunks
-from model.runlayout import RUN_JSON, metrics_jsonl, samples_jsonl
-from model.runrecord import read_record, set_status, write_record
-from model.tokenizer import GPT2_VOCAB_SIZE, Tokenizer, load_tokenizer
+from store.rundata import n_chunks
+from store.runlayout import RUN_JSON, metrics_jsonl, samples_jsonl
+from store.runrecord import read_record, set_status, write_record
+from model.tokenizer import GPT2_VOCAB_SIZE, Tokenizer
+from store.vocab import load_tokenizer
 
 from .args import BadInput, TrainArgs, validate
 from .options import Parser

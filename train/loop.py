@@ -4,7 +4,7 @@ schedule, and a training state at every checkpoint that makes --resume (from the
 --fill-in (from any) bit-exact on CPU.
 
 Batches are never drawn from a stateful sampler: optimizer step s consumes global samples
-[(s-1)*G, s*G) of the seeded chunk order in model.rundata (G: the corpus rows per step), split
+[(s-1)*G, s*G) of the seeded chunk order in store.rundata (G: the corpus rows per step), split
 over micro-steps and ranks. So the data position is just the step, probes can recompute what any
 step had seen, and a DDP run with the same global batch sees exactly what a single process sees.
 """
@@ -23,13 +23,14 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
-from model.checkpoint import drop_state, has_state, kept_state_steps, load_state, save_checkpoint, save_state
-from model.runio import append_jsonl, keep_rows_through
+from store.checkpoint import drop_state, has_state, kept_state_steps, load_state, save_checkpoint, save_state
+from store.runio import append_jsonl, keep_rows_through
 from model.config import GPTConfig
 from model.gpt import GPT
-from model.rundata import FREQUENT_COUNT_TOKENS, frequent_tokens, get_chunks, load_run_data, sample_chunk_ids
-from model.runlayout import metrics_jsonl, samples_jsonl
-from model.tokenizer import Tokenizer, load_tokenizer
+from store.rundata import FREQUENT_COUNT_TOKENS, frequent_tokens, get_chunks, load_run_data, sample_chunk_ids
+from store.runlayout import metrics_jsonl, samples_jsonl
+from model.tokenizer import Tokenizer
+from store.vocab import load_tokenizer
 
 from .args import TrainArgs
 from .planting import RepeatPlan, parse_period, planted_rows

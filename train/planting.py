@@ -11,7 +11,7 @@ earlier occurrence of the current one. The tokens are drawn from the run's own t
 Planted rows are added to each micro-batch beside the corpus rows, never in place of them: a
 micro-batch of B rows holds B - k corpus rows and k = round(B * fraction) planted rows. So the
 corpus samples a step consumes (and so which sequences and canaries training saw, as the probes
-recompute with model.rundata) are exactly those of data.json's corpus_rows_per_step, which counts corpus
+recompute with store.rundata) are exactly those of data.json's corpus_rows_per_step, which counts corpus
 rows only. A planted row is a pure function of (seed, step, its index in the step), so training
 resumes bit-exactly and a DDP run plants what a single process plants.
 """

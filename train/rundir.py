@@ -13,14 +13,14 @@ from pathlib import Path
 
 import numpy as np
 
-from model.checkpoint import has_state, remove_partial_checkpoints
-from model.runio import (RunFileError, link_or_copy_atomic, read_json, remove_temporaries, temp_writer,
+from store.checkpoint import has_state, remove_partial_checkpoints
+from store.runio import (RunFileError, link_or_copy_atomic, read_json, remove_temporaries, temp_writer,
                          write_json_atomic)
 from model.config import GPTConfig
-from model.rundata import n_chunks
+from store.rundata import n_chunks
 from model.tokenizer import Tokenizer
-from model.runlayout import DATA_JSON, RUN_JSON, SPLITS, VOCAB_JSON, data_dir, split_file, state_dir
-from model.runrecord import read_record, set_status, update_record, write_record
+from store.runlayout import DATA_JSON, RUN_JSON, SPLITS, VOCAB_JSON, data_dir, split_file, state_dir
+from store.runrecord import read_record, set_status, update_record, write_record
 
 from .args import MIN_VOCAB_COVERAGE, BadInput, TrainArgs
 from .corpora import held_out_record, load_corpus
@@ -63,7 +63,7 @@ def check_world(out: Path, world: int) -> None:
 
 
 def is_temporary(path: Path) -> bool:
-    """A file that an atomic write killed before its rename left behind (model.runio.temp_path).
+    """A file that an atomic write killed before its rename left behind (store.runio.temp_path).
     A run folder killed while writing its first run.json holds only that, and counts as empty."""
     return temp_writer(path) is not None and path.is_file()
 
@@ -153,7 +153,7 @@ def warn_low_coverage(tok: Tokenized) -> None:
 
 def corpus_rows_per_step(args: TrainArgs, world: int) -> int:
     """Corpus samples one optimizer step consumes (data.json["corpus_rows_per_step"], which
-    model.rundata counts seen sequences by): every row of every micro-batch but the planted repeats."""
+    store.rundata counts seen sequences by): every row of every micro-batch but the planted repeats."""
     return (args.batch_size - args.planted_per_micro) * args.grad_accum * world
 
 
@@ -165,7 +165,7 @@ def planted_record(args: TrainArgs, world: int) -> dict | None:
     lo, hi = parse_period(args.repeat_period)
     return {"fraction": args.repeat_fraction, "period": [lo, hi], "pool": args.repeat_pool,
             "per_micro_batch": k, "rows_per_step": k * args.grad_accum * world,
-            "tokens": "random spans of the training split's most frequent tokens (model.rundata.frequent_tokens)"}
+            "tokens": "random spans of the training split's most frequent tokens (store.rundata.frequent_tokens)"}
 
 
 def check_chunks(info: dict, n_ctx: int) -> None:
@@ -252,6 +252,6 @@ def reconcile_fill_ins(run_dir: Path, existing: set[int]) -> None:
 
 
 def clean_temporaries(run_dir: Path) -> None:
-    """Temporary files a killed writer left (model.runio.temp_path); only the run's writer calls it."""
+    """Temporary files a killed writer left (store.runio.temp_path); only the run's writer calls it."""
     for folder in (run_dir, state_dir(run_dir), data_dir(run_dir)):
         remove_temporaries(folder)

@@ -1,7 +1,7 @@
 """Documents -> token memmaps, tokenized once and cached by content hash.
 
 The cache (runs/.cache/tokens/<hash>/, or $WORKBENCH_CACHE/tokens/<hash>/; see
-model.runlayout.token_cache_root) holds the final model-id
+store.runlayout.token_cache_root) holds the final model-id
 arrays (and the compact vocab), so a second run on the same corpus only hashes the text and
 hard-links the files into its own data/ folder. Each document is tokenized on its own and followed
 by <|endoftext|>, so a planted canary has the same tokens in the stream as when encoded alone.
@@ -19,8 +19,8 @@ from typing import Callable
 import numpy as np
 from tqdm import tqdm
 
-from model.runio import temp_folder, write_json_atomic
-from model.runlayout import VOCAB_JSON, token_cache_root
+from store.runio import temp_folder, write_json_atomic
+from store.runlayout import VOCAB_JSON, token_cache_root
 from model.tokenizer import EOT, GPT2_EOT_ID, GPT2_VOCAB_SIZE, CompactVocab, gpt2_encoding, in_model_ids
 
 from .corpora import Corpus

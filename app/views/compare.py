@@ -11,8 +11,8 @@ import pandas as pd
 import streamlit as st
 
 from app import cache, compare as C, figures, ui
-from probes import loss_spikes as S
-from probes.run_pairs import RULE as PAIRS_RULE
+from probes.analyse import loss_spikes as S
+from probes.analyse.run_pairs import RULE as PAIRS_RULE
 from app.runfolder import RunFiles, run_files, run_names, runs_root
 
 STUDY_COMMAND = "make study"

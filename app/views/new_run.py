@@ -16,7 +16,7 @@ import streamlit as st
 from app import launch, ui
 from app.runfolder import inside, run_dir_for, runs_root
 from model.config import PRESETS
-from model.runio import write_bytes_atomic
+from store.runio import write_bytes_atomic
 from train.args import KEEP_STATES, TrainArgs
 from train.cli import refusal
 

@@ -9,7 +9,7 @@ import streamlit as st
 
 from app import cache, figures, figures_prompt as FP, jobs, plot_data as R, ui
 from app.runfolder import RunFiles
-from model.runio import RunFileError
+from store.runio import RunFileError
 from model.tokenizer import Tokenizer
 from probes.prompt import DEFAULT_TOKENS, ESSAY_PROMPT, MAX_TOKENS, check_request
 
@@ -81,7 +81,7 @@ def continuations_section(result: dict, entries: list[dict], tokenizer: Tokenize
     st.markdown(FP.continuations_table_html(rows, result["seed"]), unsafe_allow_html=True)
     sampling = result["sampling"]
     st.caption(f"{result['new_tokens']} tokens each. Repeated 4-grams are highlighted; ⟳ marks where the loop the "
-               "greedy continuation ends in starts, and the loop is underlined (probes.metrics.longest_loop, the "
+               "greedy continuation ends in starts, and the loop is underlined (probes.measure.metrics.longest_loop, the "
                "repetition probe's definition: a tail that repeats with one period at least twice). Sampled: "
                f"temperature {sampling['temperature']:g}, top-p {sampling['top_p']:g}, seed {sampling['seed']}.")
 

@@ -90,7 +90,7 @@ def generations_section(run, results) -> None:
     decodings = sorted({d for p, d in table if p == prompt})
     decoding = cols[1].radio("Decoding", decodings, key="rep_decoding", horizontal=True)
     st.caption("Repeated 4-grams are highlighted; each step says the longest loop its continuation ends in "
-               "(probes.metrics.longest_loop: a tail that repeats with one period at least twice).")
+               "(probes.measure.metrics.longest_loop: a tail that repeats with one period at least twice).")
     for step, (text, loop) in sorted(table.get((prompt, decoding), {}).items()):
         ui.highlighted_text(text, prefix=f"<b>step {step}</b>{html.escape(loop)} · ")
 

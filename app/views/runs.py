@@ -7,7 +7,7 @@ import streamlit as st
 from app import cache, figures, plot_data as R, ui
 from app import failure_captions as FC
 from app.runfolder import metrics_series, run_files, run_names, runs_root, sample_steps, samples_at
-from model.integrity import identical_sentence
+from store.integrity import identical_sentence
 
 
 def integrity_section(run) -> None:

@@ -8,7 +8,7 @@ import streamlit as st
 
 from app import cache, figures_stages as FS, jobs, plot_data as R, ui
 from app.runfolder import RunFiles
-from probes.stages import nearest_boundary
+from probes.analyse.stages import nearest_boundary
 
 EMERGENCE = {"induction": "induction change", "repetition": "repetition", "memorization": "memorization",
              "head_concentration": "head concentration", "loss_generation_mismatch": "loss–generation mismatch",
