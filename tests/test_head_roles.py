@@ -183,7 +183,7 @@ def test_compute_probes_runs_each_random_token_set_once(fake_run, monkeypatch):
     with the induction probe alone); head_roles alone runs them itself, with the same numbers."""
     import probes.measure.induction as induction
     from store.checkpoint import list_checkpoints, load_checkpoint
-    from model.tokenizer import load_tokenizer
+    from store.vocab import load_tokenizer
     from probes.measure.compute import compute_probes
     from probes.measure.inputs import ProbeSizes, probe_inputs
 
