@@ -8,13 +8,14 @@ layout.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
 
 from store.checkpoint import list_checkpoints
-from store.runio import RunFileError, read_jsonl
+from store.runio import RunFileError, read_jsonl, write_bytes_atomic
 from store.runrecord import read_record
 from store.checkpoint import verify_checkpoint as verify_files
 from store.runlayout import (META, RUN_ENTRIES, WEIGHTS, metrics_jsonl, probes_dir, result_step, run_json,
@@ -189,3 +190,18 @@ def samples_at(run_dir: Path, step: int) -> list[dict]:
 def sample_steps(run_dir: Path) -> list[int]:
     return sorted({int(r["step"]) for r in read_jsonl(samples_jsonl(run_dir))
                    if isinstance(r, dict) and isinstance(r.get("step"), int)})
+
+
+UPLOADS = ".uploads"  # <runs>/.uploads: texts uploaded through the New-run form
+
+
+def keep_upload(root: Path, name: str, suffix: str, data: bytes, created: list[Path]) -> str:
+    """text:PATH of an uploaded text kept as <runs>/.uploads/NAME-DIGEST.SUFFIX: named by its content,
+    so an upload never replaces the text another run trains on (a run of that name, or an earlier
+    upload); a file this call wrote is added to `created`, for the form to remove when it is refused."""
+    path = root / UPLOADS / f"{name}-{hashlib.sha256(data).hexdigest()[:12]}{suffix}"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_bytes_atomic(path, data)
+        created.append(path)
+    return f"text:{path}"

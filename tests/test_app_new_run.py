@@ -150,3 +150,17 @@ def test_a_held_out_file_and_a_document_cap_reach_the_command(tmp_path, monkeypa
     explicit = requested(argv + ["--out", str(root / "texty")])[0]
     assert explicit["val_data"] == f"text:{data / 'held.txt'}" and explicit["data"] == f"text:{data / 'train.txt'}"
     assert explicit["max_docs"] == 40 and explicit["attn_only"] is True and "burstiness" not in explicit
+
+
+def test_an_upload_is_kept_by_its_content_and_never_replaces_another_runs_text(tmp_path):
+    """keep_upload: the same name with other bytes is another file (the text an earlier run of that
+    name trains on stays as it was); the same bytes again are the same file, written once."""
+    from app.runfolder import keep_upload
+    created: list[Path] = []
+    first = Path(keep_upload(tmp_path, "story", ".txt", b"Once upon a time.\n", created)[5:])
+    second = Path(keep_upload(tmp_path, "story", ".txt", b"Another text.\n", created)[5:])
+    assert first != second and created == [first, second]
+    assert first.read_bytes() == b"Once upon a time.\n" and second.read_bytes() == b"Another text.\n"
+    again: list[Path] = []
+    assert keep_upload(tmp_path, "story", ".txt", b"Once upon a time.\n", again) == f"text:{first}" and again == []
+    assert first.parent == tmp_path / ".uploads" and first.name.startswith("story-") and first.suffix == ".txt"

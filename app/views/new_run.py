@@ -8,20 +8,19 @@ an uploaded text is kept in <runs>/.uploads; a text file from disk is offered on
 named at start ($WORKBENCH_DATA), never from a path typed into the form."""
 from __future__ import annotations
 
+
 import os
 from pathlib import Path
 
 import streamlit as st
 
 from app import launch, ui
-from app.runfolder import inside, run_dir_for, runs_root
+from app.runfolder import inside, keep_upload, run_dir_for, runs_root
 from model.config import PRESETS
-from store.runio import write_bytes_atomic
 from train.args import KEEP_STATES, TrainArgs
 from train.cli import refusal
 
 DATA_ENV = "WORKBENCH_DATA"
-UPLOADS = ".uploads"
 MESSAGE = "new_run_message"
 SOURCES = ("built-in stories", "a text file from the data folder", "an uploaded text file")
 
@@ -72,29 +71,21 @@ def train_argv(v: dict) -> list[str]:
     return argv
 
 
-def chosen_data(source: str, root: Path, name: str, picked: str | None, upload) -> str | None:
-    """The --data value of the form's choice; an upload is written to <runs>/.uploads/NAME.txt."""
+def chosen_data(source: str, root: Path, name: str, picked: str | None, upload, created: list[Path]) -> str | None:
+    """The --data value of the form's choice; an upload is kept in <runs>/.uploads (keep_upload)."""
     if source == SOURCES[0]:
         return "stories"
     if source == SOURCES[1]:
         folder = data_folder()
         return f"text:{folder / picked}" if folder is not None and picked else None
-    if upload is None:
-        return None
-    path = root / UPLOADS / f"{name}.txt"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_bytes_atomic(path, upload.getvalue())
-    return f"text:{path}"
+    return None if upload is None else keep_upload(root, name, ".txt", upload.getvalue(), created)
 
 
-def held_out_data(root: Path, name: str, picked: str | None, upload) -> str:
+def held_out_data(root: Path, name: str, picked: str | None, upload, created: list[Path]) -> str:
     """The --val-data value of the form's held-out choice ("" for none): a file of the data folder,
-    or an upload written to <runs>/.uploads/NAME.val.txt."""
+    or an upload kept in <runs>/.uploads (keep_upload)."""
     if upload is not None:
-        path = root / UPLOADS / f"{name}.val.txt"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_bytes_atomic(path, upload.getvalue())
-        return f"text:{path}"
+        return keep_upload(root, name, ".val.txt", upload.getvalue(), created)
     folder = data_folder()
     return f"text:{folder / picked}" if folder is not None and picked and picked != NO_FILE else ""
 
@@ -195,10 +186,11 @@ def submit(root: Path, name: str, source: str, values: dict) -> tuple[str, str]:
         run_dir = run_dir_for(root, name.strip())
     except ValueError as e:
         return "error", ui.one_sentence(e)
-    data = chosen_data(source, root, run_dir.name, values.pop("picked"), values.pop("upload"))
+    created: list[Path] = []  # uploads this submission wrote: removed again when it is refused
+    data = chosen_data(source, root, run_dir.name, values.pop("picked"), values.pop("upload"), created)
     if data is None:
         return "error", "Choose a text file for the run's data."
-    values["val_data"] = held_out_data(root, run_dir.name, values.pop("val_picked"), values.pop("val_upload"))
+    values["val_data"] = held_out_data(root, run_dir.name, values.pop("val_picked"), values.pop("val_upload"), created)
     argv = train_argv({**values, "data": data})
     problem = refusal(argv + ["--out", str(run_dir)])
     if problem is None:
@@ -207,6 +199,8 @@ def submit(root: Path, name: str, source: str, values: dict) -> tuple[str, str]:
         except ValueError as e:
             problem = str(e)
     if problem is not None:
+        for path in created:
+            path.unlink(missing_ok=True)
         return "error", f"error: {problem}"
     st.session_state[ui.PENDING_RUN_KEY] = run_dir.name  # the sidebar picks it once its run.json exists
     return "success", (f"Run {run_dir.name} is training in the background (process {pid}); its probes follow it. "
