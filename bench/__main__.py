@@ -13,7 +13,7 @@ import torch
 import transformer_lens
 import transformers
 
-from . import attention_variants, attribution, demo_time, llc, probes_speed, ray_probes, speed, train_threads
+from . import attention_variants, attribution, circuits_cost, demo_time, llc, probes_speed, ray_probes, speed, train_threads
 from .common import Report
 
 # Every row (or group of rows) by name, in the order `make bench` runs them; `--only` takes these names.
@@ -29,6 +29,7 @@ ROWS: dict[str, Callable[[Report], None]] = {
     "demo": demo_time.run,
     "attribution": attribution.run,
     "llc": llc.run,
+    "circuits": circuits_cost.run,
     "ray_probes": ray_probes.run,
     "train_threads": train_threads.run,
 }
