@@ -33,6 +33,7 @@ PAGES = [
     st.Page("views/repetition.py", title="Repetition", icon=":material/repeat:"),
     st.Page("views/induction.py", title="Induction", icon=":material/extension:"),
     st.Page("views/prompt.py", title="Prompt", icon=":material/edit_note:"),
+    st.Page("views/circuits.py", title="Circuits", icon=":material/hub:"),
     st.Page("views/stages.py", title="Stages", icon=":material/stairs:"),
     st.Page("views/compare.py", title="Compare runs", icon=":material/compare_arrows:"),
     st.Page("views/new_run.py", title="New run", icon=":material/play_arrow:"),

@@ -141,6 +141,14 @@ def test_every_page_renders_its_main_chart_in_chromium(server):
             page.screenshot(path=str(ARTIFACTS / "prompt-page.png"), full_page=True)
             assert page.locator("[data-testid='stException']").count() == 0, "prompt: exception shown"
             assert page.locator("[data-testid='stAlertContentError']").count() == 0, page.inner_text("body")[:2000]
+            # the Circuits page: the role map and the animated composition graph draw
+            page.goto(f"{url}/circuits", wait_until="domcontentloaded")
+            for key in ("role_map", "composition_graph"):
+                page.locator(f".st-key-{key} .js-plotly-plot .main-svg").first.wait_for(state="visible", timeout=60_000)
+            wait_until_idle(page)
+            page.screenshot(path=str(ARTIFACTS / "circuits-page.png"), full_page=True)
+            assert page.locator("[data-testid='stException']").count() == 0, "circuits: exception shown"
+            assert page.locator("[data-testid='stAlertContentError']").count() == 0, page.inner_text("body")[:2000]
         finally:
             browser.close()
 
