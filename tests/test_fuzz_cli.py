@@ -1,5 +1,5 @@
 """Property-based fuzzing (hypothesis) of the three command lines, called in-process through their
-main(argv): `python -m train`, `python -m probes`, `python -m store.generate`. Arguments are
+main(argv): `python -m train`, `python -m probes`, `python -m store.generate`, `python -m probes.prompt`. Arguments are
 drawn per flag from valid values, values out of range, non-numbers, NaN/inf, huge integers, odd
 paths and random junk, in random order. The property: exit status 0 (valid input), or 2 with
 one sentence on stderr and no traceback (and for train, nothing created in --out); never another
@@ -21,6 +21,7 @@ HYPOTHESIS_SEED=N replays it (tests/_fuzzing.py).
 from __future__ import annotations
 
 import itertools
+import json
 from collections import Counter
 import shutil
 from pathlib import Path
@@ -31,6 +32,7 @@ from hypothesis import strategies as st
 
 import _fuzzing
 import store.generate as generate_cli
+import probes.prompt as prompt_cli
 import probes.run.cli as probes_cli
 import probes.run.runner as probes_runner
 import train.cli as train_cli
@@ -301,4 +303,60 @@ def test_generate_cli_exits_0_or_2_with_one_sentence(probe_world, capsys, starts
 
     check()
     print(f"generate CLI: {dict(seen)}")
+    assert seen[2] > 0 and seen[0] > 0 and sum(seen.values()) >= n
+
+
+# -- python -m probes.prompt --------------------------------------------------------------------
+def prompt_argvs(world: dict):
+    root = world["root"]
+    runs = mostly(st.just(str(world["run"])), st.sampled_from([str(root / "not_a_run"), str(root / "a_file"),
+                                                               str(root / "missing"), "", "-"]))
+    texts = mostly(st.text(min_size=1, max_size=20), st.sampled_from(["", " ", "\n", "They wave to each other",
+                                                                      "\udcff", "--tokens", "x" * 5000]))
+    flags = {"--tokens": st.one_of(ints(1, 16), st.sampled_from(["0", "-1", "1025", "nan"]), huge, junk),
+             "--steps": st.one_of(st.sampled_from(["0", "3", "0,3", "1", "-1", ""]), junk),
+             "--seed": st.one_of(ints(0, 2 ** 62), st.just("-1"), huge),
+             "--corrupted": st.one_of(texts, st.just("They wave to each one"))}
+    pairs = st.lists(st.sampled_from(sorted(flags)), max_size=4, unique=True).flatmap(
+        lambda names: st.tuples(*[flags[n].map(lambda v, n=n: [n, v]) for n in names]))
+    positional = st.tuples(runs, texts).map(list) | st.tuples(runs).map(list)  # sometimes the text is missing
+    return st.tuples(positional, pairs, st.lists(st.sampled_from(["--help", "--bogus"]), max_size=1))
+
+
+@pytest.mark.parametrize("n", EXAMPLES)
+def test_prompt_cli_exits_0_or_2_with_one_sentence(probe_world, capsys, starts, n):
+    """The prompt time-lapse's command: its JSON on stdout (every checkpoint of the run) or one
+    sentence and exit 2 with nothing written (its cache included) and nothing started."""
+    seen = Counter()
+    run = str(probe_world["run"])
+
+    @fuzz(n)
+    @given(args=prompt_argvs(probe_world))
+    @example(args=([run, "They wave to each other"], (["--corrupted", "They wave to each one"],), []))
+    @example(args=([run, "x" * 5000], (), []))
+    def check(args):
+        positional, pairs, switches = args
+        argv = positional + [x for pair in pairs for x in pair] + switches
+        before = tree(probe_world["root"])
+        capsys.readouterr()
+        starts.take()
+        try:
+            status = prompt_cli.main(argv)
+        except SystemExit as e:  # argparse --help exits; that is fine for a CLI entry point
+            assert "--help" in argv and e.code == 0, argv
+            seen["help"] += 1
+            return
+        out, err = capsys.readouterr()
+        seen[status] += 1
+        assert status in (0, 2), (argv, status, err)
+        if status == 2:
+            refused_cleanly(status, out, err, before, tree(probe_world["root"]), starts.take(), argv)
+        elif "--help" in argv:
+            assert out.startswith("usage: python -m probes.prompt"), argv
+        else:
+            result = json.loads(out)
+            assert [c["step"] for c in result["checkpoints"]] and not starts.take(), argv
+
+    check()
+    print(f"prompt CLI: {dict(seen)}")
     assert seen[2] > 0 and seen[0] > 0 and sum(seen.values()) >= n
