@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from store.checkpoint import load_checkpoint, read_checkpoint_meta
 from model.cliargs import ArgumentParser, run_command
-from store.runio import RunFileError, read_json, write_json_atomic
+from store.runio import RunFileError, read_json, remove_temporaries, write_json_atomic
 from store.runlayout import prompt_cache_path, step_of
 from store.runrecord import read_run
 from model.tokenizer import Tokenizer
@@ -135,12 +135,27 @@ def read_cached(path: Path, spec: dict) -> dict | None:
 
 
 def write_cached(path: Path, spec: dict, entry: dict) -> None:
-    """Store an entry atomically; a run folder that cannot be written (read-only, full) just goes
-    without the cache."""
+    """Store an entry atomically, and remove this checkpoint's entries for other weights (a
+    checkpoint refilled or replaced: they can never be served again) and the temporary files of
+    writers that died; a run folder that cannot be written (read-only, full) just goes without."""
     try:
         write_json_atomic(path, {"spec": spec, "entry": entry})
+        remove_temporaries(path.parent, live_writers_too=False)
+        for other in path.parent.glob(f"{path.name.rsplit('-', 1)[0]}-*.json"):
+            if other != path and stale(other, spec["weights"]):
+                other.unlink(missing_ok=True)
     except OSError:
         pass
+
+
+def stale(path: Path, weights: str) -> bool:
+    """Whether the cached entry at `path` was computed for other weights than `weights` (or is
+    unreadable): nothing could ever read it again."""
+    try:
+        data = read_json(path)
+    except RunFileError:
+        return True
+    return not isinstance(data, dict) or not isinstance(data.get("spec"), dict) or data["spec"].get("weights") != weights
 
 
 # -- the timelapse -----------------------------------------------------------------------------------

@@ -238,9 +238,17 @@ def test_a_result_is_reused_only_for_the_same_prompt_options_and_checkpoint(own_
     for other in (dict(text=TEXT, tokens=6, seed=2), dict(text=TEXT + ".", tokens=6, seed=1),
                   dict(text=TEXT, tokens=7, seed=1), dict(text=TEXT, tokens=6, seed=1, corrupted="They wave to each again")):
         assert "MARKER" not in greedy(prompt_timelapse(own_run, **other)), other
-    # step 2 refilled with other weights: its entry is computed afresh from them, the others still reused
+    # step 2 refilled with other weights: its entry is computed afresh from them, the others still reused;
+    # step 2's entries for the old weights (5 requests so far) are removed once an entry for the new ones is
+    # written, and so is the temporary file of a writer that died (a pid no process has)
+    folder = probes_dir(own_run) / "prompt"
+    assert len(list(folder.glob("step_000002-*.json"))) == 5
+    dead = folder / f".step_000002-{'0' * 32}.json.tmp-{2 ** 22 + 1}"
+    dead.write_text("{")
     add_checkpoint(own_run, 2, seed=9)
     again = prompt_timelapse(own_run, TEXT, tokens=6, seed=1)
+    assert len(list(folder.glob("step_000002-*.json"))) == 1 and not dead.exists()
+    assert len(list(folder.glob("step_000000-*.json"))) == 5  # the other checkpoints keep every request's entry
     assert greedy(again) == ["MARKER", "MARKER", again["checkpoints"][2]["greedy"], "MARKER"]
     fresh = checkpoint_entry(model_at(own_run, 2), load_tokenizer(own_run), first["prompt_ids"], 6, 1)
     assert again["checkpoints"][2] == {"step": 2, **json.loads(json.dumps(fresh))}
