@@ -8,17 +8,15 @@ then its two checkpoints probed in this process, one worker, one thread, under t
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import io
 import sys
-import tempfile
 from pathlib import Path
 
 import probes.run.cli  # imported before tracing: import-time code is not the path
 import train.cli
 
-from .train_path import RUN, PathTrace, report
+from .train_path import RUN, PathTrace, traced_main
 
 
 def trace_probes_path(run: Path) -> PathTrace:
@@ -38,11 +36,7 @@ def trace_probes_path(run: Path) -> PathTrace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args(argv)
-    with tempfile.TemporaryDirectory() as tmp:
-        trace = trace_probes_path(Path(tmp) / "run")
-    report(trace)
-    return 0
+    return traced_main(argv, __doc__, trace_probes_path)
 
 
 if __name__ == "__main__":

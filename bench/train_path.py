@@ -16,6 +16,7 @@ import collections
 import sys
 import tempfile
 from pathlib import Path
+from typing import Callable
 
 import train.cli  # imported before tracing: import-time code is not the path
 
@@ -97,12 +98,17 @@ def report(trace: PathTrace) -> None:
         print(f"  {module}: {n} (entered from " + ", ".join(f"{k} {v}x" for k, v in sources.most_common()) + ")")
 
 
-def main(argv: list[str] | None = None) -> int:
-    argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args(argv)
+def traced_main(argv: list[str] | None, doc: str, trace_path: Callable[[Path], PathTrace]) -> int:
+    """A path counter's command: `trace_path` on a fresh run folder in a temporary directory, reported."""
+    argparse.ArgumentParser(description=doc.splitlines()[0]).parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
-        trace = trace_training_path(Path(tmp) / "run")
+        trace = trace_path(Path(tmp) / "run")
     report(trace)
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return traced_main(argv, __doc__, trace_training_path)
 
 
 if __name__ == "__main__":

@@ -58,6 +58,26 @@ class StubTrainer:
         raise Accepted
 
 
+def exit_status(main, argv: list[str]) -> int | str:
+    """main(argv)'s exit status; "help" where argparse's --help exited (fine for a CLI entry point)."""
+    try:
+        return main(argv)
+    except SystemExit as e:
+        assert "--help" in argv and e.code == 0, argv
+        return "help"
+
+
+def outcome(status: int, argv: list[str], capsys, seen: Counter, root: Path, before: dict, starts) -> tuple[str, str]:
+    """What the command printed (stdout, stderr), its status counted and checked (0 or 2), and a
+    refusal checked to come before any action."""
+    out, err = capsys.readouterr()
+    seen[status] += 1
+    assert status in (0, 2), (argv, status, err)
+    if status == 2:
+        refused_cleanly(status, out, err, before, tree(root), starts.take(), argv)
+    return out, err
+
+
 @pytest.fixture(scope="module")
 def train_world(tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("train_fuzz")
@@ -232,12 +252,8 @@ def test_probes_cli_exits_0_or_2_with_one_sentence(probe_world, monkeypatch, cap
             assert "--ray" in argv and not printed and not err and not changes(before, tree(probe_world["root"])), argv
             seen["ray"] += 1
             return
-        printed, err = capsys.readouterr()
-        seen[status] += 1
-        assert status in (0, 2), (argv, status, err)
-        if status == 2:
-            refused_cleanly(status, printed, err, before, tree(probe_world["root"]), starts.take(), argv)
-        elif "--help" not in argv:
+        outcome(status, argv, capsys, seen, probe_world["root"], before, starts)
+        if status == 0 and "--help" not in argv:
             assert "--bogus" not in argv and ("--ship" not in argv or "--ray" in argv), argv
 
     check()
@@ -285,20 +301,12 @@ def test_generate_cli_exits_0_or_2_with_one_sentence(probe_world, capsys, starts
         before = tree(probe_world["root"])
         capsys.readouterr()
         starts.take()
-        try:
-            status = generate_cli.main(argv)
-        except SystemExit as e:  # argparse --help exits; that is fine for a CLI entry point
-            assert "--help" in argv, argv
-            status = e.code
-            assert status == 0
+        status = exit_status(generate_cli.main, argv)
+        if status == "help":
             seen["help"] += 1
             return
-        out, err = capsys.readouterr()
-        seen[status] += 1
-        assert status in (0, 2), (argv, status, err)
-        if status == 2:
-            refused_cleanly(status, out, err, before, tree(probe_world["root"]), starts.take(), argv)
-        else:
+        out, err = outcome(status, argv, capsys, seen, probe_world["root"], before, starts)
+        if status == 0:
             assert isinstance(out, str) and not err.strip(), (argv, err)
 
     check()
@@ -340,20 +348,14 @@ def test_prompt_cli_exits_0_or_2_with_one_sentence(probe_world, capsys, starts, 
         before = tree(probe_world["root"])
         capsys.readouterr()
         starts.take()
-        try:
-            status = prompt_cli.main(argv)
-        except SystemExit as e:  # argparse --help exits; that is fine for a CLI entry point
-            assert "--help" in argv and e.code == 0, argv
+        status = exit_status(prompt_cli.main, argv)
+        if status == "help":
             seen["help"] += 1
             return
-        out, err = capsys.readouterr()
-        seen[status] += 1
-        assert status in (0, 2), (argv, status, err)
-        if status == 2:
-            refused_cleanly(status, out, err, before, tree(probe_world["root"]), starts.take(), argv)
-        elif "--help" in argv:
+        out, err = outcome(status, argv, capsys, seen, probe_world["root"], before, starts)
+        if status == 0 and "--help" in argv:
             assert out.startswith("usage: python -m probes.prompt"), argv
-        else:
+        elif status == 0:
             result = json.loads(out)
             assert [c["step"] for c in result["checkpoints"]] and not starts.take(), argv
 
