@@ -67,6 +67,19 @@ def exit_status(main, argv: list[str]) -> int | str:
         return "help"
 
 
+def called(main, argv: list[str], capsys, seen: Counter, root: Path, starts) -> tuple[int, str, str] | None:
+    """main(argv) with its outcome checked (outcome): (status, stdout, stderr), or None after --help
+    exited (counted as "help")."""
+    before = tree(root)
+    capsys.readouterr()
+    starts.take()
+    status = exit_status(main, argv)
+    if status == "help":
+        seen["help"] += 1
+        return None
+    return (status, *outcome(status, argv, capsys, seen, root, before, starts))
+
+
 def outcome(status: int, argv: list[str], capsys, seen: Counter, root: Path, before: dict, starts) -> tuple[str, str]:
     """What the command printed (stdout, stderr), its status counted and checked (0 or 2), and a
     refusal checked to come before any action."""
@@ -298,14 +311,10 @@ def test_generate_cli_exits_0_or_2_with_one_sentence(probe_world, capsys, starts
         required, optional, drop, switches = args
         pairs = [p for i, p in enumerate(required) if i != drop] + list(optional)
         argv = [x for pair in pairs for x in pair] + switches
-        before = tree(probe_world["root"])
-        capsys.readouterr()
-        starts.take()
-        status = exit_status(generate_cli.main, argv)
-        if status == "help":
-            seen["help"] += 1
+        done = called(generate_cli.main, argv, capsys, seen, probe_world["root"], starts)
+        if done is None:
             return
-        out, err = outcome(status, argv, capsys, seen, probe_world["root"], before, starts)
+        status, out, err = done
         if status == 0:
             assert isinstance(out, str) and not err.strip(), (argv, err)
 
@@ -345,14 +354,10 @@ def test_prompt_cli_exits_0_or_2_with_one_sentence(probe_world, capsys, starts, 
     def check(args):
         positional, pairs, switches = args
         argv = positional + [x for pair in pairs for x in pair] + switches
-        before = tree(probe_world["root"])
-        capsys.readouterr()
-        starts.take()
-        status = exit_status(prompt_cli.main, argv)
-        if status == "help":
-            seen["help"] += 1
+        done = called(prompt_cli.main, argv, capsys, seen, probe_world["root"], starts)
+        if done is None:
             return
-        out, err = outcome(status, argv, capsys, seen, probe_world["root"], before, starts)
+        status, out, err = done
         if status == 0 and "--help" in argv:
             assert out.startswith("usage: python -m probes.prompt"), argv
         elif status == 0:
